@@ -1,0 +1,161 @@
+"""Named DETR configurations, ``build_model`` and initialisation schemes. Notebook 04.
+
+The official configurations (``detr_r50``, ``detr_r50_dc5``, ``detr_r101``, ``detr_r101_dc5``)
+are exact: ``build_model("detr_r50", num_classes=91)`` has the released checkpoint's keys.
+``detr_tiny`` / ``detr_small`` are ours, for CPU and quick GPU experiments.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import torch.nn as nn
+
+from . import layers as L
+from .backbone import Backbone, Joiner
+from .detr import DETR
+from .position_encoding import build_position_encoding
+from .transformer import Transformer
+
+
+@dataclass
+class DETRConfig:
+    """Every architectural choice of a DETR model (stored as ``model.config``)."""
+
+    # backbone
+    backbone: str = "resnet50"          # resnet18 | resnet34 | resnet50 | resnet101
+    dilation: bool = False              # DC5: dilate the last stage (stride 16)
+    return_layer: str = "layer4"        # layer2 | layer3 | layer4 (stride 8 / 16 / 32)
+    backbone_norm: str = "frozen_bn"    # frozen_bn (official) | bn | gn (from-scratch, small batch)
+    backbone_width: float = 1.0         # channel multiplier (1.0 = torchvision)
+    train_backbone: bool = True         # official: lr_backbone > 0
+    frozen_stages: int = 1              # official: conv1 + layer1 frozen; 0 = train the whole backbone
+    position_embedding: str = "sine"    # sine | learned
+    # transformer
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    pre_norm: bool = False
+    # DETR
+    num_queries: int = 100
+    aux_loss: bool = True
+    return_intermediate: bool = True
+    init: str = "official"              # see apply_init
+    num_classes: Optional[int] = None   # set by build_model
+
+
+CONFIGS: Dict[str, DETRConfig] = {
+    "detr_r50": DETRConfig(),
+    "detr_r50_dc5": DETRConfig(dilation=True),
+    "detr_r101": DETRConfig(backbone="resnet101"),
+    "detr_r101_dc5": DETRConfig(backbone="resnet101", dilation=True),
+    # Ours: a half-width ResNet-18 cut at layer3 (stride 16, 128 channels) with GroupNorm so it
+    # trains from scratch with small batches on a CPU; 2+2 layers, 25 queries.
+    "detr_tiny": DETRConfig(backbone="resnet18", return_layer="layer3", backbone_norm="gn", backbone_width=0.5,
+                            frozen_stages=0, hidden_dim=128, nheads=8, enc_layers=2, dec_layers=2,
+                            dim_feedforward=512, dropout=0.0, num_queries=25),
+    # Ours: full ResNet-18 (frozen BN, loads ImageNet weights), 3+3 layers, 50 queries.
+    "detr_small": DETRConfig(backbone="resnet18", hidden_dim=256, nheads=8, enc_layers=3, dec_layers=3,
+                             dim_feedforward=1024, num_queries=50),
+}
+
+INIT_SCHEMES = ("official", "default", "xavier", "kaiming", "uniform002")
+
+
+def get_config(name: str, **overrides) -> DETRConfig:
+    """A copy of the named config with ``overrides`` applied (unknown fields -> ValueError)."""
+    if name not in CONFIGS:
+        raise ValueError(f"unknown model config {name!r}; known: {', '.join(sorted(CONFIGS))}")
+    fields = {f.name for f in dataclasses.fields(DETRConfig)}
+    bad = sorted(set(overrides) - fields)
+    if bad:
+        raise ValueError(f"unknown config field(s) {bad}; DETRConfig fields: {', '.join(sorted(fields))}")
+    return dataclasses.replace(CONFIGS[name], **overrides)
+
+
+def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch",
+                pretrained_backbone: bool = False, **overrides) -> DETR:
+    """Build a DETR from a named config. Notebook 04.
+
+    Args:
+        name: one of ``CONFIGS`` (detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5, detr_tiny, detr_small).
+        num_classes: max category id + 1 (COCO: 91); the class head has num_classes + 1 outputs.
+        impl: "torch" (fused ops) or "scratch" (the math, for reading); same weights either way.
+        pretrained_backbone: load torchvision's ImageNet weights (IMAGENET1K_V1) into the ResNet.
+        **overrides: any DETRConfig field, e.g. ``num_queries=50``.
+    """
+    L.check_impl(impl)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1 (max category id + 1), got {num_classes!r}")
+    cfg = get_config(name, num_classes=num_classes, **overrides)
+    if cfg.init not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {cfg.init!r}")
+    body = Backbone(cfg.backbone, norm=cfg.backbone_norm, dilation=cfg.dilation, return_layer=cfg.return_layer,
+                    width=cfg.backbone_width, train_backbone=cfg.train_backbone, frozen_stages=cfg.frozen_stages,
+                    pretrained=pretrained_backbone)
+    backbone = Joiner(body, build_position_encoding(cfg.position_embedding, cfg.hidden_dim))
+    transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
+                              cfg.dropout, cfg.pre_norm, cfg.return_intermediate)
+    model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    if cfg.init != "official":   # the modules above already carry the official init
+        apply_init(model, cfg.init)
+    model.config = cfg
+    model.name = name
+    L.set_impl(model, impl)
+    return model
+
+
+def _reset_default(module: nn.Module) -> None:
+    """PyTorch's default init for every submodule that has one."""
+    # MultiheadAttention.reset_parameters also inits its out_proj (bias 0): don't redo that one.
+    owned = {id(m.out_proj) for m in module.modules() if isinstance(m, L.MultiheadAttention)}
+    for m in module.modules():
+        if isinstance(m, Transformer) or id(m) in owned:
+            continue   # Transformer.reset_parameters is the official xavier, not a default
+        if hasattr(m, "reset_parameters"):
+            m.reset_parameters()
+
+
+def apply_init(model: DETR, scheme: str) -> DETR:
+    """Re-initialise the transformer, input_proj, class/bbox heads and queries (not the backbone).
+
+    Schemes (for the init study):
+      * "official": xavier-uniform on transformer weights (dim > 1), PyTorch defaults for the
+        heads and input_proj, query_embed ~ N(0, 1).
+      * "default": PyTorch's module defaults everywhere (nn.MultiheadAttention's own default is
+        xavier on in_proj; Linear is kaiming-uniform(a=sqrt 5)).
+      * "xavier" / "kaiming" / "uniform002": xavier-uniform / kaiming-normal (fan_in, relu) /
+        uniform(-0.02, 0.02) on every weight with dim > 1; biases 0, LayerNorm 1/0, queries N(0, 1).
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"unknown init scheme {scheme!r}; known: {INIT_SCHEMES}")
+    parts = [model.transformer, model.input_proj, model.class_embed, model.bbox_embed, model.query_embed]
+    for part in parts:
+        _reset_default(part)
+    if scheme == "default":
+        return model
+    if scheme == "official":
+        model.transformer.reset_parameters()
+        return model
+    for part in parts[:-1]:   # queries keep N(0, 1)
+        for p in part.parameters():
+            if p.dim() > 1:
+                if scheme == "xavier":
+                    nn.init.xavier_uniform_(p)
+                elif scheme == "kaiming":
+                    nn.init.kaiming_normal_(p, mode="fan_in", nonlinearity="relu")
+                else:
+                    nn.init.uniform_(p, -0.02, 0.02)
+        for m in part.modules():
+            if isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, L.MultiheadAttention):
+                nn.init.zeros_(m.in_proj_bias)
+    return model

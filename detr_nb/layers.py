@@ -1,0 +1,423 @@
+"""Building blocks of DETR, each written twice: as math on tensors and as PyTorch's fused op.
+
+Every block is an ``nn.Module`` with an ``impl`` attribute:
+
+* ``impl="scratch"``: the math the notebooks explain (linear as ``x @ W.T + b``, convolution
+  as im2col + matmul, softmax with max-subtraction, ...). Slower, but it trains.
+* ``impl="torch"``: the same computation through PyTorch's fused functions
+  (``F.linear``, ``F.conv2d``, ``F.layer_norm``, ``F.scaled_dot_product_attention``, ...).
+
+Parameters, buffers and state-dict names are identical either way (the classes subclass
+``nn.Linear``, ``nn.Conv2d``, ... or copy ``nn.MultiheadAttention``'s names), so a model can be
+switched in place with :func:`set_impl` and loads the official DETR checkpoint either way.
+
+Notebook 01 introduces linear/conv/batch norm/ReLU; notebook 03 softmax, layer norm,
+dropout and attention.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Dict, Iterator, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+IMPLS = ("scratch", "torch")
+
+
+def check_impl(impl: str) -> str:
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    return impl
+
+
+class Switchable:
+    """Mixin: a module whose forward has a ``scratch`` and a ``torch`` path (see module doc)."""
+
+    impl: str = "torch"
+
+
+def set_impl(model: nn.Module, impl: str) -> nn.Module:
+    """Switch every block of ``model`` to ``impl`` ("scratch" | "torch") in place; returns model."""
+    check_impl(impl)
+    for m in model.modules():
+        if isinstance(m, Switchable):
+            m.impl = impl
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# Scratch functions (math on tensors). Notebook 01 / 03.
+# ---------------------------------------------------------------------------------------------
+
+def linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """y = x W^T + b. x (..., in), weight (out, in) -> (..., out). Notebook 01."""
+    y = x @ weight.T
+    return y if bias is None else y + bias
+
+
+def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, padding=0,
+           dilation=1) -> Tensor:
+    """2-D convolution as im2col + matmul. x (B, Cin, H, W), weight (Cout, Cin, kh, kw). Notebook 01.
+
+    Every output pixel is a dot product between the flattened kernel and the patch under it:
+    ``F.unfold`` lays the patches out as columns, one matmul does all the dot products.
+    """
+    stride, padding, dilation = (_pair(v) for v in (stride, padding, dilation))
+    B, _, H, W = x.shape
+    cout, cin, kh, kw = weight.shape
+    Ho = (H + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    Wo = (W + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    if (kh, kw) == (1, 1) and padding == (0, 0):
+        # A 1x1 conv is a per-pixel linear layer: skip the im2col copy (same math, cheaper).
+        cols = x[:, :, ::stride[0], ::stride[1]].reshape(B, cin, Ho * Wo)   # (B, Cin, L)
+    else:
+        cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (B, Cin*kh*kw, L)
+    y = weight.reshape(cout, -1) @ cols                                    # (B, Cout, L)
+    if bias is not None:
+        y = y + bias[:, None]
+    return y.reshape(B, cout, Ho, Wo)
+
+
+def frozen_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Tensor,
+                      running_var: Tensor, eps: float = 1e-5) -> Tensor:
+    """Batch norm with fixed statistics = a per-channel affine map y = x*scale + shift. Notebook 01."""
+    scale = weight * (running_var + eps).rsqrt()          # (C,)
+    shift = bias - running_mean * scale                   # (C,)
+    return x * scale[None, :, None, None] + shift[None, :, None, None]
+
+
+def relu(x: Tensor) -> Tensor:
+    """max(x, 0); ``where`` gives gradient 0 at x == 0 like torch.relu. Notebook 01."""
+    return torch.where(x > 0, x, torch.zeros_like(x))
+
+
+def softmax(x: Tensor, dim: int = -1) -> Tensor:
+    """exp(x - max) / sum(exp(x - max)). Notebook 03.
+
+    Subtracting the max avoids overflow. A row that is entirely -inf (every key masked) would
+    give 0/0 = NaN; here it gives all zeros instead (same as our torch path, see attention()).
+    """
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()  # constant shift: no gradient needed
+    e = torch.exp(x - m)
+    s = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(s > 0, s, torch.ones_like(s))
+
+
+def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> Tensor:
+    """Normalise the last dim to mean 0, variance 1 (biased), then scale and shift. Notebook 03."""
+    mean = x.mean(dim=-1, keepdim=True)
+    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    y = (x - mean) * (var + eps).rsqrt()
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
+               eps: float = 1e-5) -> Tensor:
+    """Layer norm over groups of channels (and all pixels), per sample. x (B, C, H, W). Notebook 01."""
+    B, C = x.shape[:2]
+    g = x.reshape(B, num_groups, -1)                                  # (B, G, C/G*H*W)
+    mean = g.mean(dim=-1, keepdim=True)
+    var = ((g - mean) ** 2).mean(dim=-1, keepdim=True)
+    y = ((g - mean) * (var + eps).rsqrt()).reshape(x.shape)
+    shape = (1, C) + (1,) * (x.dim() - 2)
+    if weight is not None:
+        y = y * weight.reshape(shape)
+    if bias is not None:
+        y = y + bias.reshape(shape)
+    return y
+
+
+def dropout(x: Tensor, p: float, training: bool) -> Tensor:
+    """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout). Notebook 03."""
+    if not training or p == 0.0:
+        return x
+    if p == 1.0:
+        return torch.zeros_like(x)
+    keep = torch.bernoulli(torch.full_like(x, 1.0 - p))
+    return x * keep / (1.0 - p)
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, dropout_p: float = 0.0,
+              training: bool = False, impl: str = "scratch", need_weights: bool = False):
+    """Scaled dot-product attention softmax(Q K^T / sqrt(d) + mask) V. Notebook 03.
+
+    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); ``mask`` bool, broadcastable to (..., Lq, Lk),
+    True = blocked. A query whose keys are all blocked gets output 0 in both impls (instead of NaN).
+    Returns (out (..., Lq, dv), weights (..., Lq, Lk) or None).
+    """
+    if impl == "scratch" or need_weights:
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])       # (..., Lq, Lk)
+        if mask is not None:
+            scores = scores.masked_fill(mask, float("-inf"))
+        w = softmax(scores, dim=-1)
+        out = dropout(w, dropout_p, training) @ v                       # (..., Lq, dv)
+        return out, (w if need_weights else None)
+    # torch path: SDPA wants an additive float mask (its bool masks mean True = *take part*).
+    add = None
+    dead = None
+    if mask is not None:
+        dead = mask.all(dim=-1, keepdim=True)                           # rows with no key at all
+        blocked = mask & ~dead                                          # unblock them to avoid NaN ...
+        add = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=add, dropout_p=dropout_p if training else 0.0)
+    if dead is not None and bool(dead.any()):
+        out = out.masked_fill(dead, 0.0)                                # ... and zero their output
+    return out, None
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules. Each subclasses its nn twin, so parameters, init and state-dict names are PyTorch's.
+# ---------------------------------------------------------------------------------------------
+
+class Linear(Switchable, nn.Linear):
+    """nn.Linear with a scratch path. Notebook 01."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, impl: str = "torch"):
+        super().__init__(in_features, out_features, bias=bias)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return linear(x, self.weight, self.bias)
+        return F.linear(x, self.weight, self.bias)
+
+
+class Conv2d(Switchable, nn.Conv2d):
+    """nn.Conv2d (groups=1, zero padding) with an im2col scratch path. Notebook 01."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0,
+                 dilation=1, bias: bool = True, impl: str = "torch"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         dilation=dilation, bias=bias)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation)
+
+
+class FrozenBatchNorm2d(Switchable, nn.Module):
+    """BatchNorm2d whose statistics and affine parameters are fixed buffers. Notebook 01.
+
+    DETR's backbone is trained with batch 2 per GPU: too small for batch statistics, so the
+    ImageNet statistics are frozen. ``weight``, ``bias``, ``running_mean``, ``running_var`` are
+    buffers (not parameters), eps 1e-5. A torchvision state dict's ``num_batches_tracked`` is
+    dropped on load, as in the official DETR.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, impl: str = "torch"):
+        super().__init__()
+        self.num_features, self.eps = num_features, eps
+        self.register_buffer("weight", torch.ones(num_features))
+        self.register_buffer("bias", torch.zeros(num_features))
+        self.register_buffer("running_mean", torch.zeros(num_features))
+        self.register_buffer("running_var", torch.ones(num_features))
+        self.impl = check_impl(impl)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return frozen_batch_norm(x, self.weight, self.bias, self.running_mean, self.running_var, self.eps)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                            training=False, eps=self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}"
+
+
+class BatchNorm2d(Switchable, nn.BatchNorm2d):
+    """nn.BatchNorm2d with a scratch path (batch statistics in training, running ones in eval).
+
+    Not used by the official DETR (frozen), offered for small from-scratch backbones. Notebook 01.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, impl: str = "torch"):
+        super().__init__(num_features, eps=eps, momentum=momentum)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "torch":
+            return super().forward(x)
+        if self.training:
+            mean = x.mean(dim=(0, 2, 3))                                   # (C,)
+            var = ((x - mean[None, :, None, None]) ** 2).mean(dim=(0, 2, 3))  # biased: used to normalise
+            with torch.no_grad():
+                n = x.numel() / x.shape[1]
+                self.num_batches_tracked += 1
+                self.running_mean.lerp_(mean, self.momentum)
+                self.running_var.lerp_(var * n / max(n - 1, 1), self.momentum)  # unbiased: stored
+        else:
+            mean, var = self.running_mean, self.running_var
+        return frozen_batch_norm(x, self.weight, self.bias, mean, var, self.eps)
+
+
+class GroupNorm(Switchable, nn.GroupNorm):
+    """nn.GroupNorm with a scratch path: batch-size independent, for small-batch training. Notebook 01."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, impl: str = "torch"):
+        super().__init__(num_groups, num_channels, eps=eps)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class ReLU(Switchable, nn.Module):
+    """max(x, 0). Notebook 01."""
+
+    def __init__(self, impl: str = "torch"):
+        super().__init__()
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return relu(x) if self.impl == "scratch" else F.relu(x)
+
+
+class Softmax(Switchable, nn.Module):
+    """Softmax over ``dim``. Notebook 03."""
+
+    def __init__(self, dim: int = -1, impl: str = "torch"):
+        super().__init__()
+        self.dim = dim
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return softmax(x, self.dim) if self.impl == "scratch" else F.softmax(x, self.dim)
+
+
+class LayerNorm(Switchable, nn.LayerNorm):
+    """nn.LayerNorm over the last dim, with a scratch path. Notebook 03."""
+
+    def __init__(self, normalized_shape: int, eps: float = 1e-5, impl: str = "torch"):
+        super().__init__(normalized_shape, eps=eps)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return layer_norm(x, self.weight, self.bias, self.eps)
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class Dropout(Switchable, nn.Dropout):
+    """nn.Dropout with a scratch (bernoulli mask) path. Notebook 03."""
+
+    def __init__(self, p: float = 0.5, impl: str = "torch"):
+        super().__init__(p)
+        self.impl = check_impl(impl)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.impl == "scratch":
+            return dropout(x, self.p, self.training)
+        return F.dropout(x, self.p, self.training)
+
+
+class MultiheadAttention(Switchable, nn.Module):
+    """Multi-head attention, batch first, with nn.MultiheadAttention's parameters and names. Notebook 03.
+
+    ``in_proj_weight`` (3C, C) packs the q, k, v projections (and ``in_proj_bias`` (3C,)), then
+    ``out_proj`` is a Linear(C, C); so the official DETR checkpoint loads unchanged.
+    Dropout (p) acts on the attention weights during training, as in PyTorch.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0, impl: str = "torch"):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim {embed_dim} is not divisible by num_heads {num_heads}")
+        self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
+        self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
+        self.in_proj_bias = nn.Parameter(torch.empty(3 * embed_dim))
+        self.out_proj = Linear(embed_dim, embed_dim, impl=impl)
+        self.impl = check_impl(impl)
+        self._record: Optional[tuple] = None   # (store dict, key, average_heads) while recording
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """PyTorch's nn.MultiheadAttention init: xavier in_proj, zero biases."""
+        nn.init.xavier_uniform_(self.in_proj_weight)
+        nn.init.zeros_(self.in_proj_bias)
+        self.out_proj.reset_parameters()
+        nn.init.zeros_(self.out_proj.bias)
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                attn_mask: Optional[Tensor] = None) -> Tensor:
+        """query (B, Lq, C), key/value (B, Lk, C); key_padding_mask (B, Lk) bool True = padding;
+        attn_mask bool True = blocked, (Lq, Lk) or (B*nheads, Lq, Lk). Returns (B, Lq, C)."""
+        B, Lq, C = query.shape
+        Lk = key.shape[1]
+        h = self.num_heads
+        lin = linear if self.impl == "scratch" else F.linear
+        w_q, w_k, w_v = self.in_proj_weight.chunk(3)
+        b_q, b_k, b_v = self.in_proj_bias.chunk(3)
+        q = lin(query, w_q, b_q).reshape(B, Lq, h, C // h).transpose(1, 2)   # (B, h, Lq, d)
+        k = lin(key, w_k, b_k).reshape(B, Lk, h, C // h).transpose(1, 2)     # (B, h, Lk, d)
+        v = lin(value, w_v, b_v).reshape(B, Lk, h, C // h).transpose(1, 2)   # (B, h, Lk, d)
+        mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, query.device)  # (B|1, h|1, Lq|1, Lk)
+        out, w = attention(q, k, v, mask, self.dropout, self.training, self.impl,
+                           need_weights=self._record is not None)
+        if w is not None:
+            store, name, average = self._record
+            store[name] = (w.mean(dim=1) if average else w).detach()           # (B, [h,] Lq, Lk)
+        out = out.transpose(1, 2).reshape(B, Lq, C)                            # (B, Lq, C)
+        return self.out_proj(out)
+
+    def _merge_masks(self, key_padding_mask, attn_mask, B, Lq, Lk, device) -> Optional[Tensor]:
+        mask = None
+        if key_padding_mask is not None:
+            if key_padding_mask.shape != (B, Lk) or key_padding_mask.dtype != torch.bool:
+                raise ValueError(f"key_padding_mask must be bool of shape {(B, Lk)}, got "
+                                 f"{key_padding_mask.dtype} {tuple(key_padding_mask.shape)}")
+            mask = key_padding_mask[:, None, None, :]                          # (B, 1, 1, Lk)
+        if attn_mask is not None:
+            if attn_mask.dtype != torch.bool:
+                raise ValueError(f"attn_mask must be bool (True = blocked), got {attn_mask.dtype}")
+            if attn_mask.shape == (Lq, Lk):
+                am = attn_mask[None, None]                                     # (1, 1, Lq, Lk)
+            elif attn_mask.shape == (B * self.num_heads, Lq, Lk):
+                am = attn_mask.reshape(B, self.num_heads, Lq, Lk)
+            else:
+                raise ValueError(f"attn_mask must have shape {(Lq, Lk)} or "
+                                 f"{(B * self.num_heads, Lq, Lk)}, got {tuple(attn_mask.shape)}")
+            mask = am if mask is None else (mask | am)
+        return mask
+
+    def extra_repr(self) -> str:
+        return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, dropout={self.dropout}"
+
+
+@contextlib.contextmanager
+def record_attention(model: nn.Module, average_heads: bool = False) -> Iterator[Dict[str, Tensor]]:
+    """Inside the block, every MultiheadAttention of ``model`` stores its attention weights.
+
+    Yields a dict {module name: weights (B, nheads, Lq, Lk)} ((B, Lq, Lk) if ``average_heads``),
+    filled by each forward pass; outputs are unchanged. Used for the attention maps of notebooks 03/04.
+    """
+    store: Dict[str, Tensor] = {}
+    mods = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiheadAttention)]
+    for name, m in mods:
+        m._record = (store, name, average_heads)
+    try:
+        yield store
+    finally:
+        for _, m in mods:
+            m._record = None
