@@ -1,0 +1,83 @@
+"""Checkpoints: atomic save, weights_only loading, truncated/foreign files, fallback, RNG round trip."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from detr_nb import checkpoint as ck
+
+
+def _state(step, value=1.0):
+    return {"model": {"w": torch.full((3,), float(value))}, "step": step, "epoch": 0,
+            "config": {"lr": 1e-4, "name": "x", "sizes": [1, 2]}, "rng": ck.capture_rng_state()}
+
+
+def test_save_rotate_and_load(tmp_path):
+    m = ck.CheckpointManager(tmp_path)
+    m.save(_state(1, 1.0))
+    m.save(_state(2, 2.0), is_best=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pth", "last.pth", "prev.pth"]
+    assert ck.load_checkpoint(tmp_path / "prev.pth")["step"] == 1
+    state, path = ck.load_latest(tmp_path)
+    assert path.name == "last.pth" and state["step"] == 2 and state["model"]["w"][0] == 2.0
+    assert not list(tmp_path.glob("*.tmp"))  # no temporary file left behind
+
+
+def test_truncated_last_falls_back_to_prev(tmp_path):
+    m = ck.CheckpointManager(tmp_path)
+    m.save(_state(1))
+    m.save(_state(2))
+    data = (tmp_path / "last.pth").read_bytes()
+    (tmp_path / "last.pth").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ck.CheckpointError, match="cannot be read"):
+        ck.load_checkpoint(tmp_path / "last.pth")
+    logs = []
+    state, path = ck.load_latest(tmp_path, log=logs.append)
+    assert path.name == "prev.pth" and state["step"] == 1
+    assert any("skipping last.pth" in s for s in logs)
+
+
+def test_foreign_file_is_rejected_clearly(tmp_path):
+    torch.save({"model": {"w": torch.zeros(1)}}, tmp_path / "last.pth")  # e.g. official weights
+    with pytest.raises(ck.CheckpointError, match="not a detr_nb training checkpoint"):
+        ck.load_checkpoint(tmp_path / "last.pth")
+    with pytest.raises(ck.CheckpointError, match="no usable checkpoint"):
+        ck.load_latest(tmp_path, log=lambda s: None)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.getcwd, ())
+    torch.save({"format": ck.FORMAT, "x": Evil()}, tmp_path / "last.pth")
+    with pytest.raises(ck.CheckpointError):
+        ck.load_checkpoint(tmp_path / "last.pth")
+
+
+def test_empty_dir_has_no_checkpoint(tmp_path):
+    assert ck.load_latest(tmp_path) is None
+
+
+def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
+    m = ck.CheckpointManager(tmp_path)
+    m.save(_state(1))
+
+    def boom(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ck.torch, "save", boom)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(_state(2))
+    monkeypatch.undo()
+    assert ck.load_latest(tmp_path)[0]["step"] == 1
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_rng_round_trip():
+    state = ck.capture_rng_state()
+    a = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    ck.restore_rng_state(state)
+    b = (random.random(), np.random.rand(), torch.rand(1).item(), np.random.randn())
+    assert a == b
