@@ -1,0 +1,79 @@
+"""The official DETR checkpoints: where they are, how they are verified, how they load. Notebooks 04, 09."""
+from __future__ import annotations
+
+import re
+import warnings
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+
+_BASE = "https://dl.fbaipublicfiles.com/detr/"
+# name -> URL. The hex in each file name is a prefix of the file's sha256 (torch.hub's check_hash).
+CHECKPOINTS: Dict[str, str] = {
+    "detr_r50": _BASE + "detr-r50-e632da11.pth",
+    "detr_r50_dc5": _BASE + "detr-r50-dc5-f0fb7ef5.pth",
+    "detr_r101": _BASE + "detr-r101-2c7b67e5.pth",
+    "detr_r101_dc5": _BASE + "detr-r101-dc5-a2e86def.pth",
+}
+CLASS_HEAD = ("class_embed.weight", "class_embed.bias")
+
+
+def sha256_prefix(url: str) -> Optional[str]:
+    """The hash prefix in a checkpoint file name (``detr-r50-e632da11.pth`` -> ``e632da11``)."""
+    m = re.search(r"-([a-f0-9]+)\.", url.rsplit("/", 1)[-1])
+    return m.group(1) if m else None
+
+
+def load_pretrained(model: nn.Module, name: str = "detr_r50", *, url: Optional[str] = None,
+                    map_location="cpu", progress: bool = True) -> nn.Module:
+    """Download (once, into torch.hub's cache), verify (sha256 prefix) and load an official checkpoint.
+
+    If the model's class head differs from the checkpoint's (another ``num_classes``), the class
+    head is left as initialised, a warning says so, and everything else loads strictly: the usual
+    way to fine-tune on a new dataset. Any other key or shape mismatch raises ValueError naming
+    the keys. ``url`` overrides the URL (e.g. ``file:///path/detr-r50-<sha256 prefix>.pth``).
+    """
+    if url is None:
+        if name not in CHECKPOINTS:
+            raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
+        url = CHECKPOINTS[name]
+    if sha256_prefix(url) is None:
+        raise ValueError(f"checkpoint file name must carry its sha256 prefix (name-<hex>.pth), got {url!r}")
+    ckpt = torch.hub.load_state_dict_from_url(url, map_location=map_location, progress=progress,
+                                              check_hash=True, weights_only=True)
+    state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
+    load_checkpoint_state(model, state)
+    return model
+
+
+def load_checkpoint_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> List[str]:
+    """Load a DETR state dict strictly, except that a class head of another size is skipped.
+
+    Returns the list of skipped keys (empty or the class head)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    skipped: List[str] = []
+    if set(mismatched) <= set(CLASS_HEAD) and mismatched:
+        skipped = [k for k in CLASS_HEAD if k in state]
+        warnings.warn(f"checkpoint class head has {state['class_embed.weight'].shape[0]} outputs, the model "
+                      f"{own['class_embed.weight'].shape[0]} (num_classes + 1): class_embed is NOT loaded "
+                      "(left as initialised, to be fine-tuned); all other weights are loaded.", stacklevel=3)
+        mismatched = []
+    if missing or unexpected or mismatched:
+        msg = ["checkpoint does not fit the model:"]
+        for title, keys in (("missing in checkpoint", missing), ("unexpected in checkpoint", unexpected)):
+            if keys:
+                msg.append(f"  {title} ({len(keys)}): {_short(keys)}")
+        if mismatched:
+            msg.append(f"  shape mismatch ({len(mismatched)}): " + _short(
+                [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]))
+        raise ValueError("\n".join(msg))
+    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=not skipped)
+    return skipped
+
+
+def _short(items: List[str], n: int = 10) -> str:
+    return ", ".join(items[:n]) + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
