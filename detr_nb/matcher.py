@@ -70,7 +70,7 @@ def pairwise_costs(
         cls = (pos - neg).gather(-1, index)
     else:
         raise ValueError(f"class_cost must be 'softmax' or 'focal', got {class_cost!r}")
-    bbox = (pred_boxes[..., :, None, :] - tgt_boxes[..., None, :, :]).abs().sum(-1)  # (..., Q, N)
+    bbox = torch.cdist(pred_boxes, tgt_boxes, p=1)  # (..., Q, N): sum_k |b_q,k - b_n,k|
     giou = -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes))
     return {"class": cls, "bbox": bbox, "giou": giou}
 
@@ -242,7 +242,8 @@ class HungarianMatcher(nn.Module):
         terms = pairwise_costs(logits, pred, labels, boxes, self.class_cost,
                                self.focal_alpha, self.focal_gamma)  # each (L, B, Q, n_max)
         cost = self.cost_bbox * terms["bbox"] + self.cost_class * terms["class"] + self.cost_giou * terms["giou"]
-        bad_pred = ~torch.isfinite(logits).all(-1) | ~torch.isfinite(pred).all(-1)
+        # A sum is non-finite iff some term is (or it overflows): one cheap pass instead of isfinite().all().
+        bad_pred = ~torch.isfinite(logits.sum(-1) + pred.sum(-1))
         bad_pred |= (pred[..., 2] < 0) | (pred[..., 3] < 0)  # (L, B, Q)
         bad = bad_pred[..., :, None] | bad_tgt[None, :, None, :]  # (L, B, Q, n_max)
         return cost.masked_fill(bad, float("nan"))
