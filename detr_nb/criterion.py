@@ -23,7 +23,7 @@ summed and divided by ``num_boxes``, as in Deformable DETR; a convergence aid, o
 from __future__ import annotations
 
 import re
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, Optional, Sequence
 
 import numpy as np
 import torch

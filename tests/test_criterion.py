@@ -216,7 +216,8 @@ def test_weights_and_loss_subsets():
     outputs, targets = make_batch([2, 2], seed=12)
     weights = {"loss_ce": 2.0, "loss_bbox": 1.0, "loss_giou": 0.5, "loss_giou_1": 0.0}
     r = SetCriterion(C, weight_dict=weights)(outputs, targets)
-    expected = sum(w * r[k + s] for k, w in list(weights.items())[:3] for s in ("", "_0", "_1")) - 0.5 * r["loss_giou_1"]
+    base = list(weights.items())[:3]
+    expected = sum(w * r[k + s] for k, w in base for s in ("", "_0", "_1")) - 0.5 * r["loss_giou_1"]
     torch.testing.assert_close(r["loss"], expected)
     r = SetCriterion(C, losses=("boxes",))(outputs, targets)
     assert set(r) == {"loss_bbox", "loss_giou", "loss_bbox_0", "loss_giou_0", "loss_bbox_1", "loss_giou_1", "loss"}

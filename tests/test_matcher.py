@@ -89,7 +89,8 @@ def test_matches_brute_force_optimum(Q, N, seed):
 
 def test_cost_terms_match_reference():
     outputs, targets = make_batch([3], Q=5, seed=7)
-    terms = pairwise_costs(outputs["pred_logits"][0], outputs["pred_boxes"][0], targets[0]["labels"], targets[0]["boxes"])
+    terms = pairwise_costs(outputs["pred_logits"][0], outputs["pred_boxes"][0],
+                           targets[0]["labels"], targets[0]["boxes"])
     total = 1 * terms["class"] + 5 * terms["bbox"] + 2 * terms["giou"]
     ref = reference_cost(outputs["pred_logits"][0], outputs["pred_boxes"][0], targets[0]["labels"], targets[0]["boxes"])
     torch.testing.assert_close(total, ref)
