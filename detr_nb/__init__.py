@@ -1,10 +1,29 @@
 """detr_nb: DETR (Carion et al., 2020) built from scratch in PyTorch, taught in notebooks.
 
-Public names are re-exported here as their modules land; see README.md.
+The names below are what the notebooks, the CLI and the tests use; docs/ARCHITECTURE.md maps
+each module to the notebook that introduces it.
 """
 
 __version__ = "0.1.0"
 
-# Where the notebooks' Colab badges and install cells point. One constant, used everywhere.
+# Where the notebooks' Colab badges and install cells point. One constant, used everywhere
+# (python -m detr_nb.nbtools sync regenerates the badges from it).
 REPO_URL = "https://github.com/detr-nb/detr_nb"
 REPO_BRANCH = "main"
+
+from . import box_ops  # noqa: E402
+from .box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou  # noqa: E402
+from .configs import DETRConfig, apply_init, build_model, get_config  # noqa: E402
+from .criterion import SetCriterion  # noqa: E402
+from .layers import record_attention, set_impl  # noqa: E402
+from .matcher import HungarianMatcher  # noqa: E402
+from .params import format_parameter_table, parameter_table  # noqa: E402
+from .postprocess import postprocess  # noqa: E402
+from .pretrained import load_pretrained  # noqa: E402
+
+__all__ = [
+    "REPO_URL", "REPO_BRANCH", "box_ops", "box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xyxy_to_cxcywh",
+    "generalized_box_iou", "DETRConfig", "apply_init", "build_model", "get_config", "SetCriterion",
+    "record_attention", "set_impl", "HungarianMatcher", "format_parameter_table", "parameter_table",
+    "postprocess", "load_pretrained",
+]
