@@ -17,6 +17,7 @@ from .configs import DETRConfig, apply_init, build_model, get_config  # noqa: E4
 from .criterion import SetCriterion  # noqa: E402
 from .layers import record_attention, set_impl  # noqa: E402
 from .matcher import HungarianMatcher  # noqa: E402
+from .paths import in_colab, workdir  # noqa: E402
 from .params import format_parameter_table, parameter_table  # noqa: E402
 from .postprocess import postprocess  # noqa: E402
 from .pretrained import load_pretrained  # noqa: E402
@@ -25,5 +26,5 @@ __all__ = [
     "REPO_URL", "REPO_BRANCH", "box_ops", "box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xyxy_to_cxcywh",
     "generalized_box_iou", "DETRConfig", "apply_init", "build_model", "get_config", "SetCriterion",
     "record_attention", "set_impl", "HungarianMatcher", "format_parameter_table", "parameter_table",
-    "postprocess", "load_pretrained",
+    "postprocess", "load_pretrained", "in_colab", "workdir",
 ]
