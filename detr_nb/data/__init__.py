@@ -10,6 +10,7 @@ from .coco import AnnotationError, CocoDetection, load_coco_json
 from .collate import collate_fn, pad_images
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic, render_sample
+from .viz import dataset_stats, plot_dataset_stats, show_batch, show_samples
 from .transforms import (PRESETS, Compose, LimitSize, Normalize, RandomHorizontalFlip, RandomResize,
                          RandomSelect, RandomSizeCrop, ToTensor, make_transforms)
 
@@ -17,5 +18,5 @@ __all__ = [
     "AnnotationError", "CocoDetection", "Compose", "LimitSize", "Normalize", "PRESETS", "REAL_DATASETS",
     "RandomHorizontalFlip", "RandomResize", "RandomSelect", "RandomSizeCrop", "SYNTHETIC_CLASSES", "ToTensor",
     "build_dataset", "collate_fn", "ensure_synthetic", "find_coco_split", "load_coco_json", "make_transforms",
-    "pad_images", "render_sample",
+    "pad_images", "render_sample", "dataset_stats", "plot_dataset_stats", "show_batch", "show_samples",
 ]

@@ -3,7 +3,8 @@
 Why this task: DETR predicts a *set*. Here each image holds 0 to ``max_objects`` shapes of
 ``len(CLASSES)`` classes, sizes spread over a decade, partial overlaps, textured backgrounds with
 distractor lines and pixel noise. A shape's colour is drawn independently of its class, so the class
-must come from the shape, not the colour. Each object stays recognisable: a new shape may hide at most
+must come from the shape, not the colour. Shapes are stretched (aspect 0.6..1.67) and rotated, so box
+widths and heights vary independently. Each object stays recognisable: a new shape may hide at most
 ``max_occlusion`` of any earlier one.
 
 ``ensure_synthetic(root)`` writes PNG images and COCO JSON (train/val) on first use, deterministically
@@ -33,7 +34,7 @@ from PIL import Image, ImageDraw
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 NUM_CLASSES = len(CLASSES) + 1  # ids 1..6, 0 unused
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 DEFAULT_ROOT = os.path.join("data", "synthetic")
 DEFAULT_SEED = 0
 DEFAULT_NUM_TRAIN = 5000
@@ -43,6 +44,7 @@ DEFAULT_MIN_OBJECTS = 0
 DEFAULT_MAX_OBJECTS = 10
 DEFAULT_OBJECT_SIZE = (0.08, 0.6)    # shape diameter as a fraction of the shorter image side (log-uniform)
 DEFAULT_MIN_OBJECT_PX = 10           # ... but never below this many pixels
+DEFAULT_ASPECT = (0.6, 1.67)         # width/height stretch before rotation (log-uniform)
 DEFAULT_MAX_OCCLUSION = 0.3          # a later shape may hide at most this fraction of an earlier one
 DEFAULT_NOISE_STD = 3.0              # Gaussian pixel noise (0..255 scale)
 DEFAULT_MAX_LINES = 6                # distractor lines in the background
@@ -59,6 +61,7 @@ def synthetic_params(**overrides) -> Dict[str, Any]:
         max_objects=DEFAULT_MAX_OBJECTS,
         object_size=list(DEFAULT_OBJECT_SIZE),
         min_object_px=DEFAULT_MIN_OBJECT_PX,
+        aspect=list(DEFAULT_ASPECT),
         max_occlusion=DEFAULT_MAX_OCCLUSION,
         noise_std=DEFAULT_NOISE_STD,
         max_lines=DEFAULT_MAX_LINES,
@@ -113,39 +116,45 @@ def _background(rng, h: int, w: int, max_lines: int) -> np.ndarray:
     return bg
 
 
-def _polygon(kind: str, cx: float, cy: float, r: float, theta: float) -> List[Tuple[float, float]]:
+def _unit_outline(kind: str) -> List[np.ndarray]:
+    """Polygons ``(K, 2)`` of a shape of radius 1 centred at 0; the first is filled, the others are holes."""
+    k = np.arange(48) * (2 * np.pi / 48)
+    circle = np.stack([np.cos(k), np.sin(k)], 1)
+    if kind == "circle":
+        return [circle]
+    if kind == "ring":
+        return [circle, 0.55 * circle]
     if kind == "square":
-        pts = [(math.cos(theta + math.pi / 4 + k * math.pi / 2), math.sin(theta + math.pi / 4 + k * math.pi / 2))
-               for k in range(4)]
+        k = np.pi / 4 + np.arange(4) * np.pi / 2
     elif kind == "triangle":
-        pts = [(math.cos(theta + k * 2 * math.pi / 3), math.sin(theta + k * 2 * math.pi / 3)) for k in range(3)]
+        k = np.arange(3) * 2 * np.pi / 3
     elif kind == "star":
-        pts = [((1.0 if k % 2 == 0 else 0.42) * math.cos(theta + k * math.pi / 5),
-                (1.0 if k % 2 == 0 else 0.42) * math.sin(theta + k * math.pi / 5)) for k in range(10)]
+        k = np.arange(10) * np.pi / 5
+        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
+        return [np.stack([r * np.cos(k), r * np.sin(k)], 1)]
     elif kind == "cross":
         a = 0.3
-        base = [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)]
-        c, s = math.cos(theta), math.sin(theta)
-        pts = [(x * c - y * s, x * s + y * c) for x, y in base]
+        return [np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a),
+                          (-1, -a), (-a, -a)], dtype=float)]
     else:
         raise ValueError(kind)
-    return [(cx + r * x, cy + r * y) for x, y in pts]
+    return [np.stack([np.cos(k), np.sin(k)], 1)]
 
 
-def _shape_patch(kind: str, cx: float, cy: float, r: float, theta: float) -> Tuple[np.ndarray, int, int]:
-    """One filled shape of radius ``r`` centred at (cx, cy): bool patch and its (x, y) offset in the image."""
-    x0, y0 = int(math.floor(cx - r)) - 1, int(math.floor(cy - r)) - 1
-    size = int(math.ceil(2 * r)) + 3
-    lx, ly = cx - x0, cy - y0  # centre in patch coordinates
+def _shape_patch(kind: str, cx: float, cy: float, r: float, aspect: float, theta: float):
+    """One filled shape centred at (cx, cy): radius ``r``, stretched to width/height ratio ``aspect``, then
+    rotated by ``theta``. Returns a bool patch and its (x, y) offset in the image."""
+    scale = np.array([r * math.sqrt(aspect), r / math.sqrt(aspect)])
+    c, s = math.cos(theta), math.sin(theta)
+    rot = np.array([[c, -s], [s, c]])
+    reach = r * math.sqrt(max(aspect, 1 / aspect))  # no point lies farther from the centre
+    x0, y0 = int(math.floor(cx - reach)) - 1, int(math.floor(cy - reach)) - 1
+    size = int(math.ceil(2 * reach)) + 3
     im = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(im)
-    if kind in ("circle", "ring"):
-        d.ellipse([lx - r, ly - r, lx + r, ly + r], fill=255)
-        if kind == "ring":
-            ri = 0.55 * r
-            d.ellipse([lx - ri, ly - ri, lx + ri, ly + ri], fill=0)
-    else:
-        d.polygon(_polygon(kind, lx, ly, r, theta), fill=255)
+    for i, poly in enumerate(_unit_outline(kind)):
+        pts = (poly * scale) @ rot.T + np.array([cx - x0, cy - y0])  # (K, 2) in patch coordinates
+        d.polygon([tuple(p) for p in pts.tolist()], fill=255 if i == 0 else 0)
     return np.asarray(im) > 0, x0, y0
 
 
@@ -180,8 +189,11 @@ def render_sample(params: Dict[str, Any], seed: int, split: str, index: int) -> 
         for _try in range(20):
             kind_id = int(rng.integers(len(CLASSES)))
             r = float(np.exp(rng.uniform(np.log(d_lo), np.log(d_hi)))) / 2
-            cx, cy = rng.uniform(r + 1, w - r - 1), rng.uniform(r + 1, h - r - 1)
-            patch, px, py = _shape_patch(CLASSES[kind_id], cx, cy, r, rng.uniform(0, 2 * np.pi))
+            aspect = float(np.exp(rng.uniform(np.log(params["aspect"][0]), np.log(params["aspect"][1]))))
+            reach = min(r * math.sqrt(max(aspect, 1 / aspect)), short / 2 - 2)
+            r = reach / math.sqrt(max(aspect, 1 / aspect))
+            cx, cy = rng.uniform(reach + 1, w - reach - 1), rng.uniform(reach + 1, h - reach - 1)
+            patch, px, py = _shape_patch(CLASSES[kind_id], cx, cy, r, aspect, rng.uniform(0, 2 * np.pi))
             m = np.zeros((h, w), dtype=bool)
             win = (slice(max(py, 0), min(py + patch.shape[0], h)), slice(max(px, 0), min(px + patch.shape[1], w)))
             m[win] = patch[win[0].start - py:win[0].stop - py, win[1].start - px:win[1].stop - px]
@@ -315,6 +327,7 @@ def ensure_synthetic(root: str = DEFAULT_ROOT, *, seed: int = DEFAULT_SEED, num_
                      num_val: int = DEFAULT_NUM_VAL, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
                      min_objects: int = DEFAULT_MIN_OBJECTS, max_objects: int = DEFAULT_MAX_OBJECTS,
                      object_size: Sequence[float] = DEFAULT_OBJECT_SIZE, min_object_px: int = DEFAULT_MIN_OBJECT_PX,
+                     aspect: Sequence[float] = DEFAULT_ASPECT,
                      max_occlusion: float = DEFAULT_MAX_OCCLUSION, noise_std: float = DEFAULT_NOISE_STD,
                      max_lines: int = DEFAULT_MAX_LINES, workers: int = DEFAULT_WORKERS,
                      progress: bool = True) -> Dict[str, str]:
@@ -326,7 +339,7 @@ def ensure_synthetic(root: str = DEFAULT_ROOT, *, seed: int = DEFAULT_SEED, num_
     """
     root = str(root)
     params = synthetic_params(image_size=tuple(image_size), min_objects=min_objects, max_objects=max_objects,
-                              object_size=tuple(object_size), min_object_px=min_object_px,
+                              object_size=tuple(object_size), min_object_px=min_object_px, aspect=tuple(aspect),
                               max_occlusion=max_occlusion, noise_std=noise_std, max_lines=max_lines)
     expected = {"generator": "detr_nb.data.synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
                 "num_train": int(num_train), "num_val": int(num_val), "params": params}
