@@ -110,8 +110,7 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
 
 def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> Tensor:
     """Normalise the last dim to mean 0, variance 1 (biased), then scale and shift. Notebook 03."""
-    mean = x.mean(dim=-1, keepdim=True)
-    var = ((x - mean) ** 2).mean(dim=-1, keepdim=True)
+    var, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)   # biased variance, (..., 1)
     y = (x - mean) * (var + eps).rsqrt()
     if weight is not None:
         y = y * weight
@@ -125,8 +124,7 @@ def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optio
     """Layer norm over groups of channels (and all pixels), per sample. x (B, C, H, W). Notebook 01."""
     B, C = x.shape[:2]
     g = x.reshape(B, num_groups, -1)                                  # (B, G, C/G*H*W)
-    mean = g.mean(dim=-1, keepdim=True)
-    var = ((g - mean) ** 2).mean(dim=-1, keepdim=True)
+    var, mean = torch.var_mean(g, dim=-1, keepdim=True, correction=0)   # (B, G, 1)
     y = ((g - mean) * (var + eps).rsqrt()).reshape(x.shape)
     shape = (1, C) + (1,) * (x.dim() - 2)
     if weight is not None:

@@ -100,7 +100,7 @@ def test_official_key_set_loads_strictly(r50_official_weights):
 
 def test_r50_scratch_equals_torch(r50_official_weights):
     model, _ = r50_official_weights
-    x = torch.randn(1, 3, 64, 96)
+    x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         a = L.set_impl(model, "torch")(x)
         b = L.set_impl(model, "scratch")(x)
@@ -112,7 +112,7 @@ def test_r50_scratch_equals_torch(r50_official_weights):
 # ---------------------------------------------------------------- behaviour (tiny config) -----
 def test_output_contract():
     m = _tiny().eval()
-    out = m(torch.randn(2, 3, 64, 80))
+    out = m(torch.randn(2, 3, 48, 64))
     assert out["pred_logits"].shape == (2, 25, 6) and out["pred_boxes"].shape == (2, 25, 4)
     assert ((out["pred_boxes"] > 0) & (out["pred_boxes"] < 1)).all()
     assert len(out["aux_outputs"]) == m.config.dec_layers - 1
@@ -123,9 +123,9 @@ def test_output_contract():
 
 def test_scratch_equals_torch_tiny_eval_float64():
     m = _tiny(backbone_norm="frozen_bn", dropout=0.1).double().eval()
-    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
-    mask = torch.zeros(2, 64, 64, dtype=torch.bool)
-    mask[1, :, 48:] = True
+    x = torch.randn(2, 3, 48, 64, dtype=torch.float64)
+    mask = torch.zeros(2, 48, 64, dtype=torch.bool)
+    mask[1, :, 32:] = True
     with torch.no_grad():
         a = L.set_impl(m, "torch")(x, mask)
         b = L.set_impl(m, "scratch")(x, mask)
@@ -195,7 +195,7 @@ def test_every_trainable_parameter_gets_a_gradient(pre_norm):
         for n, p in m.named_parameters():
             if n.endswith("bias"):
                 p.normal_(0, 0.1)
-    out = m(torch.randn(2, 3, 64, 64))
+    out = m(torch.randn(2, 3, 48, 48))
     loss = sum(o["pred_logits"].logsumexp(-1).sum() + o["pred_boxes"].sum()
                for o in [out] + out["aux_outputs"])
     loss.backward()
@@ -214,7 +214,7 @@ def test_frozen_parameters_get_no_gradient():
 def test_tgt_mask_reaches_decoder_self_attention():
     """Group DETR style: two query groups with a block-diagonal mask act as two separate models."""
     m = _tiny().eval()
-    x = torch.randn(1, 3, 64, 64)
+    x = torch.randn(1, 3, 48, 48)
     q = m.query_embed.weight
     q2 = torch.randn_like(q)
     Q = q.shape[0]
