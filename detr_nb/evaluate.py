@@ -143,9 +143,21 @@ def run_model(model, images: torch.Tensor, mask: torch.Tensor):
     return model(images, mask)
 
 
+def _final_outputs(outputs, use_sigmoid: bool = False):
+    """The last decoder layer's logits/boxes in fp32 (minus the "no object" column under sigmoid scoring)."""
+    logits = outputs["pred_logits"].float()
+    if use_sigmoid:
+        logits = logits[..., :-1]
+    return {"pred_logits": logits, "pred_boxes": outputs["pred_boxes"].float()}
+
+
 @torch.no_grad()
-def predict(model, loader, device, precision=None, progress: bool = False) -> List[Dict]:
-    """COCO-format detections of ``model`` over ``loader`` batches ``(images, mask, targets)``."""
+def predict(model, loader, device, precision=None, progress: bool = False,
+            use_sigmoid: bool = False) -> List[Dict]:
+    """COCO-format detections of ``model`` over ``loader`` batches ``(images, mask, targets)``.
+
+    ``use_sigmoid``: the model was trained with the focal loss (sigmoid scores, no "no object" column).
+    """
     from .postprocess import postprocess
 
     model.eval()
@@ -159,9 +171,9 @@ def predict(model, loader, device, precision=None, progress: bool = False) -> Li
         images, mask = images.to(device, non_blocking=True), mask.to(device, non_blocking=True)
         with autocast():
             outputs = run_model(model, images, mask)
-        outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
+        outputs = _final_outputs(outputs, use_sigmoid)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)   # (B, 2) = (h, w)
-        results = postprocess(outputs, sizes)
+        results = postprocess(outputs, sizes, use_sigmoid=use_sigmoid)
         detections += to_coco_results(results, [int(t["image_id"]) for t in targets])
     return detections
 
@@ -175,11 +187,16 @@ def make_eval_loader(dataset, batch_size: int = 8, num_workers: int = 0):
 
 
 def evaluate(model, dataset, device="cpu", batch_size: int = 8, num_workers: int = 0,
-             precision=None, coco_gt=None, verbose: bool = True, progress: bool = False) -> Dict[str, float]:
-    """COCO mAP of ``model`` on ``dataset``: the 12 numbers by name (see :data:`STAT_NAMES`)."""
+             precision=None, coco_gt=None, verbose: bool = True, progress: bool = False,
+             use_sigmoid: bool = False) -> Dict[str, float]:
+    """COCO mAP of ``model`` on ``dataset``: the 12 numbers by name (see :data:`STAT_NAMES`).
+
+    Prints COCO's table when ``verbose``. ``dataset`` items are ``(image, target)`` as in
+    ``detr_nb.data``; its ground truth comes from ``dataset.coco`` (through ``Subset``) when present.
+    """
     coco_gt = coco_gt if coco_gt is not None else coco_gt_of(dataset)
     loader = make_eval_loader(dataset, batch_size, num_workers)
-    detections = predict(model, loader, torch.device(device), precision, progress)
+    detections = predict(model, loader, torch.device(device), precision, progress, use_sigmoid)
     return coco_evaluate(coco_gt, detections, verbose=verbose)
 
 
@@ -202,7 +219,7 @@ def category_names(dataset) -> Optional[Dict[int, str]]:
 @torch.no_grad()
 def draw_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2, 3), device="cpu",
                      threshold: float = 0.5, names: Optional[Mapping[int, str]] = None,
-                     precision=None, ncols: int = 4, path=None):
+                     precision=None, ncols: int = 4, path=None, use_sigmoid: bool = False):
     """A figure of predictions (solid, score >= ``threshold``) over ground truth (dashed).
 
     Each panel shows the transformed image of ``dataset[i]`` (what the model saw). Returns the
@@ -231,8 +248,8 @@ def draw_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2, 3), devi
         mask = torch.zeros(1, h, w, dtype=torch.bool, device=device)
         with autocast():
             outputs = run_model(model, image[None].to(device), mask)
-        outputs = {k: v.float() for k, v in outputs.items() if k in ("pred_logits", "pred_boxes")}
-        res = postprocess(outputs, torch.tensor([[h, w]], device=device))[0]
+        outputs = _final_outputs(outputs, use_sigmoid)
+        res = postprocess(outputs, torch.tensor([[h, w]], device=device), use_sigmoid=use_sigmoid)[0]
         keep = res["scores"] >= threshold
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         gt = box_ops.box_cxcywh_to_xyxy(target["boxes"].float()) * scale

@@ -1,0 +1,7 @@
+"""``python -m detr_nb train|evaluate|predict`` (see detr_nb/cli.py)."""
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

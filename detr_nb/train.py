@@ -1,0 +1,862 @@
+"""The training engine: ``train(TrainConfig(...))`` from a notebook cell, ``python -m detr_nb train`` from a shell.
+
+Notebook 07 (training on a Colab T4) is built on it. One optimisation step:
+
+    with autocast (fp16 on a T4, bf16 on A100/H100, fp32 on CPU):      # detr_nb.precision
+        outputs = model(images, mask)                                 # (B,Q,C+1), (B,Q,4), aux
+    losses = criterion(outputs, targets)                              # matcher + box losses in fp32
+    scaler.scale(losses["loss"] / accum_steps).backward()             # x accum_steps micro-batches
+    scaler.unscale_(optimizer); clip_grad_norm_(params, 0.1)          # official clip
+    scaler.step(optimizer); scaler.update(); scheduler.step()
+
+No ``.item()`` inside the step: the loss terms and the gradient norm stay on the device and are copied
+to the host once per ``log_every`` steps, when ``metrics.jsonl`` gets a line (every loss term, lr,
+gradient norm, images/s, memory). A non-finite loss is found at that copy; the run then stops with
+:class:`NonFiniteLossError` naming the step and the loss terms, and the last good checkpoint is kept.
+
+Checkpoints (``detr_nb.checkpoint``) are written at the end of every epoch, every
+``checkpoint_every_s`` seconds, at the end of the time budget, and on Ctrl-C / SIGTERM. A new run with
+the same ``out`` directory resumes from the newest good checkpoint and continues exactly: the data
+order of every epoch is a function of ``(seed, epoch)``, each sample's augmentation of
+``(seed, epoch, index)``, consumed batches are skipped, and the optimizer, scheduler, GradScaler and
+RNG states are restored. On the CPU, a run that is killed and resumed ends with the same weights as
+one that never stopped (tests/test_train.py).
+
+Under ``torchrun`` the model is wrapped in DistributedDataParallel, each process reads its shard of
+the epoch (DistributedSampler), the criterion sums ``num_boxes`` over processes, and only rank 0
+prints, logs and writes checkpoints.
+
+The defaults of :class:`TrainConfig` are the main job: ``python -m detr_nb train`` with no arguments
+trains ``detr_tiny`` on the synthetic dataset on the CPU for a fixed time budget, then evaluates.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import random
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .precision import resolve_device, resolve_precision
+
+
+# ============================================================================ configuration
+@dataclass
+class TrainConfig:
+    """Every setting of a training run. The defaults ARE the main job (``python -m detr_nb train``).
+
+    Change defaults here, in one place; the CLI's options are generated from these fields.
+    """
+
+    # --- data
+    dataset: str = "synthetic"          # "synthetic" | a COCO-format folder | pennfudan, balloon, voc2007, coco2017
+    data_root: Optional[str] = None     # where named datasets live (synthetic: data/synthetic)
+    data_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {"num_train": 500} for synthetic
+    preset: str = "cpu"                 # transform preset: official | t4 | cpu | none
+    train_split: str = "train"
+    val_split: str = "val"
+    skip_unreadable: bool = True        # a missing/corrupt training image is skipped with a warning
+    # --- model
+    model: str = "detr_tiny"            # a name of detr_nb.configs.CONFIGS
+    impl: str = "torch"                 # "torch" (fused ops) | "scratch" (the math on tensors)
+    init: Optional[str] = None          # None = the config's own; else official|default|xavier|kaiming|uniform002
+    pretrained: Optional[str] = None    # official weights to start from (e.g. "detr_r50"), class head dropped if needed
+    pretrained_backbone: bool = False   # torchvision ImageNet weights for the ResNet
+    model_overrides: Dict[str, Any] = field(default_factory=dict)  # any DETRConfig field
+    # --- loss
+    eos_coef: float = 0.1
+    loss_type: str = "ce"               # "ce" (official) | "focal"
+    weight_dict: Optional[Dict[str, float]] = None  # None = official {ce 1, bbox 5, giou 2}
+    # --- optimisation
+    epochs: int = 1000                  # upper bound; the time budget usually stops first
+    time_budget_s: Optional[float] = 480.0  # stop training after this many seconds, then evaluate; None = off.
+    #   It counts this session's setup too (e.g. drawing the synthetic dataset on first use), so that the
+    #   main job's wall time stays bounded: budget + evaluation (~1 min on 2 cores) < 10 minutes.
+    max_steps: Optional[int] = None     # stop after this many optimizer steps (None = off)
+    batch_size: int = 16                # per process
+    accum_steps: int = 1                # gradient accumulation: micro-batches per optimizer step
+    lr: float = 2e-4
+    lr_backbone: Optional[float] = None  # None: lr/10 with a pretrained backbone (official), lr from scratch
+    weight_decay: float = 1e-4
+    clip_max_norm: float = 0.1          # gradient-norm clip; 0 = off (the norm is still logged)
+    schedule: str = "step"              # "step" (official: x lr_gamma at lr_drop) | "cosine" | "constant"
+    lr_drop: Optional[int] = None       # epoch of the step drop; None = 2/3 of epochs (never with a time budget)
+    lr_gamma: float = 0.1
+    warmup_steps: int = 0               # linear warm-up from 0 (cosine and step alike)
+    # --- runtime
+    device: str = "auto"                # auto | cpu | cuda | cuda:1
+    amp: str = "auto"                   # auto (fp16 below cc 8.0, bf16 from 8.0, fp32 on CPU) | fp32 | fp16 | bf16
+    channels_last: bool = True          # CUDA only
+    workers: int = 0                    # DataLoader worker processes
+    seed: int = 42
+    # --- outputs
+    out: Optional[str] = None           # run directory; None = runs/<model>-<dataset>-<timestamp>
+    resume: bool = True                 # continue from the newest good checkpoint in ``out``
+    log_every: int = 20                 # steps between metrics.jsonl lines (and host syncs)
+    diag_every: int = 0                 # steps between gradient/weight statistics (0 = off)
+    checkpoint_every_s: float = 1800.0  # also checkpoint mid-epoch this often (Colab disconnects)
+    eval_every: int = 0                 # epochs between validations during training (0 = at the end only)
+    eval_at_end: bool = True
+    eval_batch_size: int = 16
+    max_eval_images: Optional[int] = None  # evaluate on the first N validation images only
+    num_pictures: int = 8               # validation images in predictions.png
+    picture_threshold: float = 0.5
+    progress: bool = True               # tqdm progress bar
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Dict[str, Any]) -> "TrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the loss terms."""
+
+    def __init__(self, step: int, terms: Dict[str, float], checkpoint: Optional[Path]):
+        self.step, self.terms, self.checkpoint = step, terms, checkpoint
+        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if not k.startswith("_"))
+        where = f"; the last good checkpoint is {checkpoint}" if checkpoint else "; no checkpoint was written"
+        super().__init__(f"non-finite loss at step {step}: {shown}{where}. Lower the learning rate, "
+                         f"check the data for degenerate boxes, or use --amp fp32.")
+
+
+# ============================================================================ data order
+@contextlib.contextmanager
+def _seeded(seed: int):
+    """Seed python/numpy/torch for one sample, restoring the callers' RNG states afterwards."""
+    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(npy)
+        torch.set_rng_state(th)
+
+
+class SeededSamples(Dataset):
+    """Dataset wrapper indexed by ``(index, seed)``: the sample's augmentation depends on the seed only.
+
+    That makes augmentations reproducible whatever the number of workers and whatever batch a resumed
+    run starts from.
+    """
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        with _seeded(seed):
+            return self.dataset[index]
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0] >> 1)
+
+
+class EpochBatchSampler:
+    """Batches of ``(index, sample_seed)`` for one epoch of one process.
+
+    The order comes from ``DistributedSampler(seed=seed)`` with ``set_epoch(epoch)`` (a permutation
+    seeded by ``seed + epoch``; with one process the shard is everything). ``set_epoch(e, skip)``
+    skips the first ``skip`` batches: the ones a resumed run has already consumed.
+    """
+
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True,
+                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True):
+        self.sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                                          seed=seed, drop_last=False)
+        self.batch_size, self.seed = batch_size, seed
+        self.drop_last = drop_last and self.sampler.num_samples >= batch_size
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+        self.sampler.set_epoch(epoch)
+
+    def batches_per_epoch(self) -> int:
+        n = self.sampler.num_samples
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() - self.skip)
+
+    def __iter__(self) -> Iterator[List]:
+        indices = list(self.sampler)
+        for b in range(self.skip, self.batches_per_epoch()):
+            chunk = indices[b * self.batch_size:(b + 1) * self.batch_size]
+            yield [(i, sample_seed(self.seed, self.epoch, i)) for i in chunk]
+
+
+# ============================================================================ pieces
+def build_datasets(cfg: TrainConfig, splits: Sequence[str] = ("train", "val")):
+    """``{split: dataset}`` from ``cfg.dataset`` (see ``detr_nb.data.build_dataset``)."""
+    from .data import build_dataset
+
+    out = {}
+    for name in splits:
+        split = cfg.train_split if name == "train" else cfg.val_split
+        out[name] = build_dataset(cfg.dataset, split, cfg.preset, root=cfg.data_root,
+                                  skip_unreadable=cfg.skip_unreadable if name == "train" else False,
+                                  **dict(cfg.data_kwargs))
+    return out
+
+
+def num_classes_of(dataset) -> int:
+    base = dataset
+    while not hasattr(base, "num_classes") and hasattr(base, "dataset"):
+        base = base.dataset
+    return int(base.num_classes)
+
+
+def build_model_from(cfg: TrainConfig, num_classes: int, log: Callable = print) -> nn.Module:
+    """The model of ``cfg``: named config + overrides, optional init scheme and pretrained weights."""
+    from .configs import apply_init, build_model
+
+    overrides = dict(cfg.model_overrides)
+    model = build_model(cfg.model, num_classes=num_classes, impl=cfg.impl,
+                        pretrained_backbone=cfg.pretrained_backbone, **overrides)
+    if cfg.init is not None:
+        apply_init(model, cfg.init)
+    if cfg.pretrained:
+        from .pretrained import load_pretrained
+        load_pretrained(model, cfg.pretrained)
+        log(f"loaded pretrained weights {cfg.pretrained}")
+    return model
+
+
+def model_from_checkpoint(path_or_state, device="cpu", impl: Optional[str] = None) -> nn.Module:
+    """Rebuild the model of a detr_nb checkpoint (its model config is stored in it) and load its weights."""
+    from .configs import build_model
+
+    state = ckpt.load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else path_or_state
+    mcfg = dict(state["model_config"])
+    num_classes = int(mcfg.pop("num_classes"))
+    mcfg.pop("init", None)   # weights are loaded below; skip re-initialising
+    model = build_model(state["model_name"], num_classes=num_classes, impl=impl or state["config"]["impl"], **mcfg)
+    model.load_state_dict(state["model"])
+    return model.to(device).eval()
+
+
+def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> List[Dict]:
+    """AdamW groups: the backbone at ``lr_backbone``, the rest at ``lr`` (official DETR)."""
+    backbone, rest = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (backbone if name.startswith("backbone.") else rest).append(p)
+    groups = [{"params": rest, "lr": lr, "weight_decay": weight_decay, "name": "transformer"}]
+    if backbone and lr_backbone > 0:
+        groups.append({"params": backbone, "lr": lr_backbone, "weight_decay": weight_decay, "name": "backbone"})
+    elif backbone:
+        for p in backbone:
+            p.requires_grad_(False)
+    return groups
+
+
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
+    """Multiplier of the base learning rates after ``step`` optimizer steps."""
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
+    if cfg.schedule == "constant":
+        return warm
+    if cfg.schedule == "step":
+        drop = cfg.lr_drop
+        if drop is None:
+            drop = None if cfg.time_budget_s else max(1, (2 * cfg.epochs) // 3)
+        if drop is not None and step >= drop * steps_per_epoch:
+            return warm * cfg.lr_gamma
+        return warm
+    if cfg.schedule == "cosine":
+        total = cfg.max_steps or cfg.epochs * steps_per_epoch
+        t = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        return warm * 0.5 * (1 + math.cos(math.pi * t))
+    raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg.schedule!r}")
+
+
+def memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    try:
+        import resource
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    except Exception:
+        return float("nan")
+
+
+def default_out_dir(cfg: TrainConfig) -> Path:
+    name = Path(cfg.dataset).name if os.path.isdir(cfg.dataset) else cfg.dataset
+    return Path("runs") / f"{cfg.model}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
+
+
+# ============================================================================ the trainer
+class Trainer:
+    """Holds a run's model, data, optimizer and bookkeeping; :meth:`run` = fit, evaluate, draw.
+
+    ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, tests).
+    Useful attributes: ``model`` (unwrapped), ``step``, ``epoch``, ``out``, ``history`` (metrics lines).
+    """
+
+    def __init__(self, config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides):
+        self._t_created = time.perf_counter()
+        cfg = dataclasses.replace(config or TrainConfig(), **overrides)
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        device = resolve_device(cfg.device)
+        self.env = D.init_distributed(device)
+        self.device = D.local_device(device, self.env)
+        self.is_main = self.env.is_main
+        self.precision = resolve_precision(self.device, cfg.amp)
+        self.out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
+        if self.env.distributed and not cfg.out:
+            self.out = Path(D.broadcast_object(str(self.out)))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+
+        # -- data (rank 0 first: it may write the synthetic dataset)
+        if self.is_main:
+            datasets = build_datasets(cfg)
+        D.barrier()
+        if not self.is_main:
+            datasets = build_datasets(cfg)
+        self.train_set, self.val_set = datasets["train"], datasets["val"]
+        self.num_classes = num_classes_of(self.train_set)
+        self.batch_sampler = EpochBatchSampler(self.train_set, cfg.batch_size, cfg.seed, shuffle=True,
+                                               num_replicas=self.env.world_size, rank=self.env.rank)
+        self.steps_per_epoch = self.batch_sampler.batches_per_epoch() // cfg.accum_steps
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"{len(self.train_set)} training images make no full step of batch "
+                             f"{cfg.batch_size} x accum {cfg.accum_steps} x {self.env.world_size} process(es)")
+        from .data import collate_fn
+        self.loader = DataLoader(SeededSamples(self.train_set), batch_sampler=self.batch_sampler,
+                                 collate_fn=collate_fn, num_workers=cfg.workers,
+                                 pin_memory=self.device.type == "cuda",
+                                 # its own generator: starting an epoch must not draw from the global RNG
+                                 generator=torch.Generator().manual_seed(cfg.seed))
+
+        # -- model, loss, optimizer (same init on every rank: seeded before building)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        model = build_model_from(cfg, self.num_classes, log=self.log)
+        torch.manual_seed(cfg.seed + 1 + self.env.rank)   # dropout differs per rank, init does not
+        model.to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            model.backbone.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ddp_model = model
+        if self.env.distributed:
+            self.ddp_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        from .criterion import SetCriterion
+        self.criterion = SetCriterion(self.num_classes, eos_coef=cfg.eos_coef, weight_dict=cfg.weight_dict,
+                                      loss_type=cfg.loss_type).to(self.device)
+        pretrained_bb = cfg.pretrained_backbone or bool(cfg.pretrained)
+        self.lr_backbone = cfg.lr_backbone if cfg.lr_backbone is not None else (
+            cfg.lr / 10 if pretrained_bb else cfg.lr)
+        groups = param_groups(model, cfg.lr, self.lr_backbone, cfg.weight_decay)
+        opt_kwargs = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
+        self._opt_flags = opt_kwargs
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch))
+        self.scaler = self.precision.make_scaler()
+        self.params = [p for g in groups for p in g["params"]]
+
+        # -- bookkeeping
+        self.step = 0              # optimizer steps done
+        self.epoch = 0             # current epoch
+        self.batch_in_epoch = 0    # batches of this epoch already consumed
+        self.elapsed_s = 0.0       # training seconds, over all sessions of this run
+        self.best_score = -math.inf
+        self.history: List[Dict] = []
+        self._window: List[torch.Tensor] = []  # per step: loss terms + grad norm, on the device
+        self._keys: Optional[List[str]] = None
+        self._window_images = 0
+        self._epoch_sums: Dict[str, float] = {}
+        self._epoch_count = 0
+        self._stop: Optional[str] = None
+        self._saved_at = None
+        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", enabled=self.is_main)
+        self.last_good: Optional[Path] = None
+        self.diag = None
+        if cfg.diag_every > 0:
+            from .diagnostics import GradientStats, weight_histograms
+            self.diag = GradientStats(model, every=cfg.diag_every,
+                                      path=self.out / "diagnostics.jsonl" if self.is_main else None)
+            if self.is_main and not (self.out / "weights_init.json").exists():
+                with open(self.out / "weights_init.json", "w") as f:
+                    json.dump(weight_histograms(model), f)
+        self.resumed_from: Optional[Path] = None
+        if cfg.resume:
+            self._resume()
+        elif self.is_main and ckpt.candidates(self.ckpt.directory):
+            self.log(f"--no-resume: starting afresh; checkpoints in {self.ckpt.directory} will be replaced")
+        if self.is_main:
+            self._trim_logs()
+        D.barrier()
+
+    def _trim_logs(self) -> None:
+        """Drop log lines past the resume point (written after the checkpoint by a killed run)."""
+        for name in ("metrics.jsonl", "diagnostics.jsonl"):
+            path = self.out / name
+            if not path.exists():
+                continue
+            keep = []
+            if self.resumed_from is not None:
+                with open(path) as f:
+                    for line in f:
+                        try:
+                            rec = json.loads(line)
+                        except json.JSONDecodeError:
+                            continue  # a line cut by the kill
+                        if rec.get("step", 0) <= self.step and rec.get("kind") not in ("eval", "error"):
+                            keep.append(line if line.endswith("\n") else line + "\n")
+            with open(path, "w") as f:
+                f.writelines(keep)
+            if name == "metrics.jsonl":
+                self.history = [json.loads(line) for line in keep]
+        if self.resumed_from is None and (self.out / "eval.json").exists():
+            (self.out / "eval.json").unlink()
+
+    # ------------------------------------------------------------------ logging
+    def log(self, msg: str) -> None:
+        if getattr(self, "is_main", True):
+            try:
+                from tqdm.auto import tqdm
+                tqdm.write(str(msg))
+            except Exception:
+                print(msg, flush=True)
+
+    def _write_metrics(self, rec: Dict) -> None:
+        self.history.append(rec)
+        if self.is_main:
+            with open(self.out / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(rec) + "\n")
+
+    # ------------------------------------------------------------------ checkpoint / resume
+    def state_dict(self) -> Dict:
+        rng = D.all_gather_object(ckpt.capture_rng_state())
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "elapsed_s": self.elapsed_s, "best_score": self.best_score,
+            "rng": rng, "world_size": self.env.world_size,
+            "config": self.cfg.to_dict(),
+            "model_name": self.cfg.model,
+            "model_config": dataclasses.asdict(self.model.config),
+            "num_classes": self.num_classes,
+            "categories": {int(k): str(v) for k, v in getattr(self.train_set, "categories", {}).items()},
+            "precision": self.precision.name,
+        }
+
+    def save_checkpoint(self, is_best: bool = False) -> Optional[Path]:
+        """Write the full state (all ranks call this; rank 0 writes). Refuses a non-finite state."""
+        self._flush()  # raises NonFiniteLossError before anything bad is written
+        position = (self.step, self.epoch, self.batch_in_epoch)
+        if position == self._saved_at and not is_best:
+            return self.last_good
+        self._saved_at = position
+        state = self.state_dict()
+        path = self.ckpt.save(state, is_best=is_best) if self.is_main else None
+        D.barrier()
+        if path is not None:
+            self.last_good = path
+        return path
+
+    def _resume(self) -> None:
+        found = ckpt.load_latest(self.ckpt.directory, map_location="cpu", log=self.log)
+        if found is None:
+            return
+        state, path = found
+        saved = state["config"]
+        for key in ("model", "model_overrides", "dataset", "loss_type"):
+            if saved.get(key) != getattr(self.cfg, key):
+                raise ckpt.CheckpointError(
+                    f"{path} was written by a run with {key}={saved.get(key)!r}, this run has "
+                    f"{key}={getattr(self.cfg, key)!r}: use another --out or --no-resume")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        for g in self.optimizer.param_groups:  # device-specific flags follow this run, not the file
+            g.update({k: v for k, v in self._opt_flags.items()})
+            for k in ("fused", "foreach"):
+                if k not in self._opt_flags and k in g:
+                    g[k] = None if k == "foreach" else False
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.elapsed_s = float(state["elapsed_s"])
+        self.best_score = float(state["best_score"])
+        rng = state["rng"]
+        if len(rng) == self.env.world_size:
+            ckpt.restore_rng_state(rng[self.env.rank])
+        else:
+            ckpt.restore_rng_state(rng[0])
+            torch.manual_seed(self.cfg.seed + 1000 * self.step + self.env.rank)
+        self.resumed_from = path
+        self.last_good = path
+        self._saved_at = (self.step, self.epoch, self.batch_in_epoch)
+        self.log(f"resumed from {path} at epoch {self.epoch}, step {self.step} "
+                 f"(batch {self.batch_in_epoch} of the epoch)")
+
+    # ------------------------------------------------------------------ signals / stopping
+    @contextlib.contextmanager
+    def _signals(self):
+        """Ctrl-C / SIGTERM ask for a clean stop (checkpoint, then return); a second Ctrl-C aborts."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {}
+
+        def handler(signum, frame):
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop = signal.Signals(signum).name
+            self.log(f"{self._stop} received: stopping after this step and writing a checkpoint "
+                     "(Ctrl-C again to abort at once)")
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                previous[sig] = signal.signal(sig, handler)
+            except (ValueError, OSError):
+                pass
+        try:
+            yield
+        finally:
+            for sig, h in previous.items():
+                signal.signal(sig, h)
+
+    def _should_stop(self, t_start: float, force_sync: bool) -> Optional[str]:
+        """Agree on stopping across ranks (at log steps under DDP, every step otherwise)."""
+        elapsed = self.elapsed_s + time.perf_counter() - t_start + self._setup_s
+        local = [self._stop is not None,
+                 self.cfg.time_budget_s is not None and elapsed >= self.cfg.time_budget_s,
+                 self.cfg.max_steps is not None and self.step >= self.cfg.max_steps]
+        if self.env.distributed:
+            if not force_sync:
+                return None
+            flags = D.all_reduce_max(torch.tensor([float(x) for x in local], device=self.device)).tolist()
+            local = [f > 0 for f in flags]
+        for reason, flag in zip(("signal", "time_budget", "max_steps"), local):
+            if flag:
+                return reason
+        return None
+
+    # ------------------------------------------------------------------ one step
+    def _to_device(self, images, mask, targets):
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.cfg.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        mask = mask.to(self.device, non_blocking=True)
+        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        return images, mask, targets
+
+    def train_step(self, micro_batches: Sequence) -> Dict[str, torch.Tensor]:
+        """One optimizer step over ``accum_steps`` micro-batches; returns device tensors, no sync."""
+        self.ddp_model.train()
+        self.criterion.train()
+        n = len(micro_batches)
+        terms = None
+        for i, (images, mask, targets) in enumerate(micro_batches):
+            images, mask, targets = self._to_device(images, mask, targets)
+            sync_ctx = (self.ddp_model.no_sync() if self.env.distributed and i < n - 1
+                        else contextlib.nullcontext())
+            with sync_ctx:
+                with self.precision.autocast():
+                    outputs = self.ddp_model(images, mask)
+                losses = self.criterion(outputs, targets)     # fp32 inside (matcher, box losses)
+                self.scaler.scale(losses["loss"] / n).backward()
+            detached = {k: v.detach().float() for k, v in losses.items()}
+            terms = detached if terms is None else {k: terms[k] + detached[k] for k in terms}
+            self._window_images += images.shape[0] * self.env.world_size
+        terms = {k: v / n for k, v in terms.items()}
+        self.scaler.unscale_(self.optimizer)
+        max_norm = self.cfg.clip_max_norm if self.cfg.clip_max_norm > 0 else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
+        if self.diag is not None and self.is_main:
+            self.diag.maybe_record(self.model, self.step + 1)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        terms["grad_norm"] = grad_norm.detach().float()
+        return terms
+
+    def _push(self, terms: Dict[str, torch.Tensor]) -> None:
+        if self._keys is None:
+            self._keys = list(terms)
+        self._window.append(torch.stack([terms[k] for k in self._keys]))
+
+    def _flush(self, kind: str = "step") -> Optional[Dict]:
+        """Copy the pending per-step values to the host (one sync), check them, write a metrics line."""
+        if not self._window:
+            return None
+        values = torch.stack(self._window)                      # (S, K)
+        if self.env.distributed:
+            values = D.all_reduce_mean(values)
+        values = values.cpu()
+        first_step = self.step - len(self._window) + 1
+        self._window = []
+        li = self._keys.index("loss")
+        bad = (~torch.isfinite(values[:, li])).nonzero()
+        if len(bad):
+            row = int(bad[0, 0])
+            terms = dict(zip(self._keys, values[row].tolist()))
+            self._write_metrics({"kind": "error", "step": first_step + row, "epoch": self.epoch, **terms})
+            raise NonFiniteLossError(first_step + row, terms, self.last_good)
+        now = time.perf_counter()
+        dt = max(now - self._t_window, 1e-9)
+        means = dict(zip(self._keys, values.mean(0).tolist()))
+        for k, v in means.items():
+            self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v * len(values)
+        self._epoch_count += len(values)
+        rec = {"kind": kind, "step": self.step, "epoch": self.epoch,
+               "lr": self.optimizer.param_groups[0]["lr"],
+               "lr_backbone": self.optimizer.param_groups[-1]["lr"],
+               **means,
+               "images_per_s": self._window_images / dt,
+               "mem_mb": memory_mb(self.device),
+               "time_s": self.elapsed_s + now - self._t_start}
+        self._window_images = 0
+        self._t_window = now
+        self._write_metrics(rec)
+        return rec
+
+    # ------------------------------------------------------------------ loop
+    def fit(self) -> str:
+        """Train until epochs, max_steps, the time budget or a signal; return the reason it stopped."""
+        cfg = self.cfg
+        if self.is_main:
+            n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+            self.log(f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
+                     f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes, "
+                     f"device {self.device}, {self.precision.describe()}, world size {self.env.world_size}, "
+                     f"batch {cfg.batch_size}x{cfg.accum_steps}x{self.env.world_size}, "
+                     f"{self.steps_per_epoch} steps/epoch; outputs in {self.out}")
+        self._stop = None
+        self._setup_s = time.perf_counter() - self._t_created   # counted in the time budget
+        self._t_created = time.perf_counter()   # a second fit() call has no setup
+        self._t_start = self._t_window = time.perf_counter()
+        self._t_last_ckpt = self._t_start
+        reason = None
+        bar = self._progress_bar()
+        try:
+            with self._signals():
+                reason = self._loop(bar)
+        finally:
+            self.elapsed_s += time.perf_counter() - self._t_start
+            self._t_start = time.perf_counter()
+            if bar is not None:
+                bar.close()
+        return reason
+
+    def _progress_bar(self):
+        if not (self.cfg.progress and self.is_main):
+            return None
+        from tqdm.auto import tqdm
+        if self.cfg.time_budget_s:
+            done = self.elapsed_s + self._setup_s
+            return tqdm(total=int(self.cfg.time_budget_s), initial=int(min(done, self.cfg.time_budget_s)),
+                        unit="s", desc="train (time budget)", dynamic_ncols=True)
+        total = self.cfg.epochs * self.steps_per_epoch
+        if self.cfg.max_steps:
+            total = min(total, self.cfg.max_steps)
+        return tqdm(total=total, initial=self.step, unit="step", desc="train", dynamic_ncols=True)
+
+    def _bar_update(self, bar, rec: Optional[Dict]) -> None:
+        if bar is None:
+            return
+        if self.cfg.time_budget_s:
+            now = min(self.elapsed_s + self._setup_s + time.perf_counter() - self._t_start, self.cfg.time_budget_s)
+            bar.update(max(0, int(now) - bar.n))
+        else:
+            bar.update(self.step - bar.n)
+        if rec is not None:
+            bar.set_postfix(epoch=self.epoch, step=self.step, loss=f"{rec['loss']:.3f}",
+                            img_s=f"{rec['images_per_s']:.1f}", refresh=False)
+
+    def _loop(self, bar) -> str:
+        cfg = self.cfg
+        accum = cfg.accum_steps
+        while self.epoch < cfg.epochs:
+            reason = self._should_stop(self._t_start, force_sync=True)
+            if reason:
+                self.save_checkpoint()
+                return reason
+            self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
+            group: List = []
+            try:
+                for batch in self.loader:
+                    group.append(batch)
+                    if len(group) < accum:
+                        continue
+                    terms = self.train_step(group)
+                    group = []
+                    self.step += 1
+                    self.batch_in_epoch += accum
+                    self._push(terms)
+                    at_log = self.step % cfg.log_every == 0
+                    rec = self._flush() if at_log else None
+                    self._bar_update(bar, rec)
+                    for cb in self.callbacks:
+                        cb(self)
+                    if self.batch_in_epoch >= self.steps_per_epoch * accum:
+                        break  # an incomplete accumulation group at the end of the epoch is dropped
+                    reason = self._should_stop(self._t_start, force_sync=at_log)
+                    if reason:
+                        self.save_checkpoint()
+                        return reason
+                    if at_log and time.perf_counter() - self._t_last_ckpt >= cfg.checkpoint_every_s:
+                        self._t_last_ckpt = time.perf_counter()
+                        self.save_checkpoint()
+            except NonFiniteLossError:
+                raise
+            except Exception:
+                self._flush()   # a NaN earlier in the window is the real cause: report it
+                raise
+            self._end_epoch()
+        return "epochs"
+
+    def _end_epoch(self) -> None:
+        self._flush()
+        means = {k: v / max(1, self._epoch_count) for k, v in self._epoch_sums.items()}
+        rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **means,
+               "time_s": self.elapsed_s + time.perf_counter() - self._t_start}
+        score = -means.get("loss", math.inf)
+        if self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0:
+            stats = self.evaluate(verbose=False)
+            if stats is not None:
+                rec.update({f"val_{k}": v for k, v in stats.items()})
+                score = stats["AP"]
+            score = D.broadcast_object(score)
+        self._write_metrics(rec)
+        self._epoch_sums, self._epoch_count = {}, 0
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        is_best = score > self.best_score
+        if is_best:
+            self.best_score = score
+        self.save_checkpoint(is_best=is_best)
+        self._t_last_ckpt = time.perf_counter()
+
+    # ------------------------------------------------------------------ evaluation and figures
+    def evaluate(self, verbose: bool = True) -> Optional[Dict[str, float]]:
+        """COCO numbers on the validation split (rank 0; other ranks return None)."""
+        from torch.utils.data import Subset
+        from .evaluate import evaluate
+
+        result = None
+        if self.is_main:
+            ds = self.val_set
+            if self.cfg.max_eval_images:
+                ds = Subset(ds, range(min(len(ds), self.cfg.max_eval_images)))
+            result = evaluate(self.model, ds, self.device, batch_size=self.cfg.eval_batch_size,
+                              num_workers=self.cfg.workers, precision=self.precision, verbose=verbose,
+                              progress=self.cfg.progress, use_sigmoid=self.cfg.loss_type == "focal")
+        D.barrier()
+        return result
+
+    def draw(self) -> Dict[str, Path]:
+        """predictions.png on validation images, loss.png, diagnostics figures (rank 0)."""
+        if not self.is_main:
+            return {}
+        import matplotlib
+        if "matplotlib.pyplot" not in sys.modules:
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from .diagnostics import plot_grad_std, plot_losses, plot_weight_sum, read_records
+        from .evaluate import draw_predictions
+
+        figs = {}
+        n = min(self.cfg.num_pictures, len(self.val_set))
+        if n:
+            fig = draw_predictions(self.model, self.val_set, range(n), self.device,
+                                   threshold=self.cfg.picture_threshold, precision=self.precision,
+                                   use_sigmoid=self.cfg.loss_type == "focal")
+            figs["predictions"] = self.out / "predictions.png"
+            fig.savefig(figs["predictions"], dpi=90)
+            plt.close(fig)
+        if (self.out / "metrics.jsonl").exists():
+            fig = plot_losses(read_records(self.out / "metrics.jsonl"))
+            fig.axes[0].set_title(f"{self.cfg.model} on {self.cfg.dataset}")
+            figs["loss"] = self.out / "loss.png"
+            fig.savefig(figs["loss"], dpi=90)
+            plt.close(fig)
+        if self.diag is not None and (self.out / "diagnostics.jsonl").exists():
+            records = read_records(self.out / "diagnostics.jsonl")
+            for name, fn in (("grad_std", plot_grad_std), ("weight_sum", plot_weight_sum)):
+                fig = fn(records)
+                figs[name] = self.out / f"{name}.png"
+                fig.savefig(figs[name], dpi=90)
+                plt.close(fig)
+        return figs
+
+    def run(self) -> Dict[str, Any]:
+        """fit -> (evaluate -> eval.json, pictures) -> summary dict; prints where everything is."""
+        reason = self.fit()
+        summary: Dict[str, Any] = {"out": str(self.out), "stopped_by": reason, "step": self.step,
+                                   "epoch": self.epoch, "train_time_s": round(self.elapsed_s, 1),
+                                   "checkpoint": str(self.last_good) if self.last_good else None}
+        rates = [r["images_per_s"] for r in self.history if r.get("kind") == "step"]
+        summary["images_per_s"] = float(np.median(rates)) if rates else None
+        if reason == "signal":
+            self.log(f"stopped by a signal at step {self.step}; checkpoint {self.last_good}. "
+                     f"Run the same command again to resume.")
+            return summary
+        if self.cfg.eval_at_end:
+            if self.is_main:
+                self.log(f"evaluating on {len(self.val_set) if not self.cfg.max_eval_images else min(len(self.val_set), self.cfg.max_eval_images)} "
+                         f"validation images (COCO mAP, pycocotools)")
+            stats = self.evaluate(verbose=True)
+            if self.is_main and stats is not None:
+                from .evaluate import save_stats
+                save_stats(stats, self.out / "eval.json", step=self.step, epoch=self.epoch,
+                           train_time_s=round(self.elapsed_s, 1), model=self.cfg.model, dataset=self.cfg.dataset)
+                self._write_metrics({"kind": "eval", "step": self.step, "epoch": self.epoch, **stats})
+                summary["eval"] = stats
+        summary["figures"] = {k: str(v) for k, v in self.draw().items()}
+        if self.is_main:
+            self.log(f"outputs: {self.out.resolve()}")
+        return summary
+
+
+def train(config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides) -> Dict[str, Any]:
+    """Train (or resume) a run and evaluate it; returns a summary dict (``out``, ``eval``, ``step``...).
+
+    ``train()`` is the main job; ``train(TrainConfig(model="detr_r50", dataset="coco2017", ...))`` or
+    ``train(epochs=5, out="runs/x")`` change it.
+    """
+    trainer = Trainer(config, callbacks=callbacks, **overrides)
+    return trainer.run()

@@ -1,0 +1,177 @@
+"""The training engine on a tiny model and a tiny synthetic set (CPU): overfitting, exact resume,
+NaN handling, unreadable images, schedules, data order."""
+import json
+import math
+import warnings
+
+import pytest
+import torch
+
+from detr_nb import checkpoint as ck
+from detr_nb.train import (EpochBatchSampler, NonFiniteLossError, TrainConfig, Trainer, lr_factor)
+from engine_utils import SYN, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    from detr_nb.data import ensure_synthetic
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic(str(root), **SYN)
+    return root
+
+
+@pytest.fixture(autouse=True)
+def _threads():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)   # deterministic and fair on shared cores
+    yield
+    torch.set_num_threads(n)
+
+
+def test_overfits_one_batch(tmp_path):
+    from detr_nb import box_ops
+    from detr_nb.data import collate_fn, ensure_synthetic
+    from detr_nb.postprocess import postprocess
+
+    root = tmp_path / "two"
+    two = {**SYN, "num_train": 2, "num_val": 1}
+    ensure_synthetic(str(root), **two)
+    cfg = tiny_config(tmp_path / "run", root, data_kwargs=two, preset="none", batch_size=2, epochs=120,
+                      weight_decay=0.0, log_every=10)
+    tr = Trainer(cfg)
+    tr.fit()
+    losses = [r["loss"] for r in tr.history if r["kind"] == "step"]
+    assert losses[0] / min(losses[-3:]) >= 10, losses[::10]
+
+    images, mask, targets = collate_fn([tr.train_set[i] for i in range(2)])
+    tr.model.eval()
+    with torch.no_grad():
+        results = postprocess(tr.model(images, mask), torch.ones(2, 2))
+    for res, t in zip(results, targets):
+        keep = res["scores"] > 0.5
+        iou, _ = box_ops.box_iou(box_ops.box_cxcywh_to_xyxy(t["boxes"]), res["boxes"][keep])  # (N, K)
+        same_class = t["labels"][:, None] == res["labels"][keep][None, :]
+        # every target is found: a confident prediction of its class with IoU > 0.5
+        assert ((iou > 0.5) & same_class).any(1).all(), (iou, t["labels"], res["labels"][keep])
+
+
+def _weights(trainer):
+    return {k: v.clone() for k, v in trainer.model.state_dict().items()}
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_kill_and_resume_gives_the_same_weights(tmp_path, data_root):
+    # dropout on, flips on: RNG states and per-sample augmentation seeds are both exercised
+    kw = dict(model_overrides={**tiny_config(".", ".").model_overrides, "dropout": 0.1}, epochs=3)
+    full = Trainer(tiny_config(tmp_path / "full", data_root, **kw))
+    assert full.steps_per_epoch == 3
+    assert full.fit() == "epochs"
+    reference = _weights(full)
+
+    # (1) stopped mid-epoch (step 4 = epoch 1, batch 1), resumed in a new Trainer
+    first = Trainer(tiny_config(tmp_path / "b", data_root, max_steps=4, **kw))
+    assert first.fit() == "max_steps"
+    state = ck.load_checkpoint(tmp_path / "b" / "checkpoints" / "last.pth")
+    assert (state["step"], state["epoch"], state["batch_in_epoch"]) == (4, 1, 1)
+    second = Trainer(tiny_config(tmp_path / "b", data_root, **kw))
+    assert second.step == 4
+    second.fit()
+    _assert_same(reference, _weights(second))
+
+    # (2) killed hard at step 5 (no checkpoint then): resumes from the end of epoch 0 and redoes 4-5
+    def kill(tr):
+        if tr.step == 5:
+            raise RuntimeError("simulated kill")
+    with pytest.raises(RuntimeError, match="simulated kill"):
+        Trainer(tiny_config(tmp_path / "c", data_root, **kw), callbacks=[kill]).fit()
+    resumed = Trainer(tiny_config(tmp_path / "c", data_root, **kw))
+    assert resumed.step == 3
+    resumed.fit()
+    _assert_same(reference, _weights(resumed))
+    steps = [r["step"] for r in map(json.loads, open(tmp_path / "c" / "metrics.jsonl")) if r["kind"] == "step"]
+    assert steps == list(range(1, 10))   # lines written after the checkpoint by the killed run are dropped
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_root):
+    cfg = tiny_config(tmp_path / "run", data_root, epochs=5, log_every=10)
+    tr = Trainer(cfg)
+    real = tr.criterion.forward
+    calls = {"n": 0}
+
+    def poisoned(outputs, targets):
+        calls["n"] += 1
+        losses = real(outputs, targets)
+        if calls["n"] == 5:
+            losses["loss_ce"] = losses["loss_ce"] * float("nan")
+            losses["loss"] = losses["loss"] + losses["loss_ce"]
+        return losses
+
+    tr.criterion.forward = poisoned
+    with pytest.raises(NonFiniteLossError) as info:
+        tr.fit()
+    msg = str(info.value)
+    assert "step 5" in msg and "loss_ce=nan" in msg and "last.pth" in msg
+    state = ck.load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pth")
+    assert state["step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    errors = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if r["kind"] == "error"]
+    assert errors and errors[0]["step"] == 5
+
+
+def test_unreadable_training_image_is_skipped_with_a_warning(tmp_path, data_root):
+    import shutil
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root)
+    bad = root / "train" / "000003.png"
+    bad.write_bytes(b"not a png")
+    # training (skip_unreadable=True, the default): a warning naming the file, the run goes on
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tr = Trainer(tiny_config(tmp_path / "run", None, dataset=str(root), epochs=1, data_kwargs={}))
+        tr.fit()
+    assert tr.step == 3 and tr.train_set.num_skipped == 1
+    assert any("000003.png" in str(w.message) for w in caught)
+    # skip_unreadable=False: the error names the file, nothing is written past the last checkpoint
+    tr = Trainer(tiny_config(tmp_path / "strict", None, dataset=str(root), epochs=1, data_kwargs={},
+                             skip_unreadable=False))
+    with pytest.raises(OSError, match="000003.png"):
+        tr.fit()
+
+
+def test_time_budget_and_max_steps(tmp_path, data_root):
+    tr = Trainer(tiny_config(tmp_path / "t", data_root, time_budget_s=0.0))
+    assert tr.fit() == "time_budget" and tr.step == 0
+    assert ck.load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")["step"] == 0
+    tr = Trainer(tiny_config(tmp_path / "m", data_root, max_steps=2, accum_steps=2, batch_size=2))
+    assert tr.steps_per_epoch == 3 and tr.fit() == "max_steps" and tr.batch_in_epoch == 4
+
+
+def test_lr_schedules():
+    cfg = TrainConfig(schedule="step", epochs=30, lr_drop=20, time_budget_s=None)
+    assert lr_factor(0, cfg, 10) == 1.0 and lr_factor(199, cfg, 10) == 1.0 and lr_factor(200, cfg, 10) == pytest.approx(0.1)
+    cfg = TrainConfig(schedule="cosine", epochs=10, warmup_steps=10, time_budget_s=None)
+    assert lr_factor(0, cfg, 10) == pytest.approx(0.1)
+    assert lr_factor(9, cfg, 10) == pytest.approx(1.0)
+    assert lr_factor(55, cfg, 10) == pytest.approx(0.5)
+    assert lr_factor(100, cfg, 10) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(10**6, TrainConfig(), 10) == 1.0  # the main job: time budget, no drop
+
+
+def test_data_order_depends_on_seed_and_epoch_only():
+    ds = list(range(10))
+    a = EpochBatchSampler(ds, 3, seed=1)
+    a.set_epoch(2)
+    b = EpochBatchSampler(ds, 3, seed=1)
+    b.set_epoch(2, skip=1)
+    assert list(b) == list(a)[1:] and len(a) == 3 and len(b) == 2
+    a.set_epoch(3)
+    assert list(a) != list(b)
+    # two processes: disjoint shards covering the epoch
+    r0, r1 = EpochBatchSampler(ds, 5, 1, num_replicas=2, rank=0), EpochBatchSampler(ds, 5, 1, num_replicas=2, rank=1)
+    idx = [i for r in (r0, r1) for batch in r for i, _ in batch]
+    assert sorted(idx) == ds
