@@ -2,7 +2,6 @@
 import hashlib
 import http.server
 import io
-import os
 import tarfile
 import threading
 import zipfile

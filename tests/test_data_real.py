@@ -4,7 +4,6 @@ import io
 import json
 import os
 import tarfile
-import warnings
 import zipfile
 
 import numpy as np

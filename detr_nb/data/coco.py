@@ -21,7 +21,6 @@ import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from PIL import Image
 

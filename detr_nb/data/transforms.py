@@ -17,7 +17,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.functional as F
-from PIL import Image
 
 from ..plotting import IMAGENET_MEAN, IMAGENET_STD
 
