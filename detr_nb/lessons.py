@@ -8,9 +8,9 @@ Notebook 05
     (every one-to-one assignment tried, to check the Hungarian solver), :func:`iou_giou_sweep` (IoU and
     GIoU as one box slides past another), :func:`duplicate_penalty` (why a second, confident copy of a
     detection costs loss), :func:`matching_view` (the figure behind the "drag a box" widget).
-Notebook 06
-    :func:`dataset_statistics`, :func:`plot_dataset_statistics`, :func:`plot_samples`,
-    :func:`plot_transform`, :func:`plot_batch`.
+Notebook 06 (grids, batches and statistics are :mod:`detr_nb.data.viz`'s)
+    :func:`augment` (one sample through a transform, reproducibly), :func:`plot_augmentations`
+    (the same image and boxes under several transforms, side by side).
 Notebook 07
     :func:`checkpoint_root` (Google Drive when mounted in Colab, else the work dir),
     :class:`LiveLossPlot` (a training callback redrawing the loss curves), :class:`SimulatedDisconnect`
@@ -174,3 +174,46 @@ def matching_view(scene: Dict, query: int, cx: float, cy: float, w: float, h: fl
     ax0.set_title(f"query {query} moved; matched cost {e['matched_cost']:.2f}", fontsize=9)
     plot_cost_terms(e, axes=[fig.add_subplot(grid[i]) for i in range(1, 5)])
     return e, fig
+
+
+# ============================================================================ notebook 06
+
+def augment(dataset, index: int, transform: Callable, seed: int = 0):
+    """Sample ``index`` of a :class:`~detr_nb.data.CocoDetection` before any transform, then ``transform``.
+
+    ``transform`` is a geometric step (or a Compose of them) that keeps **absolute xyxy** boxes, i.e.
+    anything before :class:`~detr_nb.data.Normalize`. Python's ``random`` is seeded with ``seed`` so a
+    given seed always gives the same augmentation. Returns ``(image, target)``.
+    """
+    import random
+
+    image, target = dataset.get_raw(index)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        return transform(image, target)
+    finally:
+        random.setstate(state)
+
+
+def plot_augmentations(dataset, index: int, transforms: Mapping[str, Callable], seed: int = 0,
+                       names: Optional[Mapping[int, str]] = None, size: float = 3.2):
+    """The original sample and one panel per named transform (absolute xyxy boxes, as :func:`augment`).
+
+    Each title gives the image size (w x h), so resizes and crops show up in numbers as well as pixels.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from .plotting import draw_boxes
+
+    names = names if names is not None else getattr(dataset, "categories", None)
+    panels = [("original", dataset.get_raw(index))]
+    panels += [(title, augment(dataset, index, t, seed)) for title, t in transforms.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (title, (image, target)) in zip(axes[0], panels):
+        draw_boxes(ax, image, target["boxes"], labels=target["labels"].tolist(), names=names)
+        w, h = image.size if hasattr(image, "size") and not torch.is_tensor(image) else tuple(image.shape[-1:-3:-1])
+        ax.set_title(f"{title}\n{w} x {h}, {len(target['boxes'])} boxes", fontsize=8)
+    fig.tight_layout()
+    return fig

@@ -74,3 +74,49 @@ def test_matching_view_moves_the_box_and_draws():
     orig = explain_matching(s["pred_logits"], s["pred_boxes"], s["tgt_labels"], s["tgt_boxes"])
     assert torch.equal(e0["pred_idx"], orig["pred_idx"]) and torch.equal(e0["tgt_idx"], orig["tgt_idx"])
     plt.close("all")
+
+
+# ---- notebook 06 ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny_synthetic(tmp_path_factory):
+    from detr_nb.data import build_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    return build_dataset("synthetic", "train", preset="none", root=str(root), num_train=6, num_val=2,
+                         workers=1, progress=False)
+
+
+def test_augment_is_seeded_and_moves_boxes(tiny_synthetic):
+    import random
+
+    from detr_nb.data import RandomHorizontalFlip, RandomResize, RandomSizeCrop
+
+    ds = tiny_synthetic
+    image, target = ds.get_raw(0)
+    w, h = image.size
+    _, flipped = lessons.augment(ds, 0, RandomHorizontalFlip(p=1.0))
+    b = target["boxes"]
+    torch.testing.assert_close(flipped["boxes"], torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], 1))
+    im2, resized = lessons.augment(ds, 0, RandomResize([2 * min(w, h)]))
+    sx, sy = im2.size[0] / w, im2.size[1] / h
+    torch.testing.assert_close(resized["boxes"], b * torch.tensor([sx, sy, sx, sy]))
+    state = random.getstate()
+    a1 = lessons.augment(ds, 0, RandomSizeCrop(20, 60), seed=5)
+    a2 = lessons.augment(ds, 0, RandomSizeCrop(20, 60), seed=5)
+    assert random.getstate() == state  # the caller's random stream is untouched
+    assert a1[0].size == a2[0].size and torch.equal(a1[1]["boxes"], a2[1]["boxes"])
+    assert torch.equal(a1[1]["labels"], a2[1]["labels"]) and len(a1[1]["labels"]) == len(a1[1]["boxes"])
+
+
+def test_plot_augmentations_draws_every_box(tiny_synthetic):
+    from detr_nb.data import RandomHorizontalFlip, RandomSizeCrop
+
+    ds = tiny_synthetic
+    fig = lessons.plot_augmentations(ds, 0, {"flip": RandomHorizontalFlip(1.0), "crop": RandomSizeCrop(20, 40)}, seed=2)
+    assert len(fig.axes) == 3
+    n_raw = len(ds.get_raw(0)[1]["boxes"])
+    n_crop = len(lessons.augment(ds, 0, RandomSizeCrop(20, 40), seed=2)[1]["boxes"])
+    assert [len(ax.patches) for ax in fig.axes] == [n_raw, n_raw, n_crop]
+    assert "crop" in fig.axes[2].get_title()
+    plt.close("all")
