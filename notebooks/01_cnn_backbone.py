@@ -1,0 +1,227 @@
+# %% [markdown]
+# # 01 · The CNN backbone: convolution, ResNet-50, feature maps
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/01_cnn_backbone.ipynb)
+
+# %%
+# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+import sys
+if "google.colab" in sys.modules:
+    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+
+# %% tags=["parameters"]
+import os
+SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
+# Smoke mode (the tests, on a CPU): a small image and random weights instead of ImageNet's.
+IMAGE_SHORT_SIDE = 160 if SMOKE else 480
+CHANNELS_SHOWN = 4 if SMOKE else 6
+PRETRAINED = not SMOKE
+
+# %% [markdown]
+# DETR starts like most detectors: a convolutional network turns the image $(3, H, W)$ into a
+# coarse grid of feature vectors $(2048, H/32, W/32)$. The transformer that follows never sees a
+# pixel, only these 2048-dimensional vectors. This notebook builds that grid from the bottom:
+#
+# 1. a convolution is a matrix product over image patches (*im2col*), checked against `F.conv2d`;
+# 2. ResNet-50 stacks such convolutions into bottleneck blocks with shortcuts;
+# 3. the feature maps of a real photograph after each stage;
+# 4. where the backbone's 23.5M parameters sit and which of them DETR trains.
+#
+# Everything runs through the `detr_nb` package; `detr_nb.workdir()` is where notebooks write files.
+
+# %%
+import inspect
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import detr_nb
+from detr_nb import explain, layers
+from detr_nb.backbone import Backbone, Bottleneck
+
+torch.manual_seed(0)
+WORK = detr_nb.workdir("01_cnn_backbone")
+print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| files go to", WORK)
+
+# %% [markdown]
+# ## 1. Convolution as im2col + one matrix product
+#
+# A 2-D convolution with weights $W \in \mathbb{R}^{C_\text{out} \times C_\text{in} \times k_h \times k_w}$,
+# stride $s$ and zero padding $p$ computes, for every output channel $o$ and output pixel $(i, j)$,
+#
+# $$y_{o,i,j} = b_o + \sum_{c=1}^{C_\text{in}} \sum_{u=0}^{k_h-1} \sum_{v=0}^{k_w-1} W_{o,c,u,v}\; x_{c,\; s i + u - p,\; s j + v - p},
+# \qquad H_\text{out} = \left\lfloor \frac{H + 2p - k_h}{s} \right\rfloor + 1 .$$
+#
+# The triple sum is a dot product between the flattened kernel and the flattened patch under
+# $(i, j)$. *im2col* copies every patch into one column of a matrix
+# $X_\text{col} \in \mathbb{R}^{(C_\text{in} k_h k_w) \times (H_\text{out} W_\text{out})}$; then all
+# outputs come from one product $Y = W_\text{mat} X_\text{col}$ with
+# $W_\text{mat} \in \mathbb{R}^{C_\text{out} \times C_\text{in} k_h k_w}$. Here is the loop version
+# of im2col from `detr_nb.explain` (slow, to read):
+
+# %%
+print(inspect.getsource(explain.im2col_loops))
+
+# %% [markdown]
+# The picture below follows one output pixel (red) for a 5x5 single-channel input, a 3x3 kernel and
+# padding 1: its patch in the input becomes one column of the im2col matrix, and the kernel, read as
+# a row, times that column is the output value.
+
+# %%
+x_small = torch.randint(0, 10, (5, 5)).float()
+sobel_x = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])   # a horizontal-gradient kernel
+fig = explain.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
+plt.show()
+
+# %% [markdown]
+# Now the real thing: several input and output channels, stride 2, padding 1, a batch of 2.
+# `F.unfold` is PyTorch's im2col; our loops must give the same matrix, and the product must equal
+# `F.conv2d`. `detr_nb.layers.conv2d` is the package's scratch convolution (the one the
+# `impl="scratch"` backbone runs); it must agree too, values **and** gradients.
+
+# %%
+x = torch.randn(2, 3, 16, 16, requires_grad=True)                  # (B, C_in, H, W)
+w = torch.randn(8, 3, 3, 3, requires_grad=True)                    # (C_out, C_in, k_h, k_w)
+b = torch.randn(8, requires_grad=True)
+
+cols = explain.im2col_loops(x.detach(), 3, stride=2, padding=1)     # (B, C_in*3*3, H_out*W_out)
+print("im2col:", tuple(cols.shape), "| same as F.unfold:",
+      torch.equal(cols, F.unfold(x.detach(), 3, stride=2, padding=1)))
+y_mat = (w.detach().reshape(8, -1) @ cols + b.detach()[:, None]).reshape(2, 8, 8, 8)   # (B, C_out, H_out, W_out)
+y_ref = F.conv2d(x, w, b, stride=2, padding=1)
+y_pkg = layers.conv2d(x, w, b, stride=2, padding=1)
+print("output:", tuple(y_ref.shape))
+print("max |matmul - F.conv2d|          =", f"{(y_mat - y_ref).abs().max().item():.2e}")
+print("max |layers.conv2d - F.conv2d|   =", f"{(y_pkg - y_ref).abs().max().item():.2e}")
+
+g = torch.randn_like(y_ref)
+grads_ref = torch.autograd.grad(y_ref, (x, w, b), g)
+grads_pkg = torch.autograd.grad(y_pkg, (x, w, b), g)
+for name, a, r in zip(("x", "W", "b"), grads_pkg, grads_ref):
+    torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+    print(f"grad {name}: max diff {(a - r).abs().max().item():.2e}")
+
+# %% [markdown]
+# A 1x1 convolution has $k_h = k_w = 1$: the "patch" is one pixel, so it is a linear layer applied to
+# every pixel's channel vector. DETR uses exactly that (`input_proj`, 2048 -> 256) between the
+# backbone and the transformer, and ResNet's bottleneck blocks use it to shrink and re-expand channels.
+
+# %% [markdown]
+# ## 2. Frozen batch norm is an affine map
+#
+# Batch norm normalises each channel with statistics $\mu_c, \sigma_c^2$ and rescales:
+# $y = \gamma_c \frac{x - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}} + \beta_c$. DETR trains with 2 images
+# per GPU, far too few for batch statistics, so it *freezes* the ImageNet values: $\gamma, \beta,
+# \mu, \sigma^2$ become constants (buffers, not parameters) and the layer collapses to
+# $y = a_c x + d_c$ with $a_c = \gamma_c / \sqrt{\sigma_c^2 + \epsilon}$ and $d_c = \beta_c - \mu_c a_c$.
+
+# %%
+print(inspect.getsource(layers.frozen_batch_norm))
+C = 8
+gamma, beta, mu, var = torch.rand(C) + 0.5, torch.randn(C), torch.randn(C), torch.rand(C) + 0.1
+h = torch.randn(2, C, 5, 5)
+ref = F.batch_norm(h, mu, var, gamma, beta, training=False, eps=1e-5)
+print("max |frozen_batch_norm - F.batch_norm| =",
+      f"{(layers.frozen_batch_norm(h, gamma, beta, mu, var) - ref).abs().max().item():.2e}")
+
+# %% [markdown]
+# ## 3. ResNet-50: stem, four stages of bottleneck blocks
+#
+# ResNet-50 = a *stem* (7x7 conv stride 2, batch norm, ReLU, 3x3 max-pool stride 2: $H/4$) and four
+# stages `layer1..layer4` of 3, 4, 6, 3 **bottleneck blocks**. A block computes
+#
+# $$y = \mathrm{ReLU}\big(\mathcal{F}(x) + \mathrm{shortcut}(x)\big), \qquad
+# \mathcal{F} = \underbrace{\text{1x1}}_{\text{reduce}} \to \underbrace{\text{3x3}}_{\text{stride}} \to \underbrace{\text{1x1}}_{\text{expand}\ \times 4},$$
+#
+# each convolution followed by (frozen) batch norm, ReLU between them. The shortcut is the identity,
+# except in a stage's first block where the shape changes: there a 1x1 convolution (with the stride)
+# matches channels and resolution. Stages 2-4 halve the resolution, so the output stride is
+# $4 \cdot 2^3 = 32$. The forward of `detr_nb.backbone.Bottleneck`:
+
+# %%
+print(inspect.getsource(Bottleneck.forward))
+
+# %% [markdown]
+# `Backbone("resnet50")` builds the network with torchvision's parameter names (so ImageNet weights
+# load unchanged), applies DETR's freezing (stem and `layer1` never train) and stops at `layer4`
+# (no pooling, no classifier). In Colab it loads torchvision's `IMAGENET1K_V1` weights, the ones the
+# official DETR started from; in smoke mode it keeps its random initialisation.
+
+# %%
+backbone = Backbone("resnet50", pretrained=PRETRAINED).eval()
+body = backbone.body
+print("weights:", "ImageNet (torchvision IMAGENET1K_V1)" if PRETRAINED
+      else "RANDOM init (smoke mode: no download) - the feature maps below are not meaningful")
+print(body.layer2[0])
+
+# %% [markdown]
+# Does our ResNet compute what torchvision's does? Load the same weights into `torchvision.models.resnet50`
+# and compare the `layer4` outputs on a random batch (torchvision's batch norm in eval mode uses its
+# running statistics, i.e. the same affine map as our frozen one).
+
+# %%
+import torchvision
+
+tv = torchvision.models.resnet50(weights=None).eval()
+missing, unexpected = tv.load_state_dict(body.state_dict(), strict=False)
+print("keys torchvision has and we don't:", missing)          # only the classifier (fc)
+print("keys we have and torchvision doesn't:", unexpected)
+tv_trunk = torch.nn.Sequential(*list(tv.children())[:-2])         # drop avgpool and fc
+probe = torch.randn(1, 3, 64, 64)
+with torch.no_grad():
+    ours, theirs = body(probe), tv_trunk(probe)
+print("layer4 output", tuple(ours.shape), "| max |ours - torchvision| =", f"{(ours - theirs).abs().max().item():.2e}")
+
+# %% [markdown]
+# ## 4. Feature maps of a real image, stage by stage
+#
+# Grace Hopper's portrait ships with matplotlib. We resize it (shorter side
+# `IMAGE_SHORT_SIDE`), normalise it with ImageNet's mean and standard deviation, and keep the output
+# of the stem and of every stage (`explain.stage_features`). Watch the shapes: channels grow
+# 64 -> 256 -> 512 -> 1024 -> 2048 while the grid shrinks by 4, 4, 8, 16, 32.
+
+# %%
+image = explain.image_to_tensor(explain.sample_image(), short_side=IMAGE_SHORT_SIDE)   # (3, H, W)
+feats = explain.stage_features(body, image[None])
+print("image", tuple(image.shape))
+for name, f in feats.items():
+    print(f"{name:7s} {str(tuple(f.shape)):22s} stride {image.shape[-1] // f.shape[-1]}")
+
+# %% [markdown]
+# Each row shows the most active channels of one stage (`CHANNELS_SHOWN`, by mean activation). Early channels respond to edges and
+# colours at nearly full detail; by `layer4` a cell covers 32x32 pixels and a channel fires on
+# larger structures (face, cap, jacket) - this coarse, semantic grid is what DETR's transformer reads.
+
+# %%
+fig = explain.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
+fig.savefig(WORK / "feature_maps.png", dpi=80)
+plt.show()
+print("saved", WORK / "feature_maps.png")
+
+# %% [markdown]
+# ## 5. The backbone's parameters
+#
+# `explain.grouped_parameter_table` counts parameters per top-level part of the ResNet and splits them
+# into trainable and frozen (DETR freezes the stem and `layer1`); `detr_nb.format_parameter_table`
+# prints it. The frozen batch-norm statistics are buffers: listed separately, never trained.
+# Expect 23,454,912 parameters, 23,232,512 of them trainable - the first line of DETR's own table
+# in notebook 04.
+
+# %%
+rows = explain.grouped_parameter_table(body)
+print(detr_nb.format_parameter_table(rows))
+total = rows[-2]
+assert (total.total, total.trainable) == (23_454_912, 23_232_512)
+
+# %% [markdown]
+# Almost two thirds of the weights sit in `layer4` alone (three blocks with 2048-channel outputs): the
+# 1x1 convolutions at the widest stage are the expensive ones.
+
+# %%
+fig = explain.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
+plt.show()
+
+# %% [markdown]
+# **Next:** the grid of 2048-d vectors has lost where each vector came from once it is flattened
+# into a sequence; notebook 02 adds that back with sine position encodings.
