@@ -66,26 +66,24 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         helptext = _HELP.get(f.name, "") + f" (default: {default!r})"
         if base is bool:
-            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
+                           help=helptext)
         elif base in (int, float, str):
-            p.add_argument(flag, dest=f.name, type=_none_or(base) if optional else base, default=None,
+            p.add_argument(flag, dest=f.name, type=_none_or(base) if optional else base, default=argparse.SUPPRESS,
                            metavar=f.name.upper(), help=helptext)
         else:  # dicts: JSON
-            p.add_argument(flag, dest=f.name, type=json.loads, default=None, metavar="JSON", help=helptext)
+            p.add_argument(flag, dest=f.name, type=json.loads, default=argparse.SUPPRESS, metavar="JSON",
+                           help=helptext)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values: Dict[str, Any] = {}
-    for f in dataclasses.fields(TrainConfig):
-        v = getattr(args, f.name, None)
-        if v is not None:
-            values[f.name] = v
+    given = vars(args)   # options not on the command line are absent (argparse.SUPPRESS)
+    values: Dict[str, Any] = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
     for item in args.set or []:
         key, sep, text = item.partition("=")
         if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
             raise SystemExit(f"--set expects FIELD=VALUE with a TrainConfig field, got {item!r}")
         values[key] = _json_value(text)
-    # Dataset options given explicitly but no time budget/epochs: keep defaults as they are.
     return TrainConfig(**values)
 
 
@@ -231,8 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m detr_nb", description="DETR from scratch: train, evaluate, predict")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("train", help="train (or resume) a run, then evaluate it",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = sub.add_parser("train", help="train (or resume) a run, then evaluate it")
     _add_config_options(p)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
                    help="any TrainConfig field, VALUE in JSON (repeatable)")

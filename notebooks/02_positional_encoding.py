@@ -1,0 +1,265 @@
+# %% [markdown]
+# # 02 · Positional encoding: telling the transformer where a pixel is
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/02_positional_encoding.ipynb)
+
+# %%
+# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+import sys
+if "google.colab" in sys.modules:
+    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+
+# %% tags=["parameters"]
+import os
+SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
+# The feature grid of an 800 x 1066 image at stride 32 is 25 x 34; smoke mode uses a smaller one.
+GRID_H, GRID_W = (12, 16) if SMOKE else (25, 34)
+
+# %% [markdown]
+# Notebook 01 ended with a grid of feature vectors $(C, h, w)$. DETR flattens it into a sequence of
+# $hw$ tokens for the transformer. Attention compares tokens by content only, so after flattening
+# nothing says *where* a token came from. This notebook:
+#
+# 1. shows that attention really ignores order (permute the tokens, the outputs permute with them);
+# 2. builds the 1-D sine encoding of "Attention is all you need", then DETR's 2-D version;
+# 3. shows what padding does to DETR's *normalised* coordinates;
+# 4. lets you pick a pixel and see its 256-d code and how similar it is to every other pixel's.
+
+# %%
+import inspect
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import detr_nb
+from detr_nb import explain, layers
+from detr_nb.backbone import Joiner
+from detr_nb.position_encoding import PositionEmbeddingSine
+
+torch.manual_seed(0)
+print("detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| grid", (GRID_H, GRID_W))
+
+# %% [markdown]
+# ## 1. Attention does not know the order of its inputs
+#
+# Self-attention computes $\mathrm{softmax}(QK^\top/\sqrt{d})V$ with $Q, K, V$ linear in the tokens $X$.
+# Permuting the rows of $X$ by a permutation matrix $P$ permutes $Q, K, V$ the same way, and
+# $\mathrm{softmax}(PQK^\top P^\top)PV = P\,\mathrm{softmax}(QK^\top)V$: the output is permuted too, nothing
+# else changes (*permutation equivariance*). A feature grid shuffled pixel by pixel would give the same
+# answers, shuffled. Check it with the package's multi-head attention (notebook 03 builds it):
+
+# %%
+mha = layers.MultiheadAttention(embed_dim=16, num_heads=4).eval()
+tokens = torch.randn(1, 10, 16)                    # (B, L, C): 10 "pixels"
+perm = torch.randperm(10)
+with torch.no_grad():
+    out = mha(tokens, tokens, tokens)
+    out_perm = mha(tokens[:, perm], tokens[:, perm], tokens[:, perm])
+print("attention(permuted tokens) == permuted attention(tokens):",
+      torch.allclose(out_perm, out[:, perm], atol=1e-6))
+
+# %% [markdown]
+# The fix: add to every token a vector that depends on its position. DETR adds it to the queries and
+# keys of every attention layer (never to the values), so position steers *where* a token looks.
+#
+# ## 2. The 1-D sine encoding
+#
+# For a position $p$ and $d$ channels (DETR: $d = 128$ per axis), with temperature $T = 10000$:
+#
+# $$\mathrm{PE}(p)_{2j} = \sin\!\left(\frac{p}{T^{2j/d}}\right), \qquad
+#   \mathrm{PE}(p)_{2j+1} = \cos\!\left(\frac{p}{T^{2j/d}}\right), \qquad j = 0, \dots, d/2 - 1 .$$
+#
+# Each (sin, cos) pair is a clock hand turning at angular frequency $\omega_j = T^{-2j/d}$, from 1 rad per
+# unit of $p$ (fast) down to $1/T$ (slow). DETR's coordinates are *normalised*: they run over
+# $(0, 2\pi]$ across the image (section 3). The package function:
+
+# %%
+print(inspect.getsource(explain.sine_encoding_1d))
+
+# %% [markdown]
+# Encode 100 positions in $(0, 2\pi]$ with 128 channels. Left: the whole code, one row per position.
+# Right: a few channels as curves. Only the first few pairs turn fast enough to change much across
+# the image; most channels are almost constant (sin ~ 0, cos ~ 1): they would matter for longer
+# coordinate ranges.
+
+# %%
+p = torch.linspace(0, 2 * math.pi, 100)[1:]                   # (99,) normalised positions
+enc = explain.sine_encoding_1d(p, num_feats=128)               # (99, 128)
+print("positions", tuple(p.shape), "-> encoding", tuple(enc.shape))
+
+fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
+im = axes[0].imshow(enc.numpy(), aspect="auto", cmap="RdBu_r", vmin=-1, vmax=1,
+                    extent=(0, 128, float(p[-1]), float(p[0])))
+axes[0].set_xlabel("channel")
+axes[0].set_ylabel("position p")
+axes[0].set_title("PE(p): sin on even, cos on odd channels")
+fig.colorbar(im, ax=axes[0])
+for ch in (0, 1, 6, 7, 20, 21):
+    axes[1].plot(p.numpy(), enc[:, ch].numpy(), label=f"ch {ch}" + (" (sin)" if ch % 2 == 0 else " (cos)"))
+axes[1].set_xlabel("position p")
+axes[1].legend(fontsize=7, ncol=3)
+axes[1].set_title("a few channels")
+plt.tight_layout()
+plt.show()
+
+omega = 10000.0 ** (-2 * torch.arange(64) / 128)               # the 64 frequencies
+print("pairs turning more than half a turn across the image (omega * 2pi > pi):",
+      int((omega * 2 * math.pi > math.pi).sum()), "of 64")
+
+# %% [markdown]
+# Why sines? Because of $\sin a \sin b + \cos a \cos b = \cos(a - b)$, the dot product of two codes
+# depends only on the offset:
+#
+# $$\mathrm{PE}(a)^\top \mathrm{PE}(b) = \sum_{j} \cos\big((a - b)\,\omega_j\big),$$
+#
+# largest ($= d/2$) at $a = b$ and falling with $|a - b|$. A query that carries $\mathrm{PE}(a)$ therefore
+# scores nearby keys higher, whatever $a$ is. Check the identity and plot the dot product against the offset:
+
+# %%
+a, b = torch.tensor([1.0]), torch.tensor([2.5])
+lhs = (explain.sine_encoding_1d(a) * explain.sine_encoding_1d(b)).sum()
+rhs = torch.cos((a - b) * omega).sum()
+print(f"PE(a).PE(b) = {lhs.item():.5f}   sum_j cos((a-b) w_j) = {rhs.item():.5f}")
+
+ref = enc[49]                                                  # position ~ pi
+plt.figure(figsize=(6, 2.8))
+plt.plot((p - p[49]).numpy(), (enc @ ref).numpy())
+plt.xlabel("offset a - b")
+plt.ylabel("PE(a) . PE(b)")
+plt.title("dot product of two 1-D codes depends on the offset only")
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 3. DETR's 2-D encoding, and what padding does to it
+#
+# An image position has two coordinates. DETR encodes $y$ and $x$ separately with $128$ channels each
+# and concatenates them: $\mathrm{pos}(y, x) = [\mathrm{PE}(y); \mathrm{PE}(x)] \in \mathbb{R}^{256}$, as wide as the
+# transformer's tokens, so it can be added to them. `PositionEmbeddingSine` takes the padding mask
+# $(B, h, w)$ (True = padding) and returns $(B, 256, h, w)$:
+
+# %%
+print(inspect.getsource(PositionEmbeddingSine.forward))
+
+# %% [markdown]
+# The coordinates are *counts of real pixels*: $y$ is the cumulative sum of `~mask` down each column,
+# $x$ along each row, so the first pixel is 1, the next 2, ... Normalisation divides by the count at the
+# last row/column and multiplies by $2\pi$:
+#
+# $$\hat x = \frac{\mathrm{cumsum}_x(\lnot m)}{\mathrm{cumsum}_x(\lnot m)_{\text{last}} + 10^{-6}} \cdot 2\pi .$$
+#
+# Batches pad images on the bottom and right to a common size. Two images below: A fills the
+# $6 \times 10$ grid, B is $4 \times 6$ and padded. `explain.normalized_coordinates` returns the
+# coordinates the encoding uses (the same computation as the package); rebuilding the 256-d code from
+# them with the 1-D function must give `PositionEmbeddingSine`'s output exactly.
+
+# %%
+mask = torch.zeros(2, 6, 10, dtype=torch.bool)                 # (B, h, w), True = padding
+mask[1, 4:, :] = True                                           # image B: 4 rows ...
+mask[1, :, 6:] = True                                           # ... and 6 columns of real pixels
+pos = PositionEmbeddingSine(num_pos_feats=128)(mask)            # (B, 256, h, w)
+y_hat, x_hat = explain.normalized_coordinates(mask)             # (B, h, w) each
+rebuilt = torch.cat([explain.sine_encoding_1d(y_hat), explain.sine_encoding_1d(x_hat)], dim=-1).permute(0, 3, 1, 2)
+print("pos", tuple(pos.shape), "| rebuilt from 1-D codes == PositionEmbeddingSine:", torch.allclose(rebuilt, pos))
+torch.set_printoptions(precision=2)
+print("x_hat, first row of A:", x_hat[0, 0])
+print("x_hat, first row of B:", x_hat[1, 0])
+
+# %% [markdown]
+# Image B's $\hat x$ reaches $2\pi$ at **its own** right edge (column 5), not at the padded one: the
+# normalisation divides by the number of real pixels in the row (padding adds nothing to the cumulative
+# sum, so the padded cells just repeat the last value - they are masked out of attention anyway).
+# A coordinate therefore means "fraction of this image", whatever it was batched with. The naive
+# alternative, dividing by the padded width, would place B's right edge at $2\pi \cdot 6/10$ and give the
+# same pixel a different code in every batch. Plotted:
+
+# %%
+cols = torch.arange(1, 11)
+fig, ax = plt.subplots(figsize=(6.5, 3))
+ax.plot(cols, x_hat[0, 0], "o-", label="A (no padding)")
+ax.plot(cols, x_hat[1, 0], "s-", label="B, DETR: divide by B's own width")
+ax.plot(cols, (~mask[1, 0]).float().cumsum(0) / 10 * 2 * math.pi, "x--", label="B, naive: divide by padded width")
+ax.axvspan(6.5, 10.5, color="grey", alpha=0.2, label="B's padding")
+ax.set_xlabel("column")
+ax.set_ylabel("normalised x")
+ax.legend(fontsize=7)
+plt.tight_layout()
+plt.show()
+
+# Padding does not change the code of B's real pixels: same as encoding B alone, unpadded.
+pos_b_alone = PositionEmbeddingSine(128)(torch.zeros(1, 4, 6, dtype=torch.bool))
+print("B's real pixels, padded batch vs alone:", torch.allclose(pos[1, :, :4, :6], pos_b_alone[0]))
+
+# %% [markdown]
+# Where does the feature-level mask come from? The data pipeline gives an *image* mask $(B, H, W)$;
+# the backbone's `Joiner` shrinks it to the feature grid by nearest-neighbour interpolation (a cell is
+# padding when the image pixel it samples, its top-left one, is) and computes the positions from it.
+# Below, 36 of 96 pixel columns are padding; at stride 32 the cells sample columns 0, 32 and 64, so
+# only the last feature column is marked (a cell that is partly image counts as image when its
+# sampled pixel is real):
+
+# %%
+print(inspect.getsource(Joiner.forward))
+img_mask = torch.zeros(1, 64, 96, dtype=torch.bool)
+img_mask[:, :, 60:] = True                                      # 36 padded pixel columns
+feat_mask = F.interpolate(img_mask[None].float(), size=(2, 3)).to(torch.bool)[0]   # stride 32
+print("image mask", tuple(img_mask.shape), "-> feature mask", tuple(feat_mask.shape), "\n", feat_mask[0])
+
+# %% [markdown]
+# Channels of the 2-D code on the grid of a typical image (`GRID_H x GRID_W`): channel $c < 128$
+# depends on $y$ only (horizontal stripes), channel $128 + c$ on $x$ only (vertical stripes);
+# low channel numbers oscillate fastest.
+
+# %%
+grid_pos = PositionEmbeddingSine(128)(torch.zeros(1, GRID_H, GRID_W, dtype=torch.bool))   # (1, 256, h, w)
+show = [0, 1, 4, 5, 128, 129, 132, 133]
+fig, axes = plt.subplots(1, len(show), figsize=(2 * len(show), 2))
+for ax, c in zip(axes, show):
+    ax.imshow(grid_pos[0, c].numpy(), cmap="RdBu_r", vmin=-1, vmax=1)
+    ax.set_title(f"ch {c} ({'y' if c < 128 else 'x'})", fontsize=8)
+    ax.set_axis_off()
+plt.tight_layout()
+plt.show()
+
+# %% [markdown]
+# ## 4. Pick a pixel: its code and its similarity to every other pixel
+#
+# `explain.plot_pixel_encoding` draws the 256 numbers of pixel $(y, x)$ (the $y$ half, then the $x$
+# half) and the cosine similarity
+# $\frac{\mathrm{pos}(y,x)^\top \mathrm{pos}(y',x')}{\lVert\cdot\rVert\,\lVert\cdot\rVert}$ to every pixel $(y', x')$.
+# The map peaks (= 1) at the chosen pixel and falls off with distance, separately along $y$ and $x$
+# (it is a sum of a $y$ term and an $x$ term). The similarity never gets very low: most channels
+# hardly vary across the image (section 2), so the useful contrast is in the shape of the map.
+# Move the sliders (in Colab); the cell after the widget calls the same function once directly.
+
+# %%
+import ipywidgets as widgets
+
+
+def show_pixel(y=GRID_H // 2, x=GRID_W // 3):
+    explain.plot_pixel_encoding(grid_pos, y, x)
+    plt.show()
+
+
+widgets.interact(show_pixel,
+                 y=widgets.IntSlider(value=GRID_H // 2, min=0, max=GRID_H - 1, description="y", continuous_update=False),
+                 x=widgets.IntSlider(value=GRID_W // 3, min=0, max=GRID_W - 1, description="x", continuous_update=False));
+
+# %%
+# The widget's function, called directly (this is what runs without a browser), plus the checks.
+show_pixel(2, GRID_W - 3)
+sim = explain.position_similarity(grid_pos, 2, GRID_W - 3)
+peak = divmod(int(sim.argmax()), GRID_W)
+print("similarity map", tuple(sim.shape), "| peak at", peak, f"value {sim.max().item():.3f}",
+      f"| min {sim.min().item():.3f}")
+assert peak == (2, GRID_W - 3)
+
+# %% [markdown]
+# DETR also offers a *learned* encoding (`position_embedding="learned"`: two tables of 50 row and 50
+# column vectors, trained with the model); the paper found the fixed sine encoding as good, and it
+# needs no parameters and works for any image size.
+#
+# **Next:** notebook 03 builds the attention that consumes these codes: scaled dot products, heads,
+# and masks.
