@@ -76,7 +76,9 @@ def conv2d(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride=1, p
         cols = x[:, :, ::stride[0], ::stride[1]].reshape(B, cin, Ho * Wo)   # (B, Cin, L)
     else:
         cols = F.unfold(x, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # (B, Cin*kh*kw, L)
-    y = weight.reshape(cout, -1) @ cols                                    # (B, Cout, L)
+    # One (Cout, K) @ (K, L) product per image. An explicit bmm over the broadcast weight avoids
+    # the transposed copy of the (large) columns that `weight @ cols` makes.
+    y = torch.bmm(weight.reshape(cout, -1).expand(B, -1, -1), cols)      # (B, Cout, L)
     if bias is not None:
         y = y + bias[:, None]
     return y.reshape(B, cout, Ho, Wo)
@@ -91,8 +93,8 @@ def frozen_batch_norm(x: Tensor, weight: Tensor, bias: Tensor, running_mean: Ten
 
 
 def relu(x: Tensor) -> Tensor:
-    """max(x, 0); ``where`` gives gradient 0 at x == 0 like torch.relu. Notebook 01."""
-    return torch.where(x > 0, x, torch.zeros_like(x))
+    """max(x, 0), as x times the mask (x > 0): gradient 0 at x == 0, like torch.relu. Notebook 01."""
+    return x * (x > 0)
 
 
 def softmax(x: Tensor, dim: int = -1) -> Tensor:
@@ -101,11 +103,11 @@ def softmax(x: Tensor, dim: int = -1) -> Tensor:
     Subtracting the max avoids overflow. A row that is entirely -inf (every key masked) would
     give 0/0 = NaN; here it gives all zeros instead (same as our torch path, see attention()).
     """
-    m = x.amax(dim=dim, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()  # constant shift: no gradient needed
+    m = x.detach().amax(dim=dim, keepdim=True)       # the shift cancels out: no gradient needed
+    m = m.nan_to_num(neginf=0.0)                     # all -inf row: shift by 0, not -inf (-inf - -inf = NaN)
     e = torch.exp(x - m)
-    s = e.sum(dim=dim, keepdim=True)
-    return e / torch.where(s > 0, s, torch.ones_like(s))
+    s = e.sum(dim=dim, keepdim=True)                 # >= 1 (the max term is e^0), or 0 for an all -inf row
+    return e / s.masked_fill(s == 0, 1.0)            # that row: 0/1 = 0 instead of 0/0
 
 
 def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps: float = 1e-5) -> Tensor:

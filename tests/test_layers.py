@@ -233,3 +233,13 @@ def test_set_impl_and_bad_impl():
     assert all(x.impl == "scratch" for x in m)
     with pytest.raises(ValueError, match="impl"):
         L.set_impl(m, "numpy")
+
+
+def test_softmax_gradient_with_a_single_visible_key():
+    """A row with one finite entry has sum exactly 1: the NaN guard must not cut its gradient."""
+    x = torch.randn(3, 4, requires_grad=True)
+    mask = torch.tensor([[False, True, True, True], [True, False, True, False], [False] * 4])
+    g = torch.randn(3, 4)
+    a = torch.autograd.grad((L.softmax(x.masked_fill(mask, float("-inf"))) * g).sum(), x)[0]
+    b = torch.autograd.grad((F.softmax(x.masked_fill(mask, float("-inf")), -1) * g).sum(), x)[0]
+    torch.testing.assert_close(a, b)
