@@ -1,0 +1,241 @@
+# %% [markdown]
+# # 03 · Attention: scaled dot products, heads and masks
+#
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/03_attention.ipynb)
+
+# %%
+# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+import sys
+if "google.colab" in sys.modules:
+    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+
+# %% tags=["parameters"]
+import os
+SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
+# Everything here is small; smoke mode only shortens the toy sequence of the widget.
+NUM_TOKENS = 12 if SMOKE else 24
+
+# %% [markdown]
+# Every layer of DETR's transformer is built around one operation, attention. This notebook derives it
+# from the formula, checks each step against PyTorch, and then looks at what the heads of a multi-head
+# attention do:
+#
+# 1. scaled dot-product attention by hand (and why the $\sqrt{d}$);
+# 2. multi-head attention with packed projections, the way `nn.MultiheadAttention` (and DETR's
+#    checkpoint) stores them;
+# 3. key-padding masks, which keep padded pixels out of every softmax;
+# 4. a widget to explore the weights of each head on a toy input.
+
+# %%
+import inspect
+import math
+
+import matplotlib.pyplot as plt
+import torch
+import torch.nn.functional as F
+
+import detr_nb
+from detr_nb import explain, layers
+
+torch.manual_seed(0)
+print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE)
+
+# %% [markdown]
+# ## 1. Scaled dot-product attention
+#
+# Queries $Q \in \mathbb{R}^{L_q \times d}$ ask, keys $K \in \mathbb{R}^{L_k \times d}$ answer, values
+# $V \in \mathbb{R}^{L_k \times d_v}$ are what gets averaged:
+#
+# $$\mathrm{Attention}(Q, K, V) = \mathrm{softmax}\!\left(\frac{Q K^\top}{\sqrt{d}}\right) V,
+# \qquad \mathrm{softmax}(s)_j = \frac{e^{s_j}}{\sum_{j'} e^{s_{j'}}} \ \text{(per row)} .$$
+#
+# Row $i$ of the weight matrix $A = \mathrm{softmax}(QK^\top/\sqrt d) \in \mathbb{R}^{L_q \times L_k}$ is a
+# probability distribution over the keys; output $i$ is the $A$-weighted average of the values. Step by
+# step, with the package's scratch `softmax`:
+
+# %%
+Lq, Lk, d, dv = 4, 6, 8, 3
+Q, K, V = torch.randn(Lq, d), torch.randn(Lk, d), torch.randn(Lk, dv)
+
+scores = Q @ K.T / math.sqrt(d)                    # (Lq, Lk): one score per query-key pair
+A = layers.softmax(scores, dim=-1)                 # (Lq, Lk): rows sum to 1
+out = A @ V                                        # (Lq, dv): weighted average of the values
+print("scores", tuple(scores.shape), "| weights", tuple(A.shape), "| output", tuple(out.shape))
+print("row sums of A:", A.sum(-1))
+
+pkg, _ = layers.attention(Q, K, V, impl="scratch")
+ref = F.scaled_dot_product_attention(Q[None], K[None], V[None])[0]
+print(f"max |by hand - layers.attention|           = {(out - pkg).abs().max().item():.2e}")
+print(f"max |by hand - F.scaled_dot_product_attention| = {(out - ref).abs().max().item():.2e}")
+
+# %% [markdown]
+# The package's softmax subtracts each row's maximum before exponentiating. Mathematically nothing
+# changes ($e^{s_j - m} / \sum e^{s_{j'} - m}$ is the same fraction), numerically it keeps $e^{s}$ from
+# overflowing. It also returns zeros, not NaN, for a row whose keys are *all* masked (every score
+# $-\infty$) - more on masks in section 3.
+
+# %%
+print(inspect.getsource(layers.softmax))
+big = torch.tensor([1000.0, 999.0, 990.0])
+print("naive exp/sum:", torch.exp(big) / torch.exp(big).sum(), "| layers.softmax:", layers.softmax(big))
+print("all keys masked -> F.softmax:", F.softmax(torch.full((3,), -math.inf), -1),
+      "| layers.softmax:", layers.softmax(torch.full((3,), -math.inf)))
+
+# %% [markdown]
+# **Why divide by $\sqrt d$?** If the entries of $q$ and $k$ are independent with variance 1, then
+# $q^\top k$ is a sum of $d$ such products: variance $d$. For $d = 32$ (DETR's head size) scores spread
+# over $\pm 10$ or so, and the softmax puts most of the weight on a single key, where its gradient
+# vanishes (the printout: average largest weight among 16 keys).
+# Dividing by $\sqrt d$ brings the variance back to 1:
+
+# %%
+for dim in (4, 32, 256):
+    q, k = torch.randn(2000, dim), torch.randn(2000, 16, dim)
+    s = (k @ q[:, :, None])[..., 0]                                   # (2000, 16) scores
+    print(f"d={dim:4d}: std of q.k = {s.std().item():6.2f} -> max weight {F.softmax(s, -1).max(-1).values.mean().item():.2f}"
+          f" | scaled std = {(s / math.sqrt(dim)).std().item():.2f} -> max weight "
+          f"{F.softmax(s / math.sqrt(dim), -1).max(-1).values.mean().item():.2f}")
+
+# %% [markdown]
+# ## 2. Multi-head attention with packed projections
+#
+# One attention compares tokens in one way. Multi-head attention runs $h$ of them in parallel, each on its
+# own learned projection of size $d = C / h$ (DETR: $C = 256$, $h = 8$, $d = 32$), and mixes the results:
+#
+# $$\mathrm{MultiHead}(Q, K, V) = \mathrm{Concat}(\mathrm{head}_1, \dots, \mathrm{head}_h)\, W^O, \qquad
+# \mathrm{head}_i = \mathrm{Attention}(Q W_i^Q, K W_i^K, V W_i^V).$$
+#
+# PyTorch (and DETR's checkpoint) store the three input projections *packed*: `in_proj_weight` of shape
+# $(3C, C)$ is $[W^Q; W^K; W^V]$ stacked, `in_proj_bias` $(3C,)$, then `out_proj` is a $C \times C$ linear
+# layer. The heads are not separate matrices: head $i$ is rows $[i d, (i+1) d)$ of each projection. Here is
+# the whole computation by hand, shapes on the right, with `detr_nb.layers.MultiheadAttention`'s weights:
+
+# %%
+B, L, C, h = 2, 5, 16, 4
+mha = layers.MultiheadAttention(C, h, impl="scratch").eval()
+with torch.no_grad():
+    mha.in_proj_bias.normal_()                                   # non-zero biases make the check stricter
+x = torch.randn(B, L, C)                                         # (B, L, C) tokens (self-attention: q = k = v = x)
+
+with torch.no_grad():
+    w_q, w_k, w_v = mha.in_proj_weight.chunk(3)                  # each (C, C)
+    b_q, b_k, b_v = mha.in_proj_bias.chunk(3)                    # each (C,)
+    q = (x @ w_q.T + b_q).reshape(B, L, h, C // h).transpose(1, 2)   # (B, h, L, d)
+    k = (x @ w_k.T + b_k).reshape(B, L, h, C // h).transpose(1, 2)   # (B, h, L, d)
+    v = (x @ w_v.T + b_v).reshape(B, L, h, C // h).transpose(1, 2)   # (B, h, L, d)
+    weights = layers.softmax(q @ k.transpose(-2, -1) / math.sqrt(C // h))   # (B, h, L, L)
+    heads = weights @ v                                          # (B, h, L, d)
+    concat = heads.transpose(1, 2).reshape(B, L, C)              # (B, L, C): heads side by side
+    by_hand = concat @ mha.out_proj.weight.T + mha.out_proj.bias # (B, L, C)
+
+out_pkg, w_pkg = explain.attention_weights(mha, x, x, x)         # package output + recorded weights
+torch_mha = explain.to_torch_mha(mha)                            # nn.MultiheadAttention, same state dict
+out_ref, w_ref = torch_mha(x, x, x, average_attn_weights=False)
+print("state-dict keys:", list(mha.state_dict()))
+print(f"max |by hand - package|            = {(by_hand - out_pkg).abs().max().item():.2e}")
+print(f"max |package - nn.MultiheadAttention| = {(out_pkg - out_ref).abs().max().item():.2e}")
+print(f"max |weights: package - torch|        = {(w_pkg - w_ref).abs().max().item():.2e}  (shape {tuple(w_pkg.shape)})")
+
+# %% [markdown]
+# `impl="torch"` replaces the scratch matmuls and softmax by `F.linear` and
+# `F.scaled_dot_product_attention` (PyTorch's fused kernel). Same parameters, so we can switch in place
+# and compare outputs **and gradients** (training mode, dropout 0):
+
+# %%
+mha.train()
+x_req = x.clone().requires_grad_(True)
+results = {}
+for impl in ("scratch", "torch"):
+    layers.set_impl(mha, impl)
+    mha.zero_grad()
+    x_req.grad = None
+    y = mha(x_req, x_req, x_req)
+    (y * torch.linspace(-1, 1, C)).sum().backward()
+    results[impl] = (y.detach(), x_req.grad.clone(), mha.in_proj_weight.grad.clone())
+for name, a, b in zip(("output", "d/dx", "d/d in_proj_weight"), results["scratch"], results["torch"]):
+    print(f"{name:20s} max |scratch - torch| = {(a - b).abs().max().item():.2e}")
+_ = layers.set_impl(mha.eval(), "scratch")
+
+# %% [markdown]
+# ## 3. Key-padding masks
+#
+# A batch holds images of different sizes, padded to the largest. The padded pixels must not receive
+# attention: the mask adds $-\infty$ to their scores, so after the softmax their weight is exactly 0,
+#
+# $$A = \mathrm{softmax}\!\left(\frac{QK^\top}{\sqrt d} + M\right), \qquad
+# M_{ij} = \begin{cases} -\infty & \text{key } j \text{ is padding} \\ 0 & \text{otherwise.}\end{cases}$$
+#
+# `key_padding_mask` is $(B, L_k)$, **True = padding**, the same convention as `nn.MultiheadAttention` and as
+# DETR's image masks. Sequence 1 below has 3 real tokens and 2 padded ones:
+
+# %%
+kpm = torch.tensor([[False] * 5, [False, False, False, True, True]])       # (B, L)
+out_m, w_m = explain.attention_weights(mha, x, x, x, key_padding_mask=kpm)
+out_r, w_r = torch_mha(x, x, x, key_padding_mask=kpm, average_attn_weights=False)
+torch.set_printoptions(precision=3, sci_mode=False)
+print("head 0 weights of sequence 1 (columns 3, 4 = padded keys):\n", w_m[1, 0])
+print(f"max |package - nn.MultiheadAttention| with mask: out {(out_m - out_r).abs().max().item():.2e}, "
+      f"weights {(w_m - w_r).abs().max().item():.2e}")
+
+# The real tokens of sequence 1 get exactly what they get without the padding at all:
+alone, _ = explain.attention_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
+print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).abs().max().item():.2e}")
+
+# %% [markdown]
+# The outputs at padded *query* positions (rows 3, 4 of sequence 1) are computed but meaningless; later
+# layers mask them as keys again and the loss never looks at them. In DETR's encoder the mask comes from
+# the feature-level padding mask flattened to $(B, hw)$; the decoder's cross-attention uses the same mask
+# for the image keys. `attn_mask` $(L_q, L_k)$ (also True = blocked) is the other kind of mask, per
+# query-key pair; DETR only needs it for extensions such as Group DETR.
+#
+# ## 4. What the heads look at: a readable toy
+#
+# Random weights make random-looking heads. `explain.positional_toy_attention` builds a multi-head attention
+# whose heads can be read: the tokens are 1-D sine position codes (notebook 02), $W^Q = W^K = \sqrt{s}\,I$ and
+# $W^V = W^O = I$. Each head then sees one band of frequencies (channels $[i d, (i+1) d)$), and since
+# $\sin a \sin b + \cos a \cos b = \cos(a - b)$ its score between tokens $a$ and $b$ is
+# $s \sum_{j \in \text{head}} \cos\big((a - b)\,\omega_j\big) / \sqrt d$: the high-frequency head attends sharply
+# to close neighbours, the lowest-frequency head almost uniformly. Different heads, different ranges - the
+# reason to have several.
+
+# %%
+toy, tokens = explain.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
+_, toy_w = explain.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
+print("tokens", tuple(tokens.shape), "| weights", tuple(toy_w.shape))
+fig = explain.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
+plt.show()
+
+# %% [markdown]
+# Explore one head and one query; `padded keys` masks the last keys as padding (their weight drops to 0
+# and the remaining weights of the row grow so that it still sums to 1). In Colab move the controls;
+# the next cell calls the widget's function directly.
+
+# %%
+import ipywidgets as widgets
+
+
+def show_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):
+    kpm = torch.zeros(1, NUM_TOKENS, dtype=torch.bool)
+    if padded_keys:
+        kpm[0, NUM_TOKENS - padded_keys:] = True
+    _, w = explain.attention_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
+    explain.plot_attention_query(w, head=head, query=query)
+    plt.show()
+    return w
+
+
+widgets.interact(show_head,
+                 head=widgets.Dropdown(options=[0, 1, 2, 3], value=0, description="head"),
+                 query=widgets.IntSlider(value=NUM_TOKENS // 2, min=0, max=NUM_TOKENS - 1, description="query",
+                                         continuous_update=False),
+                 padded_keys=widgets.IntSlider(value=0, min=0, max=NUM_TOKENS - 1, description="padded keys",
+                                               continuous_update=False));
+
+# %%
+w = show_head(head=1, query=3, padded_keys=4)
+print("row sums:", w[0, 1].sum(-1)[:4], "| weight on the 4 padded keys:", w[0, :, :, -4:].abs().max().item())
+assert torch.allclose(w.sum(-1), torch.ones(1, 4, NUM_TOKENS)) and w[0, :, :, -4:].abs().max() == 0
+
+# %% [markdown]
+# **Next:** notebook 04 stacks these attentions into DETR's encoder and decoder, adds the object queries
+# and the prediction heads, and runs the whole model (41.3M parameters) on an image.
