@@ -123,17 +123,22 @@ def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps:
 
 def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
                eps: float = 1e-5) -> Tensor:
-    """Layer norm over groups of channels (and all pixels), per sample. x (B, C, H, W). Notebook 01."""
+    """Layer norm over groups of channels (and all pixels), per sample. x (B, C, H, W). Notebook 01.
+
+    Once the group statistics are known, normalising + the affine map is one per-(sample, channel)
+    scale and shift, applied in a single pass like frozen batch norm.
+    """
     B, C = x.shape[:2]
-    g = x.reshape(B, num_groups, -1)                                  # (B, G, C/G*H*W)
-    var, mean = torch.var_mean(g, dim=-1, keepdim=True, correction=0)   # (B, G, 1)
-    y = ((g - mean) * (var + eps).rsqrt()).reshape(x.shape)
-    shape = (1, C) + (1,) * (x.dim() - 2)
+    var, mean = torch.var_mean(x.reshape(B, num_groups, -1), dim=-1, correction=0)   # (B, G)
+    rstd = (var + eps).rsqrt()
+    scale = rstd.repeat_interleave(C // num_groups, dim=1)                            # (B, C)
+    shift = -mean.repeat_interleave(C // num_groups, dim=1) * scale                   # (B, C)
     if weight is not None:
-        y = y * weight.reshape(shape)
+        scale, shift = scale * weight, shift * weight
     if bias is not None:
-        y = y + bias.reshape(shape)
-    return y
+        shift = shift + bias
+    extra = (1,) * (x.dim() - 2)
+    return x * scale.reshape(B, C, *extra) + shift.reshape(B, C, *extra)
 
 
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
@@ -410,7 +415,8 @@ def record_attention(model: nn.Module, average_heads: bool = False) -> Iterator[
     """Inside the block, every MultiheadAttention of ``model`` stores its attention weights.
 
     Yields a dict {module name: weights (B, nheads, Lq, Lk)} ((B, Lq, Lk) if ``average_heads``),
-    filled by each forward pass; outputs are unchanged. Used for the attention maps of notebooks 03/04.
+    filled by each forward pass; outputs are unchanged (up to rounding: the torch impl computes
+    the weights explicitly while recording). Used for the attention maps of notebooks 03/04.
     """
     store: Dict[str, Tensor] = {}
     mods = [(n, m) for n, m in model.named_modules() if isinstance(m, MultiheadAttention)]

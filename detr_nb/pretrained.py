@@ -34,12 +34,14 @@ def load_pretrained(model: nn.Module, name: str = "detr_r50", *, url: Optional[s
     way to fine-tune on a new dataset. Any other key or shape mismatch raises ValueError naming
     the keys. ``url`` overrides the URL (e.g. ``file:///path/detr-r50-<sha256 prefix>.pth``).
     """
-    if url is None:
+    official = url is None
+    if official:
         if name not in CHECKPOINTS:
             raise ValueError(f"unknown checkpoint {name!r}; known: {', '.join(CHECKPOINTS)}")
         url = CHECKPOINTS[name]
     if sha256_prefix(url) is None:
         raise ValueError(f"checkpoint file name must carry its sha256 prefix (name-<hex>.pth), got {url!r}")
+    _warn_if_other_architecture(model, name if official else None)
     ckpt = torch.hub.load_state_dict_from_url(url, map_location=map_location, progress=progress,
                                               check_hash=True, weights_only=True)
     state = ckpt["model"] if isinstance(ckpt, dict) and "model" in ckpt else ckpt
@@ -73,6 +75,22 @@ def load_checkpoint_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> L
         raise ValueError("\n".join(msg))
     model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=not skipped)
     return skipped
+
+
+def _warn_if_other_architecture(model: nn.Module, name: Optional[str]) -> None:
+    """DC5 and non-DC5 checkpoints have the same keys and shapes: catch a mix-up by the config."""
+    cfg = getattr(model, "config", None)
+    if name is None or cfg is None:
+        return
+    from .configs import CONFIGS   # local import: configs imports the model modules
+
+    ref = CONFIGS[name]
+    fields = ("backbone", "dilation", "return_layer", "backbone_norm", "hidden_dim", "nheads", "enc_layers",
+              "dec_layers", "dim_feedforward", "pre_norm", "position_embedding")
+    diff = [f"{f}={getattr(cfg, f)!r} (checkpoint: {getattr(ref, f)!r})" for f in fields
+            if getattr(cfg, f) != getattr(ref, f)]
+    if diff:
+        warnings.warn(f"model config differs from {name}'s: " + ", ".join(diff), stacklevel=3)
 
 
 def _short(items: List[str], n: int = 10) -> str:

@@ -346,6 +346,20 @@ def test_load_pretrained_rejects_bad_hash_and_bad_keys(hub_dir):
         load_pretrained(_tiny(), "detr_r18")
 
 
+def test_load_pretrained_warns_on_dc5_mixup(hub_dir, monkeypatch):
+    """detr_r50 and detr_r50_dc5 share keys and shapes: the config comparison must catch it."""
+    import detr_nb.pretrained as P
+
+    m = _meta_model("detr_r50_dc5")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: {"model": m.state_dict()})
+    monkeypatch.setattr(P, "load_checkpoint_state", lambda model, state: [])
+    with pytest.warns(UserWarning, match="dilation=True"):
+        load_pretrained(m, "detr_r50")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_pretrained(m, "detr_r50_dc5")
+
+
 def test_checkpoint_table():
     assert set(CHECKPOINTS) == {"detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5"}
     assert sha256_prefix(CHECKPOINTS["detr_r50"]) == "e632da11"
