@@ -133,6 +133,8 @@ def apply_init(model: DETR, scheme: str) -> DETR:
     """
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init scheme {scheme!r}; known: {INIT_SCHEMES}")
+    if getattr(model, "config", None) is not None:
+        model.config.init = scheme   # so a checkpoint's stored config says how the model was initialised
     parts = [model.transformer, model.input_proj, model.class_embed, model.bbox_embed, model.query_embed]
     for part in parts:
         _reset_default(part)
