@@ -2,9 +2,12 @@
 
     python bench/layers.py            # all rows
     python bench/layers.py --quick    # fewer repeats
+    OMP_NUM_THREADS=1 python bench/layers.py --threads 1   # on a shared/oversubscribed machine
 
 Runs alternate between the two impls (same weights, same inputs), so machine load hits both
-alike; each figure is the median over repeats, after warm-up.
+alike; each figure is the median over repeats, after warm-up. On a machine whose cores are
+shared with other jobs, several OpenMP threads per process spin against each other and every
+figure gets several times slower: use one thread there.
 """
 from __future__ import annotations
 

@@ -121,6 +121,13 @@ def test_output_contract():
     assert isinstance(m.config, DETRConfig) and m.config.num_classes == 5
 
 
+def test_detr_small_builds_and_runs():
+    m = build_model("detr_small", num_classes=3).eval()
+    out = m(torch.randn(1, 3, 64, 64))
+    assert out["pred_logits"].shape == (1, 50, 4) and len(out["aux_outputs"]) == 2
+    assert m.backbone.num_channels == 512 and m.config.backbone == "resnet18"
+
+
 def test_scratch_equals_torch_tiny_eval_float64():
     m = _tiny(backbone_norm="frozen_bn", dropout=0.1).double().eval()
     x = torch.randn(2, 3, 48, 64, dtype=torch.float64)
