@@ -48,6 +48,8 @@ from detr_nb.data import (Compose, RandomHorizontalFlip, RandomResize, RandomSiz
 from detr_nb.data import synthetic
 from detr_nb.data.transforms import hflip
 
+if SMOKE:
+    torch.set_num_threads(1)   # the test machine shares 2 cores between processes: one thread each avoids contention
 print("detr_nb", detr_nb.__version__, "| files go to", workdir())
 
 # %% [markdown]

@@ -120,3 +120,83 @@ def test_plot_augmentations_draws_every_box(tiny_synthetic):
     assert [len(ax.patches) for ax in fig.axes] == [n_raw, n_raw, n_crop]
     assert "crop" in fig.axes[2].get_title()
     plt.close("all")
+
+
+# ---- notebook 07 ----------------------------------------------------------------------------------
+
+def test_checkpoint_root_drive_or_workdir(tmp_path, monkeypatch):
+    monkeypatch.setenv("DETR_NB_WORKDIR", str(tmp_path / "work"))
+    assert lessons.checkpoint_root(colab=False) == tmp_path / "work" / "runs"
+    # Colab with Drive already mounted: the run folder lives on Drive.
+    (tmp_path / "drive" / "MyDrive").mkdir(parents=True)
+    root = lessons.checkpoint_root(colab=True, mount_point=str(tmp_path / "drive"))
+    assert root == tmp_path / "drive" / "MyDrive" / "detr_nb" / "runs" and root.is_dir()
+    # Colab where mounting fails (no google.colab module here): falls back to the work dir, says why.
+    messages = []
+    root = lessons.checkpoint_root(colab=True, mount_point=str(tmp_path / "nodrive"), log=messages.append)
+    assert root == tmp_path / "work" / "runs" and "not mounted" in messages[0]
+
+
+class _FakeTrainer:
+    def __init__(self, step=0, resumed_from=None):
+        self.step, self.resumed_from, self.history = step, resumed_from, []
+
+    def advance(self, loss):
+        self.step += 1
+        self.history.append({"kind": "step", "step": self.step, "loss": loss, "loss_ce": loss / 2,
+                             "loss_bbox": loss / 5, "loss_giou": loss / 4, "class_error": 50.0,
+                             "cardinality_error": 3.0})
+
+
+def test_live_loss_plot_redraws_on_schedule_and_marks_resumes():
+    live = lessons.LiveLossPlot(every=2, display=False)
+    t = _FakeTrainer()
+    for k in range(5):
+        t.advance(10.0 - k)
+        live(t)
+    assert live.draws == 2  # steps 2 and 4
+    line = [ln for ln in live.last_figure.axes[0].get_lines() if ln.get_label() == "loss"][0]
+    assert list(line.get_xdata()) == [1, 2, 3, 4] and list(line.get_ydata()) == [10.0, 9.0, 8.0, 7.0]
+    live(t)  # same step, nothing new logged: no redraw
+    assert live.draws == 2
+    t2 = _FakeTrainer(step=4, resumed_from="last.pth")
+    t2.history = list(t.history[:4])
+    for loss in (6.5, 6.0):  # the trainer calls back after every step
+        t2.advance(loss)
+        live(t2)
+    assert live.resumes == [4] and live.draws == 3
+    assert any(ln.get_xdata()[0] == 4 for ln in live.last_figure.axes[0].get_lines() if ln.get_linestyle() == ":")
+    plt.close("all")
+
+
+def test_loss_figure_ignores_non_step_lines():
+    hist = [{"kind": "step", "step": 1, "loss": 3.0}, {"kind": "epoch", "step": 1, "loss": 2.0},
+            {"kind": "step", "step": 2, "loss": 2.5}]
+    fig = lessons.loss_figure(hist)
+    (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "loss"]
+    assert list(line.get_ydata()) == [3.0, 2.5]
+    assert "no steps" in lessons.loss_figure([]).axes[0].get_title()
+    plt.close("all")
+
+
+def test_disconnect_after_kills_a_real_run_and_resume_continues(tmp_path):
+    """A run interrupted without a checkpoint resumes from the last one and reaches the same weights."""
+    from detr_nb.train import Trainer, TrainConfig
+
+    torch.set_num_threads(1)
+    cfg = TrainConfig(dataset="synthetic", data_root=str(tmp_path / "syn"),
+                      data_kwargs={"num_train": 4, "num_val": 2, "image_size": (48, 56), "workers": 1},
+                      batch_size=2, max_steps=2, time_budget_s=None, log_every=1, progress=False,
+                      out=str(tmp_path / "run"), eval_at_end=False)
+    first = Trainer(cfg)
+    assert first.fit() == "max_steps" and first.step == 2  # one epoch of 2 steps: checkpoint at step 2
+    second = Trainer(cfg, callbacks=[lessons.disconnect_after(3)], max_steps=4)
+    assert second.resumed_from is not None and second.step == 2
+    with pytest.raises(lessons.SimulatedDisconnect):
+        second.fit()
+    assert second.step == 3
+    third = Trainer(cfg, max_steps=4)
+    assert third.step == 2  # the step after the checkpoint was lost
+    assert third.fit() == "max_steps" and third.step == 4
+    steps = [r["step"] for r in third.history if r.get("kind") == "step"]
+    assert steps == [1, 2, 3, 4]  # the lost session's lines were dropped, no duplicates
