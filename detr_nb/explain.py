@@ -453,7 +453,7 @@ def plot_detections(image: Tensor, outputs: Mapping[str, Tensor], threshold: flo
 # ============================================================================ 08: attention maps
 @torch.no_grad()
 def attention_maps(model: nn.Module, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, object]:
-    """One forward pass of a DETR with every attention recorded.
+    """One forward pass of a DETR with every attention recorded (results on the CPU).
 
     Returns ``outputs`` (the model's output dict), ``encoder`` (list over layers of (B, heads, S, S)
     self-attention, S = h*w), ``decoder`` (list over layers of (B, heads, Q, S) cross-attention),
@@ -473,9 +473,20 @@ def attention_maps(model: nn.Module, images: Tensor, mask: Optional[Tensor] = No
         handle.remove()
     enc = [store[k] for k in sorted(store, key=_layer_order) if ".encoder." in k and k.endswith("self_attn")]
     dec = [store[k] for k in sorted(store, key=_layer_order) if ".decoder." in k and k.endswith("multihead_attn")]
-    fmask = captured["mask"]
-    return {"outputs": outputs, "encoder": enc, "decoder": dec, "feature_mask": fmask,
+    fmask = captured["mask"].cpu()
+    return {"outputs": _cpu(outputs), "encoder": _cpu(enc), "decoder": _cpu(dec), "feature_mask": fmask,
             "feature_size": tuple(fmask.shape[-2:]), "image_size": tuple(images.shape[-2:])}
+
+
+def _cpu(x):
+    """Tensors (in dicts and lists) moved to the CPU, for plotting."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu(v) for v in x)
+    return x
 
 
 def _layer_order(name: str) -> Tuple[str, int]:
