@@ -3,7 +3,7 @@
     python -m detr_nb train                                  # the main job: synthetic data, CPU, time budget
     python -m detr_nb train --dataset balloon --model detr_small --pretrained-backbone --epochs 50
     torchrun --nproc_per_node=4 -m detr_nb train --dataset coco2017 --model detr_r50 --preset official
-    python -m detr_nb evaluate --run runs/my-run                # COCO numbers of its best checkpoint
+    python -m detr_nb evaluate --run runs/my-run                # COCO numbers of its newest checkpoint
     python -m detr_nb predict photo.jpg --run runs/my-run -o boxes.png
 
 ``train`` has one option per field of :class:`detr_nb.train.TrainConfig` (``--batch-size``,
@@ -87,15 +87,15 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(**values)
 
 
-def _checkpoint_path(run_or_file: str) -> Path:
-    """A checkpoint file from a file or a run directory (best.pth, else the newest good one)."""
+def _checkpoint_path(run_or_file: str, best: bool = False) -> Path:
+    """A checkpoint file from a file or a run directory (the newest good one, or best.pth with ``best``)."""
     from . import checkpoint as ck
 
     p = Path(run_or_file)
     if p.is_file():
         return p
     for d in (p / "checkpoints", p):
-        if (d / ck.BEST).is_file():
+        if best and (d / ck.BEST).is_file():
             try:
                 ck.load_checkpoint(d / ck.BEST)
                 return d / ck.BEST
@@ -121,7 +121,7 @@ def _load_model(args, device):
     source = args.checkpoint or args.run
     if not source:
         raise SystemExit("give --run DIR, --checkpoint FILE or --pretrained NAME")
-    path = _checkpoint_path(source)
+    path = _checkpoint_path(source, best=getattr(args, "best", False))
     state = ck.load_checkpoint(path)
     print(f"checkpoint {path} (epoch {state['epoch']}, step {state['step']})")
     model = model_from_checkpoint(state, device, impl=args.impl)
@@ -236,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     def model_source(q):
-        q.add_argument("--run", help="a run directory (uses its best, else newest good checkpoint)")
+        q.add_argument("--run", help="a run directory (uses its newest good checkpoint)")
+        q.add_argument("--best", action="store_true", help="with --run: its best.pth instead of the newest")
         q.add_argument("--checkpoint", help="a checkpoint file")
         q.add_argument("--pretrained", help="official DETR weights by name, e.g. detr_r50 (COCO classes)")
         q.add_argument("--impl", default=None, help="torch | scratch (default: as trained)")
