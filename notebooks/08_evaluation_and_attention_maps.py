@@ -37,13 +37,11 @@ OFFICIAL = not SMOKE                     # also look inside the official DETR-R5
 # 5. in Colab, the same maps for the official DETR-R50 on a real photograph.
 
 # %%
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import evaluate as E, explain, workdir
+from detr_nb import evaluate as E, explain, lessons, workdir
 from detr_nb.train import Trainer, TrainConfig, model_from_checkpoint
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -53,15 +51,16 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # ## 1. A trained model
 #
 # Notebook 07 trains `detr_tiny` on the synthetic shapes dataset and keeps its checkpoints in a run folder
-# with a fixed name (`RUN_NAME`), on Google Drive when mounted, else under `workdir("runs")`. If such a
+# with a fixed name (`RUN_NAME`) under `lessons.checkpoint_root()`: Google Drive in Colab, else
+# `workdir("runs")`. If such a
 # checkpoint exists, `model_from_checkpoint` rebuilds the model from the configuration stored in it.
 # Otherwise we train here with the same engine (`Trainer`, the code behind `python -m detr_nb train`) for
 # `TRAIN_STEPS` steps. Either way the validation set is the synthetic one with `NUM_VAL` images.
 
 # %%
-candidates = [Path("/content/drive/MyDrive/detr_nb/runs") / RUN_NAME, workdir("runs") / RUN_NAME]
-found = next((p / "checkpoints" / "last.pth" for p in candidates if (p / "checkpoints" / "last.pth").exists()), None)
-found = None if SMOKE else found          # smoke mode always trains its own tiny model
+# Same folder as notebook 07: Google Drive in Colab (mounted on request), else workdir("runs").
+last = lessons.checkpoint_root(mount_drive=not SMOKE) / RUN_NAME / "checkpoints" / "last.pth"
+found = last if last.exists() and not SMOKE else None     # smoke mode always trains its own tiny model
 
 config = TrainConfig(
     dataset="synthetic", data_root=str(workdir("synthetic")),
