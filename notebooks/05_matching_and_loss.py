@@ -325,7 +325,6 @@ assert np.all(np.diff(dup["set_ce"]) > 0) and np.all(np.diff(dup["naive_ce"]) < 
 
 # %%
 import ipywidgets as widgets
-from IPython.display import display
 
 
 def show(query, cx, cy, w, h):

@@ -273,6 +273,11 @@ fig.suptitle("black = padding (True)", fontsize=9)
 plt.show()
 
 # %% [markdown]
+# Note what happens to thin padding: a strip narrower than the stride can vanish from the feature mask,
+# because nearest interpolation reads one image pixel per feature cell. Those feature cells then mix a few
+# padded pixels into their receptive field; it is a small, inherent leak of DETR's design, and one reason
+# why a model trained on single unpadded images loses some AP when evaluated with padding.
+#
 # **Summary.** A dataset yields `(image, target)` with normalised centre boxes; transforms move boxes with
 # pixels in absolute corner form and normalise at the end; `collate_fn` pads and masks; the backbone carries
 # the mask down to the feature map. Notebook 07 feeds these batches to the model and the loss of notebook 05.
