@@ -74,7 +74,7 @@ def measure(name, impl, amp, batch, size, steps, warmup, device, num_classes=91)
     t = time.perf_counter()
     for _ in range(steps):
         loss = step()
-    loss = float(loss)  # one sync at the end
+    loss = float(loss.detach())  # one sync at the end
     if device.type == "cuda":
         torch.cuda.synchronize()
     dt = time.perf_counter() - t
@@ -92,7 +92,10 @@ def main(argv=None):
     p.add_argument("--r50-batch", type=int, default=None)
     p.add_argument("--configs", nargs="+", default=["detr_tiny", "detr_r50"])
     p.add_argument("--impls", nargs="+", default=["torch", "scratch"])
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 is faster on a busy machine)")
     args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))

@@ -71,7 +71,9 @@ class TrainConfig:
     preset: str = "cpu"                 # transform preset: official | t4 | cpu | none
     train_split: str = "train"
     val_split: str = "val"
-    skip_unreadable: bool = True        # a missing/corrupt training image is skipped with a warning
+    skip_unreadable: bool = True        # a missing/corrupt training image is skipped with a warning (the next
+    #   image takes its place); False: the run stops with an OSError naming the file, checkpoints untouched.
+    #   Validation images must all be readable (an error names the file).
     # --- model
     model: str = "detr_tiny"            # a name of detr_nb.configs.CONFIGS
     impl: str = "torch"                 # "torch" (fused ops) | "scratch" (the math on tensors)
