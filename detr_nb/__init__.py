@@ -22,9 +22,30 @@ from .params import format_parameter_table, parameter_table  # noqa: E402
 from .postprocess import postprocess  # noqa: E402
 from .pretrained import load_pretrained  # noqa: E402
 
+# Heavier modules (matplotlib figures, the engine) load on first use: `detr_nb.explain.f(...)`.
+_LAZY_MODULES = {
+    "checkpoint", "compare", "data", "diagnostics", "distributed", "evaluate", "explain", "lessons",
+    "matching_viz", "plotting", "precision", "train",
+}
+_LAZY_NAMES = {
+    "Trainer": "train", "TrainConfig": "train", "NonFiniteLossError": "train",
+    "model_from_checkpoint": "train", "CheckpointError": "checkpoint", "draw_boxes": "plotting",
+}
+
+
+def __getattr__(name):
+    import importlib
+
+    if name in _LAZY_MODULES:
+        return importlib.import_module(f".{name}", __name__)
+    if name in _LAZY_NAMES:
+        return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
+    raise AttributeError(f"module 'detr_nb' has no attribute {name!r}")
+
+
 __all__ = [
     "REPO_URL", "REPO_BRANCH", "box_ops", "box_area", "box_cxcywh_to_xyxy", "box_iou", "box_xyxy_to_cxcywh",
     "generalized_box_iou", "DETRConfig", "apply_init", "build_model", "get_config", "SetCriterion",
     "record_attention", "set_impl", "HungarianMatcher", "format_parameter_table", "parameter_table",
-    "postprocess", "load_pretrained", "in_colab", "workdir",
+    "postprocess", "load_pretrained", "in_colab", "workdir", *sorted(_LAZY_NAMES),
 ]
