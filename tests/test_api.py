@@ -1,0 +1,42 @@
+"""The top-level API the notebooks, CLI and issues rely on."""
+import pytest
+import torch
+
+import detr_nb
+
+
+def test_public_names_resolve():
+    for name in detr_nb.__all__:
+        assert getattr(detr_nb, name) is not None, name
+
+
+def test_unknown_attribute_is_an_attribute_error():
+    with pytest.raises(AttributeError, match="no attribute 'definitely_missing'"):
+        detr_nb.definitely_missing
+
+
+def test_unknown_model_lists_known_names():
+    with pytest.raises(Exception) as err:
+        detr_nb.build_model("detr_r5O", num_classes=91)
+    for known in ("detr_r50", "detr_r101", "detr_r50_dc5", "detr_r101_dc5", "detr_tiny"):
+        assert known in str(err.value)
+
+
+def test_end_to_end_with_top_level_names():
+    """build_model -> SetCriterion (with HungarianMatcher) -> postprocess, on one tiny batch."""
+    torch.manual_seed(0)
+    model = detr_nb.build_model("detr_tiny", num_classes=4).eval()
+    images = torch.randn(2, 3, 64, 80)
+    mask = torch.zeros(2, 64, 80, dtype=torch.bool)
+    mask[1, :, 60:] = True
+    out = model(images, mask)
+    Q = model.config.num_queries
+    assert out["pred_logits"].shape == (2, Q, 5) and out["pred_boxes"].shape == (2, Q, 4)
+    targets = [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[.3, .3, .2, .2], [.6, .5, .3, .4]])},
+               {"labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)}]
+    criterion = detr_nb.SetCriterion(4, matcher=detr_nb.HungarianMatcher())
+    losses = criterion(out, targets)
+    assert torch.isfinite(losses["loss"])
+    results = detr_nb.postprocess(out, torch.tensor([[64, 80], [64, 60]]))
+    assert len(results) == 2 and results[0]["boxes"].shape == (Q, 4)
+    assert (results[1]["boxes"][:, 0::2] <= 60 + 1e-4).all() and (results[1]["boxes"] >= -1e-4).all()
