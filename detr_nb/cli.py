@@ -5,6 +5,7 @@
     torchrun --nproc_per_node=4 -m detr_nb train --dataset coco2017 --model detr_r50 --preset official
     python -m detr_nb evaluate --run runs/my-run                # COCO numbers of its newest checkpoint
     python -m detr_nb predict photo.jpg --run runs/my-run -o boxes.png
+    python -m detr_nb compare --approaches scratch,torch,pretrained --steps 300   # detr_nb/compare.py
 
 ``train`` has one option per field of :class:`detr_nb.train.TrainConfig` (``--batch-size``,
 ``--time-budget`` for ``time_budget_s``, ``--resume/--no-resume`` ...), plus ``--set FIELD=VALUE`` for
@@ -262,6 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threshold", type=float, default=0.5)
     r.add_argument("-o", "--output", default="predictions.png")
     r.set_defaults(func=cmd_predict)
+
+    from .compare import add_compare_parser   # python -m detr_nb compare (issue 7, notebook 09)
+    add_compare_parser(sub)
     return parser
 
 
