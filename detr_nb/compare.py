@@ -99,6 +99,12 @@ def run_specs(cfg: CompareConfig) -> List[Dict[str, Any]]:
                   eval_at_end=True, max_eval_images=cfg.max_eval_images, log_every=cfg.log_every,
                   threads=cfg.threads, device=cfg.device, amp=cfg.amp, workers=cfg.workers, resume=False,
                   num_pictures=0, progress=cfg.progress, checkpoint_every_s=1e9)
+    # The paper's recipe, stated here rather than inherited from TrainConfig's defaults (which are the
+    # main job's and may carry convergence aids): softmax CE with eos 0.1, weights ce 1 / bbox 5 / giou 2,
+    # matcher class cost 1, no warm-up, constant lr. Fields this TrainConfig lacks are skipped.
+    paper = dict(loss_type="ce", weight_dict=None, eos_coef=0.1, cost_class=1.0, warmup_steps=0)
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    common.update({k: v for k, v in paper.items() if k in known})
     common.update(cfg.train_overrides)
     specs = []
     for seed in cfg.seeds:
