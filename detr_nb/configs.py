@@ -46,6 +46,16 @@ class DETRConfig:
     return_intermediate: bool = True
     init: str = "official"              # see apply_init
     num_classes: Optional[int] = None   # set by build_model
+    # convergence aids (detr_nb.aids), all off = the paper's DETR
+    num_groups: int = 1                 # Group DETR: query groups in training (1 = off)
+    box_refine: bool = False            # anchor queries (DAB-DETR) + iterative box refinement
+    two_stage: bool = False             # two-stage query selection + encoder loss (implies box_refine)
+    class_prior: Optional[float] = None  # class-bias init to this prior (focal loss), None = PyTorch default
+    anchor_wh: float = 0.15             # two-stage: side of each encoder cell's anchor box
+
+    def aided(self) -> bool:
+        """True when any convergence aid is on (the model is then a ``detr_nb.aids.AidedDETR``)."""
+        return self.num_groups > 1 or self.box_refine or self.two_stage or self.class_prior is not None
 
 
 CONFIGS: Dict[str, DETRConfig] = {
@@ -58,6 +68,13 @@ CONFIGS: Dict[str, DETRConfig] = {
     "detr_tiny": DETRConfig(backbone="resnet18", return_layer="layer3", backbone_norm="gn", backbone_width=0.5,
                             frozen_stages=0, hidden_dim=128, nheads=8, enc_layers=2, dec_layers=2,
                             dim_feedforward=512, dropout=0.0, num_queries=25),
+    # Ours, the main job's model: detr_tiny with the convergence aids that measured best on the CPU
+    # budget (docs/convergence.md): a stride-8 half-width ResNet-18 cut at layer2 with trainable
+    # BatchNorm, 1+3 layers, 30 queries, two-stage query selection + box refinement, focal-loss prior.
+    "detr_tiny_aided": DETRConfig(backbone="resnet18", return_layer="layer2", backbone_norm="bn", backbone_width=0.5,
+                                  frozen_stages=0, hidden_dim=128, nheads=8, enc_layers=1, dec_layers=3,
+                                  dim_feedforward=512, dropout=0.0, num_queries=30, two_stage=True,
+                                  box_refine=True, class_prior=0.01),
     # Ours: full ResNet-18 (frozen BN, loads ImageNet weights), 3+3 layers, 50 queries.
     "detr_small": DETRConfig(backbone="resnet18", hidden_dim=256, nheads=8, enc_layers=3, dec_layers=3,
                              dim_feedforward=1024, num_queries=50),
@@ -100,7 +117,14 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
     backbone = Joiner(body, build_position_encoding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.pre_norm, cfg.return_intermediate)
-    model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries, aux_loss=cfg.aux_loss)
+    if cfg.aided():
+        from .aids import AidedDETR
+        model = AidedDETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
+                          aux_loss=cfg.aux_loss, num_groups=cfg.num_groups, box_refine=cfg.box_refine,
+                          two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh)
+    else:
+        model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
+                     aux_loss=cfg.aux_loss)
     if cfg.init != "official":   # the modules above already carry the official init
         apply_init(model, cfg.init)
     model.config = cfg
@@ -135,7 +159,9 @@ def apply_init(model: DETR, scheme: str) -> DETR:
         raise ValueError(f"unknown init scheme {scheme!r}; known: {INIT_SCHEMES}")
     if getattr(model, "config", None) is not None:
         model.config.init = scheme   # so a checkpoint's stored config says how the model was initialised
-    parts = [model.transformer, model.input_proj, model.class_embed, model.bbox_embed, model.query_embed]
+    parts = [model.transformer, model.input_proj, model.class_embed, model.bbox_embed]
+    if hasattr(model, "query_embed"):   # AidedDETR with anchor queries has none
+        parts.append(model.query_embed)
     for part in parts:
         _reset_default(part)
     if scheme == "default":
@@ -143,7 +169,7 @@ def apply_init(model: DETR, scheme: str) -> DETR:
     if scheme == "official":
         model.transformer.reset_parameters()
         return model
-    for part in parts[:-1]:   # queries keep N(0, 1)
+    for part in parts[:4]:   # queries keep N(0, 1)
         for p in part.parameters():
             if p.dim() > 1:
                 if scheme == "xavier":

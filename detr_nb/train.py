@@ -54,9 +54,17 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from . import checkpoint as ckpt
 from . import distributed as D
 from .precision import resolve_device, resolve_precision
+from .speed import adamw_flags, loader_kwargs, maybe_compile
 
 
 # ============================================================================ configuration
+# The main job's synthetic data: 96 px images, 0-10 shapes of 8-40 px (small enough to draw in seconds on
+# 2 cores, large enough for stride-8 features); see docs/convergence.md.
+MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_size=(96, 96), min_objects=0,
+                                          max_objects=10, object_size=(0.085, 0.42), min_object_px=8)
+AIDED_WEIGHTS: Dict[str, float] = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. The defaults ARE the main job (``python -m detr_nb train``).
@@ -67,7 +75,8 @@ class TrainConfig:
     # --- data
     dataset: str = "synthetic"          # "synthetic" | a COCO-format folder | pennfudan, balloon, voc2007, coco2017
     data_root: Optional[str] = None     # where named datasets live (synthetic: data/synthetic)
-    data_kwargs: Dict[str, Any] = field(default_factory=dict)  # e.g. {"num_train": 500} for synthetic
+    data_kwargs: Dict[str, Any] = field(default_factory=lambda: dict(MAIN_JOB_SYNTHETIC))  # synthetic params
+    #   (detr_nb.data.synthetic.ensure_synthetic); non-default ones live in their own folder (synthetic_root)
     preset: str = "cpu"                 # transform preset: official | t4 | cpu | none
     train_split: str = "train"
     val_split: str = "val"
@@ -75,7 +84,7 @@ class TrainConfig:
     #   image takes its place); False: the run stops with an OSError naming the file, checkpoints untouched.
     #   Validation images must all be readable (an error names the file).
     # --- model
-    model: str = "detr_tiny"            # a name of detr_nb.configs.CONFIGS
+    model: str = "detr_tiny_aided"      # a name of detr_nb.configs.CONFIGS (aids: detr_nb.aids, docs/convergence.md)
     impl: str = "torch"                 # "torch" (fused ops) | "scratch" (the math on tensors)
     init: Optional[str] = None          # None = the config's own; else official|default|xavier|kaiming|uniform002
     pretrained: Optional[str] = None    # official weights to start from (e.g. "detr_r50"), class head dropped if needed
@@ -83,8 +92,10 @@ class TrainConfig:
     model_overrides: Dict[str, Any] = field(default_factory=dict)  # any DETRConfig field
     # --- loss
     eos_coef: float = 0.1
-    loss_type: str = "ce"               # "ce" (official) | "focal"
-    weight_dict: Optional[Dict[str, float]] = None  # None = official {ce 1, bbox 5, giou 2}
+    loss_type: str = "focal"            # "ce" (official) | "focal" (sigmoid focal loss, a convergence aid)
+    weight_dict: Optional[Dict[str, float]] = field(default_factory=lambda: dict(AIDED_WEIGHTS))
+    #   None = official {ce 1, bbox 5, giou 2}; the default is Deformable DETR's {ce 2, bbox 5, giou 2}
+    cost_class: float = 2.0             # matcher class-cost weight (official 1; 2 with the focal cost)
     # --- optimisation
     epochs: int = 1000                  # upper bound; the time budget usually stops first
     time_budget_s: Optional[float] = 420.0  # stop training after this many seconds, then evaluate; None = off.
@@ -93,18 +104,20 @@ class TrainConfig:
     max_steps: Optional[int] = None     # stop after this many optimizer steps (None = off)
     batch_size: int = 16                # per process
     accum_steps: int = 1                # gradient accumulation: micro-batches per optimizer step
-    lr: float = 2e-4
+    lr: float = 1e-3
     lr_backbone: Optional[float] = None  # None: lr/10 with a pretrained backbone (official), lr from scratch
     weight_decay: float = 1e-4
     clip_max_norm: float = 0.1          # gradient-norm clip; 0 = off (the norm is still logged)
-    schedule: str = "step"              # "step" (official: x lr_gamma at lr_drop) | "cosine" | "constant"
+    schedule: str = "cosine"            # "step" (official: x lr_gamma at lr_drop) | "cosine" | "constant"
+    #   cosine with a time budget (and no max_steps) follows the fraction of the budget spent
     lr_drop: Optional[int] = None       # epoch of the step drop; None = 2/3 of epochs (never with a time budget)
     lr_gamma: float = 0.1
-    warmup_steps: int = 0               # linear warm-up from 0 (cosine and step alike)
+    warmup_steps: int = 100             # linear warm-up from 0 (cosine and step alike)
     # --- runtime
     device: str = "auto"                # auto | cpu | cuda | cuda:1
     amp: str = "auto"                   # auto (fp16 below cc 8.0, bf16 from 8.0, fp32 on CPU) | fp32 | fp16 | bf16
     channels_last: bool = True          # CUDA only
+    compile: bool = False               # torch.compile the model (eager fallback if it fails; bench/train_step.py)
     workers: int = 0                    # DataLoader worker processes
     threads: Optional[int] = None       # torch CPU threads; None = torch's default, or 1 when the load average
     #   exceeds the core count (oversubscribed OpenMP threads were 4-6x slower than 1 thread, measured)
@@ -222,12 +235,32 @@ def build_datasets(cfg: TrainConfig, splits: Sequence[str] = ("train", "val")):
     from .data import build_dataset
 
     out = {}
+    root = cfg.data_root
+    if root is None and cfg.dataset == "synthetic":
+        root = synthetic_root(cfg.data_kwargs)
     for name in splits:
         split = cfg.train_split if name == "train" else cfg.val_split
-        out[name] = build_dataset(cfg.dataset, split, cfg.preset, root=cfg.data_root,
+        out[name] = build_dataset(cfg.dataset, split, cfg.preset, root=root,
                                   skip_unreadable=cfg.skip_unreadable if name == "train" else False,
                                   **dict(cfg.data_kwargs))
     return out
+
+
+def synthetic_root(data_kwargs: Dict[str, Any]) -> str:
+    """Folder of a synthetic dataset: ``data/synthetic`` for the default parameters, else
+    ``data/synthetic-<hash of the parameters>``, so that two parameter sets never overwrite each other."""
+    import hashlib
+    from .data import synthetic as S
+
+    kw = {k: v for k, v in dict(data_kwargs).items() if k not in ("workers", "progress")}
+    counts = {"seed": kw.pop("seed", S.DEFAULT_SEED), "num_train": kw.pop("num_train", S.DEFAULT_NUM_TRAIN),
+              "num_val": kw.pop("num_val", S.DEFAULT_NUM_VAL)}
+    params = S.synthetic_params(**kw)
+    if params == S.synthetic_params() and counts == {"seed": S.DEFAULT_SEED, "num_train": S.DEFAULT_NUM_TRAIN,
+                                                      "num_val": S.DEFAULT_NUM_VAL}:
+        return S.DEFAULT_ROOT
+    key = hashlib.sha256(json.dumps([params, counts], sort_keys=True).encode()).hexdigest()[:8]
+    return f"{S.DEFAULT_ROOT}-{key}"
 
 
 def num_classes_of(dataset) -> int:
@@ -282,8 +315,11 @@ def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: 
     return groups
 
 
-def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Multiplier of the base learning rates after ``step`` optimizer steps."""
+def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, time_fraction: Optional[float] = None) -> float:
+    """Multiplier of the base learning rates after ``step`` optimizer steps.
+
+    ``time_fraction``: fraction of the time budget spent; cosine follows it when given (time-budget runs).
+    """
     warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
     if cfg.schedule == "constant":
         return warm
@@ -297,6 +333,8 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int) -> float:
     if cfg.schedule == "cosine":
         total = cfg.max_steps or cfg.epochs * steps_per_epoch
         t = min(1.0, max(0, step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
+        if time_fraction is not None and not cfg.max_steps:
+            t = min(1.0, max(0.0, time_fraction))
         return warm * 0.5 * (1 + math.cos(math.pi * t))
     raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg.schedule!r}")
 
@@ -361,8 +399,7 @@ class Trainer:
                              f"{cfg.batch_size} x accum {cfg.accum_steps} x {self.env.world_size} process(es)")
         from .data import collate_fn
         self.loader = DataLoader(SeededSamples(self.train_set), batch_sampler=self.batch_sampler,
-                                 collate_fn=collate_fn, num_workers=cfg.workers,
-                                 pin_memory=self.device.type == "cuda",
+                                 collate_fn=collate_fn, **loader_kwargs(self.device, cfg.workers),  # pinned, persistent
                                  # its own generator: starting an epoch must not draw from the global RNG
                                  generator=torch.Generator().manual_seed(cfg.seed))
 
@@ -380,18 +417,25 @@ class Trainer:
         if self.env.distributed:
             self.ddp_model = nn.parallel.DistributedDataParallel(
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
-        from .criterion import SetCriterion
-        self.criterion = SetCriterion(self.num_classes, eos_coef=cfg.eos_coef, weight_dict=cfg.weight_dict,
-                                      loss_type=cfg.loss_type).to(self.device)
+        if cfg.compile:
+            self.ddp_model = maybe_compile(self.ddp_model, log=self.log)
+        from .aids import aids_of, build_criterion
+        self.criterion = build_criterion(model, self.num_classes, loss_type=cfg.loss_type, eos_coef=cfg.eos_coef,
+                                         weight_dict=cfg.weight_dict, cost_class=cfg.cost_class).to(self.device)
+        if self.is_main:
+            on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}))
+            self.log("convergence aids: " + (", ".join(f"{k}={v}" for k, v in on.items()) if on else
+                                             "none (vanilla DETR)") + f"; lr {cfg.lr:g}, {cfg.schedule} schedule, "
+                     f"{cfg.warmup_steps} warm-up steps (docs/convergence.md)")
         pretrained_bb = cfg.pretrained_backbone or bool(cfg.pretrained)
         self.lr_backbone = cfg.lr_backbone if cfg.lr_backbone is not None else (
             cfg.lr / 10 if pretrained_bb else cfg.lr)
         groups = param_groups(model, cfg.lr, self.lr_backbone, cfg.weight_decay)
-        opt_kwargs = {"fused": True} if self.device.type == "cuda" else {"foreach": True}
+        opt_kwargs = adamw_flags(self.device)   # fused (CUDA, and CPU where torch has it: 3.7x foreach there)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
         self._opt_flags = opt_kwargs
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch))
+            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, self._time_fraction()))
         self.scaler = self.precision.make_scaler()
         self.params = [p for g in groups for p in g["params"]]
 
@@ -427,6 +471,13 @@ class Trainer:
         if self.is_main:
             self._trim_logs()
         D.barrier()
+
+    def _time_fraction(self) -> Optional[float]:
+        """Fraction of the time budget spent (setup included), None without a budget or before fit()."""
+        if not self.cfg.time_budget_s or not hasattr(self, "_t_start"):
+            return None if not self.cfg.time_budget_s else 0.0
+        spent = self.elapsed_s + time.perf_counter() - self._t_start + getattr(self, "_setup_s", 0.0)
+        return spent / self.cfg.time_budget_s
 
     def _trim_logs(self) -> None:
         """Drop log lines past the resume point (written after the checkpoint by a killed run)."""

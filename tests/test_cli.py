@@ -31,7 +31,7 @@ def data_root(tmp_path_factory):
 
 def test_defaults_are_the_main_job():
     cfg = config_from_args(build_parser().parse_args(["train"]))
-    assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny" and cfg.device == "auto"
+    assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny_aided" and cfg.loss_type == "focal" and cfg.device == "auto"
     assert cfg.time_budget_s is not None and cfg.time_budget_s <= 540 and cfg.eval_at_end
     cfg = config_from_args(build_parser().parse_args(["train", "--time-budget", "none", "--no-resume",
                                                       "--set", "lr_drop=5", "--set", "init=\"xavier\""]))

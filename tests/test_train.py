@@ -152,14 +152,20 @@ def test_time_budget_and_max_steps(tmp_path, data_root):
 
 
 def test_lr_schedules():
-    cfg = TrainConfig(schedule="step", epochs=30, lr_drop=20, time_budget_s=None)
+    cfg = TrainConfig(schedule="step", epochs=30, lr_drop=20, time_budget_s=None, warmup_steps=0)
     assert lr_factor(0, cfg, 10) == 1.0 and lr_factor(199, cfg, 10) == 1.0 and lr_factor(200, cfg, 10) == pytest.approx(0.1)
     cfg = TrainConfig(schedule="cosine", epochs=10, warmup_steps=10, time_budget_s=None)
     assert lr_factor(0, cfg, 10) == pytest.approx(0.1)
     assert lr_factor(9, cfg, 10) == pytest.approx(1.0)
     assert lr_factor(55, cfg, 10) == pytest.approx(0.5)
     assert lr_factor(100, cfg, 10) == pytest.approx(0.0, abs=1e-12)
-    assert lr_factor(10**6, TrainConfig(), 10) == 1.0  # the main job: time budget, no drop
+    assert lr_factor(10**6, TrainConfig(schedule="step"), 10) == 1.0  # time budget: no step drop
+    # the main job: warm-up, then a cosine that follows the fraction of the time budget spent
+    main = TrainConfig()
+    assert main.schedule == "cosine" and main.time_budget_s and main.max_steps is None
+    assert lr_factor(49, main, 10, time_fraction=0.0) == pytest.approx(0.5)
+    assert lr_factor(10**6, main, 10, time_fraction=0.5) == pytest.approx(0.5)
+    assert lr_factor(10**6, main, 10, time_fraction=1.5) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_data_order_depends_on_seed_and_epoch_only():

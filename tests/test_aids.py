@@ -1,0 +1,190 @@
+"""The convergence aids (detr_nb.aids): each mechanism, and that the aided tiny model learns faster."""
+import numpy as np
+import pytest
+import torch
+
+from detr_nb.aids import (AidedCriterion, AidedDETR, aids_of, box_sine_embedding, build_criterion,
+                          group_attention_mask, inverse_sigmoid)
+from detr_nb.configs import CONFIGS, build_model
+from detr_nb.criterion import SetCriterion
+from detr_nb.detr import DETR
+
+# A small GroupNorm model (no batch statistics: train and eval modes compute the same function).
+SMALL = dict(backbone_width=0.125, return_layer="layer2", backbone_norm="gn", hidden_dim=32, nheads=2,
+             enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6, dropout=0.0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads are several times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def small(**aids):
+    torch.manual_seed(0)
+    return build_model("detr_tiny", num_classes=4, **SMALL, **aids)
+
+
+def targets(B=2):
+    return [{"labels": torch.tensor([1, 3]), "boxes": torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.7, 0.6, 0.3, 0.2]])}
+            for _ in range(B)]
+
+
+def test_official_configs_are_vanilla():
+    for name in ("detr_r50", "detr_r50_dc5", "detr_r101", "detr_r101_dc5", "detr_tiny", "detr_small"):
+        assert not CONFIGS[name].aided(), name
+    m = small()
+    assert type(m) is DETR and aids_of(m) == {}
+    assert isinstance(build_criterion(m, 4), SetCriterion) and not isinstance(build_criterion(m, 4), AidedCriterion)
+
+
+def test_group_mask_is_block_diagonal():
+    m = group_attention_mask(2, 3)
+    expected = ~torch.block_diag(*[torch.ones(2, 2, dtype=torch.bool)] * 3)
+    assert torch.equal(m, expected)
+
+
+def test_groups_do_not_see_each_other_and_one_group_at_inference():
+    m = small(num_groups=3)
+    x = torch.randn(2, 3, 64, 64)
+    m.train()
+    out = m(x)
+    Q = 6
+    assert out["pred_logits"].shape == (2, 3 * Q, 5) and out["aux_outputs"][0]["pred_boxes"].shape == (2, 3 * Q, 4)
+    with torch.no_grad():   # change the queries of groups 1 and 2 only
+        m.query_embed.weight[Q:] += torch.randn_like(m.query_embed.weight[Q:])
+    out2 = m(x)
+    torch.testing.assert_close(out2["pred_logits"][:, :Q], out["pred_logits"][:, :Q])
+    torch.testing.assert_close(out2["pred_boxes"][:, :Q], out["pred_boxes"][:, :Q])
+    assert not torch.allclose(out2["pred_logits"][:, Q:], out["pred_logits"][:, Q:])
+    m.eval()
+    ev = m(x)   # inference: group 0 alone, the same numbers
+    assert ev["pred_logits"].shape == (2, Q, 5)
+    torch.testing.assert_close(ev["pred_logits"], out["pred_logits"][:, :Q])
+    # the criterion matches each group separately: num_groups comes from the model
+    crit = build_criterion(m, 4)
+    assert crit.matcher.num_groups == 3
+    m.train()
+    idx = crit.matcher(m(x), targets())
+    rows = idx[0][0]
+    assert sorted((rows // Q).tolist()) == [0, 0, 1, 1, 2, 2]   # two objects matched in every group
+
+
+def test_box_refinement_starts_at_the_anchors_and_detaches_references():
+    m = small(box_refine=True)
+    assert isinstance(m, AidedDETR) and not hasattr(m, "query_embed")
+    x = torch.randn(2, 3, 64, 64)
+    out = m(x)
+    anchors = m.anchor_embed.weight.sigmoid()[None].expand(2, -1, -1)
+    # the last box layer is zero-initialised: every layer's box is its reference (the anchor) at step 0
+    torch.testing.assert_close(out["pred_boxes"], anchors)
+    torch.testing.assert_close(out["aux_outputs"][0]["pred_boxes"], anchors)
+    # layer l refines layer l-1's box in logit space; the reference itself carries no gradient
+    with torch.no_grad():
+        m.bbox_embed.layers[-1].bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
+    out = m(x)
+    b0, b1 = out["aux_outputs"][0]["pred_boxes"], out["pred_boxes"]
+    torch.testing.assert_close(inverse_sigmoid(b0) - inverse_sigmoid(anchors), torch.tensor([0.1, -0.2, 0.3, 0.0]).expand_as(b0),
+                               atol=1e-4, rtol=0)
+    # the gradient of the last layer's box w.r.t. the anchors passes only through query_pos, never through
+    # the detached reference: zero the query-pos MLP and the anchors get no gradient from layer 1's box
+    with torch.no_grad():
+        for p in m.ref_point_head.parameters():
+            p.zero_()
+    m.zero_grad()
+    m(x)["pred_boxes"].sum().backward()
+    assert m.anchor_embed.weight.grad is None or m.anchor_embed.weight.grad.abs().max() == 0
+
+
+def test_box_sine_embedding_matches_detr_sine_per_coordinate():
+    boxes = torch.rand(3, 4)
+    emb = box_sine_embedding(boxes, 32)
+    assert emb.shape == (3, 32)
+    dim_t = 10000 ** (2 * (torch.arange(8) // 2) / 8)
+    p = boxes[:, 1:2] * 2 * torch.pi / dim_t    # the cy coordinate -> channels 8..15
+    expected = torch.stack([p[:, 0::2].sin(), p[:, 1::2].cos()], -1).flatten(1)
+    torch.testing.assert_close(emb[:, 8:16], expected)
+
+
+def test_two_stage_selects_top_cells_and_detaches_references():
+    m = small(two_stage=True, class_prior=0.01)
+    assert m.box_refine and aids_of(m) == {"two_stage": True, "box_refine": True}
+    torch.testing.assert_close(m.class_embed.bias, torch.full((5,), -np.log(99.0), dtype=torch.float32))
+    # selection: the Q cells with the best class score (padding never), their boxes detached
+    B, h, w = 1, 3, 4
+    logits = torch.full((B, h * w, 5), -5.0)
+    best = [7, 2, 11, 0, 5, 9]
+    for rank, cell in enumerate(best):
+        logits[0, cell, rank % 4] = 3.0 - 0.1 * rank
+    logits[0, 3, 4] = 10.0                  # the unused last column does not count
+    fmask = torch.zeros(B, h, w, dtype=torch.bool)
+    boxes = torch.rand(B, h * w, 4, requires_grad=True)
+    ref = m.select_queries(logits, boxes, fmask)
+    assert not ref.requires_grad
+    torch.testing.assert_close(ref[0], boxes[0, best].detach())
+    fmask[0, 2, 3] = True                   # cell 11 becomes padding: the next best (3) replaces it
+    logits[0, 3, 0] = 0.0
+    ref = m.select_queries(logits, boxes, fmask)
+    assert 11 not in [int((boxes[0].detach() == r).all(-1).nonzero()) for r in ref[0]]
+    # in the model: the decoder's boxes never send gradient into the encoder's box head
+    x = torch.randn(2, 3, 64, 64)
+    out = m(x)
+    assert out["enc_outputs"]["pred_boxes"].shape == (2, 8 * 8, 4)
+    out["pred_boxes"].sum().backward()
+    assert all(p.grad is None for p in m.enc_bbox_embed.parameters())
+    # the criterion adds the encoder's one-to-one loss
+    crit = build_criterion(m, 4, loss_type="focal", cost_class=2.0)
+    assert isinstance(crit, AidedCriterion)
+    losses = crit(m(x), targets())
+    assert {"loss_ce_enc", "loss_bbox_enc", "loss_giou_enc"} <= set(losses)
+    main = SetCriterion(4, crit.matcher, loss_type="focal")(
+        {k: v for k, v in m(x).items() if k != "enc_outputs"}, targets())["loss"]
+    enc = 1.0 * losses["loss_ce_enc"] + 5.0 * losses["loss_bbox_enc"] + 2.0 * losses["loss_giou_enc"]
+    torch.testing.assert_close(losses["loss"], main + enc)
+
+
+def _train_curve(model_name, overrides, loss_type, steps, batches):
+    torch.manual_seed(0)
+    model = build_model(model_name, num_classes=7, **overrides)
+    crit = build_criterion(model, 7, loss_type=loss_type, cost_class=2.0 if loss_type == "focal" else 1.0,
+                           weight_dict={"loss_ce": 2.0 if loss_type == "focal" else 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    curve = []
+    for s in range(steps):
+        x, t = batches[s % len(batches)]
+        losses = crit(model(x), t)
+        opt.zero_grad()
+        losses["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
+        opt.step()
+        curve.append(float((losses["loss_giou"] + losses["loss_bbox"]).detach()))   # same definition for both models
+    return curve
+
+
+def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
+    from detr_nb.data.synthetic import render_sample, synthetic_params
+    params = synthetic_params(image_size=(64, 64), min_objects=1, max_objects=4, object_size=(0.15, 0.5))
+    batches = []
+    for b in range(2):
+        xs, ts = [], []
+        for i in range(6):
+            s = render_sample(params, 0, "train", 8 * b + i)
+            xs.append(torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1)
+            bx = torch.as_tensor(s["boxes"], dtype=torch.float32) / 64    # xyxy -> cxcywh normalised
+            ts.append({"labels": torch.as_tensor(s["labels"]),
+                       "boxes": torch.stack([(bx[:, 0] + bx[:, 2]) / 2, (bx[:, 1] + bx[:, 3]) / 2,
+                                             bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]], -1)})
+        batches.append((torch.stack(xs), ts))
+    dims = dict(backbone_width=0.25, hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=12)
+    steps = 20
+    vanilla = _train_curve("detr_tiny", dict(dims, enc_layers=1, dec_layers=2), "ce", steps, batches)
+    aided = _train_curve("detr_tiny_aided", dict(dims, dec_layers=2), "focal", steps, batches)
+    tail = slice(steps - 5, steps)
+    head = slice(0, 5)
+    assert np.mean(aided[tail]) < 0.85 * np.mean(vanilla[tail]), (aided, vanilla)
+    # not only a better start (two-stage boxes start on the objects): the loss also falls further
+    drop = lambda c: np.mean(c[head]) - np.mean(c[tail])
+    assert drop(aided) > 1.3 * drop(vanilla), (aided, vanilla)
