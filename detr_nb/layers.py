@@ -174,7 +174,7 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, dr
         blocked = mask & ~dead                                          # unblock them to avoid NaN ...
         add = torch.zeros(blocked.shape, dtype=q.dtype, device=q.device).masked_fill(blocked, float("-inf"))
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=add, dropout_p=dropout_p if training else 0.0)
-    if dead is not None and bool(dead.any()):
+    if dead is not None:   # unconditionally: ``bool(dead.any())`` was a host sync per attention call
         out = out.masked_fill(dead, 0.0)                                # ... and zero their output
     return out, None
 
