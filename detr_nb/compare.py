@@ -286,18 +286,20 @@ def _label(r: Dict, report: Dict) -> str:
 
 
 def plot_loss_comparison(report: Dict[str, Any], group: str = "approach", terms: Sequence[str] = LOSS_TERMS):
-    """One panel per loss term, one line per run of ``group`` (approach | init); log scale."""
+    """One panel per loss term, one line per run of ``group`` (approach | init)."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(terms), figsize=(3.4 * len(terms), 3.2), squeeze=False)
-    for r in _ok(report, group):
+    runs = _ok(report, group)
+    for i, r in enumerate(runs):
         rows = [m for m in _read_jsonl(Path(r["dir"]) / "metrics.jsonl") if m.get("kind") == "step"]
+        lw = 1.0 + 2.0 * (len(runs) - 1 - i) / max(1, len(runs) - 1)   # wider lines first: overlaps stay visible
         for ax, term in zip(axes[0], terms):
-            ax.plot([m["step"] for m in rows], [m[term] for m in rows], lw=1.2, label=_label(r, report))
+            ax.plot([m["step"] for m in rows], [m[term] for m in rows], lw=lw, alpha=0.85, label=_label(r, report))
     for ax, term in zip(axes[0], terms):
         ax.set_title(term, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
-        ax.set_yscale("log")
+
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
     axes[0][0].legend(fontsize=7)
@@ -418,16 +420,18 @@ def plot_init_series(report: Dict[str, Any], key: str = "grad_std", max_layers: 
             recs = [{"step": x["step"], key: {n: x[key][n] for n in keep}} for x in recs]
         fn(recs, max_layers=max_layers, ax=ax)
         ax.set_title(f"init {r['name']}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(ax.get_ylabel(), fontsize=8)
         ax.tick_params(labelsize=6)
-        if ax is not axes[0][0] and ax.get_legend():
+        if ax.get_legend():
             ax.get_legend().remove()
-        elif ax.get_legend():
-            for t in ax.get_legend().get_texts():
-                t.set_fontsize(5)
+    handles, labels = axes[0][0].get_legend_handles_labels()   # the same layers in every panel: one legend
     what = "Gradient std per layer" if key == "grad_std" else "Weight sum per layer"
     fig.suptitle(f"{what} over training (every {report['config']['diag_every']} steps)\n{figure_subtitle(report)}",
                  fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     return fig
 
 
