@@ -229,6 +229,7 @@ def run_comparison(cfg: CompareConfig, log=print) -> Dict[str, Any]:
         torch.set_num_threads(threads_before)
     meta["load_avg_end"] = _loadavg()
     report = {**meta, "runs": results}
+    report["scratch_vs_torch"] = curve_agreement(report)
     with open(out / "summary.json", "w") as f:
         json.dump(report, f, indent=2)
     (out / "table.md").write_text(results_table(report))
@@ -267,7 +268,43 @@ def results_table(report: Dict[str, Any]) -> str:
         rows.append(f"| {run} | {r['seed']} | {r['model']} | {r['impl']} | {r['init']} | {r['steps']} | "
                     + " | ".join(_fmt(f.get(k)) for k in LOSS_TERMS)
                     + f" | {_fmt(r['AP'], 4)} | {_fmt(r['AP50'], 4)} | {_fmt(r['images_per_s'], 1)} |")
-    return head + "\n".join(rows) + "\n"
+    text = head + "\n".join(rows) + "\n"
+    for a in curve_agreement(report):
+        text += (f"\nscratch vs torch, seed {a['seed']}: total loss over {a['points']} logged points (steps "
+                 f"{a['first_step']}-{a['last_step']}): relative difference {a['first_rel']:.1e} at step "
+                 f"{a['first_step']}, at most {a['max_rel']:.1e} (step {a['max_rel_step']}), {a['last_rel']:.1e} "
+                 f"at step {a['last_step']}\n")
+    return text
+
+
+def curve_agreement(report: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Per seed where both ran: relative difference of the scratch and torch total-loss curves."""
+    out = []
+    runs = {(r["name"], r["seed"]): r for r in _ok(report, "approach")}
+    for seed in report["seeds"]:
+        if ("scratch", seed) not in runs or ("torch", seed) not in runs:
+            continue
+        curves = []
+        for name in ("scratch", "torch"):
+            rows = [m for m in _read_jsonl(Path(runs[name, seed]["dir"]) / "metrics.jsonl") if m.get("kind") == "step"]
+            curves.append({m["step"]: m["loss"] for m in rows})
+        steps = sorted(set(curves[0]) & set(curves[1]))
+        if not steps:
+            continue
+        rel = [abs(curves[0][s] - curves[1][s]) / abs(curves[1][s]) for s in steps]
+        i = int(np.argmax(rel))
+        out.append({"seed": seed, "points": len(steps), "first_step": steps[0], "last_step": steps[-1],
+                    "first_rel": rel[0], "max_rel": rel[i], "max_rel_step": steps[i], "last_rel": rel[-1]})
+    return out
+
+
+def redraw(out) -> Dict[str, Any]:
+    """Rewrite ``table.md`` and the figures of a finished comparison from its recorded files (no training)."""
+    out = Path(out)
+    report = json.loads((out / "summary.json").read_text())
+    (out / "table.md").write_text(results_table(report))
+    report["figures"] = {k: str(v) for k, v in draw_comparison(out).items()}
+    return report
 
 
 # ----------------------------------------------------------------------------- figures
@@ -501,6 +538,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any TrainConfig field, VALUE in JSON")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--out", default=d.out)
+    p.add_argument("--redraw", action="store_true",
+                   help="no training: rewrite table.md and the figures of the finished comparison in --out")
     p.set_defaults(func=cmd_compare)
     return p
 
@@ -530,6 +569,10 @@ def config_from_args(args) -> CompareConfig:
 
 
 def cmd_compare(args) -> int:
+    if args.redraw:
+        redraw(args.out)
+        print((Path(args.out) / "table.md").read_text())
+        return 0
     cfg = config_from_args(args)
     t0 = time.perf_counter()
     report = run_comparison(cfg)
