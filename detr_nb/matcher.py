@@ -224,11 +224,14 @@ class HungarianMatcher(nn.Module):
         """Targets padded to ``n_max`` per image: labels (B, n_max), boxes (B, n_max, 4), bad (B, n_max)."""
         B = len(targets)
         labels = torch.zeros(B, n_max, dtype=torch.int64, device=device)
-        boxes = torch.tensor(_PAD_BOX, device=device).repeat(B, n_max, 1)
+        boxes = torch.full((B, n_max, 4), _PAD_BOX[0], device=device)  # fill kernels, no host copy
+        boxes[..., 2:] = _PAD_BOX[2]
         if sum(sizes):
-            # Scatter the concatenated targets into their padded slots (indices built on the host).
-            img = torch.tensor([i for i, n in enumerate(sizes) for _ in range(n)], device=device)
-            pos = torch.tensor([j for n in sizes for j in range(n)], device=device)
+            # Scatter the concatenated targets into their padded slots (indices built on the host with
+            # numpy, one non-blocking copy: no sync while the forward pass is still running).
+            img = np.repeat(np.arange(B), sizes)
+            pos = np.arange(len(img)) - np.repeat(np.cumsum([0] + list(sizes[:-1])), sizes)
+            img, pos = torch.from_numpy(np.stack([img, pos]).astype(np.int64)).to(device, non_blocking=True)
             labels[img, pos] = torch.cat([t["labels"] for t in targets]).to(device, torch.int64)
             boxes[img, pos] = torch.cat([t["boxes"] for t in targets]).to(device, torch.float32)
         bad = (labels < 0) | (labels >= num_classes) | ~torch.isfinite(boxes).all(-1)
