@@ -340,7 +340,9 @@ def main(argv=None):
         hf_ok, hf_note = False, "skipped (transformers is not importable)"
 
     rows = []
-    for compiled in compile_modes:
+    for compiled in compile_modes:   # eager first: a long compile cannot swallow its figures
+        if compiled:
+            print("\n-- torch.compile (the warm-up includes compiling) --", flush=True)
         for prec in precs:
             tag = f"{prec.name}{' +scaler' if prec.use_scaler else ''}{' compiled' if compiled else ''}"
             images, mask, targets = random_batch(batch, *size, device, max_boxes=args.max_boxes,
@@ -378,17 +380,18 @@ def main(argv=None):
             if gpu:
                 torch.cuda.empty_cache()
 
-    amp = [q for q in precs if q.dtype is not None]
-    if amp:
-        loss_check(args, device, channels_last, amp, size, min(batch, 2))
-
-    for b in args.infer_batches:
-        for compiled in compile_modes:
+        amp = [q for q in precs if q.dtype is not None]
+        if amp and not compiled:
+            loss_check(args, device, channels_last, amp, size, min(batch, 2))
+        for b in args.infer_batches:
             ips = inference(args, device, precs[0], channels_last, b, infer_size, compiled)
             print(f"[{precs[0].name}{' compiled' if compiled else ''}] inference batch {b} at "
                   f"{infer_size[0]}x{infer_size[1]}: {ips:8.2f} images/s (paper: 28 FPS on a V100, batch 1)",
                   flush=True)
+        summary(rows, gpu, batch, size)
 
+
+def summary(rows, gpu, batch, size):
     print("\nsummary (this run):")
     for r in rows:
         parts = [f"detr_nb {r['detr']:.1f} img/s"]
@@ -397,7 +400,7 @@ def main(argv=None):
         if "hf" in r:
             parts.append(f"{r['detr'] / r['hf']:.2f}x HF ({r['hf']:.1f})")
         print(f"  {r['tag']:18s} " + ", ".join(parts))
-    if gpu and batch == 8 and size == (800, 1088):
+    if gpu and batch == 8 and tuple(size) == (800, 1088):
         best = max(rows, key=lambda r: r["detr"])
         if not any("hf" in r for r in rows):
             print(f"  HF not measured here; against issue 9's HF anchor ({HF_ANCHOR_H200_FP32} img/s, H200 fp32, not "
