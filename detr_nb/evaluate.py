@@ -153,10 +153,11 @@ def _final_outputs(outputs, use_sigmoid: bool = False):
 
 @torch.no_grad()
 def predict(model, loader, device, precision=None, progress: bool = False,
-            use_sigmoid: bool = False) -> List[Dict]:
+            use_sigmoid: bool = False, topk: Optional[int] = None) -> List[Dict]:
     """COCO-format detections of ``model`` over ``loader`` batches ``(images, mask, targets)``.
 
     ``use_sigmoid``: the model was trained with the focal loss (sigmoid scores, no "no object" column).
+    ``topk``: with ``use_sigmoid``, the best ``topk`` (query, class) pairs per image (Deformable DETR).
     """
     from .postprocess import postprocess
 
@@ -173,7 +174,7 @@ def predict(model, loader, device, precision=None, progress: bool = False,
             outputs = run_model(model, images, mask)
         outputs = _final_outputs(outputs, use_sigmoid)
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)   # (B, 2) = (h, w)
-        results = postprocess(outputs, sizes, use_sigmoid=use_sigmoid)
+        results = postprocess(outputs, sizes, use_sigmoid=use_sigmoid, topk=topk)
         detections += to_coco_results(results, [int(t["image_id"]) for t in targets])
     return detections
 
@@ -188,7 +189,7 @@ def make_eval_loader(dataset, batch_size: int = 8, num_workers: int = 0):
 
 def evaluate(model, dataset, device="cpu", batch_size: int = 8, num_workers: int = 0,
              precision=None, coco_gt=None, verbose: bool = True, progress: bool = False,
-             use_sigmoid: bool = False) -> Dict[str, float]:
+             use_sigmoid: bool = False, topk: Optional[int] = None) -> Dict[str, float]:
     """COCO mAP of ``model`` on ``dataset``: the 12 numbers by name (see :data:`STAT_NAMES`).
 
     Prints COCO's table when ``verbose``. ``dataset`` items are ``(image, target)`` as in
@@ -196,7 +197,7 @@ def evaluate(model, dataset, device="cpu", batch_size: int = 8, num_workers: int
     """
     coco_gt = coco_gt if coco_gt is not None else coco_gt_of(dataset)
     loader = make_eval_loader(dataset, batch_size, num_workers)
-    detections = predict(model, loader, torch.device(device), precision, progress, use_sigmoid)
+    detections = predict(model, loader, torch.device(device), precision, progress, use_sigmoid, topk)
     return coco_evaluate(coco_gt, detections, verbose=verbose)
 
 

@@ -16,12 +16,16 @@ from .box_ops import box_cxcywh_to_xyxy
 
 @torch.no_grad()
 def postprocess(outputs: dict, target_sizes: Union[Tensor, Sequence[Sequence[int]]],
-                threshold: Optional[float] = None, use_sigmoid: bool = False) -> List[Dict[str, Tensor]]:
+                threshold: Optional[float] = None, use_sigmoid: bool = False,
+                topk: Optional[int] = None) -> List[Dict[str, Tensor]]:
     """Per image ``{"scores" (Q,), "labels" (Q,) int64, "boxes" (Q, 4) absolute xyxy}``.
 
     ``target_sizes``: ``(B, 2)`` of ``(h, w)`` (e.g. the targets' ``orig_size``). With ``threshold``
     only queries whose score exceeds it are kept. ``use_sigmoid``: per-class sigmoid scores over *all*
     given columns (models trained with the focal loss; slice off an unused "no object" column first).
+    ``topk`` (with ``use_sigmoid``): keep the ``topk`` best (query, class) pairs of each image instead of one
+    label per query, so a query may give several labels; Deformable DETR's PostProcess (top 100) for
+    focal-loss models. Results then have ``topk`` entries (or Q*C if fewer).
     """
     logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
     if logits.ndim != 3 or boxes.shape != (*logits.shape[:2], 4):
@@ -31,7 +35,12 @@ def postprocess(outputs: dict, target_sizes: Union[Tensor, Sequence[Sequence[int
     if sizes.shape != (logits.shape[0], 2):
         raise ValueError(f"target_sizes must be (B, 2) = ({logits.shape[0]}, 2) of (h, w), got {tuple(sizes.shape)}")
 
-    if use_sigmoid:
+    query = None
+    if use_sigmoid and topk:
+        B, Q, C = logits.shape
+        scores, flat = logits.float().sigmoid().flatten(1).topk(min(topk, Q * C), dim=1)  # (B, k)
+        query, labels = flat // C, flat % C                                                 # (B, k)
+    elif use_sigmoid:
         scores, labels = logits.float().sigmoid().max(-1)  # (B, Q)
     else:
         prob = logits.float().softmax(-1)  # (B, Q, C+1)
@@ -39,6 +48,8 @@ def postprocess(outputs: dict, target_sizes: Union[Tensor, Sequence[Sequence[int
     h, w = sizes.unbind(-1)  # (B,)
     scale = torch.stack([w, h, w, h], dim=-1)[:, None, :]  # (B, 1, 4)
     boxes = box_cxcywh_to_xyxy(boxes.float()) * scale  # (B, Q, 4) pixels
+    if query is not None:
+        boxes = torch.gather(boxes, 1, query[..., None].expand(-1, -1, 4))  # (B, k, 4): each pair's query box
 
     results = []
     for s, l, b in zip(scores, labels, boxes):

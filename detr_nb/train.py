@@ -853,7 +853,9 @@ class Trainer:
                 ds = Subset(ds, range(min(len(ds), self.cfg.max_eval_images)))
             result = evaluate(self.model, ds, self.device, batch_size=self.cfg.eval_batch_size,
                               num_workers=self.cfg.workers, precision=self.precision, verbose=verbose,
-                              progress=self.cfg.progress, use_sigmoid=self.cfg.loss_type == "focal")
+                              progress=self.cfg.progress, use_sigmoid=self.cfg.loss_type == "focal",
+                              # focal-loss models: the 100 best (query, class) pairs, as Deformable DETR
+                              topk=100 if self.cfg.loss_type == "focal" else None)
         D.barrier()
         return result
 

@@ -188,3 +188,18 @@ def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
     # not only a better start (two-stage boxes start on the objects): the loss also falls further
     drop = lambda c: np.mean(c[head]) - np.mean(c[tail])
     assert drop(aided) > 1.3 * drop(vanilla), (aided, vanilla)
+
+
+def test_topk_postprocess_keeps_the_best_query_class_pairs():
+    from detr_nb.postprocess import postprocess
+    logits = torch.full((1, 3, 2), -9.0)
+    logits[0, 0] = torch.tensor([4.0, 3.0])     # query 0: both classes likely
+    logits[0, 2, 1] = 2.0
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.3, 0.6, 0.2, 0.4]]])
+    one = postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[10, 20]], use_sigmoid=True)[0]
+    top = postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[10, 20]], use_sigmoid=True, topk=3)[0]
+    assert one["labels"].tolist() == [0, 0, 1] and len(one["scores"]) == 3
+    assert top["labels"].tolist() == [0, 1, 1]                      # query 0 twice, then query 2
+    torch.testing.assert_close(top["scores"], torch.sigmoid(torch.tensor([4.0, 3.0, 2.0])))
+    torch.testing.assert_close(top["boxes"][1], one["boxes"][0])    # the second pair is query 0's box
+    torch.testing.assert_close(top["boxes"][2], one["boxes"][2])
