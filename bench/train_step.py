@@ -228,10 +228,13 @@ def profile_step(step, device, rows):
         step()
         sync(device)
     wall = time.perf_counter() - t
-    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    events = prof.key_averages()
+    key = "self_cpu_time_total"
+    if device.type == "cuda":   # torch >= 2.4 names it device time; older versions cuda time
+        key = next((k for k in ("self_device_time_total", "self_cuda_time_total") if hasattr(events[0], k)), key)
     print(f"\nprofile of one step ({wall * 1e3:.1f} ms wall under the profiler), top {rows} ops by {key}:")
-    print(prof.key_averages().table(sort_by=key, row_limit=rows))
-    phases = {e.key: e for e in prof.key_averages() if e.key in
+    print(events.table(sort_by=key, row_limit=rows))
+    phases = {e.key: e for e in events if e.key in
               ("forward", "criterion", "matcher", "backward", "optimizer")}
     print("phases (host time = time the Python thread spends in the phase; device time = kernels in it):")
     for name in ("forward", "criterion", "matcher", "backward", "optimizer"):
