@@ -63,8 +63,13 @@ def run_variant(name: str, args) -> dict:
     def evaluate(trainer):
         if trainer.step % args.eval_every and trainer.step != args.steps:
             return
+        from torch.utils.data import Subset
+        from detr_nb.evaluate import evaluate as coco_eval
         t = time.perf_counter()
-        stats = trainer.evaluate(verbose=False)
+        val = Subset(trainer.val_set, range(min(len(trainer.val_set), args.eval_images)))
+        focal = trainer.cfg.loss_type == "focal"
+        stats = coco_eval(trainer.model, val, trainer.device, batch_size=50, verbose=False, use_sigmoid=focal,
+                          topk=args.topk if focal else None)
         eval_s[0] += time.perf_counter() - t
         train_s = trainer.elapsed_s + time.perf_counter() - trainer._t_start - eval_s[0]
         box = [r for r in trainer.history if r.get("kind") == "step"][-3:]
@@ -82,7 +87,7 @@ def run_variant(name: str, args) -> dict:
             "lr": args.lr, "seed": args.seed, "threads": torch.get_num_threads(),
             "train_s": round(train_s, 1), "steps_per_s": round(trainer.step / train_s, 3),
             "params": sum(p.numel() for p in trainer.model.parameters()),
-            "eval_images": args.eval_images, "load_end": [round(x, 1) for x in os.getloadavg()],
+            "eval_images": args.eval_images, "topk": args.topk, "load_end": [round(x, 1) for x in os.getloadavg()],
             "final": curve[-1], "curve": curve, "model_overrides": overrides,
             "loss": {k: v for k, v in loss.items()}}
 
@@ -144,6 +149,8 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--topk", type=int, default=None,
+                   help="focal variants: score the top-k (query, class) pairs (default: one label per query)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine is shared)")
     p.add_argument("--runs", default="runs/convergence")

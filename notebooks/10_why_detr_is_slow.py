@@ -95,9 +95,10 @@ plt.tight_layout()
 plt.show()
 
 # %% [markdown]
-# The vanilla model's box loss hardly moves: that is the plateau. Each aid alone changes little on
-# this budget; the combination of two-stage query selection, box refinement and the focal loss is
-# the one that learns. The next sections show the mechanism behind each curve.
+# The vanilla model's box loss hardly moves: that is the plateau. On this short budget the focal
+# loss alone, Group DETR alone and anchor refinement alone stay on it too; two-stage query selection
+# is the single aid that moves, and adding the focal loss to it learns fastest (the main job's
+# combination). The next sections show the mechanism behind each curve.
 #
 # ## 2. Why one-to-one matching gives few positives
 #
@@ -225,7 +226,7 @@ plt.show()
 #   queries the one-to-one assignment is nearly random and each object trains one query at a time.
 # * The aids that fix it give the queries a position (anchors, refinement) and start them where the
 #   objects are (two-stage selection); the focal loss keeps the many negatives from drowning the few
-#   positives. Group DETR multiplies positives but, alone and on this budget, costs more time per
-#   step than it returns.
+#   positives. Group DETR multiplies positives but, alone and on this budget, made every step slower
+#   without a measurable gain.
 # * `python -m detr_nb train` uses the combination by default (`detr_tiny_aided`, focal loss) and
 #   prints which aids are on; `docs/convergence.md` has the measured table and the hardware.
