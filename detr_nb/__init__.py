@@ -24,12 +24,13 @@ from .pretrained import load_pretrained  # noqa: E402
 
 # Heavier modules (matplotlib figures, the engine) load on first use: `detr_nb.explain.f(...)`.
 _LAZY_MODULES = {
-    "checkpoint", "compare", "data", "diagnostics", "distributed", "evaluate", "explain", "lessons",
-    "matching_viz", "plotting", "precision", "train",
+    "aids", "checkpoint", "compare", "data", "diagnostics", "distributed", "evaluate", "explain", "lessons",
+    "matching_viz", "plotting", "precision", "speed", "train",
 }
 _LAZY_NAMES = {
     "Trainer": "train", "TrainConfig": "train", "NonFiniteLossError": "train",
     "model_from_checkpoint": "train", "CheckpointError": "checkpoint", "draw_boxes": "plotting",
+    "CompareConfig": "compare", "run_comparison": "compare", "draw_comparison": "compare",
 }
 
 
