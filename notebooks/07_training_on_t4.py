@@ -117,6 +117,8 @@ config = TrainConfig(
     data_kwargs={"num_train": NUM_TRAIN, "num_val": NUM_VAL, "image_size": IMAGE_SIZE},
     model=MODEL, preset="cpu",              # synthetic images are small: no resizing
     batch_size=BATCH_SIZE, lr=2e-4, weight_decay=1e-4, clip_max_norm=0.1,
+    loss_type="ce", weight_dict=None, cost_class=1.0,     # the paper's loss (the main job's default is
+    schedule="step", warmup_steps=0,                      # the aided recipe of notebook 10): pinned here
     amp="auto",                             # fp16 + GradScaler on a T4, bf16 on A100+, fp32 on CPU
     time_budget_s=None, max_steps=FIRST_STEPS,
     log_every=LOG_EVERY, diag_every=DIAG_EVERY, checkpoint_every_s=600,

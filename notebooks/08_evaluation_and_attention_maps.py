@@ -66,6 +66,8 @@ config = TrainConfig(
     dataset="synthetic", data_root=str(workdir("synthetic")),
     data_kwargs={"num_train": NUM_TRAIN, "num_val": NUM_VAL, "image_size": IMAGE_SIZE},
     model=MODEL, preset="cpu", batch_size=BATCH_SIZE, lr=2e-4,
+    loss_type="ce", weight_dict=None, cost_class=1.0,     # the paper's loss (the main job's default is
+    schedule="step", warmup_steps=0,                      # the aided recipe of notebook 10): pinned here
     time_budget_s=None, max_steps=TRAIN_STEPS, log_every=1 if SMOKE else 50,
     out=str(workdir("runs") / ("08_smoke" if SMOKE else "08_" + RUN_NAME)),
     eval_at_end=False, progress=True,

@@ -41,7 +41,10 @@ def test_two_gloo_processes_match_one_process(tmp_path):
            "--data-kwargs", json.dumps(DDP_SYN), "--model-overrides", json.dumps(cfg.model_overrides),
            "--preset", "none", "--batch-size", "2", "--max-steps", "1", "--time-budget", "none", "--lr", str(cfg.lr),
            "--seed", str(cfg.seed), "--device", "cpu", "--log-every", "1", "--no-progress", "--no-eval-at-end",
-           "--num-pictures", "0", "--out", str(out)]
+           "--num-pictures", "0", "--out", str(out),
+           # the same model and (pinned, official) loss and schedule as tiny_config, not the main job's defaults
+           "--model", cfg.model, "--loss-type", cfg.loss_type, "--cost-class", str(cfg.cost_class),
+           "--schedule", cfg.schedule, "--warmup-steps", str(cfg.warmup_steps), "--set", "weight_dict=null"]
     proc = subprocess.run(cmd, cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 2" in proc.stdout
