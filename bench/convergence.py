@@ -117,19 +117,9 @@ def table(results: dict) -> str:
 def plot(results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from detr_nb.convergence import plot_convergence
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for key, r in sorted(results["runs"].items()):
-        steps = [c["step"] for c in r["curve"]]
-        style = "-" if r["variant"] in ("best", "vanilla") else "--"
-        axes[0].plot(steps, [c["AP50"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-        axes[1].plot(steps, [c["loss_giou"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-    axes[0].set(xlabel="optimizer steps (batch 16)", ylabel="AP50 (val)", title="AP50 vs steps")
-    axes[1].set(xlabel="optimizer steps (batch 16)", ylabel="1 - GIoU, matched", title="box loss (last layer)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(FIGURE, dpi=70)
+    plot_convergence(results, figsize=(9, 3.4)).savefig(FIGURE, dpi=70)
 
 
 def write_table(results: dict) -> None:

@@ -24,7 +24,7 @@ from .pretrained import load_pretrained  # noqa: E402
 
 # Heavier modules (matplotlib figures, the engine) load on first use: `detr_nb.explain.f(...)`.
 _LAZY_MODULES = {
-    "aids", "checkpoint", "compare", "data", "diagnostics", "distributed", "evaluate", "explain", "lessons",
+    "aids", "checkpoint", "compare", "convergence", "data", "diagnostics", "distributed", "evaluate", "explain", "lessons",
     "matching_viz", "plotting", "precision", "speed", "train",
 }
 _LAZY_NAMES = {

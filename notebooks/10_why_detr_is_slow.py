@@ -37,10 +37,6 @@ EVAL_IMAGES = 4 if SMOKE else 200
 # notebook recomputes a small version of the comparison with the package.
 
 # %%
-import json
-import urllib.request
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
@@ -65,15 +61,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # repository (Colab) the file is read from GitHub.
 
 # %%
-def load_convergence():
-    local = Path(detr_nb.__file__).resolve().parent.parent / "docs" / "convergence.json"
-    if local.exists():
-        return json.loads(local.read_text())
-    url = (detr_nb.REPO_URL.replace("github.com", "raw.githubusercontent.com")
-           + f"/{detr_nb.REPO_BRANCH}/docs/convergence.json")
-    with urllib.request.urlopen(url, timeout=30) as f:
-        return json.load(f)
-
+from detr_nb.convergence import load_convergence, plot_convergence
 
 results = load_convergence()
 runs = results["runs"]
@@ -82,16 +70,7 @@ for key, r in sorted(runs.items(), key=lambda kv: (kv[1]["steps"], kv[0])):
     print(f"{key:18s} AP {f['AP']:.4f}  AP50 {f['AP50']:.4f}  box GIoU loss {f['loss_giou']:.3f}   {r['description']}")
 
 # %%
-fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
-for key, r in sorted(runs.items()):
-    steps = [c["step"] for c in r["curve"]]
-    style = "-" if r["variant"] in ("vanilla", "best") else "--"
-    axes[0].plot(steps, [c["AP50"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-    axes[1].plot(steps, [c["loss_giou"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-axes[0].set(xlabel="optimizer steps", ylabel="AP50", title="AP50 on the validation split")
-axes[1].set(xlabel="optimizer steps", ylabel="1 - GIoU (matched)", title="box loss, last decoder layer")
-axes[0].legend(fontsize=7)
-plt.tight_layout()
+plot_convergence(results)
 plt.show()
 
 # %% [markdown]
