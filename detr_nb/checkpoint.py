@@ -50,14 +50,13 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_save(obj, path) -> Path:
-    """``torch.save(obj, path)`` through a temporary file + fsync + ``os.replace``."""
-    path = Path(path)
+def _atomic_write(path: Path, write) -> Path:
+    """Run ``write(f)`` on a temporary file beside ``path``, fsync it, then ``os.replace`` it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -69,22 +68,17 @@ def atomic_save(obj, path) -> Path:
     return path
 
 
+def atomic_save(obj, path) -> Path:
+    """``torch.save(obj, path)`` through a temporary file + fsync + ``os.replace``."""
+    return _atomic_write(Path(path), lambda f: torch.save(obj, f))
+
+
 def atomic_copy(src, dst) -> Path:
     """Copy a file atomically (temporary copy + fsync + ``os.replace``)."""
-    src, dst = Path(src), Path(dst)
-    fd, tmp = tempfile.mkstemp(prefix=dst.name + ".", suffix=".tmp", dir=dst.parent)
-    try:
-        with os.fdopen(fd, "wb") as f, open(src, "rb") as s:
+    def copy(f):
+        with open(src, "rb") as s:
             shutil.copyfileobj(s, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(dst.parent)
-    return dst
+    return _atomic_write(Path(dst), copy)
 
 
 # ----------------------------------------------------------------------------- RNG states

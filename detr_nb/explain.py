@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import layers as L
-from .params import Row
+from .params import Row, with_totals
 from .plotting import IMAGENET_MEAN, IMAGENET_STD, draw_boxes, to_display_image
 
 # COCO 2017 category ids -> names (ids run 1..90 with gaps; DETR's head has 91 + 1 outputs).
@@ -202,13 +202,7 @@ def grouped_parameter_table(module: nn.Module, depth: int = 1) -> List[Row]:
         c = counts.setdefault(key, [0, 0])
         c[0] += p.numel()
         c[1] += p.numel() if p.requires_grad else 0
-    rows = [Row(k, t, tr, t - tr) for k, (t, tr) in counts.items()]
-    total = sum(r.total for r in rows)
-    trainable = sum(r.trainable for r in rows)
-    rows.append(Row("total", total, trainable, total - trainable))
-    n_buf = sum(b.numel() for b in module.buffers())
-    rows.append(Row("buffers", n_buf, 0, n_buf))
-    return rows
+    return with_totals([Row(k, t, tr, t - tr) for k, (t, tr) in counts.items()], module)
 
 
 def plot_parameter_table(rows: Sequence[Row], title: str = "parameters", ax=None):

@@ -35,12 +35,15 @@ def parameter_table(model: nn.Module) -> List[Row]:
         counts[label][0] += p.numel()
         counts[label][1] += p.numel() if p.requires_grad else 0
     rows = [Row(lab, t, tr, t - tr) for lab, (t, tr) in counts.items() if lab != "other" or t]
+    return with_totals(rows, model)
+
+
+def with_totals(rows: List[Row], model: nn.Module) -> List[Row]:
+    """Append the "total" row (sum of ``rows``) and the "buffers" row of ``model``."""
     total = sum(r.total for r in rows)
     trainable = sum(r.trainable for r in rows)
-    rows.append(Row("total", total, trainable, total - trainable))
     n_buf = sum(b.numel() for b in model.buffers())
-    rows.append(Row("buffers", n_buf, 0, n_buf))
-    return rows
+    return [*rows, Row("total", total, trainable, total - trainable), Row("buffers", n_buf, 0, n_buf)]
 
 
 def format_parameter_table(model_or_rows) -> str:
