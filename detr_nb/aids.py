@@ -24,21 +24,32 @@ Notebook 10 and ``docs/convergence.md`` measure what each one buys.
   with ``HungarianMatcher(class_cost="focal")``; ``class_prior=0.01`` initialises the class biases to
   ``-log((1 - p) / p)`` as RetinaNet does, so that the first steps are not dominated by easy negatives.
 
-Query denoising (DN-DETR) is not here yet (it needs the targets inside the model's forward).
+* **Query denoising** (Li et al. 2022, "DN-DETR: Accelerate DETR Training by Introducing Query
+  Denoising"): in training, ``dn_groups`` copies of the ground truth enter the decoder as extra queries,
+  each a noised box (centre moved by up to ``dn_box_noise`` x half the size, sides scaled by up to
+  ``1 +- dn_box_noise``) as reference and an embedding of a noised label (flipped to a random class with
+  probability ``dn_label_noise``) as content. Each must reconstruct its own object: no matching, so the
+  decoder gets easy, stable positives from step 1. An attention mask (:func:`denoising_attention_mask`)
+  keeps the matching queries from seeing them (they would see the answer) and the groups from seeing
+  each other. The model needs the targets in its forward (``model(images, mask, targets=targets)``);
+  in eval mode, or without targets, no denoising query exists. Implies ``box_refine``.
 """
 from __future__ import annotations
 
 import math
+import re
 from typing import Dict, Optional, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import layers as L
-from .criterion import SetCriterion
+from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from .criterion import SetCriterion, sigmoid_focal_loss
 from .detr import DETR, MLP
-from .matcher import HungarianMatcher
+from .matcher import HungarianMatcher, no_autocast
 
 
 def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
@@ -54,6 +65,54 @@ def group_attention_mask(num_queries: int, num_groups: int, device=None) -> Tens
     """
     group = torch.arange(num_queries * num_groups, device=device) // num_queries  # (K*Q,)
     return group[:, None] != group[None, :]
+
+
+def denoising_attention_mask(num_dn: int, num_groups_dn: int, num_match: int, match_mask: Optional[Tensor] = None,
+                             device=None) -> Tensor:
+    """DN-DETR's self-attention mask over ``[denoising queries | matching queries]``, bool, True = blocked.
+
+    ``num_dn`` denoising queries in ``num_groups_dn`` equal contiguous groups come first, then ``num_match``
+    matching queries whose own mask (Group DETR, or None) is ``match_mask (num_match, num_match)``.
+    Matching queries never see a denoising query; a denoising group sees itself and the matching queries.
+    """
+    n = num_dn + num_match
+    mask = torch.zeros(n, n, dtype=torch.bool, device=device)
+    if num_dn:
+        group = torch.arange(num_dn, device=device) // (num_dn // num_groups_dn)            # (num_dn,)
+        mask[:num_dn, :num_dn] = group[:, None] != group[None, :]
+        mask[num_dn:, :num_dn] = True
+    if match_mask is not None:
+        mask[num_dn:, num_dn:] = match_mask
+    return mask
+
+
+def noise_targets(targets: Sequence[dict], num_groups: int, num_classes: int, box_noise: float,
+                  label_noise: float, device=None):
+    """The denoising queries' inputs and answers, padded to the largest number of objects ``M``.
+
+    Returns ``labels_in, boxes_in`` (B, G*M) / (B, G*M, 4): noised labels and cxcywh boxes (the inputs);
+    ``labels, boxes`` (B, G*M) / (B, G*M, 4): the true ones (the answers); ``valid`` (B, G*M) bool
+    (False on padding slots). Group g holds slots ``g*M .. g*M+M-1``, slot g*M+i is object i.
+    """
+    B = len(targets)
+    M = max((len(t["labels"]) for t in targets), default=0)
+    G = num_groups
+    labels = torch.full((B, M), num_classes, dtype=torch.int64, device=device)
+    boxes = torch.full((B, M, 4), 0.5, device=device)   # padding: a harmless centred box
+    valid = torch.zeros(B, M, dtype=torch.bool, device=device)
+    for b, t in enumerate(targets):
+        n = len(t["labels"])
+        labels[b, :n] = t["labels"].to(device)
+        boxes[b, :n] = t["boxes"].to(device, torch.float32)
+        valid[b, :n] = True
+    labels, boxes, valid = labels.repeat(1, G), boxes.repeat(1, G, 1), valid.repeat(1, G)     # (B, G*M, .)
+    flip = torch.rand(labels.shape, device=device) < label_noise
+    labels_in = torch.where(flip & valid, torch.randint_like(labels, num_classes), labels)
+    wh = boxes[..., 2:]
+    shift = (torch.rand_like(wh) * 2 - 1) * box_noise * wh / 2                                 # centre moves
+    scale = 1 + (torch.rand_like(wh) * 2 - 1) * box_noise                                      # sides scale
+    boxes_in = torch.cat([(boxes[..., :2] + shift).clamp(0, 1), (wh * scale).clamp(1e-3, 1)], -1)
+    return labels_in, boxes_in, labels, boxes, valid
 
 
 def box_sine_embedding(boxes: Tensor, dim: int, temperature: float = 10000.0) -> Tensor:
@@ -97,19 +156,28 @@ class AidedDETR(DETR):
             DINO query selection); implies refinement. Adds ``outputs["enc_outputs"]``.
         class_prior: initialise the class biases to the prior probability p (focal loss); None = default.
         anchor_wh: side of each encoder cell's anchor box (normalised), two-stage only.
+        dn_groups: DN-DETR, groups of noised ground-truth queries in training (0 = off); implies box_refine.
+        dn_box_noise, dn_label_noise: DN-DETR's box noise scale (lambda) and label flip probability.
 
     Output: the usual dict (``pred_logits`` (B, Q', C+1), ``pred_boxes``, ``aux_outputs``) with
-    Q' = K*Q in training and Q in eval mode, plus ``enc_outputs`` (B, h*w, .) with two-stage.
+    Q' = K*Q in training and Q in eval mode, plus ``enc_outputs`` (B, h*w, .) with two-stage, plus
+    ``dn_outputs`` (same keys, (B, G*M, .)) and ``dn_meta`` (:func:`noise_targets`' answers) when denoising.
     """
+
+    needs_targets = property(lambda self: self.dn_groups > 0)   # the trainer passes targets= to forward
 
     def __init__(self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int,
                  aux_loss: bool = True, *, num_groups: int = 1, box_refine: bool = False, two_stage: bool = False,
-                 class_prior: Optional[float] = None, anchor_wh: float = 0.15):
+                 class_prior: Optional[float] = None, anchor_wh: float = 0.15, dn_groups: int = 0,
+                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2):
         super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
+        if dn_groups < 0:
+            raise ValueError(f"dn_groups must be >= 0, got {dn_groups}")
         self.num_groups, self.two_stage, self.anchor_wh = num_groups, two_stage, anchor_wh
-        self.box_refine = box_refine or two_stage
+        self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
+        self.box_refine = box_refine or two_stage or dn_groups > 0
         d = transformer.d_model
         n_all = num_queries * num_groups
         del self.query_embed
@@ -131,6 +199,8 @@ class AidedDETR(DETR):
             self.enc_bbox_embed = MLP(d, d, 4, 3)
             nn.init.zeros_(self.enc_bbox_embed.layers[-1].weight)   # start at the cell's anchor
             nn.init.zeros_(self.enc_bbox_embed.layers[-1].bias)
+        if dn_groups:
+            self.label_enc = nn.Embedding(num_classes + 1, d)  # a denoising query's content: its noised label (last: padding)
         if class_prior is not None:
             bias = -math.log((1 - class_prior) / class_prior)
             heads = [self.class_embed] + ([self.enc_class_embed] if two_stage else [])
@@ -178,8 +248,13 @@ class AidedDETR(DETR):
         return ref
 
     # ---- forward -----------------------------------------------------------------------------------
-    def forward(self, images: Tensor, mask: Optional[Tensor] = None, **unused) -> Dict[str, object]:
-        """images (B, 3, H, W), mask (B, H, W) True = padding -> outputs dict (see class doc)."""
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[Sequence[dict]] = None,
+                **unused) -> Dict[str, object]:
+        """images (B, 3, H, W), mask (B, H, W) True = padding -> outputs dict (see class doc).
+
+        ``targets`` (training only, DN-DETR) are the usual per-image dicts with ``labels`` and normalised
+        cxcywh ``boxes``; without them, or in eval mode, no denoising queries are built.
+        """
         if any(v is not None for v in unused.values()):
             raise ValueError("AidedDETR builds its own queries; query_pos/tgt/tgt_mask are not supported")
         mask = self.check_inputs(images, mask)
@@ -210,6 +285,17 @@ class AidedDETR(DETR):
             tgt = torch.zeros(B, n, C, device=src.device, dtype=src.dtype)
             query_pos = self.queries(B)
         tgt_mask = group_attention_mask(Q, K, src.device) if K > 1 else None
+        n_dn = 0
+        if self.training and self.dn_groups and targets is not None:
+            labels_in, boxes_in, labels, boxes_true, valid = noise_targets(
+                targets, self.dn_groups, self.num_classes, self.dn_box_noise, self.dn_label_noise, src.device)
+            n_dn = labels_in.shape[1]                                                     # G*M
+            if n_dn:
+                tgt = torch.cat([self.label_enc(labels_in).to(tgt.dtype), tgt], 1)         # (B, G*M + K*Q, C)
+                ref = torch.cat([boxes_in.to(ref.dtype), ref], 1)                          # (B, G*M + K*Q, 4)
+                tgt_mask = denoising_attention_mask(n_dn, self.dn_groups, n, tgt_mask, src.device)
+                out_extra["dn_meta"] = {"labels": labels, "boxes": boxes_true, "valid": valid,
+                                        "groups": self.dn_groups}
 
         logits, boxes = [], []
         for layer in tr.decoder.layers:
@@ -225,10 +311,19 @@ class AidedDETR(DETR):
             else:
                 box = delta.sigmoid()
             boxes.append(box)
+        if n_dn:   # split: denoising queries first, matching queries after
+            dn_logits, logits = [x[:, :n_dn] for x in logits], [x[:, n_dn:] for x in logits]
+            dn_boxes, boxes = [x[:, :n_dn] for x in boxes], [x[:, n_dn:] for x in boxes]
+            out_extra["dn_outputs"] = self._pack(dn_logits, dn_boxes)
+        out = self._pack(logits, boxes)
+        out.update(out_extra)
+        return out
+
+    def _pack(self, logits, boxes) -> Dict[str, object]:
+        """Per-layer lists -> {"pred_logits", "pred_boxes" of the last layer, "aux_outputs": the others}."""
         out: Dict[str, object] = {"pred_logits": logits[-1], "pred_boxes": boxes[-1]}
         if self.aux_loss:
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
-        out.update(out_extra)
         return out
 
 
@@ -243,15 +338,22 @@ def aids_of(model: nn.Module) -> Dict[str, object]:
         on["box_refine"] = True
     if model.num_groups > 1:
         on["num_groups"] = model.num_groups
+    if model.dn_groups:
+        on["dn_groups"] = model.dn_groups
     return on
 
 
 class AidedCriterion(SetCriterion):
-    """:class:`SetCriterion` plus the two-stage encoder loss (one-to-one Hungarian, keys ``*_enc``).
+    """:class:`SetCriterion` plus the two-stage encoder loss (keys ``*_enc``) and the DN-DETR
+    reconstruction loss (keys ``*_dn``, ``*_dn_0``..).
 
     Group DETR needs nothing extra here: the matcher's ``num_groups`` matches each group separately and
     ``num_boxes`` is multiplied by K (each group sees every object). The encoder proposals are matched
-    with a one-group matcher of the same costs; their weighted total is added to ``loss``.
+    with a one-group matcher of the same costs. Denoising queries need no matching at all: slot ``i`` of
+    a group answers for object ``i`` (``outputs["dn_meta"]``); their class loss is the same kind as the
+    main one (padding slots are "no object"), their box losses count real objects only, divided by
+    ``num_boxes`` x the number of denoising groups. Every extra term takes the weight of its base name
+    and is added to ``loss``.
     """
 
     def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, **kwargs):
@@ -262,7 +364,7 @@ class AidedCriterion(SetCriterion):
         self.enc_criterion = SetCriterion(num_classes, enc_matcher, losses=("labels", "boxes"), **kwargs)
 
     def forward(self, outputs: dict, targets: Sequence[dict]) -> Dict[str, Tensor]:
-        main = {k: v for k, v in outputs.items() if k != "enc_outputs"}
+        main = {k: v for k, v in outputs.items() if k not in ("enc_outputs", "dn_outputs", "dn_meta")}
         result = super().forward(main, targets)
         if "enc_outputs" in outputs:
             enc = self.enc_criterion(outputs["enc_outputs"], targets)
@@ -270,7 +372,39 @@ class AidedCriterion(SetCriterion):
                 if k != "loss":
                     result[k + "_enc"] = v
             result["loss"] = result["loss"] + enc["loss"]
+        if "dn_outputs" in outputs:
+            sizes = [len(t["labels"]) for t in targets]
+            dn = self.denoising_losses(outputs["dn_outputs"], outputs["dn_meta"], self.get_num_boxes(
+                sizes, outputs["pred_logits"].device))
+            for k, v in dn.items():
+                result[k] = v
+                result["loss"] = result["loss"] + (self.weight_of(re.sub(r"_dn(_\d+)?$", "", k)) or 0.0) * v
         return result
+
+    def denoising_losses(self, dn_outputs: dict, meta: dict, num_boxes: Tensor) -> Dict[str, Tensor]:
+        """Class and box losses of the denoising queries for every decoder layer (no matching)."""
+        layers = [dn_outputs] + list(dn_outputs.get("aux_outputs", []))
+        labels, boxes_true, valid = meta["labels"], meta["boxes"].float(), meta["valid"]   # (B, N), (B, N, 4)
+        norm = num_boxes * meta["groups"]          # each denoising group reconstructs every object once
+        out: Dict[str, Tensor] = {}
+        with no_autocast(labels.device):
+            for i, o in enumerate(layers):
+                suffix = "_dn" if i == 0 else f"_dn_{i - 1}"
+                logits, boxes = o["pred_logits"].float(), o["pred_boxes"].float()        # (B, N, C'), (B, N, 4)
+                if self.loss_type == "focal":
+                    target = torch.zeros_like(logits[..., :self.num_classes])            # (B, N, C)
+                    target[valid] = F.one_hot(labels[valid], self.num_classes).float()
+                    loss_ce = sigmoid_focal_loss(logits[..., :self.num_classes], target, self.focal_alpha,
+                                                 self.focal_gamma).sum() / norm
+                else:
+                    cls = labels.masked_fill(~valid, self.num_classes)                    # padding: no object
+                    loss_ce = F.cross_entropy(logits.flatten(0, 1), cls.flatten(), self.empty_weight)
+                src, tgt = boxes[valid], boxes_true[valid]                                # (V, 4)
+                giou = generalized_box_iou(box_cxcywh_to_xyxy(src)[:, None], box_cxcywh_to_xyxy(tgt)[:, None])
+                out["loss_ce" + suffix] = loss_ce
+                out["loss_bbox" + suffix] = (src - tgt).abs().sum() / norm
+                out["loss_giou" + suffix] = (1 - giou[:, 0, 0]).sum() / norm
+        return out
 
 
 def build_criterion(model: nn.Module, num_classes: int, *, loss_type: str = "ce", eos_coef: float = 0.1,
@@ -281,5 +415,6 @@ def build_criterion(model: nn.Module, num_classes: int, *, loss_type: str = "ce"
     groups = model.num_groups if isinstance(model, AidedDETR) else 1
     matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou, num_groups=groups,
                                class_cost="focal" if loss_type == "focal" else "softmax")
-    cls = AidedCriterion if isinstance(model, AidedDETR) and model.two_stage else SetCriterion
+    aided = isinstance(model, AidedDETR) and (model.two_stage or model.dn_groups > 0)
+    cls = AidedCriterion if aided else SetCriterion
     return cls(num_classes, matcher, eos_coef=eos_coef, weight_dict=weight_dict, loss_type=loss_type)

@@ -52,10 +52,14 @@ class DETRConfig:
     two_stage: bool = False             # two-stage query selection + encoder loss (implies box_refine)
     class_prior: Optional[float] = None  # class-bias init to this prior (focal loss), None = PyTorch default
     anchor_wh: float = 0.15             # two-stage: side of each encoder cell's anchor box
+    dn_groups: int = 0                  # DN-DETR: groups of noised ground-truth queries in training (0 = off)
+    dn_box_noise: float = 0.4           # DN-DETR box noise scale (lambda_1 = lambda_2)
+    dn_label_noise: float = 0.2         # DN-DETR label flip probability
 
     def aided(self) -> bool:
         """True when any convergence aid is on (the model is then a ``detr_nb.aids.AidedDETR``)."""
-        return self.num_groups > 1 or self.box_refine or self.two_stage or self.class_prior is not None
+        return (self.num_groups > 1 or self.box_refine or self.two_stage or self.class_prior is not None
+                or self.dn_groups > 0)
 
 
 CONFIGS: Dict[str, DETRConfig] = {
@@ -121,7 +125,9 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
         from .aids import AidedDETR
         model = AidedDETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
                           aux_loss=cfg.aux_loss, num_groups=cfg.num_groups, box_refine=cfg.box_refine,
-                          two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh)
+                          two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh,
+                          dn_groups=cfg.dn_groups, dn_box_noise=cfg.dn_box_noise,
+                          dn_label_noise=cfg.dn_label_noise)
     else:
         model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
                      aux_loss=cfg.aux_loss)

@@ -25,18 +25,28 @@ def load_convergence(path=None) -> dict:
         return json.load(f)
 
 
-def plot_convergence(results: dict, figsize=(10, 3.6)):
-    """AP50 and the matched box loss versus optimizer steps, one line per run (vanilla and best solid)."""
+def plot_convergence(results: dict, figsize=(12, 3.6), runs=None):
+    """COCO AP, AP50 and the matched box loss versus training time (or steps, for fixed-step runs), one line
+    per run; vanilla and the main job's combination ("best") solid, single aids dashed. Notebook 10.
+
+    ``runs``: keys of ``results["runs"]`` to draw (default all).
+    """
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    fig, axes = plt.subplots(1, 3, figsize=figsize)
+    timed = False
     for key, r in sorted(results["runs"].items()):
-        steps = [c["step"] for c in r["curve"]]
-        style = "-" if r["variant"] in ("vanilla", "best") else "--"
-        axes[0].plot(steps, [c["AP50"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-        axes[1].plot(steps, [c["loss_giou"] for c in r["curve"]], style, marker="o", ms=3, label=key)
-    axes[0].set(xlabel="optimizer steps (batch 16)", ylabel="AP50 (val)", title="AP50 on the validation split")
-    axes[1].set(xlabel="optimizer steps (batch 16)", ylabel="1 - GIoU (matched)", title="box loss, last decoder layer")
-    axes[0].legend(fontsize=7)
+        if runs is not None and key not in runs:
+            continue
+        timed = timed or bool(r.get("budget_s"))
+        x = [c["train_s"] if r.get("budget_s") else c["step"] for c in r["curve"]]
+        style = "-" if r["variant"] in ("vanilla", "best", "best+dn") else "--"
+        for ax, metric in zip(axes, ("AP", "AP50", "loss_giou")):
+            ax.plot(x, [c[metric] for c in r["curve"]], style, marker="o", ms=3, label=key)
+    xlabel = "training time (s, 2 CPU cores)" if timed else "optimizer steps (batch 16)"
+    axes[0].set(xlabel=xlabel, ylabel="AP (val)", title="COCO AP @[.5:.95]")
+    axes[1].set(xlabel=xlabel, ylabel="AP50 (val)", title="AP50")
+    axes[2].set(xlabel=xlabel, ylabel="1 - GIoU (matched)", title="box loss, last decoder layer")
+    axes[1].legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -627,6 +627,18 @@ class Trainer:
             for sig, h in previous.items():
                 signal.signal(sig, h)
 
+    def train_time_s(self) -> float:
+        """Seconds counted against the time budget so far (setup included, excluded time not)."""
+        if not hasattr(self, "_t_start"):
+            return self.elapsed_s
+        return self.elapsed_s + time.perf_counter() - self._t_start + self._setup_s
+
+    def exclude_time(self, seconds: float) -> None:
+        """Do not count ``seconds`` just spent (e.g. a callback's evaluation) against the time budget."""
+        if hasattr(self, "_t_start"):
+            self._t_start += seconds
+            self._t_window += seconds     # images/s too
+
     def _should_stop(self, t_start: float, force_sync: bool) -> Optional[str]:
         """Agree on stopping across ranks (at log steps under DDP, every step otherwise)."""
         elapsed = self.elapsed_s + time.perf_counter() - t_start + self._setup_s
@@ -664,7 +676,8 @@ class Trainer:
                         else contextlib.nullcontext())
             with sync_ctx:
                 with self.precision.autocast():
-                    outputs = self.ddp_model(images, mask)
+                    extra = {"targets": targets} if getattr(self.model, "needs_targets", False) else {}
+                    outputs = self.ddp_model(images, mask, **extra)   # DN-DETR builds queries from targets
                 losses = self.criterion(outputs, targets)     # fp32 inside (matcher, box losses)
                 self.scaler.scale(losses["loss"] / n).backward()
             detached = {k: v.detach().float() for k, v in losses.items()}

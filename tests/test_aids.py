@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from detr_nb.aids import (AidedCriterion, AidedDETR, aids_of, box_sine_embedding, build_criterion,
-                          group_attention_mask, inverse_sigmoid)
+                          denoising_attention_mask, group_attention_mask, inverse_sigmoid, noise_targets)
 from detr_nb.configs import CONFIGS, build_model
 from detr_nb.criterion import SetCriterion
 from detr_nb.detr import DETR
@@ -146,6 +146,89 @@ def test_two_stage_selects_top_cells_and_detaches_references():
     torch.testing.assert_close(losses["loss"], main + enc)
 
 
+def test_denoising_mask_hides_groups_and_answers():
+    m = denoising_attention_mask(6, 2, 4, group_attention_mask(2, 2))    # 2 dn groups of 3, then 2x2 matching
+    assert m.shape == (10, 10)
+    assert not m[:3, :3].any() and m[:3, 3:6].all() and m[3:6, :3].all() and not m[3:6, 3:6].any()
+    assert m[6:, :6].all()                      # matching queries never see a denoising query
+    assert not m[:6, 6:].any()                  # denoising queries may look at the matching ones
+    assert torch.equal(m[6:, 6:], group_attention_mask(2, 2))
+    assert torch.equal(denoising_attention_mask(0, 3, 4), torch.zeros(4, 4, dtype=torch.bool))
+
+
+def test_noise_targets_stay_within_the_noise_scale():
+    torch.manual_seed(0)
+    t = [{"labels": torch.randint(0, 5, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.3} for n in (7, 0, 3)]
+    lab_in, box_in, lab, box, valid = noise_targets(t, 4, 5, box_noise=0.4, label_noise=0.25)
+    assert lab_in.shape == lab.shape == valid.shape == (3, 28) and box_in.shape == box.shape == (3, 28, 4)
+    assert valid.sum(1).tolist() == [28, 0, 12]
+    for g in range(4):                          # slot g*M + i answers for object i
+        torch.testing.assert_close(box[2, 7 * g:7 * g + 3], t[2]["boxes"])
+        assert torch.equal(lab[0, 7 * g:7 * g + 7], t[0]["labels"])
+    wh = box[valid][:, 2:]
+    assert ((box_in[valid][:, :2] - box[valid][:, :2]).abs() <= 0.4 * wh / 2 + 1e-6).all()
+    ratio = box_in[valid][:, 2:] / wh
+    assert ((ratio >= 0.6 - 1e-6) & (ratio <= 1.4 + 1e-6)).all() and ratio.std() > 0.05
+    flipped = (lab_in != lab)[valid].float().mean()
+    assert 0.05 < flipped < 0.3                  # p = 0.25 of a flip, to a random class (1/5 of them the same)
+    assert (lab_in[~valid] == 5).all()           # padding keeps the "no object" id
+
+
+def test_denoising_queries_exist_only_in_training_and_do_not_leak():
+    m = small(dn_groups=3, two_stage=True, class_prior=0.01)
+    assert m.needs_targets and aids_of(m)["dn_groups"] == 3
+    x = torch.randn(2, 3, 64, 64)
+    m.train()
+    torch.manual_seed(1)
+    with_dn = m(x, targets=targets())
+    plain = m(x)                                 # no targets: no denoising queries
+    assert "dn_outputs" not in plain
+    assert with_dn["dn_outputs"]["pred_logits"].shape == (2, 3 * 2, 5)   # 2 objects x 3 groups
+    assert len(with_dn["dn_outputs"]["aux_outputs"]) == 1
+    # the matching queries never attend to the denoising ones: their outputs are unchanged
+    torch.testing.assert_close(with_dn["pred_logits"], plain["pred_logits"])
+    torch.testing.assert_close(with_dn["aux_outputs"][0]["pred_boxes"], plain["aux_outputs"][0]["pred_boxes"])
+    m.eval()
+    out = m(x, targets=targets())
+    assert "dn_outputs" not in out and "dn_meta" not in out and out["pred_logits"].shape == (2, 6, 5)
+    m.train()
+    crit = build_criterion(m, 4, loss_type="focal", cost_class=2.0,
+                           weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+    uneven = targets()
+    uneven[1] = {k: v[:1] for k, v in uneven[1].items()}          # 2 and 1 objects: a padding slot per group
+    losses = crit(m(x, targets=uneven), uneven)
+    assert {"loss_ce_dn", "loss_bbox_dn", "loss_giou_dn", "loss_ce_dn_0"} <= set(losses)
+    losses["loss"].backward()
+    assert m.label_enc.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("loss_type", ["focal", "ce"])
+def test_denoising_losses_against_references(loss_type):
+    from torchvision.ops import generalized_box_iou_loss, sigmoid_focal_loss
+    torch.manual_seed(0)
+    crit = AidedCriterion(4, loss_type=loss_type, weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0})
+    labels = torch.tensor([[1, 3, 4, 1, 3, 4], [2, 4, 4, 2, 4, 4]])          # 2 groups of M = 2, id 4 = padding
+    valid = labels != 4
+    true = torch.rand(2, 6, 4) * 0.3 + 0.3
+    logits = torch.randn(2, 6, 5)
+    pred = (true + 0.05 * torch.randn_like(true)).clamp(0.05, 0.95)
+    meta = {"labels": labels, "boxes": true, "valid": valid, "groups": 2}
+    out = crit.denoising_losses({"pred_logits": logits, "pred_boxes": pred}, meta, torch.tensor(3.0))
+    norm = 3.0 * 2
+    if loss_type == "focal":
+        onehot = torch.nn.functional.one_hot(labels, 5)[..., :4].float()    # padding rows: all zeros
+        ref_ce = sigmoid_focal_loss(logits[..., :4], onehot, reduction="sum") / norm
+    else:
+        ref_ce = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), crit.empty_weight)
+    torch.testing.assert_close(out["loss_ce_dn"], ref_ce)
+    torch.testing.assert_close(out["loss_bbox_dn"], (pred - true)[valid].abs().sum() / norm)
+    xyxy = lambda b: torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
+    torch.testing.assert_close(out["loss_giou_dn"],
+                               generalized_box_iou_loss(xyxy(pred[valid]), xyxy(true[valid]), reduction="sum") / norm)
+    perfect = crit.denoising_losses({"pred_logits": logits, "pred_boxes": true}, meta, torch.tensor(3.0))
+    assert float(perfect["loss_bbox_dn"]) == 0 and float(perfect["loss_giou_dn"]) < 1e-6
+
+
 def _train_curve(model_name, overrides, loss_type, steps, batches):
     torch.manual_seed(0)
     model = build_model(model_name, num_classes=7, **overrides)
@@ -155,7 +238,7 @@ def _train_curve(model_name, overrides, loss_type, steps, batches):
     curve = []
     for s in range(steps):
         x, t = batches[s % len(batches)]
-        losses = crit(model(x), t)
+        losses = crit(model(x, targets=t) if getattr(model, "needs_targets", False) else model(x), t)
         opt.zero_grad()
         losses["loss"].backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)
