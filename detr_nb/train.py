@@ -65,6 +65,25 @@ MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_siz
 AIDED_WEIGHTS: Dict[str, float] = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
+def cpu_is_busy(samples: int = 5, interval_s: float = 0.1, loadavg_path: str = "/proc/loadavg") -> bool:
+    """True when other processes keep every core busy *now*: the 1-minute load average exceeds the core
+    count AND so does the median number of runnable tasks (other than this one) over a few samples of
+    /proc/loadavg. The average alone stays high for a minute after a job ends (our own data generation,
+    a test run), which would cost the whole run its second thread; a snapshot alone is noisy."""
+    cores = os.cpu_count() or 1
+    try:
+        if os.getloadavg()[0] <= cores:
+            return False
+        running = []
+        for _ in range(samples):
+            with open(loadavg_path) as f:
+                running.append(int(f.read().split()[3].split("/")[0]) - 1)   # minus this process
+            time.sleep(interval_s)
+    except (AttributeError, OSError, ValueError, IndexError):
+        return False
+    return sorted(running)[len(running) // 2] >= cores
+
+
 @dataclass
 class TrainConfig:
     """Every setting of a training run. The defaults ARE the main job (``python -m detr_nb train``).
@@ -506,10 +525,7 @@ class Trainer:
         if threads:
             torch.set_num_threads(threads)
             return
-        try:
-            busy = device.type == "cpu" and os.getloadavg()[0] > (os.cpu_count() or 1)
-        except (AttributeError, OSError):
-            busy = False
+        busy = device.type == "cpu" and cpu_is_busy()
         if busy and torch.get_num_threads() > 1:
             torch.set_num_threads(1)
             self.log(f"the CPU is busy (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores): "
@@ -629,13 +645,14 @@ class Trainer:
 
     def train_time_s(self) -> float:
         """Seconds counted against the time budget so far (setup included, excluded time not)."""
-        if not hasattr(self, "_t_start"):
-            return self.elapsed_s
-        return self.elapsed_s + time.perf_counter() - self._t_start + self._setup_s
+        setup = getattr(self, "_setup_s", 0.0)
+        if not getattr(self, "_in_loop", False):
+            return self.elapsed_s + setup
+        return self.elapsed_s + time.perf_counter() - self._t_start + setup
 
     def exclude_time(self, seconds: float) -> None:
         """Do not count ``seconds`` just spent (e.g. a callback's evaluation) against the time budget."""
-        if hasattr(self, "_t_start"):
+        if getattr(self, "_in_loop", False):
             self._t_start += seconds
             self._t_window += seconds     # images/s too
 
@@ -754,10 +771,12 @@ class Trainer:
         self._t_last_ckpt = self._t_start
         reason = None
         bar = self._progress_bar()
+        self._in_loop = True
         try:
             with self._signals():
                 reason = self._loop(bar)
         finally:
+            self._in_loop = False
             self.elapsed_s += time.perf_counter() - self._t_start
             self._t_start = time.perf_counter()
             if bar is not None:

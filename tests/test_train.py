@@ -181,3 +181,39 @@ def test_data_order_depends_on_seed_and_epoch_only():
     r0, r1 = EpochBatchSampler(ds, 5, 1, num_replicas=2, rank=0), EpochBatchSampler(ds, 5, 1, num_replicas=2, rank=1)
     idx = [i for r in (r0, r1) for batch in r for i, _ in batch]
     assert sorted(idx) == ds
+
+
+def test_cpu_is_busy_needs_a_high_average_and_runnable_tasks_now(tmp_path, monkeypatch):
+    from detr_nb import train as T
+    monkeypatch.setattr(T.os, "cpu_count", lambda: 2)
+    path = tmp_path / "loadavg"
+    busy = lambda: T.cpu_is_busy(samples=3, interval_s=0, loadavg_path=str(path))
+    path.write_text("5.10 4.00 3.00 3/120 4242\n")          # 3 runnable: this process + 2 others
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (5.1, 4.0, 3.0))
+    assert busy()
+    path.write_text("5.10 4.00 3.00 1/120 4242\n")          # only this process runs now: a stale average
+    assert not busy()
+    path.write_text("1.50 4.00 3.00 9/120 4242\n")
+    monkeypatch.setattr(T.os, "getloadavg", lambda: (1.5, 4.0, 3.0))
+    assert not busy()                                        # a burst under a low average is ignored
+
+
+def test_excluded_time_does_not_count_against_the_budget(tmp_path, data_root):
+    import time
+    seen = []
+
+    def callback(tr):                                         # e.g. an evaluation between steps
+        t = time.perf_counter()
+        time.sleep(0.5)
+        before = tr.train_time_s()
+        tr.exclude_time(time.perf_counter() - t)
+        seen.append((before, tr.train_time_s()))
+
+    tr = Trainer(tiny_config(tmp_path / "x", data_root, max_steps=2), callbacks=[callback])
+    t0 = time.perf_counter()
+    tr.fit()
+    wall = time.perf_counter() - t0
+    assert len(seen) == 2
+    for before, after in seen:
+        assert before - 0.6 < after < before - 0.45
+    assert 0 < tr.train_time_s() < wall + tr._setup_s - 0.95   # both sleeps left out, setup counted
