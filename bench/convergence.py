@@ -14,6 +14,7 @@ evaluated (COCO AP on the first ``--eval-images`` validation images) along the w
     python bench/convergence.py --budget-s 150 --eval-every-s 50                   # every variant
     python bench/convergence.py --budget-s 540 --eval-every-s 90 --variants vanilla best
     python bench/convergence.py --plot-only       # redraw figure + table from the JSON
+    python bench/convergence.py --budget-s 300 --eval-every-s 30 --variants vanilla best --workers 8   # a GPU
 
 Results are merged into docs/convergence.json (key "<variant>@<budget>s" or "<variant>@<steps>");
 docs/convergence.png and the table between the markers in docs/convergence.md are regenerated from it.
@@ -65,7 +66,7 @@ def run_variant(name: str, args) -> dict:
         time_budget_s=None, max_steps=args.steps, warmup_steps=min(100, args.steps // 5))
     cfg = TrainConfig(model="detr_tiny_aided", model_overrides=dict(overrides), **loss, **budget,
                       epochs=10**6, schedule="cosine", lr=args.lr, batch_size=args.batch_size, seed=args.seed,
-                      threads=args.threads, out=str(Path(args.runs) / f"{name}@{tag}"), resume=False,
+                      threads=args.threads, workers=args.workers, out=str(Path(args.runs) / f"{name}@{tag}"), resume=False,
                       eval_at_end=False, num_pictures=0, progress=False, log_every=10,
                       max_eval_images=args.eval_images, checkpoint_every_s=1e9)
     curve = []
@@ -144,7 +145,7 @@ def plot(results: dict) -> None:
     matplotlib.use("Agg")
     from detr_nb.convergence import plot_convergence
 
-    plot_convergence(results, figsize=(9, 3.4)).savefig(FIGURE, dpi=70)
+    plot_convergence(results, figsize=(12, 3.4)).savefig(FIGURE, dpi=70)
 
 
 def write_table(results: dict) -> None:
@@ -171,6 +172,7 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: as the main job, 1 when the machine is busy)")
+    p.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (a GPU wants 4-8)")
     p.add_argument("--fresh", action="store_true", help="drop the runs already in docs/convergence.json")
     p.add_argument("--runs", default="runs/convergence")
     p.add_argument("--plot-only", action="store_true")

@@ -25,28 +25,32 @@ def load_convergence(path=None) -> dict:
         return json.load(f)
 
 
-def plot_convergence(results: dict, figsize=(12, 3.6), runs=None):
+def plot_convergence(results: dict, figsize=(13, 3.6), runs=None):
     """COCO AP, AP50 and the matched box loss versus training time (or steps, for fixed-step runs), one line
-    per run; vanilla and the main job's combination ("best") solid, single aids dashed. Notebook 10.
+    per run: one colour per variant, solid for the longest budget, dashed for shorter ones. Notebook 10.
 
     ``runs``: keys of ``results["runs"]`` to draw (default all).
     """
     import matplotlib.pyplot as plt
 
+    chosen = {k: r for k, r in results["runs"].items() if runs is None or k in runs}
+    variants = list(dict.fromkeys(r["variant"] for r in chosen.values()))
+    colours = {v: plt.cm.tab10(i % 10) for i, v in enumerate(variants)}
+    budget = lambda r: r.get("budget_s") or r["steps"]
+    longest = max((budget(r) for r in chosen.values()), default=0)
+    timed = any(r.get("budget_s") for r in chosen.values())
     fig, axes = plt.subplots(1, 3, figsize=figsize)
-    timed = False
-    for key, r in sorted(results["runs"].items()):
-        if runs is not None and key not in runs:
-            continue
-        timed = timed or bool(r.get("budget_s"))
+    for key, r in sorted(chosen.items(), key=lambda kv: (-budget(kv[1]), variants.index(kv[1]["variant"]))):
         x = [c["train_s"] if r.get("budget_s") else c["step"] for c in r["curve"]]
-        style = "-" if r["variant"] in ("vanilla", "best", "best+dn") else "--"
+        style = "-" if budget(r) == longest else "--"
         for ax, metric in zip(axes, ("AP", "AP50", "loss_giou")):
-            ax.plot(x, [c[metric] for c in r["curve"]], style, marker="o", ms=3, label=key)
+            ax.plot(x, [c[metric] for c in r["curve"]], style, color=colours[r["variant"]], marker="o", ms=3,
+                    label=key)
     xlabel = "training time (s, 2 CPU cores)" if timed else "optimizer steps (batch 16)"
     axes[0].set(xlabel=xlabel, ylabel="AP (val)", title="COCO AP @[.5:.95]")
     axes[1].set(xlabel=xlabel, ylabel="AP50 (val)", title="AP50")
     axes[2].set(xlabel=xlabel, ylabel="1 - GIoU (matched)", title="box loss, last decoder layer")
-    axes[1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center right", fontsize=7)
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
