@@ -49,6 +49,8 @@ VARIANTS = {
     "two_stage": (dict(OFF, two_stage=True), CE, "+ two-stage query selection (implies box refinement)"),
     "denoising": (dict(OFF, dn_groups=3), CE, "+ query denoising (DN-DETR), 3 groups (implies box refinement)"),
     "best": (dict(OFF, two_stage=True, class_prior=0.01), FOCAL, "two-stage + refinement + focal (the main job)"),
+    "best+groups": (dict(OFF, two_stage=True, class_prior=0.01, num_groups=3), FOCAL,
+                    "two-stage + refinement + focal + Group DETR (3 groups)"),
     "best+dn": (dict(OFF, two_stage=True, class_prior=0.01, dn_groups=3), FOCAL,
                 "two-stage + refinement + focal + query denoising (3 groups)"),
 }
