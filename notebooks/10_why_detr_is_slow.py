@@ -59,7 +59,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 #
 # `docs/convergence.json` holds every variant's AP-versus-time curve, all trained on the same data
 # with the same seed, batch (16), learning rate and wall-clock budget on the same 2 idle CPU cores
-# (150 s for every variant, 540 s, the main job's budget, for vanilla and the two best). Outside a
+# (150 s for every variant; 540 s, the main job's budget, for vanilla and three combinations). Outside a
 # clone of the repository (Colab) the file is read from GitHub.
 
 # %%
@@ -81,8 +81,9 @@ plt.show()
 # it. On the 150 s budget the focal loss alone, Group DETR alone, query denoising alone and anchor
 # refinement alone stay on it too; two-stage query selection is the single aid that moves, and
 # adding the focal loss to it learns fastest (the main job's combination, AP50 0.5 after about 450 s).
-# Query denoising on top of that learns as fast per step but makes each step 25 % dearer, so on a
-# fixed time it is behind. The next sections show the mechanism behind each curve.
+# Query denoising on top of that learns about as fast per step but makes each step 25 % dearer, so on
+# a fixed time it is behind; Group DETR on top is behind per step and per second. The next sections
+# show the mechanism behind each curve.
 #
 # ## 2. Why one-to-one matching gives few positives
 #
