@@ -47,6 +47,7 @@ from detr_nb.aids import denoising_attention_mask, group_attention_mask, noise_t
 from detr_nb.configs import build_model
 from detr_nb.data.synthetic import render_sample, synthetic_params
 from detr_nb.matcher import HungarianMatcher
+from detr_nb.plotting import show_attention_mask
 from detr_nb.train import MAIN_JOB_SYNTHETIC, TrainConfig, Trainer
 
 torch.manual_seed(0)
@@ -145,12 +146,7 @@ print("spread of the 30 predicted boxes (std of cx, cy, w, h):", [round(v, 3) fo
 # self-attention learns would be trained across groups), hence a block-diagonal mask:
 
 # %%
-mask = group_attention_mask(4, 3)
-plt.figure(figsize=(3, 3))
-plt.imshow(~mask, cmap="Greys")
-plt.title("self-attention allowed (black)\n3 groups of 4 queries")
-plt.xlabel("key query")
-plt.ylabel("attending query")
+show_attention_mask(group_attention_mask(4, 3), "self-attention allowed (black)\n3 groups of 4 queries")
 plt.show()
 
 # %% [markdown]
@@ -177,12 +173,8 @@ labels_in, boxes_in, labels_true, boxes_true, valid = noise_targets(example, 2, 
 print("true boxes  ", boxes_true[0].numpy().round(2).tolist())
 print("noised boxes", boxes_in[0].numpy().round(2).tolist())
 print("labels in", labels_in[0].tolist(), "-> to restore", labels_true[0].tolist())
-mask = denoising_attention_mask(4, 2, 6)      # 2 groups of 2 denoising queries, then 6 matching queries
-plt.figure(figsize=(3, 3))
-plt.imshow(~mask, cmap="Greys")
-plt.title("allowed (black): 2 denoising groups\nof 2, then 6 matching queries")
-plt.xlabel("key query")
-plt.ylabel("attending query")
+# 2 groups of 2 denoising queries, then 6 matching queries
+show_attention_mask(denoising_attention_mask(4, 2, 6), "allowed (black): 2 denoising groups\nof 2, then 6 matching queries")
 plt.show()
 
 # %% [markdown]

@@ -286,3 +286,14 @@ def test_topk_postprocess_keeps_the_best_query_class_pairs():
     torch.testing.assert_close(top["scores"], torch.sigmoid(torch.tensor([4.0, 3.0, 2.0])))
     torch.testing.assert_close(top["boxes"][1], one["boxes"][0])    # the second pair is query 0's box
     torch.testing.assert_close(top["boxes"][2], one["boxes"][2])
+
+
+def test_show_attention_mask_draws_allowed_pairs():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detr_nb.plotting import show_attention_mask
+    mask = denoising_attention_mask(4, 2, 3)
+    ax = show_attention_mask(mask, "t")
+    assert np.array_equal(ax.images[0].get_array(), (~mask).numpy()) and ax.get_title() == "t"
+    plt.close(ax.figure)
