@@ -493,10 +493,9 @@ class Trainer:
 
     def _time_fraction(self) -> Optional[float]:
         """Fraction of the time budget spent (setup included), None without a budget or before fit()."""
-        if not self.cfg.time_budget_s or not hasattr(self, "_t_start"):
-            return None if not self.cfg.time_budget_s else 0.0
-        spent = self.elapsed_s + time.perf_counter() - self._t_start + getattr(self, "_setup_s", 0.0)
-        return spent / self.cfg.time_budget_s
+        if not self.cfg.time_budget_s:
+            return None
+        return self.train_time_s() / self.cfg.time_budget_s
 
     def _trim_logs(self) -> None:
         """Drop log lines past the resume point (written after the checkpoint by a killed run)."""
@@ -656,9 +655,9 @@ class Trainer:
             self._t_start += seconds
             self._t_window += seconds     # images/s too
 
-    def _should_stop(self, t_start: float, force_sync: bool) -> Optional[str]:
+    def _should_stop(self, force_sync: bool) -> Optional[str]:
         """Agree on stopping across ranks (at log steps under DDP, every step otherwise)."""
-        elapsed = self.elapsed_s + time.perf_counter() - t_start + self._setup_s
+        elapsed = self.train_time_s()
         local = [self._stop is not None,
                  self.cfg.time_budget_s is not None and elapsed >= self.cfg.time_budget_s,
                  self.cfg.max_steps is not None and self.step >= self.cfg.max_steps]
@@ -800,7 +799,7 @@ class Trainer:
         if bar is None:
             return
         if self.cfg.time_budget_s:
-            now = min(self.elapsed_s + self._setup_s + time.perf_counter() - self._t_start, self.cfg.time_budget_s)
+            now = min(self.train_time_s(), self.cfg.time_budget_s)
             bar.update(max(0, int(now) - bar.n))
         else:
             bar.update(self.step - bar.n)
@@ -812,7 +811,7 @@ class Trainer:
         cfg = self.cfg
         accum = cfg.accum_steps
         while self.epoch < cfg.epochs:
-            reason = self._should_stop(self._t_start, force_sync=True)
+            reason = self._should_stop(force_sync=True)
             if reason:
                 self.save_checkpoint()
                 return reason
@@ -835,7 +834,7 @@ class Trainer:
                         cb(self)
                     if self.batch_in_epoch >= self.steps_per_epoch * accum:
                         break  # an incomplete accumulation group at the end of the epoch is dropped
-                    reason = self._should_stop(self._t_start, force_sync=at_log)
+                    reason = self._should_stop(force_sync=at_log)
                     if reason:
                         self.save_checkpoint()
                         return reason

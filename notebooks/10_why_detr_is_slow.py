@@ -82,8 +82,8 @@ plt.show()
 # it. On the 150 s budget the focal loss alone, Group DETR alone, query denoising alone and anchor
 # refinement alone stay on it too; two-stage query selection is the single aid that moves, and
 # adding the focal loss to it learns fastest (the main job's combination, AP50 0.5 after about 450 s).
-# Query denoising on top of that learns about as fast per step but makes each step 25 % dearer, so on
-# a fixed time it is behind; Group DETR on top is behind per step and per second. The next sections
+# Query denoising on top of that learns about as fast per step but gets about a quarter fewer steps,
+# so on a fixed time it is behind; Group DETR on top is behind per step and per second. The next sections
 # show the mechanism behind each curve.
 #
 # ## 2. Why one-to-one matching gives few positives
