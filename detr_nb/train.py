@@ -453,16 +453,15 @@ class Trainer:
         opt_kwargs = adamw_flags(self.device)   # fused (CUDA, and CPU where torch has it: 3.7x foreach there)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
         self._opt_flags = opt_kwargs
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, self._time_fraction()))
-        self.scaler = self.precision.make_scaler()
-        self.params = [p for g in groups for p in g["params"]]
-
-        # -- bookkeeping
+        # -- bookkeeping (before the scheduler: LambdaLR calls its lambda at once, which reads the clock)
         self.step = 0              # optimizer steps done
         self.epoch = 0             # current epoch
         self.batch_in_epoch = 0    # batches of this epoch already consumed
         self.elapsed_s = 0.0       # training seconds, over all sessions of this run
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, self._time_fraction()))
+        self.scaler = self.precision.make_scaler()
+        self.params = [p for g in groups for p in g["params"]]
         self.best_score = -math.inf
         self.history: List[Dict] = []
         self._window: List[torch.Tensor] = []  # per step: loss terms + grad norm, on the device
