@@ -296,6 +296,10 @@ class AidedDETR(DETR):
                 tgt_mask = denoising_attention_mask(n_dn, self.dn_groups, n, tgt_mask, src.device)
                 out_extra["dn_meta"] = {"labels": labels, "boxes": boxes_true, "valid": valid,
                                         "groups": self.dn_groups}
+        if self.training and self.dn_groups and not n_dn:
+            # A batch without objects has no denoising query: keep label_enc in the graph with a zero term, as
+            # DistributedDataParallel expects a gradient for every parameter at every step.
+            tgt = tgt + 0.0 * self.label_enc.weight.sum()
 
         logits, boxes = [], []
         for layer in tr.decoder.layers:

@@ -190,11 +190,32 @@ def load_latest(directory, map_location="cpu", log=print) -> Optional[Tuple[Dict
 
 
 class CheckpointManager:
-    """Writes ``last.pth`` (rotating the previous one to ``prev.pth``) and ``best.pth``."""
+    """Writes ``last.pth`` (rotating the previous one to ``prev.pth``) and ``best.pth``.
+
+    Only a readable ``last.pth`` is rotated into ``prev.pth``: after a resume that had to skip a corrupt
+    ``last.pth`` for ``prev.pth``, rotating the corrupt file would overwrite the one good checkpoint left.
+    A ``last.pth`` this manager did not write itself is checked once (loaded) before it is rotated; a bad
+    one is kept aside as ``last.pth.corrupt`` for inspection.
+    """
 
     def __init__(self, directory, enabled: bool = True):
         self.directory = Path(directory)
         self.enabled = enabled
+        self._written = None    # (inode, size, mtime) of the last.pth this manager wrote
+
+    @staticmethod
+    def _signature(path: Path):
+        st = path.stat()
+        return st.st_ino, st.st_size, st.st_mtime_ns
+
+    def _last_is_good(self) -> bool:
+        if self._written is not None and self._signature(self.last) == self._written:
+            return True
+        try:
+            load_checkpoint(self.last)
+            return True
+        except CheckpointError:
+            return False
 
     @property
     def last(self) -> Path:
@@ -217,8 +238,10 @@ class CheckpointManager:
                 f.flush()
                 os.fsync(f.fileno())
             if self.last.exists():
-                os.replace(self.last, self.directory / PREV)
+                keep = PREV if self._last_is_good() else LAST + ".corrupt"
+                os.replace(self.last, self.directory / keep)
             os.replace(tmp, self.last)
+            self._written = self._signature(self.last)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)

@@ -1,44 +1,32 @@
-"""Command line: ``python -m detr_nb train | evaluate | predict`` (notebooks 07 and 08 show the same calls).
+"""Command line: ``python -m detr_nb train | evaluate | predict | compare`` (notebooks 07-09 make the same calls).
 
-    python -m detr_nb train                                  # the main job: synthetic data, CPU, time budget
-    python -m detr_nb train --dataset balloon --model detr_small --pretrained-backbone --epochs 50
-    torchrun --nproc_per_node=4 -m detr_nb train --dataset coco2017 --model detr_r50 --preset official
-    python -m detr_nb evaluate --run runs/my-run                # COCO numbers of its newest checkpoint
-    python -m detr_nb predict photo.jpg --run runs/my-run -o boxes.png
-    python -m detr_nb compare --approaches scratch,torch,pretrained --steps 300   # detr_nb/compare.py
+    python -m detr_nb train                                   # the main job: synthetic data, CPU, 540 s budget
+    python -m detr_nb train --time-budget 60 --set data_kwargs.num_train=400 --set data_kwargs.num_val=50
+    python -m detr_nb train --recipe finetune --dataset balloon     # fine-tune the released DETR-R50
+    python -m detr_nb train --recipe paper --model detr_r50 --dry-run   # print the official recipe, resolved
+    torchrun --nproc_per_node=2 -m detr_nb train                  # DDP, one process per GPU
+    python -m detr_nb evaluate --run runs/my-run               # COCO numbers of its newest checkpoint
+    python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions
+    python -m detr_nb compare --approaches scratch,torch --inits none --steps 300   # detr_nb/compare.py
 
-``train`` has one option per field of :class:`detr_nb.train.TrainConfig` (``--batch-size``,
-``--time-budget`` for ``time_budget_s``, ``--resume/--no-resume`` ...), plus ``--set FIELD=VALUE`` for
-anything else (VALUE is JSON, e.g. ``--set model_overrides='{"num_queries": 50}'``).
+``train`` has one option per field of :class:`detr_nb.train.TrainConfig`; a ``--recipe`` sets the fields you
+do not give. ``--set FIELD=VALUE`` sets any field (VALUE in JSON) and ``--set FIELD.KEY=VALUE`` one key of a
+dict field. Errors you can fix (a bad option, a missing file) print one line and exit with status 2.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import typing
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from .recipes import RECIPE_FIELDS
 from .train import TrainConfig
 
 _ALIASES = {"time_budget_s": "--time-budget", "checkpoint_every_s": "--checkpoint-every"}
-_HELP = {
-    "dataset": "synthetic (default), a COCO-format folder, or pennfudan | balloon | voc2007 | coco2017",
-    "model": "detr_tiny (default, CPU) | detr_small | detr_r50 | detr_r50_dc5 | detr_r101 | detr_r101_dc5",
-    "impl": "torch (fused ops) | scratch (the math on tensors)",
-    "init": "official | default | xavier | kaiming | uniform002",
-    "pretrained": "start from official DETR weights, e.g. detr_r50 (downloads; class head replaced if needed)",
-    "time_budget_s": "stop training after this many seconds, then evaluate ('none' = off)",
-    "out": "run directory: metrics.jsonl, eval.json, checkpoints/, figures (default runs/<model>-<dataset>-<time>)",
-    "resume": "continue from the newest good checkpoint in --out (default on)",
-    "device": "auto | cpu | cuda | cuda:N",
-    "amp": "auto (fp16 on T4, bf16 on Ampere+, fp32 on CPU) | fp32 | fp16 | bf16",
-    "batch_size": "images per process and micro-batch",
-    "workers": "DataLoader worker processes",
-}
 
 
 # ----------------------------------------------------------------------------- option parsing
@@ -49,11 +37,12 @@ def _none_or(kind):
     return parse
 
 
-def _json_value(text: str):
+def json_value(text: str):
+    """A JSON value, or the text itself when it is not JSON (a bare string)."""
     try:
         return json.loads(text)
     except json.JSONDecodeError:
-        return text  # a bare string
+        return text
 
 
 def _add_config_options(p: argparse.ArgumentParser) -> None:
@@ -64,8 +53,12 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
         origin, args = typing.get_origin(tp), typing.get_args(tp)
         optional = origin is typing.Union and type(None) in args
         base = next((a for a in args if a is not type(None)), tp) if optional else tp
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        helptext = _HELP.get(f.name, "") + f" (default: {default!r})"
+        if f.name in RECIPE_FIELDS:
+            shown = "from the recipe"
+        else:
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            shown = "none" if default is None else json.dumps(default)
+        helptext = f"{f.metadata['help']} (default: {shown})"
         if base is bool:
             p.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS,
                            help=helptext)
@@ -73,24 +66,40 @@ def _add_config_options(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=f.name, type=_none_or(base) if optional else base, default=argparse.SUPPRESS,
                            metavar=f.name.upper(), help=helptext)
         else:  # dicts: JSON
-            p.add_argument(flag, dest=f.name, type=json.loads, default=argparse.SUPPRESS, metavar="JSON",
-                           help=helptext)
+            p.add_argument(flag, dest=f.name, type=_none_or(json.loads) if optional else json.loads,
+                           default=argparse.SUPPRESS, metavar="JSON", help=helptext)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of ``train``'s options: the recipe, then the options given, then ``--set``."""
+    from .errors import ConfigError
+
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
     given = vars(args)   # options not on the command line are absent (argparse.SUPPRESS)
-    values: Dict[str, Any] = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
+    values: Dict[str, Any] = {k: given[k] for k in names if k in given}
+    keyed = []
     for item in args.set or []:
         key, sep, text = item.partition("=")
-        if not sep or key not in {f.name for f in dataclasses.fields(TrainConfig)}:
-            raise SystemExit(f"--set expects FIELD=VALUE with a TrainConfig field, got {item!r}")
-        values[key] = _json_value(text)
-    return TrainConfig(**values)
+        name, dot, sub = key.partition(".")
+        if not sep or name not in names or (dot and not sub):
+            raise ConfigError(f"--set expects FIELD=VALUE or FIELD.KEY=VALUE with a TrainConfig field, got {item!r}")
+        if dot:
+            keyed.append((name, sub, json_value(text)))
+        else:
+            values[name] = json_value(text)
+    cfg = TrainConfig(**values)
+    for name, sub, value in keyed:      # one key of a dict field, on top of the recipe's value
+        current = getattr(cfg, name)
+        if not isinstance(current, dict):
+            raise ConfigError(f"--set {name}.{sub}: {name} is not a dict (it is {current!r})")
+        cfg = cfg.replace(**{name: {**current, sub: value}})
+    return cfg
 
 
 def _checkpoint_path(run_or_file: str, best: bool = False) -> Path:
     """A checkpoint file from a file or a run directory (the newest good one, or best.pth with ``best``)."""
     from . import checkpoint as ck
+    from .errors import UserError
 
     p = Path(run_or_file)
     if p.is_file():
@@ -105,36 +114,41 @@ def _checkpoint_path(run_or_file: str, best: bool = False) -> Path:
         found = ck.load_latest(d, log=lambda m: print(m, file=sys.stderr)) if d.is_dir() else None
         if found is not None:
             return found[1]
-    raise SystemExit(f"no checkpoint found in {p}")
+    raise UserError(f"no checkpoint found in {p}")
 
 
 def _load_model(args, device):
-    """(model, num_classes, categories, saved train config or None) from --run/--checkpoint/--pretrained."""
+    """(model, saved TrainConfig or None, categories) from --run / --checkpoint / --pretrained."""
     from . import checkpoint as ck
+    from .errors import UserError
     from .train import model_from_checkpoint
 
     if args.pretrained:
         from .configs import build_model
-        from .pretrained import load_pretrained
+        from .pretrained import COCO_CLASSES, load_pretrained
         model = build_model(args.pretrained, num_classes=91, impl=args.impl or "torch")
         load_pretrained(model, args.pretrained)
-        return model.to(device).eval(), 91, None, None
+        return model.to(device).eval(), None, dict(COCO_CLASSES)
     source = args.checkpoint or args.run
     if not source:
-        raise SystemExit("give --run DIR, --checkpoint FILE or --pretrained NAME")
+        raise UserError("give --run DIR, --checkpoint FILE or --pretrained NAME")
     path = _checkpoint_path(source, best=getattr(args, "best", False))
     state = ck.load_checkpoint(path)
     print(f"checkpoint {path} (epoch {state['epoch']}, step {state['step']})")
     model = model_from_checkpoint(state, device, impl=args.impl)
-    return model, int(state["num_classes"]), state.get("categories"), state["config"]
+    return model, TrainConfig.from_dict(state["config"]), state.get("categories")
 
 
 # ----------------------------------------------------------------------------- commands
 def cmd_train(args) -> int:
-    from .train import NonFiniteLossError, Trainer
+    from .train import NonFiniteLossError, Trainer, check_config
     from . import distributed as D
 
     cfg = config_from_args(args)
+    if args.dry_run:
+        check_config(cfg)
+        print(json.dumps(cfg.to_dict(), indent=2, default=str))
+        return 0
     try:
         trainer = Trainer(cfg)
         summary = trainer.run()
@@ -155,73 +169,45 @@ def cmd_train(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import torch
-    from torch.utils.data import Subset
-    from .data import build_dataset
-    from .evaluate import evaluate, save_stats
+    from .evaluate import save_stats
     from .precision import resolve_device, resolve_precision
+    from .train import build_datasets, check_config, evaluate_run
 
     device = resolve_device(args.device)
-    model, _, _, saved = _load_model(args, device)
-    saved = saved or {}
-    dataset = args.dataset or saved.get("dataset", "synthetic")
-    preset = args.preset or saved.get("preset", "cpu")
-    root = args.data_root or saved.get("data_root")
-    kwargs = saved.get("data_kwargs", {}) if dataset == saved.get("dataset") else {}
-    ds = build_dataset(dataset, args.split, preset, root=root, **kwargs)
-    if args.max_images:
-        ds = Subset(ds, range(min(len(ds), args.max_images)))
-    print(f"evaluating on {len(ds)} images of {dataset}/{args.split}")
-    stats = evaluate(model, ds, device, batch_size=args.batch_size, num_workers=args.workers,
-                     precision=resolve_precision(device, args.amp), progress=True,
-                     use_sigmoid=saved.get("loss_type") == "focal")
+    model, saved, _ = _load_model(args, device)
+    if saved is None:   # official weights: the COCO classes, the paper's scoring and transforms
+        saved = TrainConfig(recipe="paper", dataset=args.dataset or "coco2017", pretrained=args.pretrained)
+    changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root), ("val_split", args.split),
+                                 ("preset", args.preset), ("eval_batch_size", args.batch_size),
+                                 ("max_eval_images", args.max_images), ("workers", args.workers)) if v is not None}
+    if "dataset" in changes and changes["dataset"] != saved.dataset:
+        changes.setdefault("data_kwargs", {})     # the run's data parameters belong to its own dataset
+        changes.setdefault("data_root", None)
+    cfg = check_config(saved.replace(progress=True, **changes))
+    val_set = build_datasets(cfg, splits=("val",))["val"]
+    print(f"evaluating on {len(val_set) if not cfg.max_eval_images else min(len(val_set), cfg.max_eval_images)} "
+          f"images of {cfg.dataset}/{cfg.val_split}")
+    stats = evaluate_run(model, val_set, cfg, device, resolve_precision(device, args.amp))
     out = Path(args.output) if args.output else (
-        Path(args.run) / f"eval_{args.split}.json" if args.run and Path(args.run).is_dir() else Path("eval.json"))
-    save_stats(stats, out, dataset=dataset, split=args.split)
+        Path(args.run) / f"eval_{cfg.val_split}.json" if args.run and Path(args.run).is_dir() else Path("eval.json"))
+    save_stats(stats, out, dataset=cfg.dataset, split=cfg.val_split)
     print(f"wrote {out.resolve()}")
     return 0
 
 
 def cmd_predict(args) -> int:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import torch
-    from PIL import Image
-    from .data import make_transforms
-    from .plotting import draw_boxes
-    from .postprocess import postprocess
+    from .evaluate import scoring_for
     from .precision import resolve_device
+    from .predict import predict_paths
 
     device = resolve_device(args.device)
-    model, _, categories, saved = _load_model(args, device)
-    preset = args.preset or (saved or {}).get("preset", "official" if args.pretrained else "cpu")
-    if categories is None and args.pretrained:
-        categories = None
-    tf = make_transforms(preset, train=False)
-    use_sigmoid = (saved or {}).get("loss_type") == "focal"
-    n = len(args.images)
-    fig, axes = plt.subplots(1, n, figsize=(5 * n, 5), squeeze=False)
-    for ax, path in zip(axes.flat, args.images):
-        pil = Image.open(path).convert("RGB")
-        w, h = pil.size
-        image, _ = tf(pil, None)
-        with torch.no_grad():
-            out = model(image[None].to(device))
-        logits = out["pred_logits"].float()
-        logits = logits[..., :-1] if use_sigmoid else logits
-        res = postprocess({"pred_logits": logits, "pred_boxes": out["pred_boxes"].float()},
-                          torch.tensor([[h, w]], device=device), use_sigmoid=use_sigmoid)[0]
-        keep = res["scores"] >= args.threshold
-        draw_boxes(ax, pil, res["boxes"][keep].cpu(), res["labels"][keep].tolist(),
-                   res["scores"][keep].tolist(), names=categories)
-        ax.set_title(f"{Path(path).name}: {int(keep.sum())} boxes >= {args.threshold}", fontsize=9)
-        for b, l, s in zip(res["boxes"][keep].tolist(), res["labels"][keep].tolist(), res["scores"][keep].tolist()):
-            name = categories.get(l, str(l)) if categories else str(l)
-            print(f"{path}\t{name}\t{s:.3f}\t" + " ".join(f"{v:.1f}" for v in b))
-    fig.tight_layout()
-    fig.savefig(args.output, dpi=100)
-    print(f"wrote {Path(args.output).resolve()}")
+    model, saved, categories = _load_model(args, device)
+    preset = args.preset or (saved.preset if saved else "official")
+    scoring = scoring_for(saved.loss_type if saved else "ce")
+    categories = {int(k): v for k, v in (categories or {}).items()}
+    predict_paths(model, args.images, args.out, preset=preset, scoring=scoring, device=device,
+                  threshold=args.threshold, categories=categories)
+    print(f"wrote {Path(args.out).resolve() / 'predictions.json'}")
     return 0
 
 
@@ -233,7 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train (or resume) a run, then evaluate it")
     _add_config_options(p)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE",
-                   help="any TrainConfig field, VALUE in JSON (repeatable)")
+                   help="any TrainConfig field, VALUE in JSON; FIELD.KEY=VALUE sets one key of a dict field "
+                        "(repeatable)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the resolved configuration as JSON and exit without training")
     p.set_defaults(func=cmd_train)
 
     def model_source(q):
@@ -242,34 +231,51 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--checkpoint", help="a checkpoint file")
         q.add_argument("--pretrained", help="official DETR weights by name, e.g. detr_r50 (COCO classes)")
         q.add_argument("--impl", default=None, help="torch | scratch (default: as trained)")
-        q.add_argument("--device", default="auto")
+        q.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto)")
         q.add_argument("--preset", default=None, help="transform preset (default: as trained)")
 
     q = sub.add_parser("evaluate", help="COCO mAP of a checkpoint on a dataset split")
     model_source(q)
-    q.add_argument("--dataset", default=None, help="default: the run's dataset")
-    q.add_argument("--data-root", default=None)
-    q.add_argument("--split", default="val")
-    q.add_argument("--batch-size", type=int, default=8)
-    q.add_argument("--workers", type=int, default=0)
-    q.add_argument("--amp", default="auto")
-    q.add_argument("--max-images", type=int, default=None)
-    q.add_argument("-o", "--output", default=None, help="JSON file for the 12 numbers")
+    q.add_argument("--dataset", default=None, help="dataset name or COCO folder (default: the run's)")
+    q.add_argument("--data-root", default=None, help="where named datasets are cached (default: the run's)")
+    q.add_argument("--split", default=None, help="split to evaluate (default: the run's validation split)")
+    q.add_argument("--batch-size", type=int, default=None, help="images per batch (default: the run's)")
+    q.add_argument("--workers", type=int, default=None, help="DataLoader worker processes (default: the run's)")
+    q.add_argument("--amp", default="auto", help="auto | fp32 | fp16 | bf16 (default: auto)")
+    q.add_argument("--max-images", type=int, default=None,
+                   help="evaluate on the first N images (default: as the run evaluated)")
+    q.add_argument("-o", "--output", default=None,
+                   help="JSON file for the 12 numbers (default: <run>/eval_<split>.json)")
     q.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("predict", help="draw a checkpoint's detections on images")
+    r = sub.add_parser("predict", help="detect objects in images, folders or URLs; write annotated images + JSON")
     model_source(r)
-    r.add_argument("images", nargs="+")
-    r.add_argument("--threshold", type=float, default=0.5)
-    r.add_argument("-o", "--output", default="predictions.png")
+    r.add_argument("images", nargs="+", help="image files, folders of images, or http(s)/file URLs")
+    r.add_argument("--threshold", type=float, default=0.5, help="draw and list boxes with at least this score "
+                                                                "(default: 0.5)")
+    r.add_argument("-o", "--out", default="predictions",
+                   help="folder for <image>.png and predictions.json (default: predictions)")
     r.set_defaults(func=cmd_predict)
 
-    from .compare import add_compare_parser   # python -m detr_nb compare (issue 7, notebook 09)
+    from .compare import add_compare_parser   # python -m detr_nb compare (notebook 09)
     add_compare_parser(sub)
     return parser
+
+
+def _user_errors() -> tuple:
+    """Exception types that mean "fix your input": printed as one line, exit status 2."""
+    from .checkpoint import CheckpointError
+    from .data.coco import AnnotationError
+    from .data.download import DownloadError
+    from .errors import UserError
+    return (UserError, AnnotationError, CheckpointError, DownloadError, FileNotFoundError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

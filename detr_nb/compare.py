@@ -510,7 +510,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     d = CompareConfig()
     p = subparsers.add_parser("compare", help="three approaches + init study on the same data, seeds and budget")
     p.add_argument("--dataset", default=d.dataset, help="synthetic | pennfudan | balloon | a COCO folder ...")
-    p.add_argument("--data-root", default=None)
+    p.add_argument("--data-root", default=None, help="where named datasets are cached (synthetic: data/synthetic-<hash>)")
     p.add_argument("--data-kwargs", type=json.loads, default=None,
                    help=f"JSON for the dataset (default for synthetic: {json.dumps(d.data_kwargs)})")
     p.add_argument("--preset", default=d.preset, help="transform preset: cpu | t4 | official | none")
@@ -519,25 +519,29 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--pretrained-model", default=d.pretrained_model, help="config of the official checkpoint")
     p.add_argument("--approaches", type=_csv, default=list(d.approaches), help="comma list of scratch,torch,pretrained")
     p.add_argument("--inits", type=_csv, default=list(d.inits), help="comma list (none = skip the init study)")
-    p.add_argument("--init-impl", default=d.init_impl)
+    p.add_argument("--init-impl", default=d.init_impl, help=f"torch | scratch layers of the init study (default: {d.init_impl})")
     p.add_argument("--steps", type=int, default=None, help=f"optimizer steps per run (default {d.steps})")
     p.add_argument("--budget", type=float, default=None, help="seconds per run instead of --steps")
-    p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=list(d.seeds))
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seeds", type=lambda s: [int(x) for x in _csv(s)], default=list(d.seeds),
+                   help="comma list of seeds; every run is repeated for each (default: 0)")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per step (default: {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate, constant (default: {d.lr})")
     p.add_argument("--eval-every", type=int, default=d.eval_every, help="epochs between mAP evaluations")
-    p.add_argument("--max-eval-images", type=int, default=d.max_eval_images)
-    p.add_argument("--diag-every", type=int, default=d.diag_every)
-    p.add_argument("--log-every", type=int, default=d.log_every)
+    p.add_argument("--max-eval-images", type=int, default=d.max_eval_images,
+                   help=f"evaluate on the first N validation images (default: {d.max_eval_images})")
+    p.add_argument("--diag-every", type=int, default=d.diag_every,
+                   help=f"steps between gradient/weight statistics of the init study (default: {d.diag_every})")
+    p.add_argument("--log-every", type=int, default=d.log_every,
+                   help=f"steps between metrics.jsonl lines (default: {d.log_every})")
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads per run")
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--amp", default=d.amp)
-    p.add_argument("--workers", type=int, default=d.workers)
+    p.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N (default: auto)")
+    p.add_argument("--amp", default=d.amp, help="auto | fp32 | fp16 | bf16 (default: auto)")
+    p.add_argument("--workers", type=int, default=d.workers, help="DataLoader worker processes (default: 0)")
     p.add_argument("--download", action=argparse.BooleanOptionalAction, default=None,
                    help="allow downloading the official weights (default: only in Colab)")
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", help="any TrainConfig field, VALUE in JSON")
-    p.add_argument("--no-progress", dest="progress", action="store_false")
-    p.add_argument("--out", default=d.out)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+    p.add_argument("--out", default=d.out, help=f"folder of the runs, summary.json, table.md, figures (default: {d.out})")
     p.add_argument("--redraw", action="store_true",
                    help="no training: rewrite table.md and the figures of the finished comparison in --out")
     p.set_defaults(func=cmd_compare)
@@ -545,7 +549,7 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def config_from_args(args) -> CompareConfig:
-    from .cli import _json_value
+    from .cli import json_value as _json_value
 
     d = CompareConfig()
     steps = args.steps if args.steps is not None else (None if args.budget is not None else d.steps)

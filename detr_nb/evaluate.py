@@ -103,6 +103,9 @@ def coco_evaluate(coco_gt, detections: List[Dict], verbose: bool = True) -> Dict
     """Run ``COCOeval`` (bbox) and return the 12 numbers by name; print COCO's table when verbose."""
     from pycocotools.cocoeval import COCOeval
 
+    if not coco_gt.getAnnIds():
+        raise ValueError(f"the ground truth has no boxes ({len(coco_gt.getImgIds())} images): COCO AP is undefined "
+                         f"(pycocotools would report -1); evaluate on a split with annotations")
     if not detections:  # pycocotools' loadRes cannot take an empty list
         stats = {k: 0.0 for k in STAT_NAMES}
         if verbose:
@@ -138,6 +141,18 @@ def format_stats(stats: Mapping[str, float]) -> str:
 
 
 # ----------------------------------------------------------------------------- model -> results
+def scoring_for(loss_type: str) -> Dict[str, object]:
+    """How a model trained with ``loss_type`` is scored, the one rule for training's evaluation, the
+    ``evaluate`` and ``predict`` commands and the pictures: softmax per query for the paper's cross-entropy;
+    for the focal loss, sigmoid scores over the real classes and the 100 best (query, class) pairs of each
+    image (Deformable DETR's PostProcess)."""
+    if loss_type == "focal":
+        return {"use_sigmoid": True, "topk": 100}
+    if loss_type == "ce":
+        return {"use_sigmoid": False, "topk": None}
+    raise ValueError(f"loss_type must be 'ce' or 'focal', got {loss_type!r}")
+
+
 def run_model(model, images: torch.Tensor, mask: torch.Tensor):
     """Call a DETR model on a padded batch: ``images (B,3,H,W)``, ``mask (B,H,W)`` True on padding."""
     return model(images, mask)
@@ -220,7 +235,8 @@ def category_names(dataset) -> Optional[Dict[int, str]]:
 @torch.no_grad()
 def draw_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2, 3), device="cpu",
                      threshold: float = 0.5, names: Optional[Mapping[int, str]] = None,
-                     precision=None, ncols: int = 4, path=None, use_sigmoid: bool = False):
+                     precision=None, ncols: int = 4, path=None, use_sigmoid: bool = False,
+                     topk: Optional[int] = None):
     """A figure of predictions (solid, score >= ``threshold``) over ground truth (dashed).
 
     Each panel shows the transformed image of ``dataset[i]`` (what the model saw). Returns the
@@ -250,7 +266,7 @@ def draw_predictions(model, dataset, indices: Sequence[int] = (0, 1, 2, 3), devi
         with autocast():
             outputs = run_model(model, image[None].to(device), mask)
         outputs = _final_outputs(outputs, use_sigmoid)
-        res = postprocess(outputs, torch.tensor([[h, w]], device=device), use_sigmoid=use_sigmoid)[0]
+        res = postprocess(outputs, torch.tensor([[h, w]], device=device), use_sigmoid=use_sigmoid, topk=topk)[0]
         keep = res["scores"] >= threshold
         scale = torch.tensor([w, h, w, h], dtype=torch.float32)
         gt = box_ops.box_cxcywh_to_xyxy(target["boxes"].float()) * scale

@@ -107,8 +107,12 @@ def check_targets(targets: Sequence[dict]) -> List[int]:
     return sizes
 
 
-def find_bad_input(layer_outputs: Sequence[dict], targets: Sequence[dict], num_classes: int) -> Optional[str]:
-    """Slow path, run only after a non-finite cost: describe the first bad box, or None."""
+class NonFinitePredictionError(ValueError):
+    """The model's outputs hold NaN/inf (or negative sizes): an fp16 overflow, or a diverged run."""
+
+
+def find_bad_target(targets: Sequence[dict], num_classes: int) -> Optional[str]:
+    """Slow path, run only after a non-finite cost: describe the first bad target box, or None."""
     for i, t in enumerate(targets):
         labels, boxes = t["labels"].cpu(), t["boxes"].detach().float().cpu()
         for j in range(labels.shape[0]):
@@ -120,6 +124,11 @@ def find_bad_input(layer_outputs: Sequence[dict], targets: Sequence[dict], num_c
             if boxes[j, 2] <= 0 or boxes[j, 3] <= 0:
                 return (f"image {i}, target box {j}: degenerate box {boxes[j].tolist()} "
                         f"(cxcywh needs w > 0 and h > 0)")
+    return None
+
+
+def find_bad_prediction(layer_outputs: Sequence[dict]) -> Optional[str]:
+    """Slow path: describe the first non-finite or negative-size prediction, or None."""
     for layer, out in enumerate(layer_outputs):
         name = "pred" if layer == 0 else f"aux_outputs[{layer - 1}]"
         logits = out["pred_logits"].detach().float().cpu()
@@ -209,8 +218,11 @@ class HungarianMatcher(nn.Module):
             costs = costs.cpu().numpy()  # the ONE device-to-host copy
 
         if not np.isfinite(costs).all():
-            msg = find_bad_input(layer_outputs, targets, num_classes)
-            raise ValueError(f"bad matcher input: {msg or 'non-finite matching cost'}")
+            msg = find_bad_target(targets, num_classes)
+            if msg:
+                raise ValueError(f"bad matcher input: {msg}")
+            raise NonFinitePredictionError(
+                f"bad matcher input: {find_bad_prediction(layer_outputs) or 'non-finite matching cost'}")
 
         result, offset = [], 0
         for (b, q, _) in shapes:

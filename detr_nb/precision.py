@@ -74,7 +74,21 @@ def resolve_precision(device, amp: str = "auto",
 
 
 def resolve_device(device: str = "auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; anything else is passed to ``torch.device``."""
+    """"auto" -> cuda when available, else cpu; anything else is passed to ``torch.device``.
+
+    A CUDA device that this machine does not have is a :class:`~detr_nb.errors.ConfigError` (one line)."""
+    from .errors import ConfigError
+
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"--device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"--device {device}: CUDA is not available here (no GPU, or a CPU-only build of "
+                              f"torch {torch.__version__}); use --device cpu or --device auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ConfigError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return dev

@@ -103,3 +103,11 @@ def loader_kwargs(device: torch.device, workers: int) -> Dict:
     if workers > 0:
         kw.update(persistent_workers=True, prefetch_factor=4)
     return kw
+
+
+def fixed_input_size(preset: str, image_sizes) -> bool:
+    """Whether every training batch has one shape: cudnn.benchmark tunes its kernels once per new shape,
+    which costs more than it saves under multi-scale augmentation (presets official and t4)."""
+    if preset in ("official", "t4") or not image_sizes:
+        return False
+    return len({tuple(s) for s in image_sizes}) == 1

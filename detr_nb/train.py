@@ -53,18 +53,15 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from . import checkpoint as ckpt
 from . import distributed as D
+from .errors import ConfigError
+from .matcher import NonFinitePredictionError
 from .precision import resolve_device, resolve_precision
-from .speed import adamw_flags, loader_kwargs, maybe_compile
+from .recipes import AIDED_WEIGHTS, MAIN_JOB_SYNTHETIC  # noqa: F401  (kept importable from here)
+from .runlock import RunLock
+from .speed import adamw_flags, fixed_input_size, loader_kwargs, maybe_compile
 
 
 # ============================================================================ configuration
-# The main job's synthetic data: 96 px images, 0-10 shapes of 8-40 px (small enough to draw in seconds on
-# 2 cores, large enough for stride-8 features); see docs/convergence.md.
-MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_size=(96, 96), min_objects=0,
-                                          max_objects=10, object_size=(0.085, 0.42), min_object_px=8)
-AIDED_WEIGHTS: Dict[str, float] = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-
-
 def cpu_is_busy(samples: int = 5, interval_s: float = 0.1, loadavg_path: str = "/proc/loadavg") -> bool:
     """True when other processes keep every core busy *now*: the 1-minute load average exceeds the core
     count AND so does the median number of runnable tasks (other than this one) over a few samples of
@@ -84,76 +81,119 @@ def cpu_is_busy(samples: int = 5, interval_s: float = 0.1, loadavg_path: str = "
     return sorted(running)[len(running) // 2] >= cores
 
 
-@dataclass
-class TrainConfig:
-    """Every setting of a training run. The defaults ARE the main job (``python -m detr_nb train``).
+def _opt(help: str, default: Any = None, factory: Optional[Callable] = None):
+    """A TrainConfig field with its one-line ``--help`` text; recipe fields take their value from the recipe."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
 
-    Change defaults here, in one place; the CLI's options are generated from these fields.
+
+@dataclass(init=False)
+class TrainConfig:
+    """Every setting of a training run: a recipe (:mod:`detr_nb.recipes`) plus what is given explicitly.
+
+    ``TrainConfig()`` is the main job (``python -m detr_nb train``, recipe ``aided``);
+    ``TrainConfig(recipe="paper", dataset="coco2017")`` is the official DETR recipe; any field given
+    overrides the recipe's value. The CLI's options are generated from these fields and their help texts.
     """
 
+    recipe: str = _opt("named hyper-parameters to start from: aided (the CPU main job) | paper | finetune",
+                       "aided")
     # --- data
-    dataset: str = "synthetic"          # "synthetic" | a COCO-format folder | pennfudan, balloon, voc2007, coco2017
-    data_root: Optional[str] = None     # where named datasets live (synthetic: data/synthetic)
-    data_kwargs: Dict[str, Any] = field(default_factory=lambda: dict(MAIN_JOB_SYNTHETIC))  # synthetic params
-    #   (detr_nb.data.synthetic.ensure_synthetic); non-default ones live in their own folder (synthetic_root)
-    preset: str = "cpu"                 # transform preset: official | t4 | cpu | none
-    train_split: str = "train"
-    val_split: str = "val"
-    skip_unreadable: bool = True        # a missing/corrupt training image is skipped with a warning (the next
-    #   image takes its place); False: the run stops with an OSError naming the file, checkpoints untouched.
-    #   Validation images must all be readable (an error names the file).
+    dataset: str = _opt("synthetic | pennfudan | balloon | voc2007 | coco2017 | a COCO-format folder")
+    data_root: Optional[str] = _opt("where named datasets are cached (synthetic: data/synthetic-<hash>)")
+    data_kwargs: Dict[str, Any] = _opt("dataset parameters as JSON, e.g. the synthetic set's num_train, or "
+                                       "coco2017's subset", factory=dict)
+    preset: str = _opt("transform preset: official (multi-scale, 800 px) | t4 (640 px) | cpu | none")
+    train_split: str = _opt("split to train on", "train")
+    val_split: str = _opt("split to evaluate on", "val")
+    skip_unreadable: bool = _opt("skip a missing or corrupt training image with a warning instead of stopping "
+                                 "(validation images must all be readable)", True)
     # --- model
-    model: str = "detr_tiny_aided"      # a name of detr_nb.configs.CONFIGS (aids: detr_nb.aids, docs/convergence.md)
-    impl: str = "torch"                 # "torch" (fused ops) | "scratch" (the math on tensors)
-    init: Optional[str] = None          # None = the config's own; else official|default|xavier|kaiming|uniform002
-    pretrained: Optional[str] = None    # official weights to start from (e.g. "detr_r50"), class head dropped if needed
-    pretrained_backbone: bool = False   # torchvision ImageNet weights for the ResNet
-    model_overrides: Dict[str, Any] = field(default_factory=dict)  # any DETRConfig field
-    # --- loss
-    eos_coef: float = 0.1
-    loss_type: str = "focal"            # "ce" (official) | "focal" (sigmoid focal loss, a convergence aid)
-    weight_dict: Optional[Dict[str, float]] = field(default_factory=lambda: dict(AIDED_WEIGHTS))
-    #   None = official {ce 1, bbox 5, giou 2}; the default is Deformable DETR's {ce 2, bbox 5, giou 2}
-    cost_class: float = 2.0             # matcher class-cost weight (official 1; 2 with the focal cost)
+    model: str = _opt("detr_tiny_aided (CPU main job) | detr_tiny | detr_small | detr_r50 | detr_r50_dc5 | "
+                      "detr_r101 | detr_r101_dc5")
+    impl: str = _opt("torch (PyTorch's fused layers) | scratch (the math on tensors, same weights)", "torch")
+    init: Optional[str] = _opt("re-initialise the transformer and heads: official | default | xavier | kaiming | "
+                               "uniform002 (none = the model's own)")
+    pretrained: Optional[str] = _opt("start from official DETR weights, e.g. detr_r50 (class head replaced "
+                                     "when the classes differ)")
+    pretrained_backbone: Optional[bool] = _opt(
+        "load torchvision's ImageNet weights into the ResNet; a frozen-BatchNorm backbone without them is "
+        "refused unless --no-pretrained-backbone is given")
+    model_overrides: Dict[str, Any] = _opt("DETRConfig fields as JSON, e.g. '{\"num_queries\": 50}'", factory=dict)
+    # --- loss and matching
+    loss_type: str = _opt("ce (the paper's softmax cross-entropy) | focal (sigmoid focal loss, an aid)")
+    eos_coef: float = _opt("weight of the 'no object' class in the cross-entropy")
+    weight_dict: Optional[Dict[str, float]] = _opt("loss weights as JSON (none = the paper's ce 1, bbox 5, giou 2)")
+    cost_class: float = _opt("matching cost weight of the class term")
+    cost_bbox: float = _opt("matching cost weight of the L1 box term")
+    cost_giou: float = _opt("matching cost weight of the GIoU term")
     # --- optimisation
-    epochs: int = 1000                  # upper bound; the time budget usually stops first
-    time_budget_s: Optional[float] = 540.0  # stop training after this many seconds, then evaluate; None = off.
-    #   It counts this session's setup too (drawing the main job's 96 px synthetic dataset on first use, ~35 s
-    #   on 2 busy cores), so the main job's wall time stays bounded: budget + evaluation of 300 images < 10 min.
-    max_steps: Optional[int] = None     # stop after this many optimizer steps (None = off)
-    batch_size: int = 16                # per process
-    accum_steps: int = 1                # gradient accumulation: micro-batches per optimizer step
-    lr: float = 1e-3
-    lr_backbone: Optional[float] = None  # None: lr/10 with a pretrained backbone (official), lr from scratch
-    weight_decay: float = 1e-4
-    clip_max_norm: float = 0.1          # gradient-norm clip; 0 = off (the norm is still logged)
-    schedule: str = "cosine"            # "step" (official: x lr_gamma at lr_drop) | "cosine" | "constant"
-    #   cosine with a time budget (and no max_steps) follows the fraction of the budget spent
-    lr_drop: Optional[int] = None       # epoch of the step drop; None = 2/3 of epochs (never with a time budget)
-    lr_gamma: float = 0.1
-    warmup_steps: int = 100             # linear warm-up from 0 (cosine and step alike)
+    epochs: int = _opt("upper bound on epochs (a time budget or --max-steps may stop first)")
+    time_budget_s: Optional[float] = _opt(
+        "stop training after this many seconds, setup included, then evaluate (none = off)")
+    max_steps: Optional[int] = _opt("stop after this many optimizer steps (none = off)")
+    batch_size: int = _opt("images per process and micro-batch")
+    accum_steps: int = _opt("micro-batches accumulated per optimizer step", 1)
+    lr: float = _opt("AdamW learning rate of the transformer and heads")
+    lr_backbone: Optional[float] = _opt("learning rate of the backbone (none: lr/10 with pretrained weights, "
+                                        "else lr; 0 freezes it)")
+    weight_decay: float = _opt("AdamW weight decay (all parameters)")
+    clip_max_norm: float = _opt("gradient-norm clip, 0 = off (the norm is logged either way)")
+    schedule: str = _opt("step (x lr_gamma at lr_drop) | cosine (over max_steps, epochs or the time budget) | "
+                         "constant")
+    lr_drop: Optional[int] = _opt("epoch of the step drop (none: 2/3 of the epochs; never under a time budget)")
+    lr_gamma: float = _opt("factor of the step drop")
+    warmup_steps: int = _opt("optimizer steps of linear warm-up from 0")
     # --- runtime
-    device: str = "auto"                # auto | cpu | cuda | cuda:1
-    amp: str = "auto"                   # auto (fp16 below cc 8.0, bf16 from 8.0, fp32 on CPU) | fp32 | fp16 | bf16
-    channels_last: bool = True          # CUDA only
-    compile: bool = False               # torch.compile the model (eager fallback if it fails; bench/train_step.py)
-    workers: int = 0                    # DataLoader worker processes
-    threads: Optional[int] = None       # torch CPU threads; None = torch's default, or 1 when the load average
-    #   exceeds the core count (oversubscribed OpenMP threads were 4-6x slower than 1 thread, measured)
-    seed: int = 42
+    device: str = _opt("auto | cpu | cuda | cuda:N", "auto")
+    amp: str = _opt("auto (fp16 + GradScaler below compute capability 8.0, bf16 from 8.0, fp32 on CPU) | "
+                    "fp32 | fp16 | bf16", "auto")
+    channels_last: bool = _opt("channels-last memory format for the backbone (CUDA only)", True)
+    compile: bool = _opt("torch.compile the model (falls back to eager if compiling fails)", False)
+    workers: int = _opt("DataLoader worker processes", 0)
+    threads: Optional[int] = _opt("torch CPU threads (none: torch's default, or 1 when other processes keep "
+                                  "every core busy)")
+    seed: int = _opt("seed of the initialisation, the data order and the augmentation", 42)
     # --- outputs
-    out: Optional[str] = None           # run directory; None = runs/<model>-<dataset>-<timestamp>
-    resume: bool = True                 # continue from the newest good checkpoint in ``out``
-    log_every: int = 10                 # steps between metrics.jsonl lines (and host syncs)
-    diag_every: int = 0                 # steps between gradient/weight statistics (0 = off)
-    checkpoint_every_s: float = 1800.0  # also checkpoint mid-epoch this often (Colab disconnects)
-    eval_every: int = 0                 # epochs between validations during training (0 = at the end only)
-    eval_at_end: bool = True
-    eval_batch_size: int = 16
-    max_eval_images: Optional[int] = None  # evaluate on the first N validation images only
-    num_pictures: int = 8               # validation images in predictions.png
-    picture_threshold: float = 0.5
-    progress: bool = True               # tqdm progress bar
+    out: Optional[str] = _opt("run directory: metrics.jsonl, eval.json, checkpoints/, figures "
+                              "(default runs/<model>-<dataset>-<time>)")
+    resume: bool = _opt("continue from the newest good checkpoint in --out", True)
+    log_every: int = _opt("optimizer steps between metrics.jsonl lines (and host syncs)", 10)
+    diag_every: int = _opt("steps between gradient/weight statistics, 0 = off", 0)
+    checkpoint_every_s: float = _opt("also write a checkpoint mid-epoch this often, in seconds", 600.0)
+    eval_every: int = _opt("epochs between evaluations during training, 0 = at the end only", 0)
+    eval_at_end: bool = _opt("evaluate (COCO mAP) when training stops", True)
+    eval_batch_size: int = _opt("images per evaluation batch")
+    max_eval_images: Optional[int] = _opt("evaluate on the first N validation images only (none = all)")
+    num_pictures: int = _opt("validation images drawn in predictions.png", 8)
+    picture_threshold: float = _opt("score threshold of the boxes drawn in predictions.png", 0.5)
+    progress: bool = _opt("show a progress bar", True)
+
+    def __init__(self, recipe: str = "aided", **values: Any):
+        from .recipes import recipe_values
+
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise TypeError(f"TrainConfig got unknown field(s) {unknown}")
+        self._explicit = frozenset(values)        # what was given, as opposed to taken from the recipe
+        values = {**recipe_values(recipe, values), **values, "recipe": recipe}
+        for f in dataclasses.fields(self):
+            if f.name in values:
+                value = values[f.name]
+            elif f.default_factory is not dataclasses.MISSING:
+                value = f.default_factory()
+            else:
+                value = f.default
+            setattr(self, f.name, value)
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes``; a new ``recipe`` re-resolves every field that was not given explicitly."""
+        if "recipe" in changes:
+            kept = {k: getattr(self, k) for k in self._explicit if k != "recipe"}
+            return TrainConfig(**{**kept, **changes})
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
@@ -164,31 +204,107 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def check_config(cfg: TrainConfig) -> TrainConfig:
+    """Refuse settings that cannot work, before anything is built: :class:`~detr_nb.errors.ConfigError`
+    with one line naming the option (``--batch-size 0``, an unknown model, a random frozen backbone...)."""
+    from .configs import CONFIGS, INIT_SCHEMES, get_config
+    from .data.build import REAL_DATASETS
+    from .data.transforms import PRESETS
+    from .errors import ConfigError
+    from .precision import AMP_CHOICES
+
+    def flag(name):
+        return "--" + name.replace("_", "-")
+
+    for name in ("batch_size", "accum_steps", "epochs", "eval_batch_size", "log_every"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{flag(name)} must be an integer >= 1, got {value!r}")
+    for name in ("workers", "warmup_steps", "diag_every", "eval_every", "num_pictures"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{flag(name)} must be an integer >= 0, got {value!r}")
+    for name in ("max_steps", "max_eval_images", "threads", "lr_drop"):
+        value = getattr(cfg, name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ConfigError(f"{flag(name)} must be an integer >= 0 or none, got {value!r}")
+    for name in ("lr", "eos_coef", "lr_gamma"):
+        if not (isinstance(getattr(cfg, name), (int, float)) and getattr(cfg, name) > 0):
+            raise ConfigError(f"{flag(name)} must be > 0, got {getattr(cfg, name)!r}")
+    for name in ("weight_decay", "clip_max_norm", "cost_class", "cost_bbox", "cost_giou", "checkpoint_every_s"):
+        if not (isinstance(getattr(cfg, name), (int, float)) and getattr(cfg, name) >= 0):
+            raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)!r}")
+    if cfg.lr_backbone is not None and cfg.lr_backbone < 0:
+        raise ConfigError(f"--lr-backbone must be >= 0 or none, got {cfg.lr_backbone!r}")
+    if cfg.time_budget_s is not None and not cfg.time_budget_s >= 0:
+        raise ConfigError(f"--time-budget must be >= 0 seconds or none, got {cfg.time_budget_s!r}")
+    choices = {"impl": ("torch", "scratch"), "loss_type": ("ce", "focal"), "schedule": ("step", "cosine", "constant"),
+               "amp": AMP_CHOICES, "preset": PRESETS, "model": tuple(CONFIGS)}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ConfigError(f"{flag(name)} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    if cfg.init is not None and cfg.init not in INIT_SCHEMES:
+        raise ConfigError(f"--init must be one of {', '.join(INIT_SCHEMES)} or none, got {cfg.init!r}")
+    if cfg.dataset not in ("synthetic",) + REAL_DATASETS and not os.path.isdir(cfg.dataset):
+        raise ConfigError(f"--dataset {cfg.dataset!r} is neither synthetic, one of {', '.join(REAL_DATASETS)}, "
+                          f"nor an existing folder")
+    if cfg.data_kwargs and cfg.dataset not in ("synthetic",) + REAL_DATASETS:
+        raise ConfigError(f"--data-kwargs {json.dumps(cfg.data_kwargs)} does not apply to a COCO folder "
+                          f"({cfg.dataset}): it takes no parameters")
+    if not isinstance(cfg.model_overrides, dict):
+        raise ConfigError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r}")
+    try:
+        mcfg = get_config(cfg.model, **cfg.model_overrides)
+    except ValueError as e:
+        raise ConfigError(f"--model-overrides: {e}") from None
+    if mcfg.backbone_norm == "frozen_bn" and not cfg.pretrained and cfg.pretrained_backbone is None:
+        raise ConfigError(
+            f"{cfg.model} has a frozen-BatchNorm ResNet: without ImageNet weights its BatchNorm is the identity "
+            f"and its stem and layer1 stay frozen at random values. Add --pretrained-backbone (torchvision's "
+            f"ImageNet weights), or --pretrained NAME (official DETR weights), or --no-pretrained-backbone to "
+            f"train it from random weights anyway")
+    from .precision import resolve_device
+    resolve_device(cfg.device)     # --device cuda without CUDA: one line, now
+    return cfg
+
+
+# Settings a resumed run must share with its checkpoint (the data order, the position in the epoch, the model).
+RESUME_KEYS = ("model", "model_overrides", "dataset", "data_kwargs", "train_split", "loss_type", "batch_size",
+               "accum_steps", "seed", "world_size")
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the loss terms."""
 
-    def __init__(self, step: int, terms: Dict[str, float], checkpoint: Optional[Path]):
+    def __init__(self, step: int, terms: Dict[str, float], checkpoint: Optional[Path], detail: str = ""):
         self.step, self.terms, self.checkpoint = step, terms, checkpoint
-        shown = ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if not k.startswith("_"))
+        shown = detail or ", ".join(f"{k}={v:.4g}" for k, v in terms.items() if not k.startswith("_"))
         where = f"; the last good checkpoint is {checkpoint}" if checkpoint else "; no checkpoint was written"
         super().__init__(f"non-finite loss at step {step}: {shown}{where}. Lower the learning rate, "
                          f"check the data for degenerate boxes, or use --amp fp32.")
 
 
+# fp16 steps with non-finite values are skipped (GradScaler's way); this many in a row end the run.
+MAX_SKIPPED_IN_A_ROW = 20
+
+
 # ============================================================================ data order
 @contextlib.contextmanager
 def _seeded(seed: int):
-    """Seed python/numpy/torch for one sample, restoring the callers' RNG states afterwards."""
-    py, npy, th = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    """Seed python/numpy/torch (CPU) for one sample, restoring the callers' RNG states afterwards.
+
+    Only the CPU generator: ``torch.manual_seed`` would also reseed every CUDA device, and nothing here
+    would restore them (dropout on the GPU would then repeat with every sample seed)."""
+    py, npy = random.getstate(), np.random.get_state()
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-    try:
-        yield
-    finally:
-        random.setstate(py)
-        np.random.set_state(npy)
-        torch.set_rng_state(th)
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
 
 
 class SeededSamples(Dataset):
@@ -318,6 +434,20 @@ def model_from_checkpoint(path_or_state, device="cpu", impl: Optional[str] = Non
     return model.to(device).eval()
 
 
+def evaluate_run(model: nn.Module, val_set, cfg: TrainConfig, device, precision=None,
+                 verbose: bool = True) -> Dict[str, float]:
+    """COCO numbers of ``model`` on ``val_set`` as a run of ``cfg`` is evaluated: its first ``max_eval_images``,
+    its ``eval_batch_size``, the scoring of its ``loss_type``. Training and ``python -m detr_nb evaluate``
+    both call this, so ``evaluate --run R`` reproduces ``R/eval.json``."""
+    from torch.utils.data import Subset
+    from .evaluate import evaluate, scoring_for
+
+    if cfg.max_eval_images:
+        val_set = Subset(val_set, range(min(len(val_set), cfg.max_eval_images)))
+    return evaluate(model, val_set, device, batch_size=cfg.eval_batch_size, num_workers=cfg.workers,
+                    precision=precision, verbose=verbose, progress=cfg.progress, **scoring_for(cfg.loss_type))
+
+
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> List[Dict]:
     """AdamW groups: the backbone at ``lr_backbone``, the rest at ``lr`` (official DETR)."""
     backbone, rest = [], []
@@ -358,6 +488,18 @@ def lr_factor(step: int, cfg: TrainConfig, steps_per_epoch: int, time_fraction: 
     raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg.schedule!r}")
 
 
+def _tensors(outputs) -> Iterator[torch.Tensor]:
+    """Every tensor in a model's output dict (aux, encoder and denoising outputs included)."""
+    if isinstance(outputs, torch.Tensor):
+        yield outputs
+    elif isinstance(outputs, dict):
+        for v in outputs.values():
+            yield from _tensors(v)
+    elif isinstance(outputs, (list, tuple)):
+        for v in outputs:
+            yield from _tensors(v)
+
+
 def memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -383,9 +525,28 @@ class Trainer:
 
     def __init__(self, config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides):
         self._t_created = time.perf_counter()
-        cfg = dataclasses.replace(config or TrainConfig(), **overrides)
-        self.cfg = cfg
+        if config is None:
+            cfg = TrainConfig(**overrides)         # recipe fields not given come from the recipe
+        else:
+            cfg = config.replace(**overrides) if overrides else config
+        self.cfg = cfg = check_config(cfg)
         self.callbacks = list(callbacks)
+        self._setup_runtime()
+        self._setup_data()
+        self._setup_model()
+        self._setup_optimizer()
+        self._setup_bookkeeping()
+        if cfg.resume:
+            self._resume()
+        elif self.is_main and ckpt.candidates(self.ckpt.directory):
+            self.log(f"--no-resume: starting afresh; checkpoints in {self.ckpt.directory} will be replaced")
+        if self.is_main:
+            self._trim_logs()
+        D.barrier()
+
+    def _setup_runtime(self) -> None:
+        """Device, threads, process group, precision, the output directory (locked: one run per --out)."""
+        cfg = self.cfg
         device = resolve_device(cfg.device)
         self._set_threads(cfg.threads, device)
         self.env = D.init_distributed(device)
@@ -395,34 +556,52 @@ class Trainer:
         self.out = Path(cfg.out) if cfg.out else default_out_dir(cfg)
         if self.env.distributed and not cfg.out:
             self.out = Path(D.broadcast_object(str(self.out)))
-        if self.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
+        self.lock = RunLock(self.out) if self.is_main else None   # also proves --out is writable
         if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
 
-        # -- data (rank 0 first: it may write the synthetic dataset)
+    def _setup_data(self) -> None:
+        """Datasets (rank 0 first: it may write the synthetic set), checks, the seeded loader."""
+        cfg = self.cfg
         if self.is_main:
             datasets = build_datasets(cfg)
         D.barrier()
         if not self.is_main:
             datasets = build_datasets(cfg)
         self.train_set, self.val_set = datasets["train"], datasets["val"]
+        if self.is_main:
+            self._preflight()
         self.num_classes = num_classes_of(self.train_set)
+        if self.device.type == "cuda":   # cudnn's autotuner pays off only when every batch has one shape
+            torch.backends.cudnn.benchmark = fixed_input_size(cfg.preset, getattr(self.train_set, "image_sizes", None))
         self.batch_sampler = EpochBatchSampler(self.train_set, cfg.batch_size, cfg.seed, shuffle=True,
                                                num_replicas=self.env.world_size, rank=self.env.rank)
         self.steps_per_epoch = self.batch_sampler.batches_per_epoch() // cfg.accum_steps
         if self.steps_per_epoch < 1:
-            raise ValueError(f"{len(self.train_set)} training images make no full step of batch "
-                             f"{cfg.batch_size} x accum {cfg.accum_steps} x {self.env.world_size} process(es)")
+            raise ConfigError(f"{len(self.train_set)} training images make no full step of batch "
+                              f"{cfg.batch_size} x accum {cfg.accum_steps} x {self.env.world_size} process(es)")
         from .data import collate_fn
         self.loader = DataLoader(SeededSamples(self.train_set), batch_sampler=self.batch_sampler,
                                  collate_fn=collate_fn, **loader_kwargs(self.device, cfg.workers),  # pinned, persistent
                                  # its own generator: starting an epoch must not draw from the global RNG
                                  generator=torch.Generator().manual_seed(cfg.seed))
 
-        # -- model, loss, optimizer (same init on every rank: seeded before building)
+    def _preflight(self) -> None:
+        """What would fail at the end of a long run fails now: empty splits, unreadable validation images."""
+        from torch.utils.data import Subset
+        from .data.coco import check_images, check_split
+
+        check_split(self.train_set, role="train")
+        if self.cfg.eval_at_end or self.cfg.eval_every:
+            check_split(self.val_set, role="val")
+            n = len(self.val_set) if not self.cfg.max_eval_images else min(len(self.val_set), self.cfg.max_eval_images)
+            n = max(n, min(self.cfg.num_pictures, len(self.val_set)))    # evaluated and drawn
+            check_images(self.val_set if n == len(self.val_set) else Subset(self.val_set, range(n)))
+
+    def _setup_model(self) -> None:
+        """Model and loss; the same initialisation on every rank (seeded before building)."""
+        cfg = self.cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
@@ -440,28 +619,40 @@ class Trainer:
             self.ddp_model = maybe_compile(self.ddp_model, log=self.log)
         from .aids import aids_of, build_criterion
         self.criterion = build_criterion(model, self.num_classes, loss_type=cfg.loss_type, eos_coef=cfg.eos_coef,
-                                         weight_dict=cfg.weight_dict, cost_class=cfg.cost_class).to(self.device)
+                                         weight_dict=cfg.weight_dict, cost_class=cfg.cost_class,
+                                         cost_bbox=cfg.cost_bbox, cost_giou=cfg.cost_giou).to(self.device)
         if self.is_main:
             on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}))
-            self.log("convergence aids: " + (", ".join(f"{k}={v}" for k, v in on.items()) if on else
-                                             "none (vanilla DETR)") + f"; lr {cfg.lr:g}, {cfg.schedule} schedule, "
-                     f"{cfg.warmup_steps} warm-up steps (docs/convergence.md)")
-        pretrained_bb = cfg.pretrained_backbone or bool(cfg.pretrained)
+            self.log(f"recipe {cfg.recipe}; convergence aids: " +
+                     (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (vanilla DETR)") +
+                     f"; lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.warmup_steps} warm-up steps")
+
+    def _setup_optimizer(self) -> None:
+        """AdamW (two learning rates), the lr schedule, the GradScaler."""
+        cfg = self.cfg
+        pretrained_bb = bool(cfg.pretrained_backbone) or bool(cfg.pretrained)
         self.lr_backbone = cfg.lr_backbone if cfg.lr_backbone is not None else (
             cfg.lr / 10 if pretrained_bb else cfg.lr)
-        groups = param_groups(model, cfg.lr, self.lr_backbone, cfg.weight_decay)
+        groups = param_groups(self.model, cfg.lr, self.lr_backbone, cfg.weight_decay)
         opt_kwargs = adamw_flags(self.device)   # fused (CUDA, and CPU where torch has it: 3.7x foreach there)
         self.optimizer = torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay, **opt_kwargs)
         self._opt_flags = opt_kwargs
-        # -- bookkeeping (before the scheduler: LambdaLR calls its lambda at once, which reads the clock)
-        self.step = 0              # optimizer steps done
-        self.epoch = 0             # current epoch
-        self.batch_in_epoch = 0    # batches of this epoch already consumed
-        self.elapsed_s = 0.0       # training seconds, over all sessions of this run
+        # the budget clock exists before LambdaLR, which calls its lambda in its constructor
+        self.elapsed_s = 0.0       # seconds counted against the time budget, over all sessions of this run
+        self._setup_s = None       # this session's setup, added to elapsed_s when fit() starts
+        self._in_loop = False
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, cfg, self.steps_per_epoch, self._time_fraction()))
         self.scaler = self.precision.make_scaler()
         self.params = [p for g in groups for p in g["params"]]
+
+    def _setup_bookkeeping(self) -> None:
+        cfg = self.cfg
+        self.step = 0              # optimizer steps done
+        self.epoch = 0             # current epoch
+        self.batch_in_epoch = 0    # batches of this epoch already consumed
+        self.skipped_steps = 0     # fp16 steps skipped for non-finite values (GradScaler's way), over the run
+        self._bad_in_a_row = 0
         self.best_score = -math.inf
         self.history: List[Dict] = []
         self._window: List[torch.Tensor] = []  # per step: loss terms + grad norm, on the device
@@ -476,19 +667,17 @@ class Trainer:
         self.diag = None
         if cfg.diag_every > 0:
             from .diagnostics import GradientStats, weight_histograms
-            self.diag = GradientStats(model, every=cfg.diag_every,
+            self.diag = GradientStats(self.model, every=cfg.diag_every,
                                       path=self.out / "diagnostics.jsonl" if self.is_main else None)
             if self.is_main and not (self.out / "weights_init.json").exists():
                 with open(self.out / "weights_init.json", "w") as f:
-                    json.dump(weight_histograms(model), f)
+                    json.dump(weight_histograms(self.model), f)
         self.resumed_from: Optional[Path] = None
-        if cfg.resume:
-            self._resume()
-        elif self.is_main and ckpt.candidates(self.ckpt.directory):
-            self.log(f"--no-resume: starting afresh; checkpoints in {self.ckpt.directory} will be replaced")
-        if self.is_main:
-            self._trim_logs()
-        D.barrier()
+
+    def close(self) -> None:
+        """Release the output directory (another run may use it from now on)."""
+        if self.lock is not None:
+            self.lock.release()
 
     def _time_fraction(self) -> Optional[float]:
         """Fraction of the time budget spent (setup included), None without a budget or before fit()."""
@@ -553,7 +742,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "elapsed_s": self.elapsed_s, "best_score": self.best_score,
+            "elapsed_s": self.train_time_s(), "skipped_steps": self.skipped_steps, "best_score": self.best_score,
             "rng": rng, "world_size": self.env.world_size,
             "config": self.cfg.to_dict(),
             "model_name": self.cfg.model,
@@ -577,17 +766,25 @@ class Trainer:
             self.last_good = path
         return path
 
+    def _check_resumable(self, state: Dict, path: Path) -> None:
+        """Refuse to continue a run whose checkpoint was written under settings that the data order, the
+        position in the epoch or the model depend on: resuming would silently train on the wrong samples."""
+        saved = dict(state["config"], world_size=state.get("world_size", 1))
+        ours = dict(self.cfg.to_dict(), world_size=self.env.world_size)
+        same = lambda v: json.loads(json.dumps(v, default=str))   # tuples and lists alike
+        for key in RESUME_KEYS:
+            if key in saved and same(saved[key]) != same(ours[key]):
+                raise ConfigError(
+                    f"cannot resume {self.out}: its checkpoint ({path.name}, step {state['step']}) was trained with "
+                    f"{key}={same(saved[key])!r} and this run asks for {same(ours[key])!r}. Use the same "
+                    f"{key}, or another --out, or --no-resume to start afresh")
+
     def _resume(self) -> None:
         found = ckpt.load_latest(self.ckpt.directory, map_location="cpu", log=self.log)
         if found is None:
             return
         state, path = found
-        saved = state["config"]
-        for key in ("model", "model_overrides", "dataset", "loss_type"):
-            if saved.get(key) != getattr(self.cfg, key):
-                raise ckpt.CheckpointError(
-                    f"{path} was written by a run with {key}={saved.get(key)!r}, this run has "
-                    f"{key}={getattr(self.cfg, key)!r}: use another --out or --no-resume")
+        self._check_resumable(state, path)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         for g in self.optimizer.param_groups:  # device-specific flags follow this run, not the file
@@ -602,12 +799,8 @@ class Trainer:
         self.batch_in_epoch = int(state["batch_in_epoch"])
         self.elapsed_s = float(state["elapsed_s"])
         self.best_score = float(state["best_score"])
-        rng = state["rng"]
-        if len(rng) == self.env.world_size:
-            ckpt.restore_rng_state(rng[self.env.rank])
-        else:
-            ckpt.restore_rng_state(rng[0])
-            torch.manual_seed(self.cfg.seed + 1000 * self.step + self.env.rank)
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        ckpt.restore_rng_state(state["rng"][self.env.rank])
         self.resumed_from = path
         self.last_good = path
         self._saved_at = (self.step, self.epoch, self.batch_in_epoch)
@@ -642,15 +835,17 @@ class Trainer:
                 signal.signal(sig, h)
 
     def train_time_s(self) -> float:
-        """Seconds counted against the time budget so far (setup included, excluded time not)."""
-        setup = getattr(self, "_setup_s", 0.0)
-        if not getattr(self, "_in_loop", False):
-            return self.elapsed_s + setup
-        return self.elapsed_s + time.perf_counter() - self._t_start + setup
+        """Seconds counted against the time budget so far, over every session of the run: each session's
+        setup (data, model) and training loop, not the time left out with :meth:`exclude_time`."""
+        if self._in_loop:
+            return self.elapsed_s + time.perf_counter() - self._t_start
+        if self._setup_s is None:     # before fit(): this session's setup is still running
+            return self.elapsed_s + time.perf_counter() - self._t_created
+        return self.elapsed_s
 
     def exclude_time(self, seconds: float) -> None:
         """Do not count ``seconds`` just spent (e.g. a callback's evaluation) against the time budget."""
-        if getattr(self, "_in_loop", False):
+        if self._in_loop:
             self._t_start += seconds
             self._t_window += seconds     # images/s too
 
@@ -684,7 +879,7 @@ class Trainer:
         self.ddp_model.train()
         self.criterion.train()
         n = len(micro_batches)
-        terms = None
+        terms, skipped = None, False
         for i, (images, mask, targets) in enumerate(micro_batches):
             images, mask, targets = self._to_device(images, mask, targets)
             sync_ctx = (self.ddp_model.no_sync() if self.env.distributed and i < n - 1
@@ -693,12 +888,23 @@ class Trainer:
                 with self.precision.autocast():
                     extra = {"targets": targets} if getattr(self.model, "needs_targets", False) else {}
                     outputs = self.ddp_model(images, mask, **extra)   # DN-DETR builds queries from targets
-                losses = self.criterion(outputs, targets)     # fp32 inside (matcher, box losses)
-                self.scaler.scale(losses["loss"] / n).backward()
-            detached = {k: v.detach().float() for k, v in losses.items()}
-            terms = detached if terms is None else {k: terms[k] + detached[k] for k in terms}
+                try:
+                    losses = self.criterion(outputs, targets)     # fp32 inside (matcher, box losses)
+                    loss = losses["loss"] / n
+                except NonFinitePredictionError as e:
+                    if not self.scaler.is_enabled():
+                        self._flush()
+                        raise NonFiniteLossError(self.step + 1, {}, self.last_good, detail=str(e)) from None
+                    # An fp16 overflow in the forward pass: a NaN backward makes GradScaler skip this step on
+                    # every process (DDP all-reduces the NaN), as it does for an overflow in the gradients.
+                    losses, skipped = None, True
+                    loss = sum(t.float().sum() for t in _tensors(outputs)) * float("nan")
+                self.scaler.scale(loss).backward()
+            if losses is not None:
+                detached = {k: v.detach().float() for k, v in losses.items()}
+                terms = detached if terms is None else {k: terms[k] + detached[k] for k in terms}
             self._window_images += images.shape[0] * self.env.world_size
-        terms = {k: v / n for k, v in terms.items()}
+        terms = None if skipped else {k: v / n for k, v in terms.items()}
         self.scaler.unscale_(self.optimizer)
         max_norm = self.cfg.clip_max_norm if self.cfg.clip_max_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
@@ -708,34 +914,43 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
-        terms["grad_norm"] = grad_norm.detach().float()
+        if terms is not None:
+            terms["grad_norm"] = grad_norm.detach().float()
         return terms
 
-    def _push(self, terms: Dict[str, torch.Tensor]) -> None:
-        if self._keys is None:
+    def _push(self, terms: Optional[Dict[str, torch.Tensor]]) -> None:
+        """Queue one step's values (None: an fp16 step skipped before its losses existed)."""
+        if terms is not None and self._keys is None:
             self._keys = list(terms)
-        self._window.append(torch.stack([terms[k] for k in self._keys]))
+        self._window.append(None if terms is None else torch.stack([terms[k] for k in self._keys]))
 
     def _flush(self, kind: str = "step") -> Optional[Dict]:
         """Copy the pending per-step values to the host (one sync), check them, write a metrics line."""
         if not self._window:
             return None
-        values = torch.stack(self._window)                      # (S, K)
+        keys = self._keys or ["loss"]
+        nan = torch.full((len(keys),), float("nan"), device=self.device)
+        values = torch.stack([nan if row is None else row for row in self._window])   # (S, K)
         if self.env.distributed:
             values = D.all_reduce_mean(values)
         values = values.cpu()
         first_step = self.step - len(self._window) + 1
         self._window = []
-        li = self._keys.index("loss")
-        bad = (~torch.isfinite(values[:, li])).nonzero()
-        if len(bad):
-            row = int(bad[0, 0])
-            terms = dict(zip(self._keys, values[row].tolist()))
+        finite = torch.isfinite(values[:, keys.index("loss")])                         # (S,)
+        for row, ok in enumerate(finite.tolist()):
+            self._bad_in_a_row = 0 if ok else self._bad_in_a_row + 1
+            if ok or (self.scaler.is_enabled() and self._bad_in_a_row < MAX_SKIPPED_IN_A_ROW):
+                continue   # fp16: GradScaler skipped that update, the weights are intact
+            terms = dict(zip(keys, values[row].tolist()))
             self._write_metrics({"kind": "error", "step": first_step + row, "epoch": self.epoch, **terms})
-            raise NonFiniteLossError(first_step + row, terms, self.last_good)
+            detail = (f"{self._bad_in_a_row} steps in a row overflowed in fp16 (each skipped); try --amp bf16 "
+                      f"on compute capability >= 8.0 or --amp fp32" if self.scaler.is_enabled() else "")
+            raise NonFiniteLossError(first_step + row, terms, self.last_good, detail=detail)
+        self.skipped_steps += int((~finite).sum())
+        values = values[finite]
         now = time.perf_counter()
         dt = max(now - self._t_window, 1e-9)
-        means = dict(zip(self._keys, values.mean(0).tolist()))
+        means = dict(zip(keys, values.mean(0).tolist())) if len(values) else {}
         for k, v in means.items():
             self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v * len(values)
         self._epoch_count += len(values)
@@ -743,9 +958,10 @@ class Trainer:
                "lr": self.optimizer.param_groups[0]["lr"],
                "lr_backbone": self.optimizer.param_groups[-1]["lr"],
                **means,
+               "skipped_steps": self.skipped_steps,
                "images_per_s": self._window_images / dt,
                "mem_mb": memory_mb(self.device),
-               "time_s": self.elapsed_s + now - self._t_start}
+               "time_s": self.train_time_s()}
         self._window_images = 0
         self._t_window = now
         self._write_metrics(rec)
@@ -763,8 +979,9 @@ class Trainer:
                      f"batch {cfg.batch_size}x{cfg.accum_steps}x{self.env.world_size}, "
                      f"{self.steps_per_epoch} steps/epoch; outputs in {self.out}")
         self._stop = None
-        self._setup_s = time.perf_counter() - self._t_created   # counted in the time budget
-        self._t_created = time.perf_counter()   # a second fit() call has no setup
+        if self._setup_s is None:     # this session's setup counts against the budget, once
+            self._setup_s = time.perf_counter() - self._t_created
+            self.elapsed_s += self._setup_s
         self._t_start = self._t_window = time.perf_counter()
         self._t_last_ckpt = self._t_start
         reason = None
@@ -786,7 +1003,7 @@ class Trainer:
             return None
         from tqdm.auto import tqdm
         if self.cfg.time_budget_s:
-            done = self.elapsed_s + self._setup_s
+            done = self.train_time_s()
             return tqdm(total=int(self.cfg.time_budget_s), initial=int(min(done, self.cfg.time_budget_s)),
                         unit="s", desc="train (time budget)", dynamic_ncols=True)
         total = self.cfg.epochs * self.steps_per_epoch
@@ -803,7 +1020,7 @@ class Trainer:
         else:
             bar.update(self.step - bar.n)
         if rec is not None:
-            bar.set_postfix(epoch=self.epoch, step=self.step, loss=f"{rec['loss']:.3f}",
+            bar.set_postfix(epoch=self.epoch, step=self.step, loss=f"{rec.get('loss', math.nan):.3f}",
                             img_s=f"{rec['images_per_s']:.1f}", refresh=False)
 
     def _loop(self, bar) -> str:
@@ -852,7 +1069,7 @@ class Trainer:
         self._flush()
         means = {k: v / max(1, self._epoch_count) for k, v in self._epoch_sums.items()}
         rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **means,
-               "time_s": self.elapsed_s + time.perf_counter() - self._t_start}
+               "time_s": self.train_time_s()}
         score = -means.get("loss", math.inf)
         if self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0:
             stats = self.evaluate(verbose=False)
@@ -873,19 +1090,9 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation and figures
     def evaluate(self, verbose: bool = True) -> Optional[Dict[str, float]]:
         """COCO numbers on the validation split (rank 0; other ranks return None)."""
-        from torch.utils.data import Subset
-        from .evaluate import evaluate
-
         result = None
         if self.is_main:
-            ds = self.val_set
-            if self.cfg.max_eval_images:
-                ds = Subset(ds, range(min(len(ds), self.cfg.max_eval_images)))
-            result = evaluate(self.model, ds, self.device, batch_size=self.cfg.eval_batch_size,
-                              num_workers=self.cfg.workers, precision=self.precision, verbose=verbose,
-                              progress=self.cfg.progress, use_sigmoid=self.cfg.loss_type == "focal",
-                              # focal-loss models: the 100 best (query, class) pairs, as Deformable DETR
-                              topk=100 if self.cfg.loss_type == "focal" else None)
+            result = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
         D.barrier()
         return result
 
@@ -898,14 +1105,14 @@ class Trainer:
             matplotlib.use("Agg")
         import matplotlib.pyplot as plt
         from .diagnostics import plot_grad_std, plot_losses, plot_weight_sum, read_records
-        from .evaluate import draw_predictions
+        from .evaluate import draw_predictions, scoring_for
 
         figs = {}
         n = min(self.cfg.num_pictures, len(self.val_set))
         if n:
             fig = draw_predictions(self.model, self.val_set, range(n), self.device,
                                    threshold=self.cfg.picture_threshold, precision=self.precision,
-                                   use_sigmoid=self.cfg.loss_type == "focal")
+                                   **scoring_for(self.cfg.loss_type))
             figs["predictions"] = self.out / "predictions.png"
             fig.savefig(figs["predictions"], dpi=90)
             plt.close(fig)
@@ -925,10 +1132,18 @@ class Trainer:
         return figs
 
     def run(self) -> Dict[str, Any]:
-        """fit -> (evaluate -> eval.json, pictures) -> summary dict; prints where everything is."""
+        """fit -> (evaluate -> eval.json, pictures) -> summary dict; prints where everything is.
+        The output directory is released at the end."""
+        try:
+            return self._run()
+        finally:
+            self.close()
+
+    def _run(self) -> Dict[str, Any]:
         reason = self.fit()
         summary: Dict[str, Any] = {"out": str(self.out), "stopped_by": reason, "step": self.step,
                                    "epoch": self.epoch, "train_time_s": round(self.elapsed_s, 1),
+                                   "skipped_steps": self.skipped_steps,
                                    "checkpoint": str(self.last_good) if self.last_good else None}
         rates = [r["images_per_s"] for r in self.history if r.get("kind") == "step"]
         summary["images_per_s"] = float(np.median(rates)) if rates else None

@@ -30,3 +30,51 @@ def cli_env():
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def run_cli(args, cwd, timeout=600, env=None, check=True):
+    """``python -m detr_nb <args>`` (or any argv starting with "python"/"torchrun"/"bash") as a subprocess."""
+    import subprocess
+    argv = [str(a) for a in args]
+    if argv[0] == "python":
+        argv[0] = sys.executable
+    elif argv[0] == "torchrun":
+        argv = [sys.executable, "-m", "torch.distributed.run"] + argv[1:]
+    elif argv[0] not in ("bash",):
+        argv = [sys.executable, "-m", "detr_nb"] + argv
+    proc = subprocess.run(argv, cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True, text=True,
+                          timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{argv} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def write_coco_folder(root, sizes, boxes, split="train", categories=("thing",), fmt="PNG"):
+    """A COCO-format folder ``root/{split}/*.png`` + ``root/annotations/instances_{split}.json``.
+
+    ``sizes``: (w, h) per image; ``boxes``: per image a list of (x, y, w, h, category_id). Each box is painted
+    as a white rectangle on a dark, slightly noisy background, so a model can find it."""
+    import json
+    import numpy as np
+    from PIL import Image
+    from pathlib import Path
+
+    root = Path(root)
+    (root / split).mkdir(parents=True, exist_ok=True)
+    (root / "annotations").mkdir(exist_ok=True)
+    rng = np.random.default_rng(len(sizes))
+    images, anns = [], []
+    for i, ((w, h), bxs) in enumerate(zip(sizes, boxes)):
+        pixels = rng.integers(0, 40, (h, w, 3), dtype=np.uint8)
+        for x, y, bw, bh, _ in bxs:
+            pixels[int(y):int(y + bh), int(x):int(x + bw)] = 230
+        name = f"{i:04d}.{fmt.lower()}"
+        Image.fromarray(pixels).save(root / split / name, fmt)
+        images.append({"id": i + 1, "file_name": name, "width": w, "height": h})
+        for x, y, bw, bh, c in bxs:
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": c, "bbox": [x, y, bw, bh],
+                         "area": bw * bh, "iscrowd": 0})
+    cats = [{"id": i + 1, "name": n} for i, n in enumerate(categories)]
+    with open(root / "annotations" / f"instances_{split}.json", "w") as f:
+        json.dump({"images": images, "annotations": anns, "categories": cats}, f)
+    return root

@@ -12,7 +12,7 @@ import pytest
 from detr_nb import checkpoint as ck
 from detr_nb.cli import build_parser, config_from_args, main
 from detr_nb.evaluate import STAT_NAMES
-from engine_utils import REPO, SYN, TINY, cli_env
+from engine_utils import REPO, SYN, TINY, cli_env, run_cli
 
 
 def _tiny_args(out, root, *extra):
@@ -56,11 +56,14 @@ def test_train_evaluate_predict(tmp_path, data_root, capsys):
 
     assert main(["evaluate", "--run", str(out), "--device", "cpu", "--batch-size", "4"]) == 0
     assert set(STAT_NAMES) <= set(json.load(open(out / "eval_val.json")))
-    picture = tmp_path / "pred.png"
+    folder = tmp_path / "pred"
     image = next((data_root / "val").glob("*.png"))
     assert main(["predict", str(image), "--run", str(out), "--device", "cpu", "--threshold", "0.0",
-                 "-o", str(picture)]) == 0
-    assert picture.stat().st_size > 0
+                 "-o", str(folder)]) == 0
+    (record,) = json.load(open(folder / "predictions.json"))["images"]
+    # every (query, class) pair, as fewer than 100 exist: 8 queries x 7 class columns (ids 0..6)
+    assert record["image"] == str(image) and len(record["detections"]) == TINY["num_queries"] * 7
+    assert (folder / f"{image.stem}.png").stat().st_size > 0
 
 
 def test_sigterm_writes_a_checkpoint_and_the_next_run_resumes(tmp_path, data_root):
@@ -86,3 +89,100 @@ def test_sigterm_writes_a_checkpoint_and_the_next_run_resumes(tmp_path, data_roo
     main(_tiny_args(out, data_root, "--time-budget", "none", "--max-steps", str(state["step"] + 1),
                     "--no-eval-at-end", "--num-pictures", "0"))
     assert ck.load_checkpoint(out / "checkpoints" / "last.pth")["step"] == state["step"] + 1
+
+
+def test_recipes_resolve_and_explicit_options_win():
+    parse = lambda *a: config_from_args(build_parser().parse_args(["train", *a]))
+    paper = parse("--recipe", "paper", "--lr", "2e-4", "--dataset", "synthetic")
+    assert (paper.lr, paper.lr_backbone, paper.loss_type, paper.warmup_steps) == (2e-4, 1e-5, "ce", 0)
+    assert paper.data_kwargs == {}            # the aided recipe's synthetic parameters do not follow another recipe
+    fine = parse("--recipe", "finetune", "--model", "detr_r101")
+    assert fine.pretrained == "detr_r101" and fine.dataset == "balloon" and fine.lr == 1e-4
+    quick = parse("--set", "data_kwargs.num_train=64", "--set", "data_kwargs.image_size=[80, 80]")
+    assert quick.data_kwargs["num_train"] == 64 and quick.data_kwargs["image_size"] == [80, 80]
+    assert quick.data_kwargs["max_objects"] == 10      # the other synthetic parameters stay the main job's
+    coco = parse("--dataset", "balloon")
+    assert coco.data_kwargs == {} and coco.model == "detr_tiny_aided"
+    from detr_nb.train import TrainConfig
+    assert TrainConfig(recipe="paper").replace(recipe="aided", lr=0.5).lr == 0.5
+    assert TrainConfig(recipe="paper", lr=0.5).replace(recipe="aided").lr == 0.5   # explicit values survive
+    assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 1e-3
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+    (["train", "--accum-steps", "0"], "--accum-steps must be an integer >= 1, got 0"),
+    (["train", "--model", "detr_r50"], "frozen-BatchNorm ResNet"),
+    (["train", "--dataset", "no/such/folder"], "neither synthetic"),
+    (["train", "--recipe", "fast"], "--recipe must be one of aided, paper, finetune"),
+    (["train", "--set", "bogus=1"], "--set expects FIELD=VALUE"),
+    (["predict", "missing.jpg", "--run", "."], "no checkpoint found"),
+])
+def test_user_errors_are_one_line(tmp_path, argv, message):
+    proc = run_cli(argv, cwd=tmp_path, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path):
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = run_cli(["train", "--device", "cuda"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: --device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch {torch.__version__}); "
+        "use --device cpu or --device auto"]
+
+
+def test_predict_errors_name_the_input(tmp_path, data_root):
+    out = tmp_path / "run"
+    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end",
+                           "--num-pictures", "0")) == 0
+    (tmp_path / "notes.jpg").write_text("not an image")
+    (tmp_path / "empty").mkdir()
+    for item, message in (("missing.jpg", "missing.jpg: no such file, folder or URL"),
+                          ("notes.jpg", "notes.jpg: not an image that PIL can read"),
+                          ("empty", "empty: the folder holds no image"),
+                          ("http://127.0.0.1:9/x.jpg", "cannot download http://127.0.0.1:9/x.jpg")):
+        proc = run_cli(["predict", item, "--run", str(out), "--device", "cpu"], cwd=tmp_path, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (item, proc.stderr)
+
+
+def test_predict_reads_a_url(tmp_path, data_root):
+    """An http URL (a server on 127.0.0.1) and a file:// URL give the same boxes as the file itself."""
+    import functools
+    import http.server
+    import threading
+    out = tmp_path / "run"
+    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end",
+                           "--num-pictures", "0")) == 0
+    image = next((data_root / "val").glob("*.png"))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image.parent))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{image.name}"
+        assert main(["predict", str(image), url, image.as_uri(), "--run", str(out), "--device", "cpu",
+                     "--threshold", "0.2", "-o", str(tmp_path / "p")]) == 0
+    finally:
+        server.shutdown()
+    a, b, c = json.load(open(tmp_path / "p" / "predictions.json"))["images"]
+    assert b["image"] == url and a["detections"] == b["detections"] == c["detections"]
+    assert len({a["annotated"], b["annotated"], c["annotated"]}) == 3      # one picture each, none overwritten
+
+
+def test_a_coco_folder_trains_and_evaluates(tmp_path):
+    """--dataset <folder>: no synthetic parameters leak into it (this crashed with a TypeError)."""
+    from engine_utils import write_coco_folder
+    sizes = [(64, 48), (48, 64), (56, 56), (64, 64)]
+    boxes = [[(5, 6, 20, 14, 1)], [(10, 10, 30, 20, 2)], [(3, 3, 40, 40, 1), (45, 45, 8, 8, 2)], [(20, 5, 10, 50, 2)]]
+    for split in ("train", "val"):
+        write_coco_folder(tmp_path / "coco", sizes, boxes, split=split, categories=("box", "bar"))
+    out = tmp_path / "run"
+    proc = run_cli(["train", "--dataset", str(tmp_path / "coco"), "--model-overrides", json.dumps(TINY),
+                    "--batch-size", "2", "--max-steps", "2", "--time-budget", "none", "--out", str(out),
+                    "--device", "cpu", "--no-progress", "--num-pictures", "2"], cwd=tmp_path)
+    assert "2 classes" not in proc.stdout and "3 classes" in proc.stdout      # ids 1, 2 -> num_classes 3
+    assert set(STAT_NAMES) <= set(json.load(open(out / "eval.json")))

@@ -1,0 +1,261 @@
+"""Every command the README, ``--help`` and cli.py's docstring show is run here, as a user types it.
+
+The commands are read from the documents themselves, so a new example without a test fails
+``test_every_documented_command_has_a_runner``. Each runner executes the documented text (placeholders such
+as ``runs/my-run`` or ``photo.jpg`` replaced by files made here) with only the budget and the data size
+shortened, in a fresh working directory, as a subprocess.
+"""
+import json
+import re
+import shlex
+import shutil
+from pathlib import Path
+
+import pytest
+
+from detr_nb.evaluate import STAT_NAMES
+from engine_utils import REPO, SYN, TINY, run_cli
+
+README = REPO / "README.md"
+# The main job's shortening: the options the README names for a quick try.
+SHORT = ["--time-budget", "20", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
+
+
+def documented_commands():
+    """Shell commands in the README's bash blocks and in cli.py's docstring (comments stripped)."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", README.read_text(), re.S):
+        found += [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()]
+    import detr_nb.cli as cli
+    found += [line.split("  #")[0].strip() for line in cli.__doc__.splitlines()
+              if line.strip().startswith(("python -m detr_nb", "torchrun"))]
+    return list(dict.fromkeys(found))
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory):
+    return tmp_path_factory.mktemp("user")
+
+
+@pytest.fixture(scope="module")
+def tiny_run(work):
+    """A small finished run (the tiny model on a tiny synthetic set) for evaluate and predict."""
+    out = work / "runs" / "my-run"
+    run_cli(["train", "--data-root", work / "syn", "--data-kwargs", json.dumps(SYN), "--model", "detr_tiny_aided",
+             "--model-overrides", json.dumps(TINY), "--batch-size", "4", "--time-budget", "none", "--max-steps", "6",
+             "--eval-batch-size", "3", "--num-pictures", "2", "--out", out, "--no-progress", "--device", "cpu"],
+            cwd=work)
+    return out
+
+
+@pytest.fixture(scope="module")
+def photos(work):
+    """photo.jpg (a phone photo: stored sideways with EXIF orientation 6) and my_photos/ (two images, one text)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(work / "photo.jpg", exif=exif)
+    folder = work / "my_photos"
+    folder.mkdir(exist_ok=True)
+    Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / "a.png")
+    Image.fromarray(rng.integers(0, 255, (30, 50, 3), dtype=np.uint8)).save(folder / "b.jpg")
+    (folder / "notes.txt").write_text("not an image")
+    return work
+
+
+def _eval_numbers(path):
+    ev = json.loads(Path(path).read_text())
+    assert set(STAT_NAMES) <= set(ev), ev
+    return {k: ev[k] for k in STAT_NAMES}
+
+
+# ----------------------------------------------------------------------------- runners, one per command
+def run_main_job(cmd, work, **_):
+    """The README's main command, with only the budget and the data size shortened."""
+    cwd = work / "main"
+    cwd.mkdir()
+    proc = run_cli(shlex.split(cmd.split("&&")[-1]) + SHORT + ["--no-progress"], cwd=cwd)
+    out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
+    assert out.parent == (cwd / "runs").resolve()
+    numbers = _eval_numbers(out / "eval.json")
+    assert all(0 <= numbers[k] <= 1 or numbers[k] == -1 for k in STAT_NAMES)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 20 + 10
+    assert (out / "predictions.png").stat().st_size > 0 and (out / "checkpoints" / "last.pth").exists()
+    assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in proc.stdout
+
+
+def run_quick_try(cmd, work, **_):
+    cwd = work / "quick"
+    cwd.mkdir()
+    argv = shlex.split(cmd)
+    argv[argv.index("--time-budget") + 1] = "15"
+    argv += ["--set", "data_kwargs.num_train=120", "--set", "data_kwargs.num_val=16", "--no-progress"]
+    proc = run_cli(argv, cwd=cwd)
+    out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
+    _eval_numbers(out / "eval.json")
+    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 15 + 10
+
+
+def run_help(cmd, work, **_):
+    proc = run_cli(shlex.split(cmd), cwd=work)
+    for option in ("--recipe", "--time-budget", "--dry-run", "--set", "--batch-size"):
+        assert option in proc.stdout
+
+
+def run_bench_main_job(cmd, work, **_):
+    out, data = work / "bench-run", work / "bench-data"
+    proc = run_cli(shlex.split(cmd) + SHORT + ["--no-progress", "--out", out, "--data-root", data], cwd=REPO)
+    line = re.search(r"main job: wall (\d+) s, AP ([\d.]+), AP50 ([\d.]+), (\d+) steps", proc.stdout)
+    assert line, proc.stdout[-2000:]
+    numbers = _eval_numbers(out / "eval.json")
+    assert float(line.group(2)) == pytest.approx(numbers["AP"], abs=1e-4)
+
+
+def run_dry_run(cmd, work, **_):
+    """--recipe paper resolves to the official DETR hyper-parameters (shared/GUIDE.md section 1)."""
+    cfg = json.loads(run_cli(shlex.split(cmd), cwd=work).stdout)
+    official = dict(recipe="paper", model="detr_r50", lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_max_norm=0.1,
+                    warmup_steps=0, loss_type="ce", eos_coef=0.1, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0,
+                    weight_dict={"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, pretrained_backbone=True,
+                    epochs=300, schedule="step", lr_drop=200, lr_gamma=0.1, batch_size=4, preset="official",
+                    time_budget_s=None, dataset="coco2017")
+    assert {k: cfg[k] for k in official} == official
+
+
+def run_finetune(cmd, work, **_):
+    """Offline: balloon from a tiny self-made archive, the "released" weights from a file in torch.hub's cache."""
+    import torch
+    from detr_nb.configs import build_model
+    from detr_nb.data import real
+    from test_data_real import balloon_files, make_zip   # the offline balloon fixture
+
+    cache, hub = work / "cache", work / "torch"
+    archive = make_zip(work / "balloon_dataset.zip", balloon_files())
+    mp = pytest.MonkeyPatch()
+    mp.setitem(real.REMOTES, "balloon", real.Remote(f"file://{archive}", "balloon_dataset.zip"))
+    real.prepare("balloon", "train", root=str(cache), progress=False)
+    mp.undo()
+    (hub / "hub" / "checkpoints").mkdir(parents=True)
+    torch.manual_seed(0)
+    weights = build_model("detr_r50", num_classes=91).state_dict()
+    torch.save({"model": weights}, hub / "hub" / "checkpoints" / "detr-r50-e632da11.pth")
+    out = work / "finetune"
+    proc = run_cli(shlex.split(cmd) + ["--epochs", "1", "--out", out, "--no-progress", "--device", "cpu"], cwd=work,
+                   env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
+    assert "loaded pretrained weights detr_r50" in proc.stdout + proc.stderr
+    _eval_numbers(out / "eval.json")
+    state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
+    assert state["model"]["class_embed.weight"].shape[0] == 2 + 1       # balloon (id 1) + unused 0 + no-object
+    assert torch.equal(state["model"]["backbone.0.body.layer1.0.conv1.weight"],  # frozen: the released values
+                       weights["backbone.0.body.layer1.0.conv1.weight"])
+
+
+def run_torchrun(cmd, work, **_):
+    out = work / "ddp"
+    from test_ddp import _free_port
+    proc = run_cli(shlex.split(cmd.replace("torchrun", f"torchrun --master_addr=127.0.0.1 --master_port={_free_port()}", 1)) +
+                   ["--data-root", work / "ddp-data", "--data-kwargs", json.dumps(SYN), "--model-overrides",
+                    json.dumps(TINY), "--batch-size", "2", "--time-budget", "none", "--max-steps", "3",
+                    "--eval-batch-size", "2", "--out", out, "--no-progress"], cwd=work)
+    assert "world size 2" in proc.stdout
+    _eval_numbers(out / "eval.json")
+
+
+def run_evaluate(cmd, work, tiny_run, **_):
+    """evaluate --run R gives exactly the numbers R/eval.json holds (one scoring path)."""
+    run_cli(shlex.split(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
+    assert _eval_numbers(tiny_run / "eval_val.json") == _eval_numbers(tiny_run / "eval.json")
+
+
+def run_predict(cmd, work, tiny_run, photos, **_):
+    out = work / "predictions"
+    argv = shlex.split(cmd.replace("runs/my-run", str(tiny_run)).replace("--out predictions", f"--out {out}"))
+    proc = run_cli(argv + ["--threshold", "0.0", "--device", "cpu"], cwd=photos)
+    assert "skipped 1 non-image file" in proc.stdout
+    records = json.loads((out / "predictions.json").read_text())["images"]
+    assert [Path(r["image"]).name for r in records] == ["photo.jpg", "a.png", "b.jpg"]
+    assert (records[0]["width"], records[0]["height"]) == (48, 64)     # upright: EXIF orientation 6 applied
+    for r in records:
+        assert Path(r["annotated"]).stat().st_size > 0 and r["detections"]
+        for d in r["detections"]:
+            x0, y0, x1, y1 = d["box_xyxy"]
+            assert 0 <= x0 <= x1 <= r["width"] + 0.1 and 0 <= y0 <= y1 <= r["height"] + 0.1
+
+
+def run_nbtools_sync(cmd, work, **_):
+    """On a copy of the repository: the committed notebooks are already what sync writes."""
+    copy = work / "repo"
+    for name in ("detr_nb", "notebooks"):
+        shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*_work"))
+    shutil.copy(README, copy / "README.md")
+    proc = run_cli(shlex.split(cmd), cwd=copy, env={"PYTHONPATH": str(copy)})
+    assert proc.stdout.strip() == "", proc.stdout
+
+
+def run_tests_command(cmd, **_):
+    """The test command is CI's own: .ci/run must run exactly it."""
+    assert cmd.split("&&")[-1].strip() in (REPO / ".ci" / "run").read_text()
+
+
+def run_compare(cmd, work, **_):
+    out = work / "compare"
+    run_cli(shlex.split(cmd.replace("--steps 300", "--steps 2")) +
+            ["--data-root", work / "cmp-data", "--data-kwargs", json.dumps(SYN), "--model-overrides", json.dumps(TINY),
+             "--out", out, "--max-eval-images", "4", "--no-progress", "--device", "cpu"], cwd=work)
+    report = json.loads((out / "summary.json").read_text())
+    assert {r["name"] for r in report["runs"]} == {"scratch", "torch"}
+
+
+RUNNERS = {
+    "pip install -r requirements.txt && python -m detr_nb train": run_main_job,
+    "python -m detr_nb train": run_main_job,
+    "pip install -r requirements.txt && python -m pytest -q": run_tests_command,
+    "python -m detr_nb train --help": run_help,
+    "python -m detr_nb train --time-budget 60 --set data_kwargs.num_train=400 --set data_kwargs.num_val=50":
+        run_quick_try,
+    "bash bench/main_job.sh": run_bench_main_job,
+    "python -m detr_nb train --recipe paper --model detr_r50 --dry-run": run_dry_run,
+    "python -m detr_nb train --recipe finetune --dataset balloon": run_finetune,
+    "torchrun --nproc_per_node=2 -m detr_nb train": run_torchrun,
+    "python -m detr_nb evaluate --run runs/my-run": run_evaluate,
+    "python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions": run_predict,
+    "python -m detr_nb.nbtools sync": run_nbtools_sync,
+    "python -m detr_nb compare --approaches scratch,torch --inits none --steps 300": run_compare,
+}
+
+
+def test_every_documented_command_has_a_runner():
+    commands = documented_commands()
+    assert "pip install -r requirements.txt && python -m detr_nb train" in commands
+    missing = [c for c in commands if c not in RUNNERS]
+    assert not missing, f"documented but run by no test: {missing}"
+    stale = [c for c in RUNNERS if c not in commands]
+    assert not stale, f"runners for commands no document shows: {stale}"
+
+
+@pytest.mark.parametrize("cmd", documented_commands())
+def test_documented_command(cmd, request):
+    runner = RUNNERS.get(cmd)
+    if runner is None:
+        pytest.fail(f"no runner for the documented command {cmd!r}")
+    names = runner.__code__.co_varnames[:runner.__code__.co_argcount]
+    fixtures = {n: request.getfixturevalue(n) for n in ("work", "tiny_run", "photos") if n in names}
+    work = request.getfixturevalue("work") / re.sub(r"\W+", "_", cmd)[:60]
+    work.mkdir()
+    runner(cmd, **{**fixtures, "work": work})
+
+
+def test_every_option_has_a_one_line_description():
+    from detr_nb.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        for action in p._actions:
+            if action.dest == "help":
+                continue
+            text = (action.help or "").strip()
+            described = re.sub(r"\(default: [^)]*\)", "", text).strip()
+            assert len(described) >= 10 and "\n" not in text, f"{name} {action.option_strings or action.dest}: {text!r}"
