@@ -229,8 +229,8 @@ def test_denoising_losses_against_references(loss_type):
     assert float(perfect["loss_bbox_dn"]) == 0 and float(perfect["loss_giou_dn"]) < 1e-6
 
 
-def _train_curve(model_name, overrides, loss_type, steps, batches):
-    torch.manual_seed(0)
+def _train_curve(model_name, overrides, loss_type, steps, batches, seed=0):
+    torch.manual_seed(seed)   # the initial weights, and the DN noise drawn during training
     model = build_model(model_name, num_classes=7, **overrides)
     crit = build_criterion(model, 7, loss_type=loss_type, cost_class=2.0 if loss_type == "focal" else 1.0,
                            weight_dict={"loss_ce": 2.0 if loss_type == "focal" else 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
@@ -247,30 +247,51 @@ def _train_curve(model_name, overrides, loss_type, steps, batches):
     return curve
 
 
-def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
+def _box_batches(data_seed):
+    """Two fixed batches of 6 synthetic 64 px images (1-4 shapes), drawn from ``data_seed``."""
     from detr_nb.data.synthetic import render_sample, synthetic_params
     params = synthetic_params(image_size=(64, 64), min_objects=1, max_objects=4, object_size=(0.15, 0.5))
     batches = []
     for b in range(2):
         xs, ts = [], []
         for i in range(6):
-            s = render_sample(params, 0, "train", 8 * b + i)
+            s = render_sample(params, data_seed, "train", 8 * b + i)
             xs.append(torch.from_numpy(s["image"]).permute(2, 0, 1).float() / 127.5 - 1)
             bx = torch.as_tensor(s["boxes"], dtype=torch.float32) / 64    # xyxy -> cxcywh normalised
             ts.append({"labels": torch.as_tensor(s["labels"]),
                        "boxes": torch.stack([(bx[:, 0] + bx[:, 2]) / 2, (bx[:, 1] + bx[:, 3]) / 2,
                                              bx[:, 2] - bx[:, 0], bx[:, 3] - bx[:, 1]], -1)})
         batches.append((torch.stack(xs), ts))
+    return batches
+
+
+def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
+    """Deterministic: fixed data (data seed 0), fixed initial weights and DN noise (torch seed 0), one
+    thread (the autouse fixture), no data loader; the same run gives the same curves to the last bit.
+
+    The thresholds come from the spread over seeds (the ratios below, 20 steps, measured on the 2-core
+    CPU with torch 2.14): 38 distinct (data seed, torch seed) runs: (s, s) for s = 0-19, (0, s) and
+    (s, 0) for s = 1-9.
+      tail ratio  mean(aided last 5) / mean(vanilla last 5):  min 0.43, median 0.58, max 0.80
+                  (seed 0: 0.52); asserted < 0.85, i.e. 0.05 above the worst seed.
+      drop ratio  (first 5 - last 5) aided / the same vanilla:  min 1.14, median 1.86, max 3.67
+                  (seed 0: 1.71); 6 of the 38 were below the 1.3 this test used to assert (1.14, 1.19,
+                  1.24, 1.24, 1.29, 1.29), so that claim held for seed 0, not for the method. Asserted
+                  > 1.0 (the aided loss falls further), 0.14 below the worst seed.
+    Breaking an aid fails the tail ratio at every seed tried (0-4): two-stage queries taken from the first
+    cells instead of the top-scored ones 1.01-1.42, refinement without the reference box 1.12-1.27.
+    """
+    batches = _box_batches(data_seed=0)
     dims = dict(backbone_width=0.25, hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=12)
     steps = 20
-    vanilla = _train_curve("detr_tiny", dict(dims, enc_layers=1, dec_layers=2), "ce", steps, batches)
-    aided = _train_curve("detr_tiny_aided", dict(dims, dec_layers=2), "focal", steps, batches)
+    vanilla = _train_curve("detr_tiny", dict(dims, enc_layers=1, dec_layers=2), "ce", steps, batches, seed=0)
+    aided = _train_curve("detr_tiny_aided", dict(dims, dec_layers=2), "focal", steps, batches, seed=0)
     tail = slice(steps - 5, steps)
     head = slice(0, 5)
     assert np.mean(aided[tail]) < 0.85 * np.mean(vanilla[tail]), (aided, vanilla)
     # not only a better start (two-stage boxes start on the objects): the loss also falls further
     drop = lambda c: np.mean(c[head]) - np.mean(c[tail])
-    assert drop(aided) > 1.3 * drop(vanilla), (aided, vanilla)
+    assert drop(aided) > 1.0 * drop(vanilla), (aided, vanilla)
 
 
 def test_topk_postprocess_keeps_the_best_query_class_pairs():

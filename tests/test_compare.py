@@ -106,11 +106,56 @@ def test_scratch_and_torch_give_the_same_loss_curve(compared):
     np.testing.assert_allclose(a, b, rtol=1e-4)
     report = json.loads((compared / "summary.json").read_text())
     (agree,) = report["scratch_vs_torch"]        # the command reports the same comparison
-    assert agree["points"] == STEPS and agree["max_rel"] == pytest.approx(np.max(np.abs(a - b) / b), abs=1e-12)
-    assert "scratch vs torch, seed 0" in (compared / "table.md").read_text()
+    assert (agree["seed"], agree["points"], agree["first_step"], agree["last_step"]) == (0, STEPS, 1, STEPS)
+    # The reported maximum is the gap at the step it names (read from the raw files), and no step's gap is
+    # larger. How curve_agreement computes a gap is checked against hand-built curves with a known answer
+    # in test_curve_agreement_known_answer.
+    k = agree["max_rel_step"] - 1
+    assert agree["max_rel"] == pytest.approx(abs(a[k] - b[k]) / b[k], rel=1e-9, abs=1e-15)
+    assert all(abs(x - y) / y <= agree["max_rel"] * (1 + 1e-9) for x, y in zip(a, b))
+    assert agree["first_rel"] == pytest.approx(abs(a[0] - b[0]) / b[0], rel=1e-9, abs=1e-15)
+    assert agree["max_rel"] < 1e-4
+    assert (f"scratch vs torch, seed 0: total loss over {STEPS} logged points (steps 1-{STEPS})"
+            in (compared / "table.md").read_text())
     for term in ("loss_ce", "loss_bbox", "loss_giou"):
         np.testing.assert_allclose(_losses(compared / "approach-scratch" / "seed0", term),
                                    _losses(compared / "approach-torch" / "seed0", term), rtol=1e-4)
+
+
+def test_curve_agreement_known_answer(tmp_path):
+    """curve_agreement and its table line on hand-built metrics files with a known answer."""
+    from detr_nb.compare import curve_agreement, results_table
+
+    def run(name, seed, losses, status="ok", extra=()):
+        d = tmp_path / f"{name}-{seed}"
+        d.mkdir()
+        lines = [{"kind": "step", "step": s, "loss": v, "loss_ce": 7.0} for s, v in losses.items()] + list(extra)
+        (d / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        return {"group": "approach", "name": name, "seed": seed, "status": status, "dir": str(d),
+                "model": "detr_tiny", "impl": name, "init": "official", "steps": len(losses), "AP": None,
+                "AP50": None, "images_per_s": None, "final": {"loss": losses[max(losses)]}}
+
+    noise = [{"kind": "epoch", "step": 4, "loss": 50.0}, {"kind": "eval", "step": 4, "AP": 0.1}]
+    report = {"seeds": [0, 1, 2], "runs": [
+        # seed 0: torch has one more step (5), not compared; epoch/eval lines are not steps
+        run("scratch", 0, {1: 2.0, 2: 1.0, 3: 0.5, 4: 0.8}, extra=noise),
+        run("torch", 0, {1: 2.0, 2: 1.25, 3: 0.5, 4: 0.9, 5: 0.3}),
+        # seed 1: the torch run did not happen: no comparison
+        run("scratch", 1, {1: 1.0}), run("torch", 1, {1: 3.0}, status="not run: no weights"),
+        # seed 2: the same curves
+        run("scratch", 2, {1: 4.0, 2: 3.0}), run("torch", 2, {1: 4.0, 2: 3.0}),
+        {"group": "init", "name": "xavier", "seed": 0, "status": "not run: x", "dir": str(tmp_path / "none"),
+         "model": "detr_tiny", "impl": "torch", "init": "xavier"},
+    ]}
+    s0, s2 = curve_agreement(report)
+    # relative to the torch curve: |2-2|/2 = 0, |1-1.25|/1.25 = 0.2, |0.5-0.5|/0.5 = 0, |0.8-0.9|/0.9 = 1/9
+    assert s0 == {"seed": 0, "points": 4, "first_step": 1, "last_step": 4, "first_rel": 0.0,
+                  "max_rel": pytest.approx(0.2), "max_rel_step": 2, "last_rel": pytest.approx(1 / 9)}
+    assert s2 == {"seed": 2, "points": 2, "first_step": 1, "last_step": 2, "first_rel": 0.0, "max_rel": 0.0,
+                  "max_rel_step": 1, "last_rel": 0.0}
+    table = results_table(report)
+    assert ("scratch vs torch, seed 0: total loss over 4 logged points (steps 1-4): relative difference 0.0e+00 "
+            "at step 1, at most 2.0e-01 (step 2), 1.1e-01 at step 4") in table
 
 
 def _train_losses(impl, dtype, steps, batches, perturb=0.0):

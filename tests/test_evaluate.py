@@ -81,3 +81,165 @@ def test_postprocessed_results_round_trip_through_coco_format():
 
 def test_no_detections_give_zeros():
     assert coco_evaluate(_gt(), [], verbose=False) == {k: 0.0 for k in STAT_NAMES}
+
+
+# ----------------------------------------------------------------------------- the whole path, known answer
+# model outputs -> postprocess (sigmoid scores without the "no object" column, top-k pairs, boxes scaled to
+# each image's orig_size) -> COCO results -> COCOeval, through detr_nb.evaluate.evaluate, on a dataset read
+# from image files, whose AP is worked out by hand below.
+import json  # noqa: E402
+import math  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+INPUT_HW = (40, 40)                      # what the model sees; neither image has this size
+IMAGES = {1: ((200, 100), 40), 7: ((120, 160), 200)}   # image id: ((width, height), grey level of its pixels)
+CATS = [{"id": 1, "name": "a"}, {"id": 2, "name": "b"}]  # num_classes = 3: logit columns 0 (unused id), 1, 2,
+NUM_CLASSES = 3                                         # and column 3 = "no object", unused by the focal loss
+GT = [  # (image, category, [x, y, w, h] in the image's original pixels)
+    (1, 1, [20, 10, 60, 40]),     # a1
+    (1, 1, [120, 50, 50, 30]),    # a2
+    (7, 1, [10, 20, 40, 60]),     # a3
+    (7, 2, [10, 20, 40, 60]),     # b1: the same box as a3, the other class
+]
+Q = 100                           # queries per image: Q x 3 = 300 (query, class) pairs, top-k keeps 100
+BACKGROUND_BOX = [0.97, 0.97, 0.02, 0.02]   # normalised cxcywh, a corner no ground truth touches
+
+
+def _logit(p):
+    return math.log(p / (1 - p))
+
+
+def _cxcywh(image_id, xywh):
+    (w, h), _ = IMAGES[image_id]
+    x, y, bw, bh = xywh
+    return [(x + bw / 2) / w, (y + bh / 2) / h, bw / w, bh / h]
+
+
+def _designed_outputs():
+    """Per image: logits (Q, 4) and boxes (Q, 4). Designed queries come first; every other query is
+    background (all class logits about -10, distinct so that no two pairs tie) in a corner. The "no
+    object" column is +6 (score 0.9975) on EVERY query: if it were scored, its 100 pairs would fill the
+    top 100 of each image and push every real detection out."""
+    designed = {  # image: [(box [x, y, w, h], {class column: score})]
+        1: [(GT[0][2], {1: 0.9}),                  # TP a1
+            ([150, 5, 30, 20], {1: 0.6}),          # FP (class a, no ground truth there)
+            (GT[1][2], {1: 0.5})],                 # TP a2
+        7: [([70, 100, 40, 40], {1: 0.8}),         # FP (class a)
+            (GT[2][2], {1: 0.7, 2: 0.65})],        # TP a3 AND TP b1: one query, two (query, class) pairs
+    }
+    out = {}
+    for image_id, queries in designed.items():
+        k = torch.arange(Q * NUM_CLASSES, dtype=torch.float64).reshape(Q, NUM_CLASSES)
+        logits = torch.cat([-10.0 - 1e-3 * k, torch.full((Q, 1), 6.0, dtype=torch.float64)], 1)
+        boxes = torch.tensor([BACKGROUND_BOX] * Q, dtype=torch.float64)
+        for q, (xywh, scores) in enumerate(queries):
+            boxes[q] = torch.tensor(_cxcywh(image_id, xywh))
+            for c, s in scores.items():
+                logits[q, c] = _logit(s)
+        out[image_id] = (logits.float(), boxes.float())
+    return out
+
+
+class FixedOutputs(nn.Module):
+    """A stand-in model: fixed outputs per image, recognised by the grey level of its pixels."""
+
+    def __init__(self, per_image):
+        super().__init__()
+        self.per_grey = {IMAGES[i][1]: v for i, v in per_image.items()}
+        self.seen = []
+
+    def forward(self, images, mask=None):
+        from detr_nb.plotting import IMAGENET_MEAN, IMAGENET_STD
+
+        assert tuple(images.shape[-2:]) == INPUT_HW
+        grey = [round((float(v) * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255) for v in images[:, 0, 0, 0]]
+        self.seen += grey
+        logits, boxes = zip(*(self.per_grey[g] for g in grey))
+        return {"pred_logits": torch.stack(logits), "pred_boxes": torch.stack(boxes)}
+
+
+def _dataset(tmp_path):
+    from PIL import Image
+
+    from detr_nb.data import CocoDetection, Normalize, ToTensor
+    from detr_nb.data.transforms import Compose, resize
+
+    for image_id, ((w, h), grey) in IMAGES.items():
+        Image.new("RGB", (w, h), (grey, grey, grey)).save(tmp_path / f"{image_id}.png")
+    data = {"images": [{"id": i, "file_name": f"{i}.png", "width": w, "height": h} for i, ((w, h), _) in IMAGES.items()],
+            "annotations": [{"id": n + 1, "image_id": i, "category_id": c, "bbox": b, "area": b[2] * b[3], "iscrowd": 0}
+                            for n, (i, c, b) in enumerate(GT)],
+            "categories": CATS}
+    (tmp_path / "ann.json").write_text(json.dumps(data))
+    to_input = lambda image, target: resize(image, target, INPUT_HW)
+    return CocoDetection(str(tmp_path), str(tmp_path / "ann.json"), Compose([to_input, ToTensor(), Normalize()]))
+
+
+# Class a, all detections by score (boxes equal the ground truth or touch none: the same at every IoU
+# threshold, so AP = AP50 = AP75). 3 ground-truth boxes:
+#   rank  score  image  hit   TP  FP  precision  recall
+#   1     0.9    1      a1    1   0   1          1/3
+#   2     0.8    7      FP    1   1   1/2        1/3
+#   3     0.7    7      a3    2   1   2/3        2/3
+#   4     0.6    1      FP    2   2   1/2        2/3
+#   5     0.5    1      a2    3   2   3/5        1
+#   then only background pairs (score ~4.5e-5, boxes in a corner): FPs after full recall, no effect.
+# COCO's precision envelope (max over this and later ranks): 1 up to recall 1/3, 2/3 up to 2/3, 3/5 up to 1.
+# The 101 recall points 0, 0.01, ..., 1 take the envelope at the first rank whose recall reaches them:
+# 0..0.33 (34 points) -> 1, 0.34..0.66 (33 points) -> 2/3, 0.67..1.00 (34 points) -> 3/5.
+AP_A = (34 * 1 + 33 * 2 / 3 + 34 * 3 / 5) / 101          # = 76.4 / 101 = 0.7564
+# Class b: one ground-truth box, found by the top pair of the only b detection above the background: AP 1.
+# (Scoring one label per query would give query (7, 1) label a only: no b detection, AP_b = 0.)
+AP_B = 1.0
+# APm: every ground-truth box is medium (32^2 < area < 96^2); an unmatched detection outside that range is
+# ignored, which drops image 1's FP (30 x 20 = 600 px, small) and the background (4 x 2 and 2.4 x 3.2 px):
+# class a ranks TP, FP, TP, TP: precision 1, 1/2, 2/3, 3/4 at recall 1/3, 1/3, 2/3, 1; envelope 1 up to 1/3
+# (34 points), 3/4 after (67 points).
+APM_A = (34 * 1 + 67 * 3 / 4) / 101                       # = 84.25 / 101 = 0.8342
+# AR1 (one detection per image and class): a finds a1 in image 1, image 7's best a is the FP -> 1/3; b -> 1.
+AR1 = (1 / 3 + 1) / 2
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_evaluate_known_answer_through_postprocess_and_coco(tmp_path, batch_size):
+    from detr_nb.evaluate import evaluate
+
+    ds = _dataset(tmp_path)
+    model = FixedOutputs(_designed_outputs())
+    stats = evaluate(model, ds, batch_size=batch_size, use_sigmoid=True, topk=100, verbose=False)
+    assert sorted(model.seen) == [40, 200]                     # each image went through the model once
+    assert AP_A == pytest.approx(0.756435643)
+    for key in ("AP", "AP50", "AP75"):
+        assert stats[key] == pytest.approx((AP_A + AP_B) / 2, abs=1e-9), key
+    assert stats["APm"] == pytest.approx((APM_A + AP_B) / 2, abs=1e-9)
+    assert stats["APs"] == stats["APl"] == -1.0              # no small or large ground truth
+    assert stats["AR1"] == pytest.approx(AR1, abs=1e-9)
+    assert stats["AR10"] == stats["AR100"] == pytest.approx(1.0)
+
+
+def test_predict_keeps_the_100_best_pairs_in_original_pixels(tmp_path):
+    """predict's detections of each image == the 100 best (query, class) pairs over the real classes,
+    found by sorting every pair's sigmoid score by hand; boxes in the image's own pixels, xywh."""
+    from detr_nb.evaluate import make_eval_loader, predict
+
+    outputs = _designed_outputs()
+    dets = predict(FixedOutputs(outputs), make_eval_loader(_dataset(tmp_path), batch_size=2), torch.device("cpu"),
+                   use_sigmoid=True, topk=100)
+    for image_id, (logits, boxes) in outputs.items():
+        (w, h), _ = IMAGES[image_id]
+        pairs = []
+        for q in range(Q):
+            cx, cy, bw, bh = boxes[q].tolist()
+            xywh = [(cx - bw / 2) * w, (cy - bh / 2) * h, bw * w, bh * h]
+            for c in range(NUM_CLASSES):                      # column 3, "no object", is never a detection
+                pairs.append((float(torch.sigmoid(logits[q, c])), c, xywh))
+        best = sorted(pairs, key=lambda p: -p[0])[:100]
+        got = [d for d in dets if d["image_id"] == image_id]
+        assert len(got) == 100
+        for d, (score, c, xywh) in zip(sorted(got, key=lambda d: -d["score"]), best):
+            assert d["score"] == pytest.approx(score, rel=1e-6) and d["category_id"] == c
+            assert d["bbox"] == pytest.approx(xywh, abs=2e-3)
+    # the designed detections are there, in original pixels
+    assert {(d["image_id"], d["category_id"], tuple(d["bbox"])) for d in dets if d["score"] > 0.5} >= {
+        (1, 1, (20.0, 10.0, 60.0, 40.0)), (7, 1, (10.0, 20.0, 40.0, 60.0)), (7, 2, (10.0, 20.0, 40.0, 60.0))}

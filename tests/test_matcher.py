@@ -3,16 +3,19 @@
 Also the matching_viz helpers (pure functions and figures) of notebook 05.
 """
 import itertools
+import math
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import numpy as np
 import pytest
 import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision import ops
 
+from detr_nb.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from detr_nb.matcher import HungarianMatcher, pairwise_costs
 from detr_nb.matching_viz import drag_prediction, explain_matching, move_box, plot_cost_terms, plot_matching
 
@@ -162,6 +165,199 @@ def test_autocast_bf16_gives_float32_matching():
     for (p1, t1), (p2, t2) in zip(HungarianMatcher()(as_float, targets), HungarianMatcher()(half, targets)):
         assert torch.equal(p1, p2) and torch.equal(t1, t2)
     assert terms["bbox"].dtype == torch.float32
+
+
+# ---- the focal matching cost (the main job's class_cost="focal"), pair by pair -----------------------
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + math.exp(-x))
+
+
+def focal_cost_by_hand(x, alpha=0.25, gamma=2.0):
+    """Deformable DETR's matcher class cost for one (query, target) pair from the query's logit ``x`` at the
+    target's class, in plain Python floats: pos - neg with
+    pos = alpha (1 - p)^gamma (-log p), neg = (1 - alpha) p^gamma (-log(1 - p)), p = sigmoid(x), eps 1e-8."""
+    p = _sigmoid(x)
+    pos = alpha * (1 - p) ** gamma * -math.log(p + 1e-8)
+    neg = (1 - alpha) * p ** gamma * -math.log(1 - p + 1e-8)
+    return pos - neg
+
+
+def giou_by_hand(a, b):
+    """GIoU of two cxcywh boxes given as Python floats (areas, intersection, enclosing box by hand)."""
+    ax0, ay0, ax1, ay1 = a[0] - a[2] / 2, a[1] - a[3] / 2, a[0] + a[2] / 2, a[1] + a[3] / 2
+    bx0, by0, bx1, by1 = b[0] - b[2] / 2, b[1] - b[3] / 2, b[0] + b[2] / 2, b[1] + b[3] / 2
+    inter = max(0.0, min(ax1, bx1) - max(ax0, bx0)) * max(0.0, min(ay1, by1) - max(ay0, by0))
+    union = a[2] * a[3] + b[2] * b[3] - inter
+    hull = (max(ax1, bx1) - min(ax0, bx0)) * (max(ay1, by1) - min(ay0, by0))
+    return inter / union - (hull - union) / hull
+
+
+def focal_matching_case(seed, Q, sizes, C=4):
+    """Logits over C classes + the unused "no object" column, spread over [-8, 8] plus a few very
+    negative ones (p ~ 1e-11, where the 1e-8 eps decides the cost); boxes inside the image."""
+    g = torch.Generator().manual_seed(seed)
+    logits = (torch.rand(len(sizes), Q, C + 1, generator=g) * 16 - 8).double()
+    logits[0, 0, :C] = -25.0
+    logits[-1, Q - 1, 1] = -30.0
+    centers = torch.rand(len(sizes), Q, 2, generator=g) * 0.6 + 0.2
+    wh = torch.rand(len(sizes), Q, 2, generator=g) * 0.3 + 0.05
+    outputs = {"pred_logits": logits, "pred_boxes": torch.cat([centers, wh], -1).double()}
+    targets = []
+    for n in sizes:
+        c = torch.rand(n, 2, generator=g) * 0.6 + 0.2
+        s = torch.rand(n, 2, generator=g) * 0.3 + 0.05
+        targets.append({"labels": torch.randint(0, C, (n,), generator=g), "boxes": torch.cat([c, s], -1).double()})
+    return outputs, targets
+
+
+def focal_cost_matrix_by_hand(logits, boxes, labels, tgt_boxes, wc=2.0, wb=5.0, wg=2.0):
+    """(Q, N) list of lists of Python floats: the main job's weights (cost_class 2, bbox 5, giou 2)."""
+    logits, boxes, tgt_boxes = logits.tolist(), boxes.tolist(), tgt_boxes.tolist()
+    return [[wc * focal_cost_by_hand(logits[q][lab]) + wb * sum(abs(u - v) for u, v in zip(boxes[q], tgt_boxes[n]))
+             - wg * giou_by_hand(boxes[q], tgt_boxes[n]) for n, lab in enumerate(labels.tolist())]
+            for q in range(len(logits))]
+
+
+def test_focal_class_cost_matches_deformable_detr_pair_by_pair():
+    outputs, targets = focal_matching_case(seed=31, Q=6, sizes=[3, 5])
+    for i, t in enumerate(targets):
+        logits = outputs["pred_logits"][i]
+        # float64 in, float64 arithmetic: agreement to ~1e-12 shows the formula, eps included
+        terms = pairwise_costs(logits, outputs["pred_boxes"][i], t["labels"], t["boxes"], class_cost="focal")
+        assert terms["class"].dtype == torch.float64 and terms["class"].shape == (6, len(t["labels"]))
+        for q in range(6):
+            for n, lab in enumerate(t["labels"].tolist()):
+                expected = focal_cost_by_hand(float(logits[q, lab]))
+                assert float(terms["class"][q, n]) == pytest.approx(expected, rel=1e-12, abs=1e-12), (i, q, n)
+    # the cases the eps decides are in there: without it, -log p at x = -25 would be 25, not ~18.4
+    assert focal_cost_by_hand(-25.0) == pytest.approx(0.25 * -math.log(_sigmoid(-25.0) + 1e-8), rel=1e-9)
+    assert focal_cost_by_hand(-25.0) < 0.25 * 19
+
+
+@pytest.mark.parametrize("seed,Q,sizes", [(32, 6, [3, 5]), (33, 5, [5, 0, 2]), (34, 7, [4])])
+def test_focal_matcher_cost_matrix_and_assignment_match_brute_force(seed, Q, sizes):
+    outputs, targets = focal_matching_case(seed, Q, sizes)
+    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, class_cost="focal")
+    seen = []
+    real_cost = matcher._cost
+    matcher._cost = lambda *a: seen.append(real_cost(*a)) or seen[-1]   # the weighted (L, B, Q, n_max) matrix
+    # as SetCriterion calls it: logits have C + 1 columns, labels index the C real classes
+    (result,) = matcher.match_layers([outputs], targets, num_classes=4)
+    (cost,) = seen
+    for i, ((pred, tgt), t) in enumerate(zip(result, targets)):
+        N = len(t["labels"])
+        by_hand = focal_cost_matrix_by_hand(outputs["pred_logits"][i], outputs["pred_boxes"][i], t["labels"], t["boxes"])
+        # The matcher computes in float32 (it casts its inputs), pair by pair. Tolerance: at x = 8,
+        # 1 - p = 3.4e-4 is left after cancelling against 1 in float32 with a relative error up to ~1e-4,
+        # so -log(1 - p) is off by up to ~1e-4 (x 0.75 x cost_class 2): 2e-4 absolute. A wrong alpha, gamma
+        # or eps, or a softmax cost, moves the costs by 0.01 to several units.
+        for q in range(Q):
+            for n in range(N):
+                assert float(cost[0, i, q, n]) == pytest.approx(by_hand[q][n], rel=1e-6, abs=2e-4), (i, q, n)
+        # the assignment: every one-to-one choice of N distinct queries tried, the cheapest kept
+        totals = {perm: sum(by_hand[perm[n]][n] for n in range(N)) for perm in itertools.permutations(range(Q), N)}
+        best = min(totals, key=totals.get)
+        assert sorted(totals.values())[1:2] == [] or sorted(totals.values())[1] - totals[best] > 1e-4  # unique optimum
+        assert dict(zip(tgt.tolist(), pred.tolist())) == dict(enumerate(best))
+        r, c = linear_sum_assignment(np.array(by_hand).reshape(Q, N))
+        assert pred.tolist() == r.tolist() and tgt.tolist() == c.tolist()
+
+
+# ---- autocast: the matcher's and the criterion's own guards ------------------------------------------
+
+def _bf16_layers(seed, sizes, Q, C=4, num_layers=3):
+    """What a model run under bf16 autocast hands over: bf16 logits and boxes, main + aux layers."""
+    g = torch.Generator().manual_seed(seed)
+    layers = [{"pred_logits": (torch.randn(len(sizes), Q, C + 1, generator=g) * 3).bfloat16(),
+               "pred_boxes": torch.cat([torch.rand(len(sizes), Q, 2, generator=g) * 0.6 + 0.2,
+                                        torch.rand(len(sizes), Q, 2, generator=g) * 0.3 + 0.05], -1).bfloat16()}
+              for _ in range(num_layers)]
+    targets = [{"labels": torch.randint(0, C, (n,), generator=g),
+                "boxes": torch.cat([torch.rand(n, 2, generator=g) * 0.6 + 0.2,
+                                    torch.rand(n, 2, generator=g) * 0.3 + 0.05], -1)} for n in sizes]
+    return layers, targets
+
+
+def _spy(obj, name, log):
+    """Wrap obj.name (an instance method) to record (autocast on?, result) of each call."""
+    real = getattr(obj, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        log.append((torch.is_autocast_enabled("cpu"), out))
+        return out
+    setattr(obj, name, wrapper)
+
+
+def test_matcher_and_criterion_compute_in_float32_under_bf16_autocast():
+    """Under ``torch.autocast("cpu", bfloat16)`` (a bf16 training step) the matcher's costs and the
+    criterion's losses are float32 numbers, equal to the same computation without autocast; a bf16
+    computation of the same numbers is measurably off (figures below), so the check can see the difference.
+
+    On the CPU no op of the matcher or the criterion is on autocast's bf16 list (cdist is on its fp32 list),
+    so the ``.float()`` casts alone keep the numbers float32; that autocast is *off* inside (the guard,
+    ``no_autocast``) is checked directly, by recording ``torch.is_autocast_enabled`` where the costs and
+    losses are computed."""
+    from detr_nb.criterion import SetCriterion
+
+    layers, targets = _bf16_layers(seed=41, sizes=[3, 4], Q=7)
+    upcast = [{k: v.float() for k, v in o.items()} for o in layers]
+    outputs = {**layers[0], "aux_outputs": layers[1:]}
+    outputs_fp32 = {**upcast[0], "aux_outputs": upcast[1:]}
+
+    matcher = HungarianMatcher(cost_class=2.0, class_cost="focal")
+    ref_log, log = [], []
+    _spy(matcher, "_cost", ref_log)
+    ref_indices = matcher.match_layers(upcast, targets, num_classes=4)
+    matcher = HungarianMatcher(cost_class=2.0, class_cost="focal")
+    _spy(matcher, "_cost", log)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.is_autocast_enabled("cpu")
+        indices = matcher.match_layers(layers, targets, num_classes=4)
+    ((autocast_on, cost),), ((_, ref_cost),) = log, ref_log
+    assert not autocast_on, "the matcher's costs were computed with autocast on"
+    assert cost.dtype == torch.float32
+    assert torch.equal(cost, ref_cost)                                   # the same float32 numbers, bit for bit
+    for layer, ref_layer in zip(indices, ref_indices):
+        for (p1, t1), (p2, t2) in zip(layer, ref_layer):
+            assert torch.equal(p1, p2) and torch.equal(t1, t2)
+
+    # the same weighted costs computed in bf16 arithmetic (cdist has no CPU bf16 kernel: L1 by hand)
+    n_max = cost.shape[-1]
+    pad = lambda t, fill: torch.cat([t, fill.expand(n_max - len(t), *fill.shape[1:])])
+    labels = torch.stack([pad(t["labels"], torch.zeros(1, dtype=torch.long)) for t in targets])
+    boxes = torch.stack([pad(t["boxes"], torch.tensor([[0.5, 0.5, 1.0, 1.0]]))
+                         for t in targets]).bfloat16()
+    x = torch.stack([o["pred_logits"] for o in layers])                   # (L, B, Q, C + 1) bf16
+    p = x.sigmoid()
+    focal = (0.25 * (1 - p) ** 2 * -(p + 1e-8).log() - 0.75 * p ** 2 * -(1 - p + 1e-8).log())
+    cls = focal.gather(-1, labels[None, :, None, :].expand(*x.shape[:3], n_max))
+    pb = torch.stack([o["pred_boxes"] for o in layers])
+    l1 = (pb[..., :, None, :] - boxes[None, :, None, :, :]).abs().sum(-1)
+    giou = generalized_box_iou(box_cxcywh_to_xyxy(pb), box_cxcywh_to_xyxy(boxes)[None])
+    bf16_cost = (2.0 * cls + 5.0 * l1 - 2.0 * giou).float()
+    # measured: up to 15 (p rounds to 1 in bf16 for logits above ~5.5, and -log(1 - p + 1e-8) jumps to 18.4)
+    assert (bf16_cost - ref_cost).abs().max() > 1e-2
+
+    # the criterion: losses of bf16 outputs under autocast == losses of the upcast outputs without it
+    weights = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    crit = SetCriterion(4, HungarianMatcher(cost_class=2.0, class_cost="focal"), weight_dict=weights, loss_type="focal")
+    ref = crit(outputs_fp32, targets)
+    crit_log = []
+    _spy(crit, "_layer_losses", crit_log)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = crit(outputs, targets)
+    assert [on for on, _ in crit_log] == [False], "the criterion's losses were computed with autocast on"
+    assert got.keys() == ref.keys()
+    for k in ref:
+        assert got[k].dtype == torch.float32, k
+        assert torch.equal(got[k], ref[k]), (k, got[k], ref[k])
+    # a bf16 computation of loss_bbox (the matched L1, summed / num_boxes) is off by far more than that
+    (rows0, cols0), (rows1, cols1) = ref_indices[0]
+    l1_bf16 = sum((layers[0]["pred_boxes"][i, r] - targets[i]["boxes"].bfloat16()[c]).abs().sum()
+                  for i, (r, c) in enumerate([(rows0, cols0), (rows1, cols1)])) / 7
+    assert abs(float(l1_bf16) - float(ref["loss_bbox"])) > 1e-4           # measured: 6e-4 (0.4355 vs 0.4349)
 
 
 @pytest.mark.parametrize("field,index,value,pattern", [

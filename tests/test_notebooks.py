@@ -4,6 +4,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -61,9 +62,72 @@ def test_readme_badges_point_to_existing_notebooks():
         assert (nbtools.NOTEBOOK_DIR / link[len(prefix):]).exists(), link
 
 
+class NotebookHangWarning(UserWarning):
+    """A notebook's kernel stopped answering (cell timeout or dead kernel); shown in pytest's summary."""
+
+
+def execute_with_one_retry(name, run_once, hangs, hang_errors=None):
+    """``run_once()`` (one notebook, top to bottom); returns the attempt that succeeded (1 or 2).
+
+    Why keep a retry at all: a hang was seen once on a loaded shared machine (kernel idle, client still
+    waiting), a stall between client and kernel rather than anything a notebook does. Retrying it in a
+    fresh kernel keeps one such stall from failing the suite, and it is never silent: every hang is
+    appended to ``hangs`` (the session's list, printed in the terminal summary and logged in the pytest
+    cache by tests/conftest.py) and raises a :class:`NotebookHangWarning`. A hang on the retry, or a
+    second hang anywhere in the session, is no fluke: it fails the test at once, without a retry.
+    A cell that raises is an ordinary failure: no retry, not a hang.
+    """
+    if hang_errors is None:
+        from nbclient.exceptions import CellTimeoutError, DeadKernelError
+        hang_errors = (CellTimeoutError, DeadKernelError, TimeoutError)
+    for attempt in (1, 2):
+        try:
+            run_once()
+            return attempt
+        except hang_errors as e:
+            line = f"{name}: {type(e).__name__} on attempt {attempt}: {str(e).strip()[:300]}"
+            hangs.append(line)
+            warnings.warn(NotebookHangWarning(line), stacklevel=2)
+            if attempt == 2 or len(hangs) > 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+def test_a_hang_is_reported_retried_once_and_a_second_hang_fails():
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    hangs, calls = [], []
+
+    def hang_once(exc):
+        def run():
+            calls.append(1)
+            if len(calls) == 1:
+                raise exc
+        return run
+
+    with pytest.warns(NotebookHangWarning, match="01_x: CellTimeoutError on attempt 1: cell 3 timed out"):
+        assert execute_with_one_retry("01_x", hang_once(CellTimeoutError("cell 3 timed out")), hangs) == 2
+    assert hangs == ["01_x: CellTimeoutError on attempt 1: cell 3 timed out"] and len(calls) == 2
+    # a second hang in the session: no retry, the test fails (even though a retry would have passed)
+    calls.clear()
+    with pytest.warns(NotebookHangWarning, match="02_y: DeadKernelError"), pytest.raises(DeadKernelError):
+        execute_with_one_retry("02_y", hang_once(DeadKernelError("kernel died")), hangs)
+    assert len(hangs) == 2 and len(calls) == 1
+    # first hang of a session, and the retry hangs too: fails after two attempts, both recorded
+    fresh = []
+    with pytest.warns(NotebookHangWarning), pytest.raises(TimeoutError):
+        execute_with_one_retry("03_z", lambda: (_ for _ in ()).throw(TimeoutError("stuck")), fresh)
+    assert [line.split(":")[1] for line in fresh] == [" TimeoutError on attempt 1", " TimeoutError on attempt 2"]
+    # a cell that raises is not a hang: it fails at once, nothing recorded
+    other, calls = [], []
+    with pytest.raises(ValueError):
+        execute_with_one_retry("04_w", lambda: calls.append(1) or int("x"), other)
+    assert other == [] and len(calls) == 1
+
+
 @pytest.mark.notebook
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
-def test_notebook_runs_in_smoke_mode(py, tmp_path, monkeypatch):
+def test_notebook_runs_in_smoke_mode(py, tmp_path, monkeypatch, notebook_hangs):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("DETR_NB_SMOKE", "1")
@@ -71,17 +135,11 @@ def test_notebook_runs_in_smoke_mode(py, tmp_path, monkeypatch):
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(nbtools.ROOT), os.environ.get("PYTHONPATH", "")]))
     # Notebook side effects (data, runs, figures) go to a temporary directory.
     monkeypatch.setenv("DETR_NB_WORKDIR", str(tmp_path))
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError
 
-    # A cell that raises fails at once. A kernel that stops answering (seen once on a loaded machine:
-    # kernel idle, client still waiting) gets one fresh kernel before the test fails.
-    for attempt in (1, 2):
+    def run_once():
         nb = nbtools.build_notebook(py)
         client = NotebookClient(nb, timeout=300, startup_timeout=120, kernel_name="python3",
                                 resources={"metadata": {"path": str(nbtools.NOTEBOOK_DIR)}})
-        try:
-            client.execute()
-            return
-        except (CellTimeoutError, DeadKernelError, TimeoutError):
-            if attempt == 2:
-                raise
+        client.execute()
+
+    execute_with_one_retry(py.stem, run_once, notebook_hangs)
