@@ -102,7 +102,7 @@ def test_missing_and_corrupt_images(tmp_path):
         f.write(b"not a png")
     with pytest.warns(UserWarning, match="missing"):
         ds = CocoDetection(img_dir, ann, skip_unreadable=True)
-    assert len(ds) == 2 and ds.num_skipped == 1
+    assert len(ds) == 2 and ds.num_skipped == 1 and sorted(ds.coco.imgs) == [2, 3]  # out of evaluation too
     with pytest.warns(UserWarning, match="b.png"):
         image, t = ds[0]  # b.png is corrupt: the next readable image comes instead
     assert t["image_id"].item() == 3 and ds.num_skipped == 2

@@ -4,10 +4,15 @@
     ds = build_dataset("synthetic", "train", preset="cpu")      # writes data/synthetic on first use
     loader = DataLoader(ds, batch_size=8, shuffle=True, collate_fn=collate_fn)
     images, mask, targets = next(iter(loader))                   # (B,3,H,W), (B,H,W) True=pad, [dict]
+
+Before training: ``check_split(ds, "train")``, ``check_split(val, "val")`` and ``check_images(val)`` fail
+in one line on an empty split or an unreadable image; ``open_image(path)`` reads a photo as viewers show it.
 """
 from .build import REAL_DATASETS, build_dataset, find_coco_split
-from .coco import AnnotationError, CocoDetection, load_coco_json
+from .coco import (AnnotationError, CocoDetection, EmptySplitError, UnreadableImagesError, check_images,
+                   check_split, load_coco_json)
 from .collate import collate_fn, pad_images
+from .image_io import image_size, open_image
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic, render_sample
 from .viz import dataset_stats, plot_dataset_stats, show_batch, show_samples
@@ -19,4 +24,5 @@ __all__ = [
     "RandomHorizontalFlip", "RandomResize", "RandomSelect", "RandomSizeCrop", "SYNTHETIC_CLASSES", "ToTensor",
     "build_dataset", "collate_fn", "ensure_synthetic", "find_coco_split", "load_coco_json", "make_transforms",
     "pad_images", "render_sample", "dataset_stats", "plot_dataset_stats", "show_batch", "show_samples",
+    "EmptySplitError", "UnreadableImagesError", "check_images", "check_split", "image_size", "open_image",
 ]

@@ -8,8 +8,18 @@
 - ``image_id`` int64 scalar, ``orig_size`` / ``size`` int64 ``(2,)`` = (h, w) before / after transforms,
 - plus ``area`` and ``iscrowd`` (all zeros: crowd annotations are dropped), kept for evaluation.
 
-Boxes are clamped to the image; boxes with no area left are dropped and their number is reported once,
-when the dataset is built. Broken input gives errors that name the file and the field.
+Files from the wild are checked when the dataset is built, so that they fail in one line before training,
+not after a long run:
+
+- :func:`load_coco_json`: structure, value types (integer ids, ``bbox`` of four finite numbers ...),
+  references and duplicate ids; :class:`AnnotationError` names the file, the entry and the field.
+- every image header is read (:mod:`.image_io`): the JSON's ``width``/``height`` must match the file as
+  displayed (EXIF orientation applied) and are filled in when absent.
+- :func:`clean_boxes`: boxes are clamped to their image and those with no area left are removed, once, for
+  the training targets and for ``dataset.coco`` (the ground truth of COCO evaluation) alike.
+
+Images are read with :func:`.image_io.open_image` (upright, 8-bit RGB). Before training, the engine calls
+:func:`check_split` (no images / no boxes) and :func:`check_images` (every file opens and decodes).
 """
 from __future__ import annotations
 
@@ -17,13 +27,15 @@ import contextlib
 import io
 import json
 import logging
+import math
 import os
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from PIL import Image
 
+from .image_io import ImageHeader, find_unreadable, open_image, read_header
 from .transforms import make_transforms
 
 log = logging.getLogger(__name__)
@@ -36,11 +48,124 @@ _REQUIRED = {
 
 
 class AnnotationError(ValueError):
-    """An annotation file that does not parse or does not follow the COCO format."""
+    """An annotation file that does not parse, does not follow the COCO format, or disagrees with its images."""
+
+
+class EmptySplitError(ValueError):
+    """A split with no images, or no boxes, to train or evaluate on."""
+
+
+class UnreadableImagesError(OSError):
+    """Image files of a split that are missing or cannot be decoded."""
+
+
+# ----------------------------------------------------------------------------- the annotation file
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _show(v) -> str:
+    """A value for a one-line message."""
+    r = repr(v)
+    return r if len(r) <= 60 else r[:57] + "..."
+
+
+def _check_categories(ann_file: str, cats: List[Dict]) -> None:
+    seen: Dict[Any, int] = {}
+    for i, c in enumerate(cats):
+        if not (_is_int(c["id"]) and c["id"] >= 0):  # labels index the classifier's logits
+            raise AnnotationError(f"{ann_file}: categories[{i}] field 'id' must be an integer >= 0, "
+                                  f"got {_show(c['id'])}")
+        if c["id"] in seen:
+            raise AnnotationError(f"{ann_file}: categories[{seen[c['id']]}] and categories[{i}] have the same "
+                                  f"'id' {c['id']}")
+        seen[c["id"]] = i
+
+
+def _check_images(ann_file: str, images: List[Dict]) -> None:
+    seen: Dict[int, int] = {}
+    for i, im in enumerate(images):
+        if not _is_int(im["id"]):
+            raise AnnotationError(f"{ann_file}: images[{i}] field 'id' must be an integer, got {_show(im['id'])}")
+        if not (isinstance(im["file_name"], str) and im["file_name"]):
+            raise AnnotationError(f"{ann_file}: images[{i}] (id {im['id']}) field 'file_name' must be a non-empty "
+                                  f"string, got {_show(im['file_name'])}")
+        if im["id"] in seen:
+            j = seen[im["id"]]
+            raise AnnotationError(f"{ann_file}: images[{j}] and images[{i}] have the same 'id' {im['id']} "
+                                  f"(files {images[j]['file_name']!r} and {im['file_name']!r})")
+        seen[im["id"]] = i
+        for key in ("width", "height"):
+            v = im.get(key)
+            if v is None:
+                continue
+            if not (_is_number(v) and v == int(v) and v > 0):
+                raise AnnotationError(f"{ann_file}: images[{i}] (id {im['id']}, {im['file_name']!r}) field '{key}' "
+                                      f"must be a positive integer, got {_show(v)}")
+            im[key] = int(v)
+
+
+def _check_annotations(ann_file: str, anns: List[Dict], img_ids: set, cat_ids: set) -> None:
+    seen: Dict[int, int] = {}
+    for i, a in enumerate(anns):
+        where = f"{ann_file}: annotations[{i}] (id {_show(a.get('id'))})"
+        if "id" in a:
+            if not _is_int(a["id"]):
+                raise AnnotationError(f"{where} field 'id' must be an integer")
+            if a["id"] in seen:  # pycocotools would keep only the last of the two
+                raise AnnotationError(f"{ann_file}: annotations[{seen[a['id']]}] and annotations[{i}] have the "
+                                      f"same 'id' {a['id']}")
+            seen[a["id"]] = i
+        if not _is_int(a["image_id"]):
+            raise AnnotationError(f"{where} field 'image_id' must be an integer, got {_show(a['image_id'])}")
+        if a["image_id"] not in img_ids:
+            raise AnnotationError(f"{where} has field 'image_id' = {a['image_id']}, which is not in 'images'")
+        if not (_is_int(a["category_id"]) and a["category_id"] >= 0):
+            raise AnnotationError(f"{where} field 'category_id' must be an integer >= 0, got {_show(a['category_id'])}")
+        if a["category_id"] not in cat_ids:
+            raise AnnotationError(f"{where} has field 'category_id' = {a['category_id']}, which is not in "
+                                  f"'categories' (ids {_show(sorted(cat_ids))})")
+        bbox = a["bbox"]
+        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
+            raise AnnotationError(f"{where} field 'bbox' must be [x, y, w, h], got {_show(bbox)}")
+        if not all(_is_number(v) for v in bbox):  # strings, NaN, inf, booleans, null
+            raise AnnotationError(f"{where} field 'bbox' must be four finite numbers, got {_show(bbox)}")
+        if "iscrowd" in a and not (isinstance(a["iscrowd"], int) and a["iscrowd"] in (0, 1)):  # a string is truthy
+            raise AnnotationError(f"{where} field 'iscrowd' must be 0 or 1, got {_show(a['iscrowd'])}")
+        if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):  # COCOeval's small/medium/large ranges
+            raise AnnotationError(f"{where} field 'area' must be a finite number >= 0, got {_show(a['area'])}")
+
+
+def _number_annotations(anns: List[Dict]) -> None:
+    """Number annotations without an id after the largest id, so that no two ids collide."""
+    next_id = max((a["id"] for a in anns if "id" in a), default=0) + 1
+    for a in anns:
+        if "id" not in a:
+            a["id"], next_id = next_id, next_id + 1
+
+
+def _ids_from_one(anns: List[Dict]) -> None:
+    """Shift annotation ids to start at 1 or above: COCOeval stores a match as the ground truth's id and
+    reads id 0 as "unmatched", so a true positive on annotation 0 would count as a false one."""
+    low = min((a["id"] for a in anns), default=1)
+    if low < 1:
+        for a in anns:
+            a["id"] += 1 - low
+        log.info("annotation ids start at %d: shifted by %d so that COCOeval counts matches to them", low, 1 - low)
 
 
 def load_coco_json(ann_file: str) -> Dict[str, Any]:
-    """Read and check a COCO detection JSON; raise :class:`AnnotationError` naming file and field."""
+    """Read and check a COCO detection JSON; raise :class:`AnnotationError` naming file, entry and field.
+
+    Checks: the three lists and their required fields; integer ids (categories >= 0); no duplicate image,
+    annotation or category ids; references to known images and categories; ``bbox`` = four finite numbers;
+    ``iscrowd`` 0/1, ``area`` >= 0, ``width``/``height`` positive integers where given. Fills ``iscrowd``
+    (0) and missing annotation ids (after the largest); ``area`` is filled by :func:`clean_boxes`.
+    """
     try:
         with open(ann_file, "r", encoding="utf-8") as f:
             data = json.load(f)
@@ -59,24 +184,13 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
             missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
             if missing:
                 raise AnnotationError(f"{ann_file}: {key}[{i}] lacks field '{missing[0]}'")
-    cat_ids = {c["id"] for c in data["categories"]}
-    img_ids = {im["id"] for im in data["images"]}
-    for i, a in enumerate(data["annotations"]):
-        if a["category_id"] not in cat_ids:
-            raise AnnotationError(
-                f"{ann_file}: annotations[{i}] (id {a.get('id')}) has field 'category_id' = {a['category_id']}, "
-                f"which is not in 'categories' (ids {sorted(cat_ids)})")
-        if a["image_id"] not in img_ids:
-            raise AnnotationError(
-                f"{ann_file}: annotations[{i}] (id {a.get('id')}) has field 'image_id' = {a['image_id']}, "
-                f"which is not in 'images'")
-        bbox = a["bbox"]
-        if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4):
-            raise AnnotationError(f"{ann_file}: annotations[{i}] field 'bbox' must be [x, y, w, h], got {bbox!r}")
-    for i, a in enumerate(data["annotations"]):  # pycocotools needs 'id' and 'area'; fill them if absent
-        a.setdefault("id", i + 1)
-        a.setdefault("area", float(a["bbox"][2]) * float(a["bbox"][3]))
-        a.setdefault("iscrowd", 0)
+    _check_categories(ann_file, data["categories"])
+    _check_images(ann_file, data["images"])
+    _check_annotations(ann_file, data["annotations"], {im["id"] for im in data["images"]},
+                       {c["id"] for c in data["categories"]})
+    _number_annotations(data["annotations"])
+    for a in data["annotations"]:
+        a["iscrowd"] = int(a.get("iscrowd", 0))
     return data
 
 
@@ -91,28 +205,89 @@ def coco_from_dict(data: Dict[str, Any]):
     return coco
 
 
-def _count_degenerate(data: Dict[str, Any]) -> int:
-    """Non-crowd boxes with no area once clamped to their image (when the image size is known)."""
+# ----------------------------------------------------------------------------- the annotations against the images
+def scan_headers(data: Dict[str, Any], img_folder: str) -> Dict[int, Union[ImageHeader, str]]:
+    """Image id -> its file's :class:`~.image_io.ImageHeader`, or why the header cannot be read.
+
+    Cost: one header read per image, no decoding (measured from the page cache: 4000 small PNGs in 0.07 s,
+    55 µs per 640x480 JPEG with EXIF; building the 5000-image synthetic train split went from 0.16 s to
+    0.31 s): a few seconds for COCO train2017's 118k images, more from a cold disk or a network mount,
+    where each file open waits on the storage.
+    """
+    out: Dict[int, Union[ImageHeader, str]] = {}
+    for im in data["images"]:
+        path = os.path.join(img_folder, im["file_name"])
+        try:
+            out[im["id"]] = read_header(path)
+        except FileNotFoundError:
+            out[im["id"]] = "missing"
+        except Exception as e:  # PIL raises several types for broken files
+            out[im["id"]] = f"{type(e).__name__}: {e}".replace("\n", " ")
+    return out
+
+
+def check_sizes(data: Dict[str, Any], headers: Dict[int, Union[ImageHeader, str]], ann_file: str,
+                img_folder: str) -> None:
+    """Fill missing ``width``/``height`` from the files; raise :class:`AnnotationError` where they disagree.
+
+    Sizes are compared as displayed (EXIF orientation applied), since that is how :func:`open_image` loads.
+    """
+    wrong = []
+    for i, im in enumerate(data["images"]):
+        head = headers.get(im["id"])
+        if not isinstance(head, ImageHeader):
+            continue  # unreadable: reported by skip_unreadable / check_images
+        given = (im.get("width"), im.get("height"))
+        if all(g in (None, s) for g, s in zip(given, head.size)):
+            im["width"], im["height"] = head.size
+        else:
+            wrong.append((i, im, given, head))
+    if not wrong:
+        return
+    i, im, (w, h), head = wrong[0]
+    msg = (f"{ann_file}: images[{i}] (id {im['id']}) has 'width' x 'height' = {w}x{h}, but the file "
+           f"{os.path.join(img_folder, im['file_name'])} is {head.size[0]}x{head.size[1]} as displayed")
+    if head.orientation != 1 and (w, h) == head.raw_size:
+        msg += (f" (stored {head.raw_size[0]}x{head.raw_size[1]} with EXIF orientation {head.orientation}: the "
+                f"annotations were probably drawn on the raw, un-rotated pixels; strip the orientation tag if so, "
+                f"or correct 'width'/'height' if they were drawn upright)")
+    if len(wrong) > 1:
+        msg += f"; {len(wrong) - 1} more image(s) disagree"
+    raise AnnotationError(msg)
+
+
+def clean_boxes(data: Dict[str, Any]) -> Tuple[List[Dict], int]:
+    """Clamp every box to its image and remove those with no area left, in place: one cleaning step whose
+    result both the training targets and ``dataset.coco`` (the evaluation ground truth) use.
+
+    Returns ``(removed annotations, number of boxes clamped)``. Images of unknown size only lose boxes
+    with ``w <= 0`` or ``h <= 0``. ``area``, when absent, becomes the cleaned box's area.
+    """
     sizes = {im["id"]: (im.get("width"), im.get("height")) for im in data["images"]}
-    n = 0
+    kept, removed, clamped = [], [], 0
     for a in data["annotations"]:
-        if a.get("iscrowd", 0):
-            continue
         x, y, w, h = (float(v) for v in a["bbox"])
-        iw, ih = sizes.get(a["image_id"], (None, None))
         x0, y0, x1, y1 = x, y, x + w, y + h
+        iw, ih = sizes[a["image_id"]]
         if iw is not None and ih is not None:
             x0, x1 = min(max(x0, 0.0), iw), min(max(x1, 0.0), iw)
             y0, y1 = min(max(y0, 0.0), ih), min(max(y1, 0.0), ih)
         if not (x1 > x0 and y1 > y0):
-            n += 1
-    return n
+            removed.append(a)
+            continue
+        if (x0, y0, x1, y1) != (x, y, x + w, y + h):
+            a["bbox"] = [x0, y0, x1 - x0, y1 - y0]
+            clamped += 1
+        a.setdefault("area", (x1 - x0) * (y1 - y0))
+        kept.append(a)
+    data["annotations"] = kept
+    return removed, clamped
 
 
 def annotations_to_target(anns: List[Dict], image_id: int, w: int, h: int) -> Dict[str, torch.Tensor]:
     """COCO annotations of one image -> target with absolute xyxy boxes clamped to (w, h).
 
-    Crowd annotations and boxes with no area left are dropped.
+    Crowd annotations and boxes with no area left are dropped (after :func:`clean_boxes` none are left).
     """
     anns = [a for a in anns if not a.get("iscrowd", 0)]
     boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)  # (N, 4) xywh
@@ -137,6 +312,7 @@ def _warn(msg: str) -> None:
     log.warning(msg)
 
 
+# ----------------------------------------------------------------------------- the dataset
 class CocoDetection(torch.utils.data.Dataset):
     """COCO-format detection dataset: an image folder and an annotation JSON.
 
@@ -146,10 +322,16 @@ class CocoDetection(torch.utils.data.Dataset):
         transforms: ``(PIL image, target) -> (image, target)``; None means ``make_transforms("none")``
             (ToTensor + Normalize), so the output always follows the data contract.
         skip_unreadable: skip missing or corrupt images with a warning (count in ``num_skipped``)
-            instead of raising.
+            instead of raising: missing files are left out when the dataset is built (from ``coco`` too),
+            corrupt ones when they are first read.
 
-    Attributes: ``coco`` (pycocotools COCO), ``ids`` (image ids in order), ``categories`` (id -> name),
-    ``num_classes`` (max id + 1), ``num_degenerate`` (boxes dropped for having no area).
+    Raises :class:`AnnotationError` when the file is malformed or a ``width``/``height`` disagrees with
+    its image; a missing or corrupt image raises when read (``skip_unreadable=False``; see :func:`check_images`).
+
+    Attributes: ``coco`` (pycocotools COCO of the cleaned annotations: the evaluation ground truth), ``ids``
+    (image ids in order), ``image_sizes`` ((w, h) as displayed, per id; None if unreadable and not in the
+    JSON), ``categories`` (id -> name), ``num_classes`` (max id + 1), ``num_boxes`` (non-crowd boxes),
+    ``num_degenerate`` (boxes removed for having no area in their image), ``num_clamped``.
     """
 
     def __init__(self, img_folder: str, ann_file: str, transforms: Optional[Callable] = None,
@@ -159,38 +341,69 @@ class CocoDetection(torch.utils.data.Dataset):
         self.transforms = make_transforms("none") if transforms is None else transforms
         self.skip_unreadable = skip_unreadable
         data = load_coco_json(self.ann_file)
-        self.coco = coco_from_dict(data)
-        self.ids: List[int] = sorted(self.coco.imgs.keys())
-        self.categories: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in data["categories"]}
-        self.num_classes: int = (max(self.categories) + 1) if self.categories else 1
-        self.num_degenerate = _count_degenerate(data)
-        if self.num_degenerate:
-            _warn(f"{self.ann_file}: {self.num_degenerate} degenerate box(es) (no area once clamped to the "
-                  f"image) will be dropped")
+        headers = scan_headers(data, self.img_folder)
+        check_sizes(data, headers, self.ann_file, self.img_folder)
         self.num_skipped = 0
         self._bad: set = set()
         if skip_unreadable:
-            missing = [i for i in self.ids if not os.path.isfile(self._path(i))]
-            if missing:
-                self.ids = [i for i in self.ids if i not in set(missing)]
-                self.num_skipped += len(missing)
-                _warn(f"{self.img_folder}: skipping {len(missing)} missing image file(s), "
-                      f"e.g. {self._path(missing[0])}")
+            self._drop_missing(data, headers)
+        removed, self.num_clamped = clean_boxes(data)
+        self.num_degenerate = len(removed)
+        if removed:
+            first = removed[0]
+            name = next(im["file_name"] for im in data["images"] if im["id"] == first["image_id"])
+            _warn(f"{self.ann_file}: removed {len(removed)} degenerate box(es) (no area once clamped to the image) "
+                  f"from the annotations used for training and for evaluation (dataset.coco), e.g. annotation "
+                  f"id {first['id']} on {name}; {self.num_clamped} other box(es) were clamped to their image")
+        elif self.num_clamped:
+            log.info("%s: %d box(es) clamped to their image", self.ann_file, self.num_clamped)
+        _ids_from_one(data["annotations"])
+        self.coco = coco_from_dict(data)
+        self.ids: List[int] = sorted(self.coco.imgs.keys())
+        self.image_sizes: List[Optional[Tuple[int, int]]] = [self._size(headers.get(i), self.coco.imgs[i])
+                                                             for i in self.ids]
+        self.num_boxes: int = sum(1 for a in data["annotations"] if not a["iscrowd"])
+        self.categories: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        self.num_classes: int = (max(self.categories) + 1) if self.categories else 1
+
+    @staticmethod
+    def _size(head, img: Dict) -> Optional[Tuple[int, int]]:
+        if isinstance(head, ImageHeader):
+            return head.size
+        return (img["width"], img["height"]) if img.get("width") and img.get("height") else None
+
+    def _drop_missing(self, data: Dict[str, Any], headers: Dict) -> None:
+        """Leave out images whose file is missing, and their annotations, with one warning (files that
+        exist but are broken are skipped when read, as before)."""
+        gone = [im for im in data["images"] if headers[im["id"]] == "missing"]
+        if not gone:
+            return
+        ids = {im["id"] for im in gone}
+        data["images"] = [im for im in data["images"] if im["id"] not in ids]
+        data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in ids]
+        self.num_skipped += len(gone)
+        _warn(f"{self.img_folder}: skipping {len(gone)} missing image file(s) of {len(gone) + len(data['images'])}, "
+              f"e.g. {os.path.join(self.img_folder, gone[0]['file_name'])}")
 
     def _path(self, image_id: int) -> str:
         return os.path.join(self.img_folder, self.coco.imgs[image_id]["file_name"])
+
+    @property
+    def image_paths(self) -> List[str]:
+        """The image files, in ``ids`` order."""
+        return [self._path(i) for i in self.ids]
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def load_image(self, image_id: int) -> Image.Image:
+        """The image as a viewer shows it (:func:`.image_io.open_image`: upright, 8-bit RGB)."""
         path = self._path(image_id)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file not found: {path} (image id {image_id}, field 'file_name' "
                                     f"in {self.ann_file})")
         try:
-            with Image.open(path) as im:
-                return im.convert("RGB")
+            return open_image(path)
         except Exception as e:  # PIL raises several types for broken files
             raise OSError(f"cannot read image {path} (image id {image_id}): {e}") from e
 
@@ -225,3 +438,61 @@ class CocoDetection(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"CocoDetection({len(self)} images, {len(self.coco.anns)} annotations, "
                 f"{len(self.categories)} categories, num_classes={self.num_classes}, ann_file={self.ann_file!r})")
+
+
+# ----------------------------------------------------------------------------- checks before training
+_ROLES = {"train": ("training", "--train-split"), "val": ("validation", "--val-split")}
+
+
+def _base_and_ids(dataset) -> Tuple[Any, List[int]]:
+    """The dataset under ``Subset`` wrappers and the image ids the wrapped view holds."""
+    from torch.utils.data import Subset
+
+    indices = None
+    while isinstance(dataset, Subset):
+        indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
+        dataset = dataset.dataset
+    ids = list(getattr(dataset, "ids", range(len(dataset))))
+    return dataset, ids if indices is None else [ids[i] for i in indices]
+
+
+def check_split(dataset, role: str = "train") -> None:
+    """Raise :class:`EmptySplitError` (one line) when ``dataset`` has no images or, for a
+    :class:`CocoDetection` (or a ``Subset`` of one), no boxes. ``role`` is ``"train"`` or ``"val"``."""
+    if role not in _ROLES:
+        raise ValueError(f"role must be 'train' or 'val', got {role!r}")
+    name, flag = _ROLES[role]
+    base, ids = _base_and_ids(dataset)
+    where = f"the {name} split of {getattr(base, 'ann_file', type(base).__name__)}"
+    if not ids:
+        skipped = getattr(base, "num_skipped", 0)
+        why = f" ({skipped} skipped as unreadable)" if skipped else ""
+        raise EmptySplitError(f"{where} has no images{why}; add images or choose another {flag}")
+    coco = getattr(base, "coco", None)
+    if coco is None:
+        return
+    n = sum(1 for i in ids for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0))
+    if n == 0:
+        why = "COCO AP would be -1" if role == "val" else "the model would learn only 'no object'"
+        raise EmptySplitError(f"{where} has no boxes: {why}; add annotations or choose another {flag}")
+
+
+def check_images(dataset, decode: bool = True, workers: Optional[int] = None, show: int = 3) -> int:
+    """Open (and with ``decode``, decode) every image of ``dataset`` (a :class:`CocoDetection` or a
+    ``Subset`` of one); raise :class:`UnreadableImagesError` listing the first ``show`` bad files and the count.
+
+    Returns the number of images checked. Cost, measured on a 2-core machine: the synthetic val split (500
+    PNGs of 128-160 px) 0.4 s, its train split (5000) 3-4 s; JPEGs decode at 1/8 scale, 1.9 ms per 640x480
+    JPEG of noise (the worst case), so COCO val2017 (5k images) takes seconds and train2017 (118k) minutes:
+    run it on the validation split and let ``skip_unreadable`` handle training images. ``decode=False``
+    reads headers only (0.05 ms per file).
+    """
+    base, ids = _base_and_ids(dataset)
+    paths = [base._path(i) for i in ids]
+    bad = find_unreadable(paths, decode=decode, workers=workers)
+    if bad:
+        listed = "; ".join(f"{os.path.relpath(p, base.img_folder)} ({r})" for p, r in bad[:show])
+        more = f"; {len(bad) - show} more" if len(bad) > show else ""
+        raise UnreadableImagesError(f"{len(bad)} of {len(paths)} images of {base.ann_file} cannot be read "
+                                    f"(in {base.img_folder}): {listed}{more}")
+    return len(paths)
