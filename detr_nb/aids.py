@@ -360,8 +360,9 @@ class AidedCriterion(SetCriterion):
     and is added to ``loss``.
     """
 
-    def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, **kwargs):
+    def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, denoising: bool = False, **kwargs):
         super().__init__(num_classes, matcher, **kwargs)
+        self.denoising = denoising     # the model has denoising queries: their loss keys are always returned
         m = self.matcher
         enc_matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou, num_groups=1,
                                        class_cost=m.class_cost) if isinstance(m, HungarianMatcher) else m
@@ -369,20 +370,28 @@ class AidedCriterion(SetCriterion):
 
     def forward(self, outputs: dict, targets: Sequence[dict]) -> Dict[str, Tensor]:
         main = {k: v for k, v in outputs.items() if k not in ("enc_outputs", "dn_outputs", "dn_meta")}
-        result = super().forward(main, targets)
+        # One all-reduce per step on every process, whatever this process's batch holds (a process without
+        # objects has no denoising outputs: a count of its own would make the processes' collectives differ).
+        sizes = [len(t["labels"]) for t in targets]
+        num_boxes = self.get_num_boxes(sizes, outputs["pred_logits"].device)
+        result = super().forward(main, targets, num_boxes=num_boxes)
         if "enc_outputs" in outputs:
-            enc = self.enc_criterion(outputs["enc_outputs"], targets)
+            enc = self.enc_criterion(outputs["enc_outputs"], targets, num_boxes=num_boxes)
             for k, v in enc.items():
                 if k != "loss":
                     result[k + "_enc"] = v
             result["loss"] = result["loss"] + enc["loss"]
         if "dn_outputs" in outputs:
-            sizes = [len(t["labels"]) for t in targets]
-            dn = self.denoising_losses(outputs["dn_outputs"], outputs["dn_meta"], self.get_num_boxes(
-                sizes, outputs["pred_logits"].device))
-            for k, v in dn.items():
-                result[k] = v
-                result["loss"] = result["loss"] + (self.weight_of(re.sub(r"_dn(_\d+)?$", "", k)) or 0.0) * v
+            dn = self.denoising_losses(outputs["dn_outputs"], outputs["dn_meta"], num_boxes)
+        elif self.denoising and self.training:   # a batch without objects: nothing to reconstruct, loss 0
+            zero = torch.zeros((), device=num_boxes.device)
+            dn = {f"{name}{'_dn' if i == 0 else f'_dn_{i - 1}'}": zero
+                  for i in range(1 + len(outputs.get("aux_outputs", []))) for name in ("loss_ce", "loss_bbox", "loss_giou")}
+        else:
+            dn = {}
+        for k, v in dn.items():
+            result[k] = v
+            result["loss"] = result["loss"] + (self.weight_of(re.sub(r"_dn(_\d+)?$", "", k)) or 0.0) * v
         return result
 
     def denoising_losses(self, dn_outputs: dict, meta: dict, num_boxes: Tensor) -> Dict[str, Tensor]:
@@ -419,6 +428,7 @@ def build_criterion(model: nn.Module, num_classes: int, *, loss_type: str = "ce"
     groups = model.num_groups if isinstance(model, AidedDETR) else 1
     matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou, num_groups=groups,
                                class_cost="focal" if loss_type == "focal" else "softmax")
-    aided = isinstance(model, AidedDETR) and (model.two_stage or model.dn_groups > 0)
-    cls = AidedCriterion if aided else SetCriterion
-    return cls(num_classes, matcher, eos_coef=eos_coef, weight_dict=weight_dict, loss_type=loss_type)
+    if isinstance(model, AidedDETR) and (model.two_stage or model.dn_groups > 0):
+        return AidedCriterion(num_classes, matcher, denoising=model.dn_groups > 0, eos_coef=eos_coef,
+                              weight_dict=weight_dict, loss_type=loss_type)
+    return SetCriterion(num_classes, matcher, eos_coef=eos_coef, weight_dict=weight_dict, loss_type=loss_type)

@@ -265,10 +265,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _user_errors() -> tuple:
     """Exception types that mean "fix your input": printed as one line, exit status 2."""
     from .checkpoint import CheckpointError
-    from .data.coco import AnnotationError
     from .data.download import DownloadError
     from .errors import UserError
-    return (UserError, AnnotationError, CheckpointError, DownloadError, FileNotFoundError)
+    return (UserError, CheckpointError, DownloadError, FileNotFoundError)
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -52,6 +52,8 @@ class CompareConfig:
     model: str = "detr_tiny"                  # the model of approaches scratch/torch and of the init study
     model_overrides: Dict[str, Any] = field(default_factory=dict)
     pretrained_model: str = "detr_r50"        # config matching the official checkpoint of approach "pretrained"
+    pretrained_backbone: Optional[bool] = None  # ImageNet ResNet for scratch/torch/init runs; None: when the
+    #   model's backbone has frozen BatchNorm (which is the identity, and its stem frozen, without those weights)
     approaches: Sequence[str] = APPROACHES
     inits: Sequence[str] = INITS
     init_impl: str = "torch"
@@ -106,6 +108,10 @@ def run_specs(cfg: CompareConfig) -> List[Dict[str, Any]]:
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     common.update({k: v for k, v in paper.items() if k in known})
     common.update(cfg.train_overrides)
+    backbone = cfg.pretrained_backbone
+    if backbone is None:
+        from .configs import get_config
+        backbone = get_config(cfg.model, **cfg.model_overrides).backbone_norm == "frozen_bn"
     specs = []
     for seed in cfg.seeds:
         for a in cfg.approaches:
@@ -113,12 +119,13 @@ def run_specs(cfg: CompareConfig) -> List[Dict[str, Any]]:
                 kw = dict(model=cfg.pretrained_model, model_overrides={}, impl="torch",
                           pretrained=cfg.pretrained_model, diag_every=0)
             else:
-                kw = dict(model=cfg.model, model_overrides=dict(cfg.model_overrides), impl=a, diag_every=0)
+                kw = dict(model=cfg.model, model_overrides=dict(cfg.model_overrides), impl=a, diag_every=0,
+                          pretrained_backbone=backbone)
             specs.append(dict(group="approach", name=a, seed=seed))
             specs[-1]["train_config"] = TrainConfig(**{**common, **kw, "seed": seed})
         for scheme in cfg.inits:
             kw = dict(model=cfg.model, model_overrides=dict(cfg.model_overrides), impl=cfg.init_impl,
-                      init=scheme, diag_every=cfg.diag_every)
+                      init=scheme, diag_every=cfg.diag_every, pretrained_backbone=backbone)
             specs.append(dict(group="init", name=scheme, seed=seed))
             specs[-1]["train_config"] = TrainConfig(**{**common, **kw, "seed": seed})
     for s in specs:

@@ -103,7 +103,9 @@ class SetCriterion(nn.Module):
         return [self.matcher(o, targets) for o in layer_outputs]
 
     # ---- forward --------------------------------------------------------------------------------
-    def forward(self, outputs: dict, targets: Sequence[dict]) -> Dict[str, Tensor]:
+    def forward(self, outputs: dict, targets: Sequence[dict], num_boxes: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """``num_boxes``: the batch's target count as :meth:`get_num_boxes` returns it, when the caller has it
+        already (every process must make the same collective calls, so it is all-reduced once per step)."""
         layer_outputs = [outputs] + list(outputs.get("aux_outputs", []))
         shapes = [check_outputs(o, len(targets), "outputs" if k == 0 else f"aux_outputs[{k - 1}]")
                   for k, o in enumerate(layer_outputs)]
@@ -115,7 +117,9 @@ class SetCriterion(nn.Module):
         indices = self.match(layer_outputs, targets)
         device = outputs["pred_logits"].device
         num_groups = getattr(self.matcher, "num_groups", 1)
-        num_boxes = self.get_num_boxes(sizes, device) * num_groups  # each group supervises every target
+        if num_boxes is None:
+            num_boxes = self.get_num_boxes(sizes, device)
+        num_boxes = num_boxes * num_groups  # each group supervises every target
 
         with no_autocast(device):
             tgt_labels = torch.cat([t["labels"] for t in targets]).to(device, torch.int64)  # (sum N,)

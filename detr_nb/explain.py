@@ -31,15 +31,13 @@ from .plotting import IMAGENET_MEAN, IMAGENET_STD, draw_boxes, to_display_image
 from .pretrained import COCO_CLASSES  # noqa: F401  (notebooks 04, 08 name boxes with it)
 
 
-
 # ============================================================================ images
 def sample_image():
     """A real photograph that needs no internet: matplotlib's Grace Hopper (PIL RGB, 512 x 600)."""
     from matplotlib import cbook
-    from PIL import Image
+    from .data.image_io import open_image
 
-    with cbook.get_sample_data("grace_hopper.jpg") as f:
-        return Image.open(f).convert("RGB")
+    return open_image(str(cbook.get_sample_data("grace_hopper.jpg", asfileobj=False)))
 
 
 def image_to_tensor(image, short_side: Optional[int] = None, max_side: Optional[int] = None) -> Tensor:

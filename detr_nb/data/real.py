@@ -26,6 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .download import cache_dir, download, extract
+from .image_io import image_size
 
 
 @dataclass(frozen=True)
@@ -106,8 +107,7 @@ def pennfudan_to_coco(dataset_dir: str, names: Optional[Sequence[str]] = None) -
         if not os.path.isfile(mask_path):
             raise FileNotFoundError(f"Penn-Fudan: no mask for {name} (expected {mask_path})")
         mask = np.asarray(Image.open(mask_path))  # (H, W) instance ids, 0 = background
-        with Image.open(os.path.join(img_dir, name)) as im:
-            w, h = im.size
+        w, h = image_size(os.path.join(img_dir, name))   # as displayed: what the dataset checks the JSON against
         if mask.shape[:2] != (h, w):
             raise ValueError(f"Penn-Fudan: mask {mask_path} has shape {mask.shape[:2]}, image is {(h, w)}")
         images.append({"id": image_id, "file_name": name, "width": w, "height": h})
@@ -156,8 +156,7 @@ def via_to_coco(via_json: str, img_folder: str, category: str = "balloon") -> Di
         if "filename" not in entry:
             raise ValueError(f"{via_json}: entry {key!r} lacks field 'filename'")
         image_id = i + 1
-        with Image.open(os.path.join(img_folder, entry["filename"])) as im:
-            w, h = im.size
+        w, h = image_size(os.path.join(img_folder, entry["filename"]))   # as displayed (EXIF orientation)
         images.append({"id": image_id, "file_name": entry["filename"], "width": w, "height": h})
         regions = entry.get("regions", [])
         regions = list(regions.values()) if isinstance(regions, dict) else list(regions)
