@@ -29,6 +29,10 @@ find_python() {  # the interpreter for major.minor $1: $CI_PYTHON_XY, python$1 o
     return 1
 }
 
+# This machine's pip config lists local wheel folders that lack most projects; pip warns once per project.
+pip_in() { "$venv/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+export PYDEVD_DISABLE_FILE_VALIDATION=1  # debugpy's frozen-modules warning, once per kernel start
+
 py=$(find_python "$version")
 stamp=$(cat "$pins" .ci/venv.sh .ci/envcheck.py requirements.txt pyproject.toml | sha256sum | cut -c1-16)
 stamp="$stamp $("$py" -c 'import sys; print(sys.version.split()[0])') $py"
@@ -40,16 +44,15 @@ else
     "$py" -m venv "$venv"
     # A current pip: the pip that Python 3.9/3.10's venv brings (23.0) backtracks for many minutes over the
     # Jupyter packages that the current one resolves in seconds.
-    "$venv/bin/python" -m pip install -q --upgrade "pip>=25"
+    pip_in install -q --upgrade "pip>=25"
     # torch comes with its CUDA libraries (cuda-toolkit, nvidia-*, triton: about 3 GB, about 45 s from PyPI).
     # It runs on the CPU without a GPU, but not without them: `pip install --no-deps torch` (2.11.0, and
     # 2.3.0 too) fails at `import torch` with "libcudnn.so.9: cannot open shared object file" (libtorch.so
     # links cuDNN, cuBLAS, cuFFT, cuSPARSE, NCCL, NVSHMEM...), and PyPI has no CPU-only Linux x86_64 build.
-    "$venv/bin/pip" install -q -r "$pins"
+    pip_in install -q -r "$pins"
     "$venv/bin/python" .ci/envcheck.py deps > "$venv/detr_nb-deps.txt"
-    "$venv/bin/pip" install -q -c "$pins" -r "$venv/detr_nb-deps.txt" -r requirements.txt
+    pip_in install -q -c "$pins" -r "$venv/detr_nb-deps.txt" -r requirements.txt
     "$venv/bin/python" -m ipykernel install --prefix "$venv" --name python3 > /dev/null
     echo "$stamp" > "$venv/.ci-stamp"
 fi
-JUPYTER_PATH="$venv/share/jupyter" PYDEVD_DISABLE_FILE_VALIDATION=1 \
-    "$venv/bin/python" .ci/envcheck.py check "$pins" $mode
+JUPYTER_PATH="$venv/share/jupyter" "$venv/bin/python" .ci/envcheck.py check "$pins" $mode
