@@ -59,7 +59,8 @@ VARIANTS = {
 def run_variant(name: str, args) -> dict:
     import numpy as np
     import torch
-    from detr_nb.train import Trainer, TrainConfig
+    from detr_nb.engine.trainer import Trainer
+    from detr_nb.engine.config import TrainConfig
 
     overrides, loss, desc = VARIANTS[name]
     timed = args.budget_s is not None
@@ -71,6 +72,8 @@ def run_variant(name: str, args) -> dict:
                       threads=args.threads, workers=args.workers, out=str(Path(args.runs) / f"{name}@{tag}"), resume=False,
                       eval_at_end=False, num_pictures=0, progress=False, log_every=10,
                       max_eval_images=args.eval_images, checkpoint_every_s=1e9)
+    # evaluated as the main job evaluates (engine.build.evaluate_run: top-100 pairs for focal-loss models)
+    eval_cfg = cfg.replace(max_eval_images=args.eval_images, eval_batch_size=50, progress=False)
     curve = []
     next_eval = [args.eval_every_s if timed else args.eval_every]
 
@@ -81,13 +84,9 @@ def run_variant(name: str, args) -> dict:
             next_eval[0] += args.eval_every_s if timed else args.eval_every
         if curve and curve[-1]["step"] == trainer.step:
             return
-        from torch.utils.data import Subset
-        from detr_nb.evaluate import evaluate as coco_eval
+        from detr_nb.engine.build import evaluate_run
         t = time.perf_counter()
-        val = Subset(trainer.val_set, range(min(len(trainer.val_set), args.eval_images)))
-        focal = trainer.cfg.loss_type == "focal"
-        stats = coco_eval(trainer.model, val, trainer.device, batch_size=50, verbose=False, use_sigmoid=focal,
-                          topk=args.topk if focal else None)
+        stats = evaluate_run(trainer.model, trainer.val_set, eval_cfg, trainer.device, trainer.precision, verbose=False)
         trainer.model.train()
         train_s = trainer.train_time_s()
         trainer.exclude_time(time.perf_counter() - t)     # evaluations do not eat the training budget
@@ -106,7 +105,7 @@ def run_variant(name: str, args) -> dict:
             "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed, "threads": torch.get_num_threads(),
             "train_s": round(train_s, 1), "steps_per_s": round(trainer.step / max(train_s, 1e-9), 3),
             "params": sum(p.numel() for p in trainer.model.parameters()),
-            "eval_images": args.eval_images, "topk": args.topk, "load_end": [round(x, 1) for x in os.getloadavg()],
+            "eval_images": args.eval_images, "load_end": [round(x, 1) for x in os.getloadavg()],
             "final": curve[-1], "curve": curve, "model_overrides": overrides,
             "loss": {k: v for k, v in loss.items()}}
 
@@ -145,7 +144,7 @@ def table(results: dict) -> str:
 def plot(results: dict) -> None:
     import matplotlib
     matplotlib.use("Agg")
-    from detr_nb.convergence import plot_convergence
+    from detr_nb.teach.convergence import plot_convergence
 
     plot_convergence(results, figsize=(12, 3.4)).savefig(FIGURE, dpi=70)
 
@@ -169,8 +168,6 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=150)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--topk", type=int, default=None,
-                   help="focal variants: score the top-k (query, class) pairs (default: one label per query)")
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--threads", type=int, default=None,
                    help="torch threads (default: as the main job, 1 when the machine is busy)")

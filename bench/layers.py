@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detr_nb import layers as L  # noqa: E402
+from detr_nb.nn import attention, layers  # noqa: E402
 from detr_nb.configs import build_model  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def _step(module, inputs, loss_fn):
 
 
 def bench(name, module, inputs, loss_fn=lambda y: y.float().square().mean(), repeats=10, warmup=2, train=True):
-    mods = {impl: L.set_impl(copy.deepcopy(module), impl).train(train) for impl in ("torch", "scratch")}
+    mods = {impl: layers.set_impl(copy.deepcopy(module), impl).train(train) for impl in ("torch", "scratch")}
     times = {"torch": [], "scratch": []}
     for i in range(warmup + repeats):
         for impl, m in mods.items():
@@ -63,22 +63,21 @@ def main():
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median ms")
     print(f"{'layer / model':<44} {'torch':>9} {'scratch':>9} {'ratio':>7}")
-    fbn = L.FrozenBatchNorm2d(64)
+    fbn = layers.FrozenBatchNorm2d(64)
     fbn.running_var.uniform_(0.5, 2)
     x4 = torch.randn(4, 64, 56, 56)
     rows = [
-        ("Linear 256->2048, (2, 600, 256)", L.Linear(256, 2048), [torch.randn(2, 600, 256)]),
-        ("Conv2d 3x3 64->64, (4, 64, 56, 56)", L.Conv2d(64, 64, 3, padding=1, bias=False), [x4]),
-        ("Conv2d 7x7/2 3->64, (4, 3, 128, 128)", L.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
+        ("Linear 256->2048, (2, 600, 256)", layers.Linear(256, 2048), [torch.randn(2, 600, 256)]),
+        ("Conv2d 3x3 64->64, (4, 64, 56, 56)", layers.Conv2d(64, 64, 3, padding=1, bias=False), [x4]),
+        ("Conv2d 7x7/2 3->64, (4, 3, 128, 128)", layers.Conv2d(3, 64, 7, stride=2, padding=3, bias=False),
          [torch.randn(4, 3, 128, 128)]),
-        ("Conv2d 1x1 64->256, (4, 64, 56, 56)", L.Conv2d(64, 256, 1, bias=False), [x4]),
+        ("Conv2d 1x1 64->256, (4, 64, 56, 56)", layers.Conv2d(64, 256, 1, bias=False), [x4]),
         ("FrozenBatchNorm2d, (4, 64, 56, 56)", fbn, [x4]),
-        ("GroupNorm(32, 64), (4, 64, 56, 56)", L.GroupNorm(32, 64), [x4]),
-        ("ReLU, (4, 64, 56, 56)", L.ReLU(), [x4]),
-        ("Softmax, (2, 8, 600, 600)", L.Softmax(-1), [torch.randn(2, 8, 600, 600)]),
-        ("LayerNorm 256, (2, 600, 256)", L.LayerNorm(256), [torch.randn(2, 600, 256)]),
-        ("Dropout 0.1, (2, 600, 2048)", L.Dropout(0.1), [torch.randn(2, 600, 2048)]),
-        ("MHA 256/8 self, (2, 600, 256) + pad mask", L.MultiheadAttention(256, 8, dropout=0.1),
+        ("GroupNorm(32, 64), (4, 64, 56, 56)", layers.GroupNorm(32, 64), [x4]),
+        ("ReLU, (4, 64, 56, 56)", layers.ReLU(), [x4]),
+        ("LayerNorm 256, (2, 600, 256)", layers.LayerNorm(256), [torch.randn(2, 600, 256)]),
+        ("Dropout 0.1, (2, 600, 2048)", layers.Dropout(0.1), [torch.randn(2, 600, 2048)]),
+        ("MHA 256/8 self, (2, 600, 256) + pad mask", attention.MultiheadAttention(256, 8, dropout=0.1),
          [torch.randn(2, 600, 256)] * 3 + [torch.rand(2, 600) < 0.2]),
     ]
     for name, m, inp in rows:

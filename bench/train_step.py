@@ -21,7 +21,7 @@ policy, which fp16 reproduces on an H100):
 
 On the CPU the defaults are small (detr_r50 at 256x320, batch 2; inference at 256x384) so that the run
 takes 1-2 minutes; ``--threads 1`` on a shared machine. Random images and targets (1..--max-boxes
-boxes per image), no data loading; the step is the engine's (detr_nb.train.Trainer.train_step).
+boxes per image), no data loading; the step is the engine's own, ``Trainer.train_step``.
 
     python bench/train_step.py --threads 1                  # CPU
     python bench/train_step.py --threads 1 --profile        # CPU, with the profile of one step
@@ -29,10 +29,11 @@ boxes per image), no data loading; the step is the engine's (detr_nb.train.Train
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -40,10 +41,10 @@ import torch  # noqa: E402
 from torch.profiler import record_function  # noqa: E402
 
 from detr_nb.configs import build_model  # noqa: E402
-from detr_nb.criterion import SetCriterion  # noqa: E402
-from detr_nb.postprocess import postprocess  # noqa: E402
-from detr_nb.precision import resolve_precision  # noqa: E402
-from detr_nb.speed import OPTIMIZER_KINDS, adamw_flags, make_adamw, maybe_compile  # noqa: E402
+from detr_nb.setpred.criterion import SetCriterion  # noqa: E402
+from detr_nb.setpred.postprocess import postprocess  # noqa: E402
+from detr_nb.engine.precision import resolve_precision  # noqa: E402
+from detr_nb.engine.speed import OPTIMIZER_KINDS, adamw_flags, make_adamw, maybe_compile  # noqa: E402
 
 NUM_CLASSES = 91
 TARGETS = {"images_per_s": 250.0, "of_backbone": 0.75, "of_hf": 3.8}   # issue 9, H100/H200, batch 8 800x1088
@@ -90,48 +91,62 @@ def timed(step, steps, warmup, device, batch):
 
 # ---------------------------------------------------------------------------------------- detr_nb
 def build_detr(args, device, channels_last, seed=0):
+    """The model and the official criterion, for the AMP loss check and inference."""
     torch.manual_seed(seed)
     model = build_model(args.model, num_classes=NUM_CLASSES, impl=args.impl).to(device)
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    crit = SetCriterion(NUM_CLASSES).to(device)
-    matcher_fn = crit.matcher.match_layers
+    return model, SetCriterion(NUM_CLASSES).to(device)
+
+
+def coco_ids_folder(root: Path) -> Path:
+    """Two tiny images whose annotation file has COCO's category id 90: a Trainer on it builds the model with
+    COCO's 91 class ids, the official head (the batches it trains on in this script are the random ones)."""
+    import json
+    from PIL import Image
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True, exist_ok=True)
+        for i in range(2):
+            Image.new("RGB", (64, 64), (40 * i, 80, 120)).save(root / split / f"{i}.png")
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"instances_{split}.json").write_text(json.dumps({
+            "images": [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(2)],
+            "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 90, "bbox": [8, 8, 30, 30]}
+                            for i in range(2)],
+            "categories": [{"id": 90, "name": "toothbrush"}]}))
+    return root
+
+
+def train_step_fn(args, prec, images, mask, targets, compile_mode, device, channels_last, work: Path):
+    """The engine's own step, ``Trainer.train_step`` (forward, criterion, backward, clip, AdamW, schedule), on
+    the given batch; returns a closure that runs one step and returns its loss."""
+    from detr_nb.engine import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    cfg = TrainConfig(recipe="paper", dataset=str(coco_ids_folder(work / "coco")), preset="none", model=args.model,
+                      impl=args.impl, amp=prec.name, channels_last=channels_last, compile=compile_mode,
+                      device=str(device), threads=args.threads, batch_size=1, pretrained_backbone=False,
+                      out=str(work / f"run-{prec.name}-{compile_mode}"), resume=False, progress=False,
+                      eval_at_end=False, num_pictures=0)
+    trainer = Trainer(cfg)
+    matcher = trainer.criterion.matcher
+    match_layers = matcher.match_layers
 
     def labelled_match(*a, **k):  # a profiler label around the matcher, without touching the library
         with record_function("matcher"):
-            return matcher_fn(*a, **k)
-    crit.matcher.match_layers = labelled_match
-    return model, crit
-
-
-def train_step_fn(model, crit, prec, images, mask, targets, optimizer_kind, compile_mode, device):
-    """The engine's step (forward, criterion, backward, clip 0.1, AdamW) as a closure; returns its loss."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_adamw(params, device, optimizer_kind, lr=1e-4, weight_decay=1e-4)
-    scaler = prec.make_scaler()
-    net = maybe_compile(model, compile_mode, log=lambda m: print("  " + m, flush=True))
-    model.train()
+            return match_layers(*a, **k)
+    matcher.match_layers = labelled_match
 
     def step():
-        with record_function("forward"), prec.autocast():
-            out = net(images, mask)
-        with record_function("criterion"):
-            loss = crit(out, targets)["loss"]
-        with record_function("backward"):
-            scaler.scale(loss).backward()
-        with record_function("optimizer"):
-            scaler.unscale_(opt)
-            torch.nn.utils.clip_grad_norm_(params, 0.1)
-            scaler.step(opt)
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-        return loss
+        terms = trainer.train_step([(images, mask, targets)])
+        return terms["loss"] if terms is not None else torch.tensor(float("nan"))   # None: a skipped fp16 step
+    step.trainer = trainer
     return step
 
 
 def backbone_step_fn(model, prec, images, optimizer_kind, compile_mode, device):
     """ResNet body with DETR's freezing (as built in the model): forward + backward + AdamW."""
-    body = model.backbone[0]   # detr_nb.backbone.Backbone: frozen BN, conv1/layer1 frozen
+    body = model.backbone[0]   # detr_nb.model.backbone.Backbone: frozen BN, conv1/layer1 frozen
     params = [p for p in body.parameters() if p.requires_grad]
     opt = make_adamw(params, device, optimizer_kind, lr=1e-5, weight_decay=1e-4)
     scaler = prec.make_scaler()
@@ -290,7 +305,8 @@ def main(argv=None):
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
                    help="torch.compile the model (eager fallback on failure); both = eager and compiled rows")
     p.add_argument("--optimizer", choices=OPTIMIZER_KINDS, default="auto",
-                   help="AdamW implementation (auto: fused where torch has it, CUDA and CPU; else foreach)")
+                   help="AdamW of the backbone-only and HF rows (the detr_nb row uses the engine's: fused where "
+                        "torch has it, else foreach)")
     p.add_argument("--batch", type=int, default=None, help="default 8 on CUDA, 2 on the CPU")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="default 800 1088 on CUDA, 256 320 on the CPU")
@@ -309,6 +325,11 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        run(args, Path(tmp))
+
+
+def run(args, work: Path):
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
         else torch.device(args.device)
@@ -350,15 +371,15 @@ def main(argv=None):
             tag = f"{prec.name}{' +scaler' if prec.use_scaler else ''}{' compiled' if compiled else ''}"
             images, mask, targets = random_batch(batch, *size, device, max_boxes=args.max_boxes,
                                                  channels_last=channels_last)
-            model, crit = build_detr(args, device, channels_last)
-            step = train_step_fn(model, crit, prec, images, mask, targets, args.optimizer, compiled, device)
+            step = train_step_fn(args, prec, images, mask, targets, compiled, device, channels_last, work)
             ips, loss = timed(step, steps, args.warmup, device, batch)
             print(f"[{tag}] detr_nb train step:    {ips:8.2f} images/s   (loss {loss:.3f})", flush=True)
             row = {"tag": tag, "detr": ips}
             if args.profile and not compiled and prec is precs[0]:
                 profile_step(step, device, args.profile_rows)
                 count_host_reads(step)
-            del step, model, crit
+            step.trainer.close()
+            del step
             if not args.no_backbone:
                 model, _ = build_detr(args, device, channels_last)
                 bstep = backbone_step_fn(model, prec, images, args.optimizer, compiled, device)

@@ -1,5 +1,8 @@
 """Named DETR configurations, ``build_model`` and initialisation schemes. Notebook 04.
 
+The model zoo: it composes the paper's DETR (:mod:`detr_nb.model`) and, when a configuration switches a
+convergence aid on, :class:`~detr_nb.aids.AidedDETR` (:mod:`detr_nb.aids`).
+
 The official configurations (``detr_r50``, ``detr_r50_dc5``, ``detr_r101``, ``detr_r101_dc5``)
 are exact: ``build_model("detr_r50", num_classes=91)`` has the released checkpoint's keys.
 ``detr_tiny`` / ``detr_small`` are ours, for CPU and quick GPU experiments.
@@ -12,11 +15,13 @@ from typing import Dict, Optional
 
 import torch.nn as nn
 
-from . import layers as L
-from .backbone import Backbone, Joiner
-from .detr import DETR
-from .position_encoding import build_position_encoding
-from .transformer import Transformer
+from .nn import layers
+from .nn.attention import MultiheadAttention
+from .model.backbone import Backbone, Joiner
+from .model.detr import DETR
+from .model.position_encoding import build_position_encoding
+from .model.transformer import Transformer
+from .aids.model import AidedDETR
 
 
 @dataclass
@@ -29,7 +34,6 @@ class DETRConfig:
     return_layer: str = "layer4"        # layer2 | layer3 | layer4 (stride 8 / 16 / 32)
     backbone_norm: str = "frozen_bn"    # frozen_bn (official) | bn | gn (from-scratch, small batch)
     backbone_width: float = 1.0         # channel multiplier (1.0 = torchvision)
-    train_backbone: bool = True         # official: lr_backbone > 0
     frozen_stages: int = 1              # official: conv1 + layer1 frozen; 0 = train the whole backbone
     position_embedding: str = "sine"    # sine | learned
     # transformer
@@ -109,20 +113,19 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
         pretrained_backbone: load torchvision's ImageNet weights (IMAGENET1K_V1) into the ResNet.
         **overrides: any DETRConfig field, e.g. ``num_queries=50``.
     """
-    L.check_impl(impl)
+    layers.check_impl(impl)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1 (max category id + 1), got {num_classes!r}")
     cfg = get_config(name, num_classes=num_classes, **overrides)
     if cfg.init not in INIT_SCHEMES:
         raise ValueError(f"init must be one of {INIT_SCHEMES}, got {cfg.init!r}")
     body = Backbone(cfg.backbone, norm=cfg.backbone_norm, dilation=cfg.dilation, return_layer=cfg.return_layer,
-                    width=cfg.backbone_width, train_backbone=cfg.train_backbone, frozen_stages=cfg.frozen_stages,
+                    width=cfg.backbone_width, frozen_stages=cfg.frozen_stages,
                     pretrained=pretrained_backbone)
     backbone = Joiner(body, build_position_encoding(cfg.position_embedding, cfg.hidden_dim))
     transformer = Transformer(cfg.hidden_dim, cfg.nheads, cfg.enc_layers, cfg.dec_layers, cfg.dim_feedforward,
                               cfg.dropout, cfg.pre_norm, cfg.return_intermediate)
     if cfg.aided():
-        from .aids import AidedDETR
         model = AidedDETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
                           aux_loss=cfg.aux_loss, num_groups=cfg.num_groups, box_refine=cfg.box_refine,
                           two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh,
@@ -135,14 +138,14 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
         apply_init(model, cfg.init)
     model.config = cfg
     model.name = name
-    L.set_impl(model, impl)
+    layers.set_impl(model, impl)
     return model
 
 
 def _reset_default(module: nn.Module) -> None:
     """PyTorch's default init for every submodule that has one."""
     # MultiheadAttention.reset_parameters also inits its out_proj (bias 0): don't redo that one.
-    owned = {id(m.out_proj) for m in module.modules() if isinstance(m, L.MultiheadAttention)}
+    owned = {id(m.out_proj) for m in module.modules() if isinstance(m, MultiheadAttention)}
     for m in module.modules():
         if isinstance(m, Transformer) or id(m) in owned:
             continue   # Transformer.reset_parameters is the official xavier, not a default
@@ -190,6 +193,6 @@ def apply_init(model: DETR, scheme: str) -> DETR:
                 nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.Linear, nn.Conv2d)) and m.bias is not None:
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, L.MultiheadAttention):
+            elif isinstance(m, MultiheadAttention):
                 nn.init.zeros_(m.in_proj_bias)
     return model

@@ -37,8 +37,9 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import explain, layers
-from detr_nb.backbone import Backbone, Bottleneck
+from detr_nb import teach
+from detr_nb.nn import layers
+from detr_nb.model.backbone import Backbone, Bottleneck
 
 torch.manual_seed(0)
 WORK = detr_nb.workdir("01_cnn_backbone")
@@ -58,10 +59,10 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # $X_\text{col} \in \mathbb{R}^{(C_\text{in} k_h k_w) \times (H_\text{out} W_\text{out})}$; then all
 # outputs come from one product $Y = W_\text{mat} X_\text{col}$ with
 # $W_\text{mat} \in \mathbb{R}^{C_\text{out} \times C_\text{in} k_h k_w}$. Here is the loop version
-# of im2col from `detr_nb.explain` (slow, to read):
+# of im2col from `detr_nb.teach.cnn` (slow, to read):
 
 # %%
-print(inspect.getsource(explain.im2col_loops))
+print(inspect.getsource(teach.im2col_loops))
 
 # %% [markdown]
 # The picture below follows one output pixel (red) for a 5x5 single-channel input, a 3x3 kernel and
@@ -71,13 +72,13 @@ print(inspect.getsource(explain.im2col_loops))
 # %%
 x_small = torch.randint(0, 10, (5, 5)).float()
 sobel_x = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])   # a horizontal-gradient kernel
-fig = explain.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
+fig = teach.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
 plt.show()
 
 # %% [markdown]
 # Now the real thing: several input and output channels, stride 2, padding 1, a batch of 2.
 # `F.unfold` is PyTorch's im2col; our loops must give the same matrix, and the product must equal
-# `F.conv2d`. `detr_nb.layers.conv2d` is the package's scratch convolution (the one the
+# `F.conv2d`. `detr_nb.nn.layers.conv2d` is the package's scratch convolution (the one the
 # `impl="scratch"` backbone runs); it must agree too, values **and** gradients.
 
 # %%
@@ -85,7 +86,7 @@ x = torch.randn(2, 3, 16, 16, requires_grad=True)                  # (B, C_in, H
 w = torch.randn(8, 3, 3, 3, requires_grad=True)                    # (C_out, C_in, k_h, k_w)
 b = torch.randn(8, requires_grad=True)
 
-cols = explain.im2col_loops(x.detach(), 3, stride=2, padding=1)     # (B, C_in*3*3, H_out*W_out)
+cols = teach.im2col_loops(x.detach(), 3, stride=2, padding=1)     # (B, C_in*3*3, H_out*W_out)
 print("im2col:", tuple(cols.shape), "| same as F.unfold:",
       torch.equal(cols, F.unfold(x.detach(), 3, stride=2, padding=1)))
 y_mat = (w.detach().reshape(8, -1) @ cols + b.detach()[:, None]).reshape(2, 8, 8, 8)   # (B, C_out, H_out, W_out)
@@ -137,7 +138,7 @@ print("max |frozen_batch_norm - F.batch_norm| =",
 # each convolution followed by (frozen) batch norm, ReLU between them. The shortcut is the identity,
 # except in a stage's first block where the shape changes: there a 1x1 convolution (with the stride)
 # matches channels and resolution. Stages 2-4 halve the resolution, so the output stride is
-# $4 \cdot 2^3 = 32$. The forward of `detr_nb.backbone.Bottleneck`:
+# $4 \cdot 2^3 = 32$. The forward of `detr_nb.model.backbone.Bottleneck`:
 
 # %%
 print(inspect.getsource(Bottleneck.forward))
@@ -178,12 +179,12 @@ print("layer4 output", tuple(ours.shape), "| max |ours - torchvision| =", f"{(ou
 #
 # Grace Hopper's portrait ships with matplotlib. We resize it (shorter side
 # `IMAGE_SHORT_SIDE`), normalise it with ImageNet's mean and standard deviation, and keep the output
-# of the stem and of every stage (`explain.stage_features`). Watch the shapes: channels grow
+# of the stem and of every stage (`teach.stage_features`). Watch the shapes: channels grow
 # 64 -> 256 -> 512 -> 1024 -> 2048 while the grid shrinks by 4, 4, 8, 16, 32.
 
 # %%
-image = explain.image_to_tensor(explain.sample_image(), short_side=IMAGE_SHORT_SIDE)   # (3, H, W)
-feats = explain.stage_features(body, image[None])
+image = teach.image_to_tensor(teach.sample_image(), short_side=IMAGE_SHORT_SIDE)   # (3, H, W)
+feats = teach.stage_features(body, image[None])
 print("image", tuple(image.shape))
 for name, f in feats.items():
     print(f"{name:7s} {str(tuple(f.shape)):22s} stride {image.shape[-1] // f.shape[-1]}")
@@ -194,7 +195,7 @@ for name, f in feats.items():
 # larger structures (face, cap, jacket) - this coarse, semantic grid is what DETR's transformer reads.
 
 # %%
-fig = explain.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
+fig = teach.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
 fig.savefig(WORK / "feature_maps.png", dpi=80)
 plt.show()
 print("saved", WORK / "feature_maps.png")
@@ -202,14 +203,14 @@ print("saved", WORK / "feature_maps.png")
 # %% [markdown]
 # ## 5. The backbone's parameters
 #
-# `explain.grouped_parameter_table` counts parameters per top-level part of the ResNet and splits them
+# `teach.grouped_parameter_table` counts parameters per top-level part of the ResNet and splits them
 # into trainable and frozen (DETR freezes the stem and `layer1`); `detr_nb.format_parameter_table`
 # prints it. The frozen batch-norm statistics are buffers: listed separately, never trained.
 # Expect 23,454,912 parameters, 23,232,512 of them trainable - the first line of DETR's own table
 # in notebook 04.
 
 # %%
-rows = explain.grouped_parameter_table(body)
+rows = teach.grouped_parameter_table(body)
 print(detr_nb.format_parameter_table(rows))
 total = rows[-2]
 assert (total.total, total.trainable) == (23_454_912, 23_232_512)
@@ -219,7 +220,7 @@ assert (total.total, total.trainable) == (23_454_912, 23_232_512)
 # 1x1 convolutions at the widest stage are the expensive ones.
 
 # %%
-fig = explain.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
+fig = teach.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
 plt.show()
 
 # %% [markdown]

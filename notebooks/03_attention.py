@@ -35,7 +35,8 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import explain, layers
+from detr_nb import teach
+from detr_nb.nn import attention, layers
 
 torch.manual_seed(0)
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE)
@@ -63,9 +64,9 @@ out = A @ V                                        # (Lq, dv): weighted average 
 print("scores", tuple(scores.shape), "| weights", tuple(A.shape), "| output", tuple(out.shape))
 print("row sums of A:", A.sum(-1))
 
-pkg, _ = layers.attention(Q, K, V, impl="scratch")
+pkg, _ = attention.attention(Q, K, V, impl="scratch")
 ref = F.scaled_dot_product_attention(Q[None], K[None], V[None])[0]
-print(f"max |by hand - layers.attention|           = {(out - pkg).abs().max().item():.2e}")
+print(f"max |by hand - attention.attention|        = {(out - pkg).abs().max().item():.2e}")
 print(f"max |by hand - F.scaled_dot_product_attention| = {(out - ref).abs().max().item():.2e}")
 
 # %% [markdown]
@@ -108,11 +109,11 @@ for dim in (4, 32, 256):
 # PyTorch (and DETR's checkpoint) store the three input projections *packed*: `in_proj_weight` of shape
 # $(3C, C)$ is $[W^Q; W^K; W^V]$ stacked, `in_proj_bias` $(3C,)$, then `out_proj` is a $C \times C$ linear
 # layer. The heads are not separate matrices: head $i$ is rows $[i d, (i+1) d)$ of each projection. Here is
-# the whole computation by hand, shapes on the right, with `detr_nb.layers.MultiheadAttention`'s weights:
+# the whole computation by hand, shapes on the right, with `detr_nb.nn.attention.MultiheadAttention`'s weights:
 
 # %%
 B, L, C, h = 2, 5, 16, 4
-mha = layers.MultiheadAttention(C, h, impl="scratch").eval()
+mha = attention.MultiheadAttention(C, h, impl="scratch").eval()
 with torch.no_grad():
     mha.in_proj_bias.normal_()                                   # non-zero biases make the check stricter
 x = torch.randn(B, L, C)                                         # (B, L, C) tokens (self-attention: q = k = v = x)
@@ -128,8 +129,8 @@ with torch.no_grad():
     concat = heads.transpose(1, 2).reshape(B, L, C)              # (B, L, C): heads side by side
     by_hand = concat @ mha.out_proj.weight.T + mha.out_proj.bias # (B, L, C)
 
-out_pkg, w_pkg = explain.attention_weights(mha, x, x, x)         # package output + recorded weights
-torch_mha = explain.to_torch_mha(mha)                            # nn.MultiheadAttention, same state dict
+out_pkg, w_pkg = teach.attention_weights(mha, x, x, x)         # package output + recorded weights
+torch_mha = teach.to_torch_mha(mha)                            # nn.MultiheadAttention, same state dict
 out_ref, w_ref = torch_mha(x, x, x, average_attn_weights=False)
 print("state-dict keys:", list(mha.state_dict()))
 print(f"max |by hand - package|            = {(by_hand - out_pkg).abs().max().item():.2e}")
@@ -170,7 +171,7 @@ _ = layers.set_impl(mha.eval(), "scratch")
 
 # %%
 kpm = torch.tensor([[False] * 5, [False, False, False, True, True]])       # (B, L)
-out_m, w_m = explain.attention_weights(mha, x, x, x, key_padding_mask=kpm)
+out_m, w_m = teach.attention_weights(mha, x, x, x, key_padding_mask=kpm)
 out_r, w_r = torch_mha(x, x, x, key_padding_mask=kpm, average_attn_weights=False)
 torch.set_printoptions(precision=3, sci_mode=False)
 print("head 0 weights of sequence 1 (columns 3, 4 = padded keys):\n", w_m[1, 0])
@@ -178,7 +179,7 @@ print(f"max |package - nn.MultiheadAttention| with mask: out {(out_m - out_r).ab
       f"weights {(w_m - w_r).abs().max().item():.2e}")
 
 # The real tokens of sequence 1 get exactly what they get without the padding at all:
-alone, _ = explain.attention_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
+alone, _ = teach.attention_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
 print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).abs().max().item():.2e}")
 
 # %% [markdown]
@@ -190,7 +191,7 @@ print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).
 #
 # ## 4. What the heads look at: a readable toy
 #
-# Random weights make random-looking heads. `explain.positional_toy_attention` builds a multi-head attention
+# Random weights make random-looking heads. `teach.positional_toy_attention` builds a multi-head attention
 # whose heads can be read: the tokens are 1-D sine position codes (notebook 02), $W^Q = W^K = \sqrt{s}\,I$ and
 # $W^V = W^O = I$. Each head then sees one band of frequencies (channels $[i d, (i+1) d)$), and since
 # $\sin a \sin b + \cos a \cos b = \cos(a - b)$ its score between tokens $a$ and $b$ is
@@ -199,10 +200,10 @@ print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).
 # reason to have several.
 
 # %%
-toy, tokens = explain.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
-_, toy_w = explain.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
+toy, tokens = teach.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
+_, toy_w = teach.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
 print("tokens", tuple(tokens.shape), "| weights", tuple(toy_w.shape))
-fig = explain.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
+fig = teach.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
 plt.show()
 
 # %% [markdown]
@@ -218,8 +219,8 @@ def show_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):
     kpm = torch.zeros(1, NUM_TOKENS, dtype=torch.bool)
     if padded_keys:
         kpm[0, NUM_TOKENS - padded_keys:] = True
-    _, w = explain.attention_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
-    explain.plot_attention_query(w, head=head, query=query)
+    _, w = teach.attention_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
+    teach.plot_attention_query(w, head=head, query=query)
     plt.show()
     return w
 

@@ -45,8 +45,8 @@ import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import explain
-from detr_nb.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from detr_nb import teach
+from detr_nb.model.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -64,7 +64,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 model = detr_nb.build_model("detr_r50", num_classes=91).to(device).eval()
 print(model.config)
 
-image = explain.image_to_tensor(explain.sample_image(), short_side=IMAGE_SHORT_SIDE).to(device)   # (3, H, W)
+image = teach.image_to_tensor(teach.sample_image(), short_side=IMAGE_SHORT_SIDE).to(device)   # (3, H, W)
 images = image[None]                                              # (B=1, 3, H, W)
 mask = torch.zeros(1, *image.shape[-2:], dtype=torch.bool, device=device)   # (B, H, W), True = padding
 print("images", tuple(images.shape), "| mask", tuple(mask.shape))
@@ -152,7 +152,7 @@ print(detr_nb.format_parameter_table(rows))
 total = next(r for r in rows if r.component == "total")
 assert (total.total, total.trainable) == (41_524_768, 41_302_368)
 print("\nstate-dict tensors:", len(model.state_dict()))
-fig = explain.plot_parameter_table(rows, title="detr_r50, num_classes=91")
+fig = teach.plot_parameter_table(rows, title="detr_r50, num_classes=91")
 plt.show()
 
 # %% [markdown]
@@ -160,11 +160,11 @@ plt.show()
 # networks and its attention projections, yet it is small for what it does, because **everything is shared**:
 # one 1x1 convolution projects every pixel, one FFN per layer serves every token, one pair of heads serves
 # every query at every decoder layer. A naive from-scratch design that gives each position, query or layer
-# its own weights grows with the image and the number of queries. `explain.naive_parameter_counts`
+# its own weights grows with the image and the number of queries. `teach.naive_parameter_counts`
 # compares, for the feature grid of an 800 x 1066 image (25 x 34 cells):
 
 # %%
-for r in explain.naive_parameter_counts(model, feature_hw=(25, 34)):
+for r in teach.naive_parameter_counts(model, feature_hw=(25, 34)):
     print(f"{r['part']:18s} DETR {r['detr']:>12,}   naive {r['naive']:>18,}   ({r['naive_design']})")
 
 # %% [markdown]
@@ -198,7 +198,7 @@ _ = detr_nb.set_impl(model, "torch")
 # verifies the file's sha256 prefix and loads them **strictly**: every one of the 458 names and shapes must
 # match, which is the real test that this from-scratch model *is* DETR. `postprocess` turns the outputs into
 # scores, labels and pixel boxes (softmax, drop "no object", best class per query); we draw the queries whose
-# score exceeds `THRESHOLD`, named with COCO's categories (`explain.COCO_CLASSES`).
+# score exceeds `THRESHOLD`, named with COCO's categories (`teach.COCO_CLASSES`).
 #
 # In smoke mode nothing is downloaded: the model keeps its random weights and we draw its 5 best-scoring
 # queries - meaningless boxes, shown only to exercise the code.
@@ -215,11 +215,11 @@ else:
     print("SMOKE: random weights, no download - the boxes below are meaningless")
 
 fig, ax = plt.subplots(figsize=(6, 6 * image.shape[-2] / image.shape[-1]))
-kept = explain.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},
+kept = teach.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},
                                threshold=THRESHOLD, top_k=None if LOAD_OFFICIAL else 5, ax=ax)
 plt.show()
 for s, l, b in zip(kept["scores"].tolist(), kept["labels"].tolist(), kept["boxes"].tolist()):
-    print(f"{explain.COCO_CLASSES.get(l, l)!s:12s} score {s:.2f}  box (x0, y0, x1, y1) = {[round(v) for v in b]}")
+    print(f"{teach.COCO_CLASSES.get(l, l)!s:12s} score {s:.2f}  box (x0, y0, x1, y1) = {[round(v) for v in b]}")
 
 # %% [markdown]
 # With the official weights, the portrait gives a confident `person` (and usually her `tie`); the other

@@ -39,11 +39,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 import detr_nb
-from detr_nb import box_ops, lessons
-from detr_nb.criterion import SetCriterion
-from detr_nb.matcher import HungarianMatcher
-from detr_nb.matching_viz import explain_matching, plot_cost_terms, plot_matching
-from detr_nb.postprocess import postprocess
+from detr_nb import box_ops
+from detr_nb.teach import lessons
+from detr_nb.setpred.criterion import SetCriterion
+from detr_nb.setpred.matcher import HungarianMatcher
+from detr_nb.teach.matching import explain_matching, plot_cost_terms, plot_matching
+from detr_nb.setpred.postprocess import postprocess
 
 torch.set_printoptions(precision=3, sci_mode=False)
 print("detr_nb", detr_nb.__version__, "| torch", torch.__version__)
@@ -163,7 +164,7 @@ print(scene["pred_logits"].softmax(-1))
 # weights and sums them and solves the assignment.
 
 # %%
-print(inspect.getsource(detr_nb.matcher.pairwise_costs))
+print(inspect.getsource(detr_nb.setpred.matching.pairwise_costs))
 
 # %%
 e = explain_matching(scene["pred_logits"], scene["pred_boxes"], scene["tgt_labels"], scene["tgt_boxes"])

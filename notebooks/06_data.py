@@ -41,10 +41,10 @@ import torch
 from torch.utils.data import DataLoader
 
 import detr_nb
-from detr_nb import lessons, workdir
-from detr_nb.data import (Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset, collate_fn,
-                          dataset_stats, make_transforms, plot_dataset_stats, render_sample, show_batch,
-                          show_samples)
+from detr_nb import workdir
+from detr_nb.teach import lessons
+from detr_nb.data import Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset, collate_fn, make_transforms, render_sample
+from detr_nb.teach.data_viz import dataset_stats, plot_dataset_stats, show_batch, show_samples
 from detr_nb.data import synthetic
 from detr_nb.data.transforms import hflip
 

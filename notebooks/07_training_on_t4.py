@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/07_training_on_t4.ipynb)
 #
-# Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.train.Trainer`, the same
+# Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.engine.trainer.Trainer`, the same
 # engine that `python -m detr_nb train` runs. A free Colab GPU adds two constraints, and this notebook deals
 # with both:
 #
@@ -48,13 +48,14 @@ import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import lessons, workdir
-from detr_nb.checkpoint import load_checkpoint
-from detr_nb.diagnostics import (plot_grad_std, plot_histograms, plot_weight_sum, read_records,
-                                 weight_histograms)
-from detr_nb.evaluate import draw_predictions
-from detr_nb.precision import resolve_device, resolve_precision
-from detr_nb.train import Trainer, TrainConfig
+from detr_nb import workdir
+from detr_nb.teach import lessons
+from detr_nb.engine.checkpoint import load_checkpoint
+from detr_nb.engine.diagnostics import plot_grad_std, plot_histograms, plot_weight_sum, read_records, weight_histograms
+from detr_nb.engine.evaluate import draw_predictions
+from detr_nb.engine.precision import resolve_device, resolve_precision
+from detr_nb.engine.trainer import Trainer
+from detr_nb.engine.config import TrainConfig
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares 2 cores between processes: one thread each avoids contention
@@ -77,7 +78,7 @@ print("detr_nb", detr_nb.__version__, "| torch", torch.__version__, "| device", 
 # gradients are $S$ times larger while they are in fp16, divides them by $S$ before the optimizer step, and
 # skips the step (halving $S$) if any gradient is `inf`/`nan`. bf16 has the range and needs no scaler, but a
 # T4 has no bf16 hardware: `torch.cuda.is_bf16_supported()` answers True there through slow emulation, so
-# `detr_nb.precision` asks for the compute capability instead.
+# `detr_nb.engine.precision` asks for the compute capability instead.
 
 # %%
 print("fp16 max:", torch.finfo(torch.float16).max, "| 70000 in fp16 ->", torch.tensor(70000.0).half().item())

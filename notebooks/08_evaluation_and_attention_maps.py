@@ -29,7 +29,7 @@ OFFICIAL = not SMOKE                     # also look inside the official DETR-R5
 #
 # 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise a short training run
 #    with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
-# 2. computes COCO mAP with pycocotools through `detr_nb.evaluate`, step by step, and shows why DETR
+# 2. computes COCO mAP with pycocotools through `detr_nb.engine.evaluate`, step by step, and shows why DETR
 #    keeps every query's box;
 # 3. draws predictions next to the ground truth;
 # 4. opens the transformer: the **encoder self-attention** of a chosen pixel and the **decoder
@@ -41,8 +41,13 @@ import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import evaluate as E, explain, lessons, workdir
-from detr_nb.train import Trainer, TrainConfig, model_from_checkpoint
+from detr_nb import workdir
+from detr_nb.engine import evaluate as E
+from detr_nb import teach
+from detr_nb.teach import lessons
+from detr_nb.engine.trainer import Trainer
+from detr_nb.engine.config import TrainConfig
+from detr_nb.engine.build import model_from_checkpoint
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| device:", device)
@@ -152,7 +157,7 @@ plt.show()
 # %% [markdown]
 # ## 4. Where the transformer looks
 #
-# `explain.attention_maps` runs one forward pass inside `detr_nb.record_attention`, which makes every
+# `teach.attention_maps` runs one forward pass inside `detr_nb.record_attention`, which makes every
 # attention layer store its weights $\mathrm{softmax}(QK^\top/\sqrt d)$ per head. For a feature grid of
 # $h \times w = S$ cells:
 #
@@ -166,12 +171,12 @@ plt.show()
 
 # %%
 image, target = val_set[0]                               # (3, H, W) normalised, the model's input size
-maps = explain.attention_maps(model, image[None].to(device))     # tensors come back on the CPU
+maps = teach.attention_maps(model, image[None].to(device))     # tensors come back on the CPU
 print("feature grid", maps["feature_size"], "| encoder layers", len(maps["encoder"]), tuple(maps["encoder"][0].shape),
       "| decoder layers", len(maps["decoder"]), tuple(maps["decoder"][0].shape))
 H, W = image.shape[-2:]
 points = [(H // 4, W // 4), (H // 2, W // 2), (3 * H // 4, 3 * W // 4)]
-fig = explain.plot_encoder_attention(image, maps, points)
+fig = teach.plot_encoder_attention(image, maps, points)
 plt.show()
 
 # %% [markdown]
@@ -182,7 +187,7 @@ plt.show()
 scores = maps["outputs"]["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values      # (Q,) best real-class probability
 top = scores.argsort(descending=True)[:4].tolist()
 print("top queries:", top, "scores", [round(float(scores[q]), 2) for q in top])
-fig = explain.plot_decoder_attention(image, maps, top, names=names)
+fig = teach.plot_decoder_attention(image, maps, top, names=names)
 plt.show()
 
 # %% [markdown]
@@ -198,11 +203,11 @@ if OFFICIAL:
     official = detr_nb.build_model("detr_r50", num_classes=91)
     detr_nb.load_pretrained(official, "detr_r50")
     official = official.to(device).eval()
-    photo = explain.image_to_tensor(explain.sample_image(), short_side=800)
-    photo_maps = explain.attention_maps(official, photo[None].to(device))
+    photo = teach.image_to_tensor(teach.sample_image(), short_side=800)
+    photo_maps = teach.attention_maps(official, photo[None].to(device))
     del official
     pH, pW = photo.shape[-2:]
-    fig = explain.plot_encoder_attention(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
+    fig = teach.plot_encoder_attention(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
                                                              (int(pH * 0.1), int(pW * 0.5)),
                                                              (int(pH * 0.8), int(pW * 0.5)),
                                                              (int(pH * 0.3), int(pW * 0.1))])
@@ -210,9 +215,9 @@ if OFFICIAL:
     p_scores = photo_maps["outputs"]["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values
     ranked = p_scores.argsort(descending=True).tolist()
     confident = [q for q in ranked if p_scores[q] > 0.7][:4] or ranked[:2]
-    fig = explain.plot_decoder_attention(photo, photo_maps, confident, names=explain.COCO_CLASSES)
+    fig = teach.plot_decoder_attention(photo, photo_maps, confident, names=teach.COCO_CLASSES)
     plt.show()
-    w_image, w_maps, w_names = photo, photo_maps, explain.COCO_CLASSES
+    w_image, w_maps, w_names = photo, photo_maps, teach.COCO_CLASSES
 else:
     print("SMOKE: official checkpoint not downloaded; the widgets use the small model trained above")
     w_image, w_maps, w_names = image, maps, names
@@ -232,12 +237,12 @@ n_enc, n_dec = len(w_maps["encoder"]), len(w_maps["decoder"])
 
 
 def show_encoder(y=wH // 2, x=wW // 2, layer=n_enc - 1):
-    explain.plot_encoder_attention(w_image, w_maps, [(y, x)], layer=layer)
+    teach.plot_encoder_attention(w_image, w_maps, [(y, x)], layer=layer)
     plt.show()
 
 
 def show_decoder(query=0, layer=n_dec - 1):
-    explain.plot_decoder_attention(w_image, w_maps, [query], layer=layer, names=w_names)
+    teach.plot_decoder_attention(w_image, w_maps, [query], layer=layer, names=w_names)
     plt.show()
 
 
@@ -265,8 +270,8 @@ widgets.interact(show_decoder,
 # The widgets' functions, called directly (this is what runs without a browser), and two checks.
 show_encoder(wH // 3, wW // 3, layer=0)
 show_decoder(order[0], layer=n_dec - 1)
-enc_map = explain.encoder_attention_at(w_maps, wH // 3, wW // 3, layer=0)
-dec_map = explain.decoder_attention_of(w_maps, order[0])
+enc_map = teach.encoder_attention_at(w_maps, wH // 3, wW // 3, layer=0)
+dec_map = teach.decoder_attention_of(w_maps, order[0])
 print("encoder map", tuple(enc_map.shape), f"sum {enc_map.sum().item():.3f} | decoder map", tuple(dec_map.shape),
       f"sum {dec_map.sum().item():.3f}")
 assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.isclose(dec_map.sum(), torch.tensor(1.0), atol=1e-4)

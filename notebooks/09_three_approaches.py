@@ -14,8 +14,8 @@
 # Xavier, He/Kaiming, uniform ±0.02), with the weight histograms at step 0, the gradient standard deviation
 # per layer and the weight sums over training.
 #
-# Everything below is one call, `detr_nb.compare.run_comparison`, the same code as
-# `python -m detr_nb compare`; the figures come from `detr_nb.compare`'s plot functions. Runtime → Change
+# Everything below is one call, `detr_nb.engine.compare.run_comparison`, the same code as
+# `python -m detr_nb compare`; the figures come from `detr_nb.engine.compare`'s plot functions. Runtime → Change
 # runtime type → T4 GPU. The official weights (~160 MB) download here, in Colab.
 
 # %%
@@ -47,8 +47,9 @@ import torch
 from IPython.display import Markdown, display
 
 import detr_nb
-from detr_nb import compare, workdir
-from detr_nb.compare import CompareConfig, run_comparison
+from detr_nb import workdir
+from detr_nb.engine import compare, compare_figures
+from detr_nb.engine.compare import CompareConfig, run_comparison
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares its cores: one thread each avoids contention
@@ -65,15 +66,16 @@ if SMOKE:
 out = workdir(f"compare-{DATASET}")
 smoke_model = dict(backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2, enc_layers=1,
                    dec_layers=2, dim_feedforward=64, num_queries=8)
-cfg = CompareConfig(
+train = compare.compare_train_config(
     dataset=DATASET,
     data_kwargs=dict(num_train=8, num_val=4, image_size=(64, 64), min_objects=1, max_objects=2)
     if SMOKE else {},
     data_root=str(workdir("data") / ("synthetic-09" if SMOKE else DATASET)),
     preset=PRESET, model=MODEL, model_overrides=smoke_model if SMOKE else {},
-    approaches=APPROACHES, inits=INITS, steps=STEPS, budget_s=BUDGET_S, seeds=SEEDS,
-    batch_size=BATCH_SIZE, log_every=1 if SMOKE else 10, diag_every=2 if SMOKE else 25,
-    max_eval_images=None, threads=1 if SMOKE else None, progress=not SMOKE, out=str(out))
+    max_steps=STEPS, time_budget_s=BUDGET_S, batch_size=BATCH_SIZE, log_every=1 if SMOKE else 10,
+    diag_every=2 if SMOKE else 25, max_eval_images=None, threads=1 if SMOKE else None, progress=not SMOKE,
+    out=str(out))
+cfg = CompareConfig(train=train, approaches=APPROACHES, inits=INITS, seeds=SEEDS)
 for spec in compare.run_specs(cfg):
     t = spec["train_config"]
     print(f"{spec['group']:>8} {spec['name']:<10} seed {spec['seed']}: model {t.model}, impl {t.impl}, "
@@ -107,15 +109,15 @@ display(Markdown((out / "table.md").read_text()))
 # features and boxes that already work on COCO.
 
 # %%
-fig = compare.plot_loss_comparison(report, "approach")
+fig = compare_figures.plot_loss_comparison(report, "approach")
 plt.show()
 
 # %%
-fig = compare.plot_map_comparison(report)
+fig = compare_figures.plot_map_comparison(report)
 plt.show()
 
 # %%
-fig = compare.plot_speed(report)
+fig = compare_figures.plot_speed(report)
 plt.show()
 
 # %% [markdown]
@@ -126,19 +128,19 @@ plt.show()
 # gives the widest weights, Xavier (the official choice) sits between.
 
 # %%
-fig = compare.plot_init_histograms(report)
+fig = compare_figures.plot_init_histograms(report)
 plt.show()
 
 # %%
-fig = compare.plot_init_series(report, "grad_std")
+fig = compare_figures.plot_init_series(report, "grad_std")
 plt.show()
 
 # %%
-fig = compare.plot_init_series(report, "weight_sum")
+fig = compare_figures.plot_init_series(report, "weight_sum")
 plt.show()
 
 # %%
-fig = compare.plot_loss_comparison(report, "init")
+fig = compare_figures.plot_loss_comparison(report, "init")
 plt.show()
 
 # %% [markdown]

@@ -24,7 +24,7 @@ EVAL_IMAGES = 4 if SMOKE else 200
 # official code report "AP stays at 0" on small datasets more than anything else.
 #
 # This notebook explains why, and measures five remedies from later papers, each an option of
-# `detr_nb` (module `detr_nb.aids`, off in the official configurations):
+# `detr_nb` (package `detr_nb.aids`, off in the official configurations):
 #
 # | aid | paper | what changes |
 # |---|---|---|
@@ -46,9 +46,11 @@ import detr_nb
 from detr_nb.aids import denoising_attention_mask, group_attention_mask, noise_targets
 from detr_nb.configs import build_model
 from detr_nb.data.synthetic import render_sample, synthetic_params
-from detr_nb.matcher import HungarianMatcher
-from detr_nb.plotting import show_attention_mask
-from detr_nb.train import MAIN_JOB_SYNTHETIC, TrainConfig, Trainer
+from detr_nb.setpred.matcher import HungarianMatcher
+from detr_nb.engine.plotting import show_attention_mask
+from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
+from detr_nb.engine.config import TrainConfig
+from detr_nb.engine.trainer import Trainer
 
 torch.manual_seed(0)
 torch.set_num_threads(1 if SMOKE else torch.get_num_threads())
@@ -64,7 +66,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # clone of the repository (Colab) the file is read from GitHub.
 
 # %%
-from detr_nb.convergence import load_convergence, plot_convergence
+from detr_nb.teach.convergence import load_convergence, plot_convergence
 
 results = load_convergence()
 runs = results["runs"]

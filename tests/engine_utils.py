@@ -12,7 +12,7 @@ TINY = dict(backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2
 
 
 def tiny_config(out, data_root, **overrides):
-    from detr_nb.train import TrainConfig
+    from detr_nb.engine.config import TrainConfig
 
     base = dict(dataset="synthetic", data_root=None if data_root is None else str(data_root), data_kwargs=dict(SYN), preset="cpu",
                 model="detr_tiny", model_overrides=dict(TINY), time_budget_s=None, epochs=3, batch_size=4,

@@ -6,8 +6,10 @@ import torch
 from detr_nb.aids import (AidedCriterion, AidedDETR, aids_of, box_sine_embedding, build_criterion,
                           denoising_attention_mask, group_attention_mask, inverse_sigmoid, noise_targets)
 from detr_nb.configs import CONFIGS, build_model
-from detr_nb.criterion import SetCriterion
-from detr_nb.detr import DETR
+from detr_nb.aids.denoising import denoising_losses
+from detr_nb.aids.two_stage import select_queries
+from detr_nb.setpred.criterion import SetCriterion
+from detr_nb.model.detr import DETR
 
 # A small GroupNorm model (no batch statistics: train and eval modes compute the same function).
 SMALL = dict(backbone_width=0.125, return_layer="layer2", backbone_norm="gn", hidden_dim=32, nheads=2,
@@ -122,12 +124,12 @@ def test_two_stage_selects_top_cells_and_detaches_references():
     logits[0, 3, 4] = 10.0                  # the unused last column does not count
     fmask = torch.zeros(B, h, w, dtype=torch.bool)
     boxes = torch.rand(B, h * w, 4, requires_grad=True)
-    ref = m.select_queries(logits, boxes, fmask)
+    ref = select_queries(logits, boxes, fmask, m.num_classes, m.num_queries)
     assert not ref.requires_grad
     torch.testing.assert_close(ref[0], boxes[0, best].detach())
     fmask[0, 2, 3] = True                   # cell 11 becomes padding: the next best (3) replaces it
     logits[0, 3, 0] = 0.0
-    ref = m.select_queries(logits, boxes, fmask)
+    ref = select_queries(logits, boxes, fmask, m.num_classes, m.num_queries)
     assert 11 not in [int((boxes[0].detach() == r).all(-1).nonzero()) for r in ref[0]]
     # in the model: the decoder's boxes never send gradient into the encoder's box head
     x = torch.randn(2, 3, 64, 64)
@@ -213,7 +215,9 @@ def test_denoising_losses_against_references(loss_type):
     logits = torch.randn(2, 6, 5)
     pred = (true + 0.05 * torch.randn_like(true)).clamp(0.05, 0.95)
     meta = {"labels": labels, "boxes": true, "valid": valid, "groups": 2}
-    out = crit.denoising_losses({"pred_logits": logits, "pred_boxes": pred}, meta, torch.tensor(3.0))
+    dn = lambda boxes: denoising_losses({"pred_logits": logits, "pred_boxes": boxes}, meta, torch.tensor(3.0), 4,
+                                        loss_type, crit.empty_weight)
+    out = dn(pred)
     norm = 3.0 * 2
     if loss_type == "focal":
         onehot = torch.nn.functional.one_hot(labels, 5)[..., :4].float()    # padding rows: all zeros
@@ -225,7 +229,7 @@ def test_denoising_losses_against_references(loss_type):
     xyxy = lambda b: torch.cat([b[..., :2] - b[..., 2:] / 2, b[..., :2] + b[..., 2:] / 2], -1)
     torch.testing.assert_close(out["loss_giou_dn"],
                                generalized_box_iou_loss(xyxy(pred[valid]), xyxy(true[valid]), reduction="sum") / norm)
-    perfect = crit.denoising_losses({"pred_logits": logits, "pred_boxes": true}, meta, torch.tensor(3.0))
+    perfect = dn(true)
     assert float(perfect["loss_bbox_dn"]) == 0 and float(perfect["loss_giou_dn"]) < 1e-6
 
 
@@ -295,7 +299,7 @@ def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
 
 
 def test_topk_postprocess_keeps_the_best_query_class_pairs():
-    from detr_nb.postprocess import postprocess
+    from detr_nb.setpred.postprocess import postprocess
     logits = torch.full((1, 3, 2), -9.0)
     logits[0, 0] = torch.tensor([4.0, 3.0])     # query 0: both classes likely
     logits[0, 2, 1] = 2.0
@@ -313,7 +317,7 @@ def test_show_attention_mask_draws_allowed_pairs():
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from detr_nb.plotting import show_attention_mask
+    from detr_nb.engine.plotting import show_attention_mask
     mask = denoising_attention_mask(4, 2, 3)
     ax = show_attention_mask(mask, "t")
     assert np.array_equal(ax.images[0].get_array(), (~mask).numpy()) and ax.get_title() == "t"

@@ -40,3 +40,13 @@ def test_end_to_end_with_top_level_names():
     results = detr_nb.postprocess(out, torch.tensor([[64, 80], [64, 60]]))
     assert len(results) == 2 and results[0]["boxes"].shape == (Q, 4)
     assert (results[1]["boxes"][:, 0::2] <= 60 + 1e-4).all() and (results[1]["boxes"] >= -1e-4).all()
+
+
+def test_the_names_the_notebooks_and_users_rely_on_keep_working():
+    import detr_nb.data
+    for name in ("build_model", "SetCriterion", "HungarianMatcher", "postprocess", "load_pretrained",
+                 "format_parameter_table", "parameter_table", "Trainer", "TrainConfig", "train", "box_ops",
+                 "DETRConfig", "get_config", "apply_init", "set_impl", "record_attention", "CheckpointError"):
+        assert getattr(detr_nb, name) is not None, name
+    assert detr_nb.train is detr_nb.engine.train and callable(detr_nb.data.build_dataset)
+    assert detr_nb.TrainConfig().model == "detr_tiny_aided"

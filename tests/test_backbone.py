@@ -4,9 +4,9 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from detr_nb import layers as L
-from detr_nb.backbone import Backbone, Joiner, ResNet, TORCHVISION_WEIGHTS
-from detr_nb.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
+from detr_nb.nn import layers
+from detr_nb.model.backbone import Backbone, Joiner, ResNet, TORCHVISION_WEIGHTS
+from detr_nb.model.position_encoding import PositionEmbeddingLearned, PositionEmbeddingSine
 
 
 def _tv_resnet(arch, dilation=False):
@@ -46,7 +46,7 @@ def test_resnet_matches_torchvision(arch, norm, dilation, return_layer):
         assert out.shape[-1] == 96 // ours.stride
         torch.testing.assert_close(out, exp, rtol=1e-4, atol=1e-4)
         if arch == "resnet18":   # the scratch path too
-            torch.testing.assert_close(L.set_impl(ours, "scratch")(x), exp, rtol=1e-4, atol=1e-4)
+            torch.testing.assert_close(layers.set_impl(ours, "scratch")(x), exp, rtol=1e-4, atol=1e-4)
 
 
 def test_state_dict_names_are_torchvision_minus_fc():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_nb import checkpoint as ck
+from detr_nb.engine import checkpoint as ck
 
 
 def _state(step, value=1.0):

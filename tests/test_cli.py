@@ -9,9 +9,10 @@ import time
 
 import pytest
 
-from detr_nb import checkpoint as ck
-from detr_nb.cli import build_parser, config_from_args, main
-from detr_nb.evaluate import STAT_NAMES
+from detr_nb.engine import checkpoint as ck
+from detr_nb.cli import build_parser, main
+from detr_nb.cli.options import config_from_args
+from detr_nb.engine.evaluate import STAT_NAMES
 from engine_utils import REPO, SYN, TINY, cli_env, run_cli
 
 
@@ -103,7 +104,7 @@ def test_recipes_resolve_and_explicit_options_win():
     assert quick.data_kwargs["max_objects"] == 10      # the other synthetic parameters stay the main job's
     coco = parse("--dataset", "balloon")
     assert coco.data_kwargs == {} and coco.model == "detr_tiny_aided"
-    from detr_nb.train import TrainConfig
+    from detr_nb.engine.config import TrainConfig
     assert TrainConfig(recipe="paper").replace(recipe="aided", lr=0.5).lr == 0.5
     assert TrainConfig(recipe="paper", lr=0.5).replace(recipe="aided").lr == 0.5   # explicit values survive
     assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 1e-3

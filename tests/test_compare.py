@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from detr_nb.compare import CompareConfig, figure_subtitle, pretrained_unavailable, run_specs
+from detr_nb.engine.compare import CompareConfig, compare_train_config, pretrained_unavailable, run_specs
+from detr_nb.engine.compare_figures import figure_subtitle
 from engine_utils import SYN, TINY
 
 FIGURES = ("approaches_loss", "map", "images_per_s", "init_loss", "init_histograms", "init_grad_std",
@@ -33,7 +34,7 @@ def compared(tmp_path_factory):
     data = {k: v for k, v in SYN.items() if k not in ("workers", "progress")}
     argv = ["compare", "--dataset", "synthetic", "--data-root", str(tmp / "syn"), "--data-kwargs", json.dumps(data),
             "--model-overrides", json.dumps(TINY), "--approaches", "scratch,torch,pretrained",
-            "--inits", "default,uniform002", "--steps", str(STEPS), "--seeds", "0", "--log-every", "1",
+            "--inits", "default,uniform002", "--max-steps", str(STEPS), "--seeds", "0", "--log-every", "1",
             "--diag-every", "2", "--lr", "1e-3", "--no-download", "--no-progress", "--device", "cpu",
             "--out", str(tmp / "out")]
     old = torch.hub.get_dir()
@@ -124,7 +125,7 @@ def test_scratch_and_torch_give_the_same_loss_curve(compared):
 
 def test_curve_agreement_known_answer(tmp_path):
     """curve_agreement and its table line on hand-built metrics files with a known answer."""
-    from detr_nb.compare import curve_agreement, results_table
+    from detr_nb.engine.compare_report import curve_agreement, results_table
 
     def run(name, seed, losses, status="ok", extra=()):
         d = tmp_path / f"{name}-{seed}"
@@ -160,7 +161,7 @@ def test_curve_agreement_known_answer(tmp_path):
 
 def _train_losses(impl, dtype, steps, batches, perturb=0.0):
     from detr_nb.configs import build_model
-    from detr_nb.criterion import SetCriterion
+    from detr_nb.setpred.criterion import SetCriterion
 
     torch.manual_seed(0)
     model = build_model("detr_tiny", num_classes=7, impl=impl, **TINY).to(dtype)
@@ -277,8 +278,8 @@ def test_init_histograms_written_by_the_study_match_the_scheme(compared):
 
 
 def test_specs_share_data_seed_and_budget():
-    cfg = CompareConfig(approaches=("scratch", "torch", "pretrained"), inits=("xavier",), steps=50, seeds=(0, 1),
-                        out="runs/x")
+    cfg = CompareConfig(compare_train_config(max_steps=50, out="runs/x"),
+                        approaches=("scratch", "torch", "pretrained"), inits=("xavier",), seeds=(0, 1))
     specs = run_specs(cfg)
     assert len(specs) == 2 * 4
     for seed in (0, 1):
@@ -287,7 +288,8 @@ def test_specs_share_data_seed_and_budget():
             ("synthetic", 50, None, 4, 2e-4, seed)}
     for s in specs:   # the paper's recipe, whatever TrainConfig's defaults are
         t = s["train_config"]
-        assert (t.loss_type, t.weight_dict, t.warmup_steps, t.schedule) == ("ce", None, 0, "constant")
+        assert (t.loss_type, t.weight_dict, t.warmup_steps, t.schedule) == (
+            "ce", {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, 0, "constant")
     pre = [s["train_config"] for s in specs if s["name"] == "pretrained"][0]
     assert pre.model == "detr_r50" and pre.pretrained == "detr_r50"
     assert len({s["dir"] for s in specs}) == len(specs)

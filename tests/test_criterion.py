@@ -5,8 +5,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision import ops
 
-from detr_nb.criterion import SetCriterion, sigmoid_focal_loss
-from detr_nb.matcher import HungarianMatcher
+from detr_nb.setpred.criterion import SetCriterion
+from detr_nb.setpred.losses import sigmoid_focal_loss
+from detr_nb.setpred.matcher import HungarianMatcher
 
 C = 4  # real classes
 
@@ -232,3 +233,26 @@ def test_bad_input_raises_value_error():
         SetCriterion(C)(outputs, targets)
     with pytest.raises(ValueError, match="loss_type"):
         SetCriterion(C, loss_type="l2")
+
+
+@pytest.mark.parametrize("loss_type", ["ce", "focal"])
+def test_stacked_criterion_equals_the_papers_loss_layer_by_layer(loss_type):
+    """SetCriterion's fast path (every layer at once, flat indices) == setpred.losses.set_losses per layer."""
+    from detr_nb.setpred.losses import set_losses
+    from detr_nb.setpred.matching import hungarian_match
+    torch.manual_seed(5)
+    B, Q, C = 3, 10, 4
+    cols = C + 1
+    layers = [{"pred_logits": torch.randn(B, Q, cols), "pred_boxes": torch.rand(B, Q, 4) * 0.5 + 0.1}
+              for _ in range(3)]
+    outputs = {**layers[-1], "aux_outputs": layers[:-1]}
+    targets = [{"labels": torch.randint(0, C, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.1} for n in (2, 0, 4)]
+    crit = SetCriterion(C, eos_coef=0.1, loss_type=loss_type)
+    got = crit(outputs, targets)
+    num_boxes = torch.tensor(6.0)
+    class_cost = "focal" if loss_type == "focal" else "softmax"
+    for layer, suffix in zip(layers, ["_0", "_1", ""]):
+        indices = hungarian_match(layer, targets, 1.0, 5.0, 2.0, class_cost)
+        want = set_losses(layer, targets, indices, C, num_boxes, loss_type, eos_coef=0.1)
+        for k, v in want.items():
+            torch.testing.assert_close(got[k + suffix], v, rtol=1e-5, atol=1e-6)

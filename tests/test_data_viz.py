@@ -5,8 +5,8 @@ matplotlib.use("Agg")
 
 import numpy as np  # noqa: E402
 
-from detr_nb.data import (build_dataset, collate_fn, dataset_stats, plot_dataset_stats, show_batch,  # noqa: E402
-                          show_samples)
+from detr_nb.data import build_dataset, collate_fn  # noqa: E402
+from detr_nb.teach.data_viz import dataset_stats, plot_dataset_stats, show_batch, show_samples  # noqa: E402
 from detr_nb.data.synthetic import CLASSES  # noqa: E402
 
 

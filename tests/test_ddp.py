@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from detr_nb.train import Trainer
+from detr_nb.engine.trainer import Trainer
 from engine_utils import SYN, cli_env, tiny_config
 
 # Two objects per 64x64 image: every process sees as many boxes as the other, so even the
@@ -24,7 +24,7 @@ def _free_port():
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="torch.distributed unavailable")
 def test_two_gloo_processes_match_one_process(tmp_path):
     from detr_nb.data import ensure_synthetic
-    import detr_nb.train as T
+    import detr_nb.engine.trainer as T
 
     root = tmp_path / "data"
     ensure_synthetic(str(root), **DDP_SYN)
@@ -53,7 +53,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_bbox_0"):
         assert first[key] == pytest.approx(ref[key], rel=1e-4), key
     # the weights after one DDP step equal the single-process ones
-    from detr_nb import checkpoint as ck
+    from detr_nb.engine import checkpoint as ck
     ddp_state = ck.load_checkpoint(out / "checkpoints" / "last.pth")["model"]
     for k, v in single.model.state_dict().items():
         assert torch.allclose(ddp_state[k], v, atol=1e-5, rtol=1e-4), k

@@ -6,9 +6,8 @@ matplotlib.use("Agg")
 import torch
 from torch import nn
 
-from detr_nb import checkpoint as ck
-from detr_nb.diagnostics import (GradientStats, plot_grad_std, plot_histograms, plot_weight_std, plot_weight_sum,
-                                 read_records, weight_histograms)
+from detr_nb.engine import checkpoint as ck
+from detr_nb.engine.diagnostics import GradientStats, plot_grad_std, plot_histograms, plot_weight_std, plot_weight_sum, read_records, weight_histograms
 
 
 def _model():

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from detr_nb.evaluate import STAT_NAMES
+from detr_nb.engine.evaluate import STAT_NAMES
 from engine_utils import REPO, SYN, TINY, run_cli
 
 README = REPO / "README.md"
@@ -202,7 +202,7 @@ def run_tests_command(cmd, **_):
 
 def run_compare(cmd, work, **_):
     out = work / "compare"
-    run_cli(shlex.split(cmd.replace("--steps 300", "--steps 2")) +
+    run_cli(shlex.split(cmd.replace("--max-steps 300", "--max-steps 2")) +
             ["--data-root", work / "cmp-data", "--data-kwargs", json.dumps(SYN), "--model-overrides", json.dumps(TINY),
              "--out", out, "--max-eval-images", "4", "--no-progress", "--device", "cpu"], cwd=work)
     report = json.loads((out / "summary.json").read_text())
@@ -222,8 +222,8 @@ RUNNERS = {
     "torchrun --nproc_per_node=2 -m detr_nb train": run_torchrun,
     "python -m detr_nb evaluate --run runs/my-run": run_evaluate,
     "python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions": run_predict,
-    "python -m detr_nb.nbtools sync": run_nbtools_sync,
-    "python -m detr_nb compare --approaches scratch,torch --inits none --steps 300": run_compare,
+    "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
+    "python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300": run_compare,
 }
 
 

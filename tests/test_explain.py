@@ -1,4 +1,4 @@
-"""detr_nb.explain: the functions behind the figures and widgets of notebooks 01-04 and 08,
+"""detr_nb.teach: the functions behind the figures and widgets of notebooks 01-04 and 08,
 checked against PyTorch references and on the properties the notebooks claim."""
 import math
 
@@ -10,9 +10,11 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from detr_nb import build_model, explain as E, parameter_table  # noqa: E402
-from detr_nb.backbone import Backbone, ResNet  # noqa: E402
-from detr_nb.position_encoding import PositionEmbeddingSine  # noqa: E402
+from detr_nb import build_model, parameter_table  # noqa: E402
+from detr_nb import teach as E
+from detr_nb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from detr_nb.model.backbone import Backbone, ResNet  # noqa: E402
+from detr_nb.model.position_encoding import PositionEmbeddingSine  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -37,7 +39,7 @@ def test_sample_image_and_tensor():
     assert max(x.shape[1:]) == 300
     # ImageNet normalisation: undoing it gives back [0, 1] pixels.
     raw = torch.from_numpy(__import__("numpy").asarray(img, dtype="float32") / 255).permute(2, 0, 1)
-    back = E.image_to_tensor(img) * torch.tensor(E.IMAGENET_STD).view(3, 1, 1) + torch.tensor(E.IMAGENET_MEAN).view(3, 1, 1)
+    back = E.image_to_tensor(img) * torch.tensor(IMAGENET_STD).view(3, 1, 1) + torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     torch.testing.assert_close(back, raw)
 
 
@@ -168,7 +170,7 @@ def test_toy_attention_matches_torch_and_rows_sum_to_one():
 @pytest.mark.parametrize("impl", ["scratch", "torch"])
 def test_key_padding_and_attn_mask_vs_torch(impl):
     torch.manual_seed(0)
-    from detr_nb.layers import MultiheadAttention
+    from detr_nb.nn.attention import MultiheadAttention
     mha = MultiheadAttention(16, 4, impl=impl).eval()
     q, kv = torch.randn(2, 5, 16), torch.randn(2, 7, 16)
     kpm = torch.zeros(2, 7, dtype=torch.bool)

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 
-from detr_nb import checkpoint as ck
-from detr_nb.precision import Precision
-from detr_nb.train import MAX_SKIPPED_IN_A_ROW, NonFiniteLossError, SeededSamples, Trainer
+from detr_nb.engine import checkpoint as ck
+from detr_nb.engine.precision import Precision
+from detr_nb.engine.metrics import MAX_SKIPPED_IN_A_ROW, NonFiniteLossError
+from detr_nb.engine.sampler import SeededSamples
+from detr_nb.engine.trainer import Trainer
 from engine_utils import SYN, TINY, run_cli, tiny_config, write_coco_folder
 
 
@@ -50,7 +52,7 @@ def test_per_sample_seeding_leaves_cuda_alone_and_the_callers_rng(monkeypatch):
 
 
 def test_cudnn_benchmark_only_for_fixed_size_inputs():
-    from detr_nb.speed import fixed_input_size
+    from detr_nb.engine.speed import fixed_input_size
     assert fixed_input_size("cpu", [(96, 96)] * 5)
     assert fixed_input_size("none", [(64, 48), (64, 48)])
     assert not fixed_input_size("cpu", [(96, 96), (128, 96)])          # sizes differ

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from detr_nb import layers as L
+from detr_nb.nn import attention, layers
 
 
 
@@ -24,12 +24,12 @@ def _both(module, *inputs, train=False, seed=0):
     res = []
     for impl in ("torch", "scratch"):
         m = copy.deepcopy(module)
-        L.set_impl(m, impl)
+        layers.set_impl(m, impl)
         m.train(train)
         xs = [x.detach().clone().requires_grad_(x.is_floating_point()) if torch.is_tensor(x) else x for x in inputs]
         torch.manual_seed(seed)
         out = m(*xs)
-        g = torch.randn_like(out, generator=torch.Generator().manual_seed(1))
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=out.dtype)
         (out * g).sum().backward()
         res.append((out.detach(), [x.grad for x in xs if torch.is_tensor(x) and x.is_floating_point()],
                     {n: p.grad for n, p in m.named_parameters()}))
@@ -44,7 +44,7 @@ def _both(module, *inputs, train=False, seed=0):
 
 
 def test_linear():
-    m = L.Linear(7, 5)
+    m = layers.Linear(7, 5)
     x = torch.randn(2, 3, 7)
     out = _both(m, x)
     ref = nn.Linear(7, 5)
@@ -55,7 +55,7 @@ def test_linear():
 @pytest.mark.parametrize("k,stride,pad,dil,bias", [(3, 1, 1, 1, True), (7, 2, 3, 1, False), (3, 2, 1, 1, False),
                                                    (3, 1, 2, 2, False), (1, 1, 0, 1, True), (1, 2, 0, 1, False)])
 def test_conv2d(k, stride, pad, dil, bias):
-    m = L.Conv2d(3, 4, k, stride=stride, padding=pad, dilation=dil, bias=bias)
+    m = layers.Conv2d(3, 4, k, stride=stride, padding=pad, dilation=dil, bias=bias)
     ref = nn.Conv2d(3, 4, k, stride=stride, padding=pad, dilation=dil, bias=bias)
     ref.load_state_dict(m.state_dict())
     x = torch.randn(2, 3, 11, 9)
@@ -64,7 +64,7 @@ def test_conv2d(k, stride, pad, dil, bias):
 
 
 def test_frozen_batch_norm():
-    m = L.FrozenBatchNorm2d(4)
+    m = layers.FrozenBatchNorm2d(4)
     m.weight.uniform_(0.5, 2)
     m.bias.normal_()
     m.running_mean.normal_()
@@ -76,18 +76,18 @@ def test_frozen_batch_norm():
     torch.testing.assert_close(out, ref(x).detach())
     assert [n for n, _ in m.named_parameters()] == []   # all buffers: nothing trains
     # torchvision BN state dicts carry num_batches_tracked: dropped on load, strict load still works
-    m2 = L.FrozenBatchNorm2d(4)
+    m2 = layers.FrozenBatchNorm2d(4)
     m2.load_state_dict(ref.state_dict(), strict=True)
     torch.testing.assert_close(m2.running_var, m.running_var)
 
 
 def test_batch_norm_train_and_eval():
-    m = L.BatchNorm2d(4)
+    m = layers.BatchNorm2d(4)
     m.weight.data.uniform_(0.5, 2)
     x = torch.randn(3, 4, 5, 5) * 3 + 1
     _both(m, x, train=True)
     ms, mt = copy.deepcopy(m), copy.deepcopy(m)
-    L.set_impl(ms, "scratch")
+    layers.set_impl(ms, "scratch")
     ms.train()(x)
     mt.train()(x)
     torch.testing.assert_close(ms.running_mean, mt.running_mean)
@@ -96,7 +96,7 @@ def test_batch_norm_train_and_eval():
 
 
 def test_group_norm():
-    m = L.GroupNorm(4, 8)
+    m = layers.GroupNorm(4, 8)
     m.weight.data.normal_()
     m.bias.data.normal_()
     _both(m, torch.randn(2, 8, 3, 5))
@@ -104,22 +104,22 @@ def test_group_norm():
 
 def test_relu_including_zero():
     x = torch.tensor([[-1.0, 0.0, 2.0, -0.0, 3.5]])
-    _both(L.ReLU(), x)
+    _both(layers.ReLU(), x)
 
 
 def test_softmax_and_masked_rows():
     x = torch.randn(3, 6) * 10
-    _both(L.Softmax(-1), x)
+    torch.testing.assert_close(layers.softmax(x), F.softmax(x, -1))
     big = torch.tensor([[1000.0, 999.0, -1000.0]])   # overflow without max-subtraction
-    torch.testing.assert_close(L.softmax(big), F.softmax(big, -1))
+    torch.testing.assert_close(layers.softmax(big), F.softmax(big, -1))
     ninf = torch.tensor([[float("-inf")] * 3, [0.0, float("-inf"), 0.0]])
-    s = L.softmax(ninf)
+    s = layers.softmax(ninf)
     assert torch.isfinite(s).all()
     torch.testing.assert_close(s, torch.tensor([[0.0, 0, 0], [0.5, 0, 0.5]]))
 
 
 def test_layer_norm():
-    m = L.LayerNorm(8)
+    m = layers.LayerNorm(8)
     m.weight.data.normal_()
     m.bias.data.normal_()
     _both(m, torch.randn(2, 3, 8) * 4 + 2)
@@ -128,7 +128,7 @@ def test_layer_norm():
 def test_dropout_statistics_and_eval_identity():
     x = torch.ones(200, 500)
     for impl in ("scratch", "torch"):
-        d = L.Dropout(0.3, impl=impl).train()
+        d = layers.Dropout(0.3, impl=impl).train()
         y = d(x)
         assert abs((y == 0).double().mean().item() - 0.3) < 0.01
         torch.testing.assert_close(y[y != 0], torch.full_like(y[y != 0], 1 / 0.7))
@@ -136,7 +136,7 @@ def test_dropout_statistics_and_eval_identity():
 
 
 def _mha_pair(C=16, h=4):
-    ours = L.MultiheadAttention(C, h)
+    ours = attention.MultiheadAttention(C, h)
     ref = nn.MultiheadAttention(C, h, batch_first=True)
     ref.load_state_dict(ours.state_dict(), strict=True)   # same names and shapes
     return ours, ref
@@ -146,7 +146,7 @@ def _mha_pair(C=16, h=4):
 def test_mha_matches_nn_multiheadattention_with_masks(impl):
     torch.manual_seed(0)
     ours, ref = _mha_pair()
-    L.set_impl(ours, impl)
+    layers.set_impl(ours, impl)
     B, Lq, Lk, C = 2, 5, 7, 16
     q, k, v = torch.randn(B, Lq, C), torch.randn(B, Lk, C), torch.randn(B, Lk, C)
     kpm = torch.zeros(B, Lk, dtype=torch.bool)
@@ -188,7 +188,7 @@ def test_attention_dropout_only_in_training():
     ours.dropout = 0.5
     x = torch.randn(1, 5, 16)
     for impl in ("scratch", "torch"):
-        L.set_impl(ours, impl)
+        layers.set_impl(ours, impl)
         a, b = ours.eval()(x, x, x), ours.eval()(x, x, x)
         assert torch.equal(a, b)
         assert not torch.allclose(ours.train()(x, x, x), a)
@@ -201,9 +201,9 @@ def test_record_attention_keeps_outputs():
     kpm = torch.zeros(2, 5, dtype=torch.bool)
     kpm[1, 3:] = True
     for impl in ("torch", "scratch"):
-        L.set_impl(model, impl)
+        layers.set_impl(model, impl)
         plain = ours(x, x, x, key_padding_mask=kpm)
-        with L.record_attention(model) as attn:
+        with attention.record_attention(model) as attn:
             rec = ours(x, x, x, key_padding_mask=kpm)
         torch.testing.assert_close(rec, plain)
         w = attn["att"]
@@ -211,7 +211,7 @@ def test_record_attention_keeps_outputs():
         _, w_ref = ref(x, x, x, key_padding_mask=kpm, need_weights=True, average_attn_weights=False)
         torch.testing.assert_close(w, w_ref.detach())
         assert ours._record is None   # recording stops after the block
-    with L.record_attention(model, average_heads=True) as attn:
+    with attention.record_attention(model, average_heads=True) as attn:
         ours(x, x, x)
     assert attn["att"].shape == (2, 5, 5)
 
@@ -228,11 +228,11 @@ def test_mha_bad_masks_raise():
 
 
 def test_set_impl_and_bad_impl():
-    m = nn.Sequential(L.Linear(3, 3), L.ReLU(), L.LayerNorm(3))
-    L.set_impl(m, "scratch")
+    m = nn.Sequential(layers.Linear(3, 3), layers.ReLU(), layers.LayerNorm(3))
+    layers.set_impl(m, "scratch")
     assert all(x.impl == "scratch" for x in m)
     with pytest.raises(ValueError, match="impl"):
-        L.set_impl(m, "numpy")
+        layers.set_impl(m, "numpy")
 
 
 def test_softmax_gradient_with_a_single_visible_key():
@@ -240,6 +240,6 @@ def test_softmax_gradient_with_a_single_visible_key():
     x = torch.randn(3, 4, requires_grad=True)
     mask = torch.tensor([[False, True, True, True], [True, False, True, False], [False] * 4])
     g = torch.randn(3, 4)
-    a = torch.autograd.grad((L.softmax(x.masked_fill(mask, float("-inf"))) * g).sum(), x)[0]
+    a = torch.autograd.grad((layers.softmax(x.masked_fill(mask, float("-inf"))) * g).sum(), x)[0]
     b = torch.autograd.grad((F.softmax(x.masked_fill(mask, float("-inf")), -1) * g).sum(), x)[0]
     torch.testing.assert_close(a, b)

@@ -1,4 +1,4 @@
-"""detr_nb.lessons: the helpers behind notebooks 05-07 (figures drawn headless, no browser)."""
+"""detr_nb.teach.lessons: the helpers behind notebooks 05-07 (figures drawn headless, no browser)."""
 import math
 
 import matplotlib
@@ -10,8 +10,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
-from detr_nb import lessons  # noqa: E402
-from detr_nb.matching_viz import explain_matching  # noqa: E402
+from detr_nb.teach import lessons  # noqa: E402
+from detr_nb.teach.matching import explain_matching  # noqa: E402
 
 
 # ---- notebook 05 ----------------------------------------------------------------------------------
@@ -193,7 +193,7 @@ def _disconnect_config(tmp_path, out):
     does not depend on ``max_steps``: a session started with max_steps=2 and one raised to 4 take the same
     steps as one run with max_steps=4. (Under the main job's cosine schedule, raising max_steps changes every
     step's learning rate and the weights could never agree.)"""
-    from detr_nb.train import TrainConfig
+    from detr_nb.engine.config import TrainConfig
 
     return TrainConfig(dataset="synthetic", data_root=str(tmp_path / "syn"),
                        data_kwargs={"num_train": 4, "num_val": 2, "image_size": (48, 56), "workers": 1,
@@ -214,7 +214,7 @@ def _disconnect_config(tmp_path, out):
 def test_disconnect_after_kills_a_real_run_and_resume_continues(tmp_path, one_thread):
     """A run interrupted without a checkpoint resumes from the last one and reaches the same weights
     (bit for bit) as a run that never stopped."""
-    from detr_nb.train import Trainer
+    from detr_nb.engine.trainer import Trainer
 
     # the reference: 4 steps (2 epochs of 2 steps) in one go
     straight = Trainer(_disconnect_config(tmp_path, tmp_path / "straight"), max_steps=4)

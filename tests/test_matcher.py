@@ -15,9 +15,10 @@ import torch
 from scipy.optimize import linear_sum_assignment
 from torchvision import ops
 
-from detr_nb.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
-from detr_nb.matcher import HungarianMatcher, pairwise_costs
-from detr_nb.matching_viz import drag_prediction, explain_matching, move_box, plot_cost_terms, plot_matching
+from detr_nb.nn.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from detr_nb.setpred.matcher import HungarianMatcher
+from detr_nb.setpred.matching import pairwise_costs
+from detr_nb.teach.matching import drag_prediction, explain_matching, move_box, plot_cost_terms, plot_matching
 
 C = 4  # real classes; logits have C + 1 columns
 
@@ -299,7 +300,7 @@ def test_matcher_and_criterion_compute_in_float32_under_bf16_autocast():
     so the ``.float()`` casts alone keep the numbers float32; that autocast is *off* inside (the guard,
     ``no_autocast``) is checked directly, by recording ``torch.is_autocast_enabled`` where the costs and
     losses are computed."""
-    from detr_nb.criterion import SetCriterion
+    from detr_nb.setpred.criterion import SetCriterion
 
     layers, targets = _bf16_layers(seed=41, sizes=[3, 4], Q=7)
     upcast = [{k: v.float() for k, v in o.items()} for o in layers]
@@ -438,3 +439,19 @@ def test_figures_draw():
     fig2 = plot_cost_terms(e)
     assert len(fig2.axes) >= 4
     plt.close("all")
+
+
+@pytest.mark.parametrize("class_cost", ["softmax", "focal"])
+def test_batched_matcher_equals_the_papers_matching_image_by_image(class_cost):
+    """HungarianMatcher (one batched cost, one host copy, every layer) == setpred.matching.hungarian_match."""
+    from detr_nb.setpred.matching import hungarian_match
+    torch.manual_seed(3)
+    B, Q, C = 4, 12, 6
+    layers = [{"pred_logits": torch.randn(B, Q, C), "pred_boxes": torch.rand(B, Q, 4) * 0.5 + 0.1} for _ in range(3)]
+    sizes = [3, 0, 5, 1]
+    targets = [{"labels": torch.randint(0, C - 1, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.1} for n in sizes]
+    fast = HungarianMatcher(2.0, 5.0, 2.0, class_cost=class_cost).match_layers(layers, targets)
+    for layer, got in zip(layers, fast):
+        want = hungarian_match(layer, targets, 2.0, 5.0, 2.0, class_cost)
+        for (r1, c1), (r2, c2) in zip(got, want):
+            assert torch.equal(r1, r2) and torch.equal(c1, c2)

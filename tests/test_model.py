@@ -8,10 +8,11 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from detr_nb import layers as L
+from detr_nb.nn import layers
+from detr_nb.nn.attention import record_attention
 from detr_nb.configs import CONFIGS, DETRConfig, apply_init, build_model
-from detr_nb.params import format_parameter_table, parameter_table
-from detr_nb.pretrained import CHECKPOINTS, load_pretrained, sha256_prefix
+from detr_nb.model.params import format_parameter_table, parameter_table
+from detr_nb.model.pretrained import CHECKPOINTS, load_pretrained, sha256_prefix
 
 
 def _meta_model(name, **kw):
@@ -102,9 +103,9 @@ def test_r50_scratch_equals_torch(r50_official_weights):
     model, _ = r50_official_weights
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
-        a = L.set_impl(model, "torch")(x)
-        b = L.set_impl(model, "scratch")(x)
-    L.set_impl(model, "torch")
+        a = layers.set_impl(model, "torch")(x)
+        b = layers.set_impl(model, "scratch")(x)
+    layers.set_impl(model, "torch")
     torch.testing.assert_close(b["pred_logits"], a["pred_logits"], rtol=0, atol=1e-4)
     torch.testing.assert_close(b["pred_boxes"], a["pred_boxes"], rtol=0, atol=1e-5)
 
@@ -134,8 +135,8 @@ def test_scratch_equals_torch_tiny_eval_float64():
     mask = torch.zeros(2, 48, 64, dtype=torch.bool)
     mask[1, :, 32:] = True
     with torch.no_grad():
-        a = L.set_impl(m, "torch")(x, mask)
-        b = L.set_impl(m, "scratch")(x, mask)
+        a = layers.set_impl(m, "torch")(x, mask)
+        b = layers.set_impl(m, "scratch")(x, mask)
     for k in ("pred_logits", "pred_boxes"):
         torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-10)
     torch.testing.assert_close(b["aux_outputs"][0]["pred_boxes"], a["aux_outputs"][0]["pred_boxes"], rtol=0, atol=1e-10)
@@ -147,7 +148,7 @@ def test_scratch_equals_torch_tiny_float32_gn_and_grads():
     x = torch.randn(2, 3, 48, 48)
     outs, grads = [], []
     for impl in ("torch", "scratch"):
-        L.set_impl(m, impl)
+        layers.set_impl(m, impl)
         m.zero_grad()
         out = m(x)
         (out["pred_logits"].logsumexp(-1).sum() + out["pred_boxes"].sum()).backward()
@@ -238,7 +239,7 @@ def test_record_attention_on_model():
     m = _tiny().eval()
     x = torch.randn(1, 3, 64, 64)
     plain = m(x)
-    with L.record_attention(m) as attn:
+    with record_attention(m) as attn:
         rec = m(x)
     torch.testing.assert_close(rec["pred_logits"], plain["pred_logits"])
     assert attn["transformer.decoder.layers.1.multihead_attn"].shape == (1, 8, 25, 16)   # 64/16 = 4 -> 16 pixels
@@ -273,7 +274,7 @@ def test_build_model_errors():
 
 def test_build_model_impl_switch():
     m = build_model("detr_tiny", num_classes=3, impl="scratch")
-    impls = {x.impl for x in m.modules() if isinstance(x, L.Switchable)}
+    impls = {x.impl for x in m.modules() if isinstance(x, layers.Switchable)}
     assert impls == {"scratch"}
 
 
@@ -355,7 +356,7 @@ def test_load_pretrained_rejects_bad_hash_and_bad_keys(hub_dir):
 
 def test_load_pretrained_warns_on_dc5_mixup(hub_dir, monkeypatch):
     """detr_r50 and detr_r50_dc5 share keys and shapes: the config comparison must catch it."""
-    import detr_nb.pretrained as P
+    import detr_nb.model.pretrained as P
 
     m = _meta_model("detr_r50_dc5")
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", lambda *a, **k: {"model": m.state_dict()})

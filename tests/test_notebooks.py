@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import detr_nb
-from detr_nb import nbtools
+from detr_nb.teach import nbtools
 
 SOURCES = nbtools.sources()
 IDS = [p.stem for p in SOURCES]

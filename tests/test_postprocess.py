@@ -3,7 +3,7 @@ import pytest
 import torch
 from torchvision import ops
 
-from detr_nb.postprocess import postprocess
+from detr_nb.setpred.postprocess import postprocess
 
 
 def make_outputs(B=2, Q=5, C=4, seed=0):
@@ -58,3 +58,9 @@ def test_bf16_outputs_give_float32_results():
     outputs = {k: v.bfloat16() for k, v in make_outputs(seed=3).items()}
     r = postprocess(outputs, torch.tensor([[50, 60], [70, 80]]))
     assert r[0]["scores"].dtype == torch.float32 and r[0]["boxes"].dtype == torch.float32
+
+
+def test_topk_needs_sigmoid_scores():
+    out = {"pred_logits": torch.randn(1, 4, 3), "pred_boxes": torch.rand(1, 4, 4)}
+    with pytest.raises(ValueError, match="use_sigmoid"):
+        postprocess(out, [[10, 10]], topk=2)

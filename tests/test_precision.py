@@ -1,7 +1,7 @@
 """Precision policy: fp16+GradScaler below compute capability 8.0, bf16 from 8.0, fp32 on CPU."""
 import torch
 
-from detr_nb.precision import resolve_precision
+from detr_nb.engine.precision import resolve_precision
 
 
 def test_cpu_is_fp32():

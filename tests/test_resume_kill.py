@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from detr_nb import checkpoint as ck
+from detr_nb.engine import checkpoint as ck
 from engine_utils import SYN, TINY, cli_env, run_cli
 
 

@@ -1,9 +1,9 @@
-"""Speed options (detr_nb.speed, bench/train_step.py) leave the math unchanged. Speed itself is not tested."""
+"""Speed options (detr_nb.engine.speed, bench/train_step.py) leave the math unchanged. Speed itself is not tested."""
 import torch
 
 from detr_nb.configs import build_model
-from detr_nb.criterion import SetCriterion
-from detr_nb.speed import EagerFallback, adamw_flags, loader_kwargs, make_adamw, maybe_compile
+from detr_nb.setpred.criterion import SetCriterion
+from detr_nb.engine.speed import EagerFallback, adamw_flags, loader_kwargs, make_adamw, maybe_compile
 
 
 def _batch(seed=0, b=2, h=64, w=80):

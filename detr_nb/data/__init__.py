@@ -9,13 +9,12 @@ Before training: ``check_split(ds, "train")``, ``check_split(val, "val")`` and `
 in one line on an empty split or an unreadable image; ``open_image(path)`` reads a photo as viewers show it.
 """
 from .build import REAL_DATASETS, build_dataset, find_coco_split
-from .coco import (AnnotationError, CocoDetection, EmptySplitError, UnreadableImagesError, check_images,
-                   check_split, load_coco_json)
+from .coco import CocoDetection, EmptySplitError, UnreadableImagesError, check_images, check_split
+from .coco_json import AnnotationError, load_coco_json
 from .collate import collate_fn, pad_images
 from .image_io import image_size, open_image
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic, render_sample
-from .viz import dataset_stats, plot_dataset_stats, show_batch, show_samples
 from .transforms import (PRESETS, Compose, LimitSize, Normalize, RandomHorizontalFlip, RandomResize,
                          RandomSelect, RandomSizeCrop, ToTensor, make_transforms)
 
@@ -23,6 +22,6 @@ __all__ = [
     "AnnotationError", "CocoDetection", "Compose", "LimitSize", "Normalize", "PRESETS", "REAL_DATASETS",
     "RandomHorizontalFlip", "RandomResize", "RandomSelect", "RandomSizeCrop", "SYNTHETIC_CLASSES", "ToTensor",
     "build_dataset", "collate_fn", "ensure_synthetic", "find_coco_split", "load_coco_json", "make_transforms",
-    "pad_images", "render_sample", "dataset_stats", "plot_dataset_stats", "show_batch", "show_samples",
+    "pad_images", "render_sample",
     "EmptySplitError", "UnreadableImagesError", "check_images", "check_split", "image_size", "open_image",
 ]

@@ -8,6 +8,12 @@ nothing else is touched.
 
 Where no hash is published, the sha256 of the first download is written next to the file
 (``dest + ".sha256"``, *trust on first use*) and checked on every later use.
+
+Why not ``torchvision.datasets.utils`` (``download_url``, ``extract_archive``), which we already depend on: its
+download cannot resume a cut transfer (COCO's train images are 19 GB, a Colab session lasts hours), checks md5
+only (no sha256, hence no trust on first use), and writes the final file in place (a crash leaves a partial
+file under the real name); its extraction calls ``extractall`` without checking members, so an archive could
+write outside the cache (``../``, absolute names, links). This module keeps exactly those four things.
 """
 from __future__ import annotations
 

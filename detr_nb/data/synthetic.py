@@ -164,6 +164,8 @@ def _mask_box(m: np.ndarray) -> Tuple[int, int, int, int]:
     return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
+# long function: one sample's drawing, kept as one procedure because the order of its random draws is the
+# dataset (its bytes and manifest hashes); splitting it would have to preserve that order exactly.
 def render_sample(params: Dict[str, Any], seed: int, split: str, index: int) -> Dict[str, Any]:
     """Draw image ``index`` of ``split``; depends only on (params, seed, split, index).
 

@@ -18,9 +18,11 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 import torchvision.transforms.functional as F
 
-from ..plotting import IMAGENET_MEAN, IMAGENET_STD
-
 Target = Dict[str, torch.Tensor]
+
+# ImageNet's channel statistics: the backbones were pretrained on images normalised with them.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Fields that hold one entry per object and must be filtered together.
 PER_OBJECT_FIELDS = ("boxes", "labels", "area", "iscrowd")

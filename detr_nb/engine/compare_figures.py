@@ -1,0 +1,214 @@
+"""The figures of a comparison (:mod:`.compare`), drawn from its recorded files: loss curves, mAP, speed and
+the initialisation study's histograms and gradient statistics."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Sequence
+
+from .compare_report import LOSS_TERMS, _ok, _read_jsonl, results_table
+
+
+def redraw(out) -> Dict[str, Any]:
+    """Rewrite ``table.md`` and the figures of a finished comparison from its recorded files (no training)."""
+    out = Path(out)
+    report = json.loads((out / "summary.json").read_text())
+    (out / "table.md").write_text(results_table(report))
+    report["figures"] = {k: str(v) for k, v in draw_comparison(out).items()}
+    return report
+
+
+def _setting(report: Dict[str, Any], key: str):
+    """A training setting of a comparison (``config.train``; summaries written before it held them flat)."""
+    return report["config"].get("train", report["config"])[key]
+
+
+def figure_subtitle(report: Dict[str, Any]) -> str:
+    budget = f"{report['steps']} steps" if report.get("steps") else f"{report['budget_s']:.0f} s per run"
+    seeds = ",".join(str(s) for s in report["seeds"])
+    return f"{report['dataset']} · {report['hardware']} · {budget} · seed{'s' if len(report['seeds']) > 1 else ''} {seeds}"
+
+
+
+
+def _label(r: Dict, report: Dict) -> str:
+    return r["name"] + (f" s{r['seed']}" if len(report["seeds"]) > 1 else "")
+
+
+def plot_loss_comparison(report: Dict[str, Any], group: str = "approach", terms: Sequence[str] = LOSS_TERMS):
+    """One panel per loss term, one line per run of ``group`` (approach | init)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(terms), figsize=(3.4 * len(terms), 3.2), squeeze=False)
+    runs = _ok(report, group)
+    for i, r in enumerate(runs):
+        rows = [m for m in _read_jsonl(Path(r["dir"]) / "metrics.jsonl") if m.get("kind") == "step"]
+        lw = 1.0 + 2.0 * (len(runs) - 1 - i) / max(1, len(runs) - 1)   # wider lines first: overlaps stay visible
+        for ax, term in zip(axes[0], terms):
+            ax.plot([m["step"] for m in rows], [m[term] for m in rows], lw=lw, alpha=0.85, label=_label(r, report))
+    for ax, term in zip(axes[0], terms):
+        ax.set_title(term, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[0][0].legend(fontsize=7)
+    _not_run_note(fig, report, group)
+    what = "Three approaches" if group == "approach" else "Init schemes"
+    fig.suptitle(f"{what}: training loss (mean per {_setting(report, 'log_every')} steps)\n"
+                 f"{figure_subtitle(report)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _not_run_note(fig, report, group):
+    skipped = [r for r in report["runs"] if r["group"] == group and r["status"] != "ok"]
+    if skipped:
+        text = "; ".join(f"{r['name']}: not run" for r in skipped)
+        fig.text(0.99, 0.01, text, ha="right", va="bottom", fontsize=7, color="0.4")
+
+
+def plot_map_comparison(report: Dict[str, Any], groups: Sequence[str] = ("approach", "init")):
+    """Validation AP and AP50 over training steps (every ``eval_every`` epochs + the final evaluation)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for group in groups:
+        for r in _ok(report, group):
+            recs = _read_jsonl(Path(r["dir"]) / "metrics.jsonl")
+            pts = {m["step"]: (m["val_AP"], m["val_AP50"]) for m in recs if m.get("kind") == "epoch" and "val_AP" in m}
+            pts.update({m["step"]: (m["AP"], m["AP50"]) for m in recs if m.get("kind") == "eval"})
+            steps = sorted(pts)
+            style = "-o" if group == "approach" else "--."
+            for i, ax in enumerate(axes):
+                ax.plot(steps, [pts[s][i] for s in steps], style, ms=3, lw=1.1, label=f"{group}: {_label(r, report)}")
+    for ax, name in zip(axes, ("AP", "AP50")):
+        ax.set_title(f"validation {name} (COCO, pycocotools)", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.grid(alpha=0.3)
+        ax.tick_params(labelsize=7)
+    axes[1].legend(fontsize=6)
+    fig.suptitle(f"mAP over training\n{figure_subtitle(report)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_speed(report: Dict[str, Any]):
+    """Bar chart of training images per second (median over the logged windows) of every run."""
+    import matplotlib.pyplot as plt
+
+    runs = [r for g in ("approach", "init") for r in _ok(report, g)]
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    labels = [f"{r['group']}: {_label(r, report)}" for r in runs]
+    values = [r["images_per_s"] or 0.0 for r in runs]
+    bars = ax.barh(labels, values, color=["C0" if r["group"] == "approach" else "C2" for r in runs])
+    for b, v in zip(bars, values):
+        ax.text(b.get_width(), b.get_y() + b.get_height() / 2, f" {v:.1f}", va="center", fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("training images / s", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3, axis="x")
+    _not_run_note(fig, report, "approach")
+    fig.suptitle(f"Training speed\n{figure_subtitle(report)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_init_histograms(report: Dict[str, Any], max_layers: int = 4, bins: int = 60):
+    """Weights at step 0 under each init scheme: one panel per layer, one outline per scheme."""
+    import matplotlib.pyplot as plt
+    import torch
+
+    runs = [r for r in _ok(report, "init") if r["seed"] == report["seeds"][0]]
+    hists = {}
+    for r in runs:
+        p = Path(r["dir"]) / "weights_init.json"
+        if p.exists():
+            hists[r["name"]] = json.loads(p.read_text())
+    names = _init_layers(next(iter(hists.values()))) if hists else []
+    names = names[:max_layers]
+    fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.4 * max(1, len(names)), 3.0), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for scheme, h in hists.items():
+            if name not in h:
+                continue
+            e = torch.tensor(h[name]["edges"])
+            c = torch.tensor(h[name]["counts"])
+            dens = c / (c.sum() * (e[1:] - e[:-1]))   # density: schemes with other ranges stay comparable
+            ax.stairs(dens.tolist(), e.tolist(), lw=1.2, label=f"{scheme} (std {h[name]['std']:.3g})")
+        ax.set_title(name, fontsize=7)
+        ax.set_yscale("log")
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=6)
+    fig.suptitle(f"Weights at initialisation (density, log scale)\n{figure_subtitle(report)}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def _init_layers(hist: Dict[str, Any]) -> List[str]:
+    """A few re-initialised layers worth looking at: encoder attention + FFN, decoder cross-attention, heads."""
+    wanted = ("transformer.encoder.layers.0.self_attn.in_proj_weight", "transformer.encoder.layers.0.linear1.weight",
+              "transformer.decoder.layers.0.multihead_attn.in_proj_weight", "bbox_embed.layers.0.weight",
+              "class_embed.weight", "input_proj.weight")
+    names = [n for n in wanted if n in hist]
+    return names or [n for n in hist if not n.startswith("backbone.")]
+
+
+def plot_init_series(report: Dict[str, Any], key: str = "grad_std", max_layers: int = 8):
+    """``grad_std`` (log scale) or ``weight_sum`` per layer over steps, one panel per init scheme."""
+    import matplotlib.pyplot as plt
+    from .diagnostics import plot_grad_std, plot_weight_sum
+
+    runs = [r for r in _ok(report, "init") if r["seed"] == report["seeds"][0]]
+    fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(3.6 * max(1, len(runs)), 3.4), squeeze=False,
+                             sharey=key == "grad_std")
+    fn = plot_grad_std if key == "grad_std" else plot_weight_sum
+    for ax, r in zip(axes[0], runs):
+        recs = _read_jsonl(Path(r["dir"]) / "diagnostics.jsonl")
+        if recs:   # the same layers in every panel: the transformer and heads, not the backbone
+            keep = [n for n in recs[0][key] if not n.startswith("backbone.")]
+            recs = [{"step": x["step"], key: {n: x[key][n] for n in keep}} for x in recs]
+        fn(recs, max_layers=max_layers, ax=ax)
+        ax.set_title(f"init {r['name']}", fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.set_ylabel(ax.get_ylabel(), fontsize=8)
+        ax.tick_params(labelsize=6)
+        if ax.get_legend():
+            ax.get_legend().remove()
+    handles, labels = axes[0][0].get_legend_handles_labels()   # the same layers in every panel: one legend
+    what = "Gradient std per layer" if key == "grad_std" else "Weight sum per layer"
+    fig.suptitle(f"{what} over training (every {_setting(report, 'diag_every')} steps)\n{figure_subtitle(report)}",
+                 fontsize=9)
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
+    if handles:
+        fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    return fig
+
+
+def draw_comparison(out, dpi: int = 90) -> Dict[str, Path]:
+    """Draw every comparison figure of ``out/summary.json`` into ``out``; returns ``{name: path}``."""
+    import matplotlib
+    if "matplotlib.pyplot" not in sys.modules:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = Path(out)
+    report = json.loads((out / "summary.json").read_text())
+    figs = {}
+    todo = []
+    if _ok(report, "approach"):
+        todo += [("approaches_loss", lambda: plot_loss_comparison(report, "approach"))]
+    if any(r["status"] == "ok" for r in report["runs"]):
+        todo += [("map", lambda: plot_map_comparison(report)), ("images_per_s", lambda: plot_speed(report))]
+    if _ok(report, "init"):
+        todo += [("init_loss", lambda: plot_loss_comparison(report, "init")),
+                 ("init_histograms", lambda: plot_init_histograms(report)),
+                 ("init_grad_std", lambda: plot_init_series(report, "grad_std")),
+                 ("init_weight_sum", lambda: plot_init_series(report, "weight_sum"))]
+    for name, make in todo:
+        fig = make()
+        figs[name] = out / f"{name}.png"
+        fig.savefig(figs[name], dpi=dpi)
+        plt.close(fig)
+    return figs

@@ -1,0 +1,138 @@
+"""Detections on your own pictures: files, folders or URLs in, annotated images and a JSON of boxes out.
+
+    from detr_nb.predict import predict_paths
+    results = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
+                            preset="official", categories={1: "balloon"}, threshold=0.7)
+
+``python -m detr_nb predict`` is this function on a checkpoint. Images are opened upright (EXIF orientation
+applied, as a viewer shows them); boxes are in the pixels of that upright image, ``[x0, y0, x1, y1]``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+
+from ..errors import UserError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+
+
+def _is_url(text: str) -> bool:
+    return urllib.parse.urlparse(text).scheme in ("http", "https", "file")
+
+
+def _download(url: str, folder: str, timeout: float = 30.0) -> str:
+    """Fetch ``url`` into ``folder``; a one-line :class:`UserError` when it cannot be fetched."""
+    name = os.path.basename(urllib.parse.urlparse(url).path) or "image"
+    path = os.path.join(folder, name)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers={"User-Agent": "detr_nb"}),
+                                    timeout=timeout) as r, open(path, "wb") as f:
+            f.write(r.read())
+    except (OSError, ValueError) as e:   # URLError, HTTPError and timeouts are OSErrors
+        raise UserError(f"cannot download {url}: {getattr(e, 'reason', None) or e}") from None
+    return path
+
+
+def resolve_inputs(items: Sequence[str], download_dir: str) -> Tuple[List[Tuple[str, str]], int]:
+    """``[(shown name, local path)]`` for files, folders (their images, sorted, not recursive) and URLs
+    (downloaded into ``download_dir``), and the number of non-image files skipped in folders."""
+    found, skipped = [], 0
+    for item in items:
+        if _is_url(item):
+            found.append((item, _download(item, download_dir)))
+        elif os.path.isdir(item):
+            names = sorted(os.listdir(item))
+            images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
+            skipped += sum(1 for n in names if n not in images and os.path.isfile(os.path.join(item, n)))
+            if not images:
+                raise UserError(f"{item}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
+            found += [(os.path.join(item, n), os.path.join(item, n)) for n in images]
+        elif os.path.isfile(item):
+            found.append((item, item))
+        else:
+            raise UserError(f"{item}: no such file, folder or URL")
+    return found, skipped
+
+
+@torch.no_grad()
+def detect(model, image, transforms, device, scoring: Mapping, threshold: Optional[float] = None) -> Dict:
+    """Boxes of one upright PIL image: ``{"scores", "labels", "boxes"}`` in the image's own pixels (xyxy),
+    clipped to the image (a predicted box may reach past the border)."""
+    from .evaluate import final_outputs
+    from ..setpred.postprocess import postprocess
+
+    w, h = image.size
+    tensor, _ = transforms(image, None)                     # (3, H', W')
+    model.eval()
+    outputs = model(tensor[None].to(device))
+    outputs = final_outputs(outputs, scoring.get("use_sigmoid", False))
+    res = postprocess(outputs, torch.tensor([[h, w]], device=device), threshold=threshold, **scoring)[0]
+    res = {k: v.cpu() for k, v in res.items()}
+    res["boxes"] = torch.minimum(res["boxes"].clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
+    return res
+
+
+def _open(path: str):
+    from ..data.image_io import open_image
+    try:
+        return open_image(path)
+    except OSError as e:
+        raise UserError(f"{path}: not an image that PIL can read ({e})") from None
+
+
+def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Mapping, device="cpu",
+                  threshold: float = 0.5, categories: Optional[Mapping[int, str]] = None,
+                  log=print) -> List[Dict]:
+    """Run ``model`` on every image of ``items``; write ``<out>/<name>.png`` (boxes with score >= ``threshold``
+    drawn on the upright image) and ``<out>/predictions.json``; return the JSON's records."""
+    import matplotlib
+    if matplotlib.get_backend().lower() != "agg":
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from ..data import make_transforms
+    from .plotting import draw_boxes
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    transforms = make_transforms(preset, train=False)
+    records: List[Dict] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, skipped = resolve_inputs(items, tmp)
+        if skipped:
+            log(f"skipped {skipped} non-image file(s) in the given folder(s)")
+        pictures = [_open(path) for _, path in inputs]      # every input is checked before any is run
+        used = set()
+        for (shown, path), image in zip(inputs, pictures):
+            res = detect(model, image, transforms, device, scoring)
+            keep = res["scores"] >= threshold
+            boxes, labels, scores = res["boxes"][keep], res["labels"][keep].tolist(), res["scores"][keep].tolist()
+            stem = Path(urllib.parse.urlparse(shown).path).stem or "image"
+            name, k = stem, 1
+            while name in used:
+                k += 1
+                name = f"{stem}_{k}"
+            used.add(name)
+            fig, ax = plt.subplots(figsize=(8, 8 * image.size[1] / max(1, image.size[0])))
+            draw_boxes(ax, image, boxes, labels, scores, names=categories)
+            ax.set_axis_off()
+            ax.set_title(f"{Path(shown).name}: {len(labels)} box(es) with score >= {threshold}", fontsize=9)
+            fig.tight_layout()
+            fig.savefig(out / f"{name}.png", dpi=100)
+            plt.close(fig)
+            records.append({"image": shown, "annotated": str(out / f"{name}.png"),
+                            "width": image.size[0], "height": image.size[1], "detections": [
+                                {"label": int(l), "name": (categories or {}).get(int(l), str(int(l))),
+                                 "score": round(float(s), 4), "box_xyxy": [round(float(v), 1) for v in b]}
+                                for l, s, b in zip(labels, scores, boxes.tolist())]})
+            log(f"{shown}: {len(labels)} box(es) -> {out / (name + '.png')}")
+    with open(out / "predictions.json", "w") as f:
+        json.dump({"threshold": threshold, "images": records}, f, indent=1)
+    return records

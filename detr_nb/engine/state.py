@@ -1,0 +1,72 @@
+"""A trainer in a checkpoint: what is saved, which settings a resume must share, how it is restored.
+
+Everything saved is plain data (``torch.load(weights_only=True)`` reads it): the weights, the optimizer,
+scheduler and GradScaler states, the position in the data (step, epoch, batch of the epoch), the budget
+clock, every process's RNG states, and the run's configuration (which rebuilds the model).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Dict
+
+from ..errors import ConfigError
+from . import checkpoint as ckpt
+from . import distributed as D
+
+# Settings a resumed run must share with its checkpoint (the data order, the position in the epoch, the model).
+RESUME_KEYS = ("model", "model_overrides", "dataset", "data_kwargs", "train_split", "loss_type", "batch_size",
+               "accum_steps", "seed", "world_size")
+
+
+def trainer_state(tr) -> Dict:
+    """The checkpoint of trainer ``tr`` (every rank calls this: it gathers the RNG states)."""
+    return {
+        "model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
+        "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(),
+        "step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch,
+        "elapsed_s": tr.clock.seconds(), "skipped_steps": tr.skipped_steps, "best_score": tr.best_score,
+        "rng": D.all_gather_object(ckpt.capture_rng_state()), "world_size": tr.env.world_size,
+        "config": tr.cfg.to_dict(), "model_name": tr.cfg.model,
+        "model_config": dataclasses.asdict(tr.model.config), "num_classes": tr.num_classes,
+        "categories": {int(k): str(v) for k, v in getattr(tr.train_set, "categories", {}).items()},
+        "precision": tr.precision.name,
+    }
+
+
+def check_resumable(tr, state: Dict, path: Path) -> None:
+    """Refuse to continue a run whose checkpoint was written under settings that the data order, the
+    position in the epoch or the model depend on: resuming would silently train on the wrong samples."""
+    saved = dict(state["config"], world_size=state.get("world_size", 1))
+    ours = dict(tr.cfg.to_dict(), world_size=tr.env.world_size)
+    same = lambda v: json.loads(json.dumps(v, default=str))   # tuples and lists alike
+    for key in RESUME_KEYS:
+        if key in saved and same(saved[key]) != same(ours[key]):
+            raise ConfigError(
+                f"cannot resume {tr.out}: its checkpoint ({path.name}, step {state['step']}) was trained with "
+                f"{key}={same(saved[key])!r} and this run asks for {same(ours[key])!r}. Use the same "
+                f"{key}, or another --out, or --no-resume to start afresh")
+
+
+def restore(tr, state: Dict, path: Path) -> None:
+    """Put checkpoint ``state`` (read from ``path``) back into trainer ``tr``."""
+    check_resumable(tr, state, path)
+    tr.model.load_state_dict(state["model"])
+    tr.optimizer.load_state_dict(state["optimizer"])
+    for g in tr.optimizer.param_groups:  # device-specific flags follow this run, not the file
+        g.update(tr.opt_flags)
+        for k in ("fused", "foreach"):
+            if k not in tr.opt_flags and k in g:
+                g[k] = None if k == "foreach" else False
+    tr.scheduler.load_state_dict(state["scheduler"])
+    if state.get("scaler"):
+        tr.scaler.load_state_dict(state["scaler"])
+    tr.step, tr.epoch = int(state["step"]), int(state["epoch"])
+    tr.batch_in_epoch = int(state["batch_in_epoch"])
+    tr.clock.elapsed_s = float(state["elapsed_s"])
+    tr.best_score = float(state["best_score"])
+    tr.metrics.skipped_steps = int(state.get("skipped_steps", 0))
+    ckpt.restore_rng_state(state["rng"][tr.env.rank])
+    tr.resumed_from = tr.last_good = path
+    tr.mark_saved()

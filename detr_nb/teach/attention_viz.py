@@ -1,0 +1,220 @@
+"""Notebooks 03 and 08, attention: a toy attention and its heads, and where DETR looks in an image
+(encoder and decoder attention maps, recorded with :func:`detr_nb.record_attention`)."""
+from __future__ import annotations
+
+import math
+from typing import Dict, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..engine.plotting import draw_boxes, to_display_image
+from ..nn.attention import MultiheadAttention, record_attention
+from .positions import sine_encoding_1d
+
+
+def positional_toy_attention(num_tokens: int = 16, embed_dim: int = 32, num_heads: int = 4,
+                             sharpness: float = 3.0, temperature: float = 100.0,
+                             impl: str = "scratch") -> Tuple[MultiheadAttention, Tensor]:
+    """A multi-head attention whose heads are readable, and its input.
+
+    Tokens are 1-D sine encodings of positions 0..N-1 (``embed_dim`` channels). The projections
+    are W_q = W_k = sqrt(sharpness) * I, W_v = W_o = I, biases 0. Head i then sees channels
+    [i*d, (i+1)*d) = a band of frequencies, and since sin(a)sin(b) + cos(a)cos(b) = cos(a - b),
+    its score between tokens a and b is sharpness * sum_j cos((a - b) w_j) / sqrt(d): the
+    high-frequency head attends to close neighbours, the low-frequency head almost uniformly.
+
+    Returns (mha, x) with x (1, N, embed_dim).
+    """
+    mha = MultiheadAttention(embed_dim, num_heads, impl=impl)
+    eye = torch.eye(embed_dim)
+    with torch.no_grad():
+        a = math.sqrt(sharpness)
+        mha.in_proj_weight.copy_(torch.cat([a * eye, a * eye, eye]))
+        mha.in_proj_bias.zero_()
+        mha.out_proj.weight.copy_(eye)
+        mha.out_proj.bias.zero_()
+    x = sine_encoding_1d(torch.arange(num_tokens, dtype=torch.float32), embed_dim, temperature)[None]
+    return mha.eval(), x
+
+
+@torch.no_grad()
+def attention_weights(mha: nn.Module, query: Tensor, key: Tensor, value: Tensor,
+                      key_padding_mask: Optional[Tensor] = None,
+                      attn_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    """Run a ``detr_nb`` MultiheadAttention and return (output (B, Lq, C), weights (B, heads, Lq, Lk)).
+
+    The weights come from :func:`detr_nb.record_attention` (softmax(QK^T/sqrt(d)) per head).
+    """
+    with record_attention(mha) as store:
+        out = mha(query, key, value, key_padding_mask=key_padding_mask, attn_mask=attn_mask)
+    return out, store[""]
+
+
+def to_torch_mha(mha: MultiheadAttention) -> nn.MultiheadAttention:
+    """PyTorch's ``nn.MultiheadAttention`` (batch_first) holding the same weights: the reference."""
+    ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, dropout=mha.dropout, batch_first=True)
+    ref.load_state_dict(mha.state_dict())
+    return ref.train(mha.training)
+
+
+def plot_attention_heads(weights: Tensor, batch: int = 0, titles: Optional[Sequence[str]] = None):
+    """Heat maps of attention weights, one per head. weights (B, heads, Lq, Lk) or (heads, Lq, Lk)."""
+    import matplotlib.pyplot as plt
+
+    if weights.dim() == 4:
+        weights = weights[batch]
+    n = weights.shape[0]
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.1), squeeze=False)
+    for hd, ax in enumerate(axes[0]):
+        ax.imshow(weights[hd].numpy(), cmap="viridis", vmin=0)
+        ax.set_title(titles[hd] if titles else f"head {hd}", fontsize=9)
+        ax.set_xlabel("key")
+        ax.set_ylabel("query")
+    fig.tight_layout()
+    return fig
+
+
+def plot_attention_query(weights: Tensor, head: int, query: int, batch: int = 0):
+    """The widget of notebook 03: one head's weight matrix and one query's row as bars.
+
+    weights (B, heads, Lq, Lk); the row sums to 1 (masked keys get 0)."""
+    import matplotlib.pyplot as plt
+
+    w = weights[batch, head]                                       # (Lq, Lk)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [1, 1.8]})
+    axes[0].imshow(w.numpy(), cmap="viridis", vmin=0)
+    axes[0].axhline(query, color="red", linewidth=1)
+    axes[0].set_title(f"head {head}: weights (query x key)", fontsize=9)
+    axes[1].bar(np.arange(w.shape[1]), w[query].numpy(), color="#4363d8")
+    axes[1].set_ylim(0, 1)
+    axes[1].set_xlabel("key")
+    axes[1].set_title(f"query {query}: softmax row (sum = {float(w[query].sum()):.3f})", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+@torch.no_grad()
+def attention_maps(model: nn.Module, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, object]:
+    """One forward pass of a DETR with every attention recorded (results on the CPU).
+
+    Returns ``outputs`` (the model's output dict), ``encoder`` (list over layers of (B, heads, S, S)
+    self-attention, S = h*w), ``decoder`` (list over layers of (B, heads, Q, S) cross-attention),
+    ``feature_mask`` (B, h, w) True = padding, ``feature_size`` (h, w), ``image_size`` (H, W).
+    """
+    model.eval()
+    captured: Dict[str, Tensor] = {}
+
+    def hook(_module, _inputs, out):
+        captured["mask"] = out[1]
+
+    handle = model.backbone.register_forward_hook(hook)
+    try:
+        with record_attention(model) as store:
+            outputs = model(images, mask)
+    finally:
+        handle.remove()
+    enc = [store[k] for k in sorted(store, key=_layer_order) if ".encoder." in k and k.endswith("self_attn")]
+    dec = [store[k] for k in sorted(store, key=_layer_order) if ".decoder." in k and k.endswith("multihead_attn")]
+    fmask = captured["mask"].cpu()
+    return {"outputs": _cpu(outputs), "encoder": _cpu(enc), "decoder": _cpu(dec), "feature_mask": fmask,
+            "feature_size": tuple(fmask.shape[-2:]), "image_size": tuple(images.shape[-2:])}
+
+
+def _cpu(x):
+    """Tensors (in dicts and lists) moved to the CPU, for plotting."""
+    if isinstance(x, Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _cpu(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return type(x)(_cpu(v) for v in x)
+    return x
+
+
+def _layer_order(name: str) -> Tuple[str, int]:
+    parts = name.split(".")
+    idx = next((int(p) for p in parts if p.isdigit()), -1)
+    return (".".join(p for p in parts if not p.isdigit()), idx)
+
+
+def _to_feature(maps: Mapping, y: float, x: float) -> Tuple[int, int]:
+    """Image pixel (y, x) -> feature-map cell."""
+    H, W = maps["image_size"]
+    h, w = maps["feature_size"]
+    return min(int(y * h / H), h - 1), min(int(x * w / W), w - 1)
+
+
+def encoder_attention_at(maps: Mapping, y: int, x: int, layer: int = -1, batch: int = 0,
+                         head: Optional[int] = None, image_coords: bool = True) -> Tensor:
+    """Where the encoder pixel at (y, x) looks: its self-attention row as an (h, w) map summing to 1.
+
+    (y, x) in image pixels (``image_coords``) or feature cells; averaged over heads unless ``head``.
+    """
+    fy, fx = _to_feature(maps, y, x) if image_coords else (y, x)
+    h, w = maps["feature_size"]
+    a = maps["encoder"][layer][batch]                              # (heads, S, S)
+    a = a.mean(0) if head is None else a[head]
+    return a[fy * w + fx].reshape(h, w)
+
+
+def decoder_attention_of(maps: Mapping, query: int, layer: int = -1, batch: int = 0,
+                         head: Optional[int] = None) -> Tensor:
+    """Where object query ``query`` looks in the image: its cross-attention as an (h, w) map summing to 1."""
+    h, w = maps["feature_size"]
+    a = maps["decoder"][layer][batch]                              # (heads, Q, S)
+    a = a.mean(0) if head is None else a[head]
+    return a[query].reshape(h, w)
+
+
+def _overlay(ax, image: Tensor, amap: Tensor, alpha: float = 0.6):
+    H, W = image.shape[-2:]
+    ax.imshow(to_display_image(image))
+    ax.imshow(amap.numpy(), cmap="inferno", alpha=alpha, extent=(0, W, H, 0), interpolation="bilinear")
+    ax.set_axis_off()
+
+
+def plot_encoder_attention(image: Tensor, maps: Mapping, points: Sequence[Tuple[int, int]], layer: int = -1,
+                           batch: int = 0):
+    """The paper's figure: encoder self-attention of a few reference pixels (image coordinates (y, x)).
+
+    Left: the image with the points; then one attention map per point, over the image."""
+    import matplotlib.pyplot as plt
+
+    n = len(points)
+    fig, axes = plt.subplots(1, n + 1, figsize=(3 * (n + 1), 3.3), squeeze=False)
+    axes = axes[0]
+    axes[0].imshow(to_display_image(image))
+    for k, (y, x) in enumerate(points):
+        axes[0].plot([x], [y], "o", color="cyan", markersize=6)
+        axes[0].text(x + 4, y, str(k), color="cyan", fontsize=9)
+        _overlay(axes[k + 1], image, encoder_attention_at(maps, y, x, layer, batch))
+        axes[k + 1].plot([x], [y], "o", color="cyan", markersize=6)
+        axes[k + 1].set_title(f"point {k} (y={y}, x={x})", fontsize=9)
+    axes[0].set_axis_off()
+    axes[0].set_title("reference points", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def plot_decoder_attention(image: Tensor, maps: Mapping, queries: Sequence[int], layer: int = -1, batch: int = 0,
+                           names: Optional[Mapping[int, str]] = None):
+    """Decoder cross-attention of some object queries, each with the box that query predicts."""
+    import matplotlib.pyplot as plt
+    from ..setpred.postprocess import postprocess
+
+    H, W = image.shape[-2:]
+    out = maps["outputs"]
+    res = postprocess({"pred_logits": out["pred_logits"][batch:batch + 1],
+                       "pred_boxes": out["pred_boxes"][batch:batch + 1]}, [[H, W]])[0]
+    n = len(queries)
+    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.3), squeeze=False)
+    for ax, q in zip(axes[0], queries):
+        _overlay(ax, image, decoder_attention_of(maps, q, layer, batch))
+        draw_boxes(ax, None, res["boxes"][q:q + 1], [int(res["labels"][q])], [float(res["scores"][q])],
+                   names=names, show_image=False)
+        ax.set_title(f"query {q}", fontsize=9)
+    fig.tight_layout()
+    return fig

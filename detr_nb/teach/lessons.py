@@ -1,0 +1,353 @@
+"""Helpers that only the teaching notebooks need (05 matching & loss, 06 data, 07 training on a T4).
+
+Everything here is small and pure enough to be tested without a browser: each widget in a notebook is
+a thin ``interact`` around one of these functions, and the tests call the functions directly.
+
+Notebook 05
+    :func:`toy_scene` (a fixed image with 3 objects and 5 predictions), :func:`brute_force_assignment`
+    (every one-to-one assignment tried, to check the Hungarian solver), :func:`iou_giou_sweep` (IoU and
+    GIoU as one box slides past another), :func:`duplicate_penalty` (why a second, confident copy of a
+    detection costs loss), :func:`matching_view` (the figure behind the "drag a box" widget).
+Notebook 06 (grids, batches and statistics are :mod:`detr_nb.data.viz`'s)
+    :func:`augment` (one sample through a transform, reproducibly), :func:`plot_augmentations`
+    (the same image and boxes under several transforms, side by side).
+Notebook 07
+    :func:`checkpoint_root` (Google Drive when mounted in Colab, else the work dir), :func:`loss_figure`
+    and :class:`LiveLossPlot` (a training callback redrawing the loss curves in place),
+    :class:`SimulatedDisconnect` and :func:`disconnect_after` (a callback that kills a run mid-epoch,
+    to show resuming).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ..nn.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+
+# ============================================================================ notebook 05
+
+TOY_NAMES = {1: "cat", 2: "dog"}  # class ids of the toy scene (0 unused, 3 = "no object")
+
+
+def toy_scene() -> Dict:
+    """A fixed example for notebook 05: 3 target objects and Q = 5 predictions on a 256 x 256 image.
+
+    Returns ``pred_logits (5, 4)`` (classes 0..2 and "no object" = 3), ``pred_boxes (5, 4)`` cxcywh,
+    ``tgt_labels (3,)``, ``tgt_boxes (3, 4)`` cxcywh, ``num_classes`` = 3, ``names``, ``image_size``.
+    Queries 0 and 1 compete for target 0 (a cat): query 1's box is closer, query 0 believes "cat".
+    With DETR's weights the class term tips the balance to query 0.
+    """
+    tgt_labels = torch.tensor([1, 2, 1])
+    tgt_boxes = torch.tensor([[0.25, 0.30, 0.30, 0.30],
+                              [0.72, 0.35, 0.26, 0.40],
+                              [0.50, 0.78, 0.50, 0.20]])
+    pred_boxes = torch.tensor([[0.28, 0.32, 0.32, 0.29],   # near target 0, thinks cat
+                               [0.24, 0.28, 0.29, 0.31],   # closest to target 0, thinks dog
+                               [0.66, 0.40, 0.30, 0.36],   # near target 1, thinks dog
+                               [0.45, 0.72, 0.40, 0.26],   # near target 2, thinks cat
+                               [0.85, 0.85, 0.15, 0.15]])  # background
+    pred_logits = torch.tensor([[0.0, 2.5, 0.2, 0.5],
+                                [0.0, 0.3, 2.2, 0.5],
+                                [0.0, 0.1, 2.8, 0.4],
+                                [0.0, 1.9, 0.3, 1.0],
+                                [0.0, 0.2, 0.1, 3.0]])
+    return {"pred_logits": pred_logits, "pred_boxes": pred_boxes, "tgt_labels": tgt_labels,
+            "tgt_boxes": tgt_boxes, "num_classes": 3, "names": dict(TOY_NAMES), "image_size": (256, 256)}
+
+
+def brute_force_assignment(cost: Tensor) -> Tuple[Tensor, Tensor, float]:
+    """Try every one-to-one assignment of the N columns (targets) to distinct rows (queries).
+
+    ``cost (Q, N)`` with N <= Q -> ``(pred_idx, tgt_idx, total)`` sorted by query, as
+    ``scipy.optimize.linear_sum_assignment`` returns. There are Q! / (Q - N)! candidates: fine for
+    the toy scene (60), hopeless for DETR's 100 queries and 20 objects (~1.3e39).
+    """
+    c = torch.as_tensor(cost, dtype=torch.float64)
+    Q, N = c.shape
+    if N > Q:
+        raise ValueError(f"need at least as many queries as targets, got Q={Q}, N={N}")
+    best, best_rows = math.inf, ()
+    cols = torch.arange(N)
+    for rows in itertools.permutations(range(Q), N):  # rows[n] = query assigned to target n
+        total = float(c[list(rows), cols].sum()) if N else 0.0
+        if total < best:
+            best, best_rows = total, rows
+    order = sorted(range(N), key=lambda n: best_rows[n])
+    pred_idx = torch.tensor([best_rows[n] for n in order], dtype=torch.int64)
+    tgt_idx = torch.tensor(order, dtype=torch.int64)
+    return pred_idx, tgt_idx, (best if N else 0.0)
+
+
+def iou_giou_sweep(box: Sequence[float], shifts: Sequence[float], requires_grad: bool = True) -> Dict[str, Tensor]:
+    """IoU and GIoU of ``box`` (cxcywh) with a copy of itself moved right by each of ``shifts``.
+
+    Returns ``shift``, ``iou``, ``giou`` and, with ``requires_grad``, ``d_iou``/``d_giou``: the
+    derivatives with respect to the moving box's ``cx``. Once the boxes stop overlapping IoU is 0 and
+    so is its gradient; GIoU keeps falling towards -1 and keeps a gradient that pulls the box back.
+    """
+    base = torch.as_tensor(box, dtype=torch.float64).reshape(1, 4)
+    shift = torch.as_tensor(shifts, dtype=torch.float64)
+    cx = (base[0, 0] + shift).clone().requires_grad_(requires_grad)  # (S,)
+    moved = torch.cat([cx[:, None], base[:, 1:].expand(len(shift), 3)], dim=1)  # (S, 4)
+    a, b = box_cxcywh_to_xyxy(base), box_cxcywh_to_xyxy(moved)
+    iou = box_iou(a, b)[0][0]  # (S,)
+    giou = generalized_box_iou(a, b)[0]  # (S,)
+    out = {"shift": shift, "iou": iou.detach(), "giou": giou.detach()}
+    if requires_grad:
+        out["d_iou"] = torch.autograd.grad(iou.sum(), cx, retain_graph=True)[0]
+        out["d_giou"] = torch.autograd.grad(giou.sum(), cx)[0]
+    return out
+
+
+def _logits_from_probs(probs: Tensor) -> Tensor:
+    return probs.clamp_min(1e-6).log()
+
+
+def duplicate_penalty(confidences: Sequence[float], scene: Optional[Dict] = None, duplicate_of: int = 0,
+                      offset: float = 0.02, eos_coef: float = 0.1) -> Dict[str, np.ndarray]:
+    """Loss of a prediction set holding a perfect detection of every target plus ONE duplicate.
+
+    The duplicate copies target ``duplicate_of``'s box (moved by ``offset``) and gives its class the
+    probability ``p`` (the rest to "no object"), for each ``p`` in ``confidences``. Returned arrays:
+
+    * ``set_ce``, ``set_total``: DETR's loss (:class:`~detr_nb.criterion.SetCriterion`). The exact copy
+      wins the match, so the duplicate must say "no object": its term ``-eos_coef * log(1 - p)`` grows
+      without bound as ``p -> 1``.
+    * ``naive_ce``: a per-query loss that compares every query with its *nearest* target (what a loss
+      without one-to-one matching does): the duplicate is rewarded for being confident.
+    * ``duplicate_matched``: whether the matcher gave the duplicate a target (it should not).
+    """
+    from ..setpred.criterion import SetCriterion
+
+    scene = toy_scene() if scene is None else scene
+    labels, boxes, C = scene["tgt_labels"], scene["tgt_boxes"], scene["num_classes"]
+    N = len(labels)
+    sharp = torch.full((N, C + 1), 1e-4)
+    sharp[torch.arange(N), labels] = 1.0
+    sharp = sharp / sharp.sum(-1, keepdim=True)  # confident, correct copies of the targets
+    dup_box = boxes[duplicate_of].clone()
+    dup_box[0] += offset
+    crit = SetCriterion(C, eos_coef=eos_coef, losses=("labels", "boxes"))
+    out: Dict[str, List] = {k: [] for k in ("confidence", "set_ce", "set_total", "naive_ce", "duplicate_matched")}
+    for p in confidences:
+        dup = torch.full((C + 1,), 1e-4)
+        dup[labels[duplicate_of]] = p
+        dup[C] = 1.0 - p
+        probs = torch.cat([sharp, (dup / dup.sum())[None]])  # (N + 1, C + 1)
+        outputs = {"pred_logits": _logits_from_probs(probs)[None], "pred_boxes": torch.cat([boxes, dup_box[None]])[None]}
+        losses = crit(outputs, [{"labels": labels, "boxes": boxes}])
+        (rows, _), = crit.matcher(outputs, [{"labels": labels, "boxes": boxes}])
+        nearest = torch.cdist(outputs["pred_boxes"][0], boxes, p=1).argmin(-1)  # (N + 1,)
+        naive = torch.nn.functional.cross_entropy(outputs["pred_logits"][0], labels[nearest])
+        out["confidence"].append(float(p))
+        out["set_ce"].append(float(losses["loss_ce"]))
+        out["set_total"].append(float(losses["loss"]))
+        out["naive_ce"].append(float(naive))
+        out["duplicate_matched"].append(bool((rows == N).any()))
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def matching_view(scene: Dict, query: int, cx: float, cy: float, w: float, h: float, weights: Sequence[float] = (1, 5, 2)):
+    """The figure behind notebook 05's widget: move box ``query`` to ``(cx, cy, w, h)`` and re-match.
+
+    Returns ``(explanation, figure)``: ``explanation`` is :func:`~detr_nb.matching_viz.drag_prediction`'s
+    dict; the figure shows the boxes with the chosen pairs (left) and the weighted cost matrices with
+    the assignment outlined (right).
+    """
+    import matplotlib.pyplot as plt
+
+    from .matching import drag_prediction, move_box, plot_cost_terms, plot_matching
+
+    e = drag_prediction(scene["pred_logits"], scene["pred_boxes"], scene["tgt_labels"], scene["tgt_boxes"],
+                        query, (cx, cy, w, h), cost_class=weights[0], cost_bbox=weights[1], cost_giou=weights[2])
+    fig = plt.figure(figsize=(15, 3.8), constrained_layout=True)
+    grid = fig.add_gridspec(1, 5, width_ratios=[1.1, 1, 1, 1, 1])
+    ax0 = fig.add_subplot(grid[0])
+    plot_matching(move_box(scene["pred_boxes"], query, cx, cy, w, h), scene["tgt_boxes"], e["pred_idx"], e["tgt_idx"],
+                  scene["tgt_labels"], image_size=scene["image_size"], ax=ax0, names=scene.get("names"))
+    ax0.set_title(f"query {query} moved; matched cost {e['matched_cost']:.2f}", fontsize=9)
+    plot_cost_terms(e, axes=[fig.add_subplot(grid[i]) for i in range(1, 5)])
+    return e, fig
+
+
+# ============================================================================ notebook 06
+
+def augment(dataset, index: int, transform: Callable, seed: int = 0):
+    """Sample ``index`` of a :class:`~detr_nb.data.CocoDetection` before any transform, then ``transform``.
+
+    ``transform`` is a geometric step (or a Compose of them) that keeps **absolute xyxy** boxes, i.e.
+    anything before :class:`~detr_nb.data.Normalize`. Python's ``random`` is seeded with ``seed`` so a
+    given seed always gives the same augmentation. Returns ``(image, target)``.
+    """
+    import random
+
+    image, target = dataset.get_raw(index)
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        return transform(image, target)
+    finally:
+        random.setstate(state)
+
+
+def plot_augmentations(dataset, index: int, transforms: Mapping[str, Callable], seed: int = 0,
+                       names: Optional[Mapping[int, str]] = None, size: float = 3.2):
+    """The original sample and one panel per named transform (absolute xyxy boxes, as :func:`augment`).
+
+    Each title gives the image size (w x h), so resizes and crops show up in numbers as well as pixels.
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..engine.plotting import draw_boxes
+
+    names = names if names is not None else getattr(dataset, "categories", None)
+    panels = [("original", dataset.get_raw(index))]
+    panels += [(title, augment(dataset, index, t, seed)) for title, t in transforms.items()]
+    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
+    for ax, (title, (image, target)) in zip(axes[0], panels):
+        draw_boxes(ax, image, target["boxes"], labels=target["labels"].tolist(), names=names)
+        w, h = image.size if hasattr(image, "size") and not torch.is_tensor(image) else tuple(image.shape[-1:-3:-1])
+        ax.set_title(f"{title}\n{w} x {h}, {len(target['boxes'])} boxes", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ============================================================================ notebook 07
+
+def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, mount_point: str = "/content/drive",
+                    sub: str = "detr_nb/runs", log: Callable = print) -> Path:
+    """Where training runs (checkpoints, metrics) should live.
+
+    In Colab: ``<mount_point>/MyDrive/<sub>`` on Google Drive, mounting it first when ``mount_drive``
+    (Colab asks for permission), so a checkpoint survives the runtime being recycled. If Drive is
+    not (or cannot be) mounted, and outside Colab: ``workdir("runs")``. ``colab`` overrides the
+    detection (tests). The folder is created.
+    """
+    from ..engine.paths import in_colab, workdir
+
+    colab = in_colab() if colab is None else colab
+    my_drive = Path(mount_point) / "MyDrive"
+    if colab and mount_drive and not my_drive.is_dir():
+        try:
+            from google.colab import drive  # type: ignore[import-not-found]
+
+            drive.mount(mount_point)
+        except Exception as e:  # declined, or no Colab module
+            log(f"Google Drive not mounted ({type(e).__name__}: {e}); checkpoints stay on the runtime's disk, "
+                f"which is wiped when the runtime is recycled")
+    if colab and my_drive.is_dir():
+        path = my_drive / sub
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return workdir("runs")
+
+
+def loss_figure(history: Sequence[Mapping], terms: Sequence[str] = ("loss", "loss_ce", "loss_bbox", "loss_giou"),
+                resumes: Sequence[int] = (), title: str = ""):
+    """Loss curves (log scale) and the logged error rates from a run's metrics lines.
+
+    ``history``: ``Trainer.history`` or the lines of ``metrics.jsonl`` (only ``"kind": "step"`` lines
+    are used). ``resumes``: steps where a session started from a checkpoint (dotted vertical lines).
+    Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    from ..engine.diagnostics import plot_losses
+
+    rows = [r for r in history if r.get("kind") == "step"]
+    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 3.6))
+    if rows:
+        plot_losses(rows, terms=terms, ax=ax0)
+    steps = [r["step"] for r in rows]
+    for key in ("class_error", "cardinality_error"):
+        if rows and key in rows[0]:
+            ax1.plot(steps, [r[key] for r in rows], label=key, lw=1)
+    ax1.set_xlabel("step")
+    ax1.set_title("logged, not optimised", fontsize=9)
+    ax1.grid(alpha=0.3)
+    if ax1.get_lines():
+        ax1.legend(fontsize=8)
+    for ax in (ax0, ax1):
+        for s in resumes:
+            ax.axvline(s, color="k", linestyle=":", lw=1)
+    ax0.set_title(title or (f"step {steps[-1]}, loss {rows[-1]['loss']:.3f}" if rows else "no steps logged yet"),
+                  fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+class LiveLossPlot:
+    """A :class:`~detr_nb.train.Trainer` callback that redraws the loss curves while training runs.
+
+    ``Trainer(cfg, callbacks=[LiveLossPlot(every=50)])``: after each optimizer step the trainer calls
+    it; every ``every`` steps, if new metrics lines were logged, it draws :func:`loss_figure` into one
+    notebook output that is updated in place (``IPython.display`` with a ``display_id``; works in
+    Colab and Jupyter without widgets). Each new trainer (session) of the run gets a new output, in the
+    cell that runs it, showing the whole history. ``display=False`` only builds the figure (tests).
+    ``resumes`` collects the steps at which a trainer started from a checkpoint.
+    """
+
+    def __init__(self, every: int = 50, display: bool = True, terms: Sequence[str] = ("loss", "loss_ce", "loss_bbox", "loss_giou")):
+        self.every = max(1, int(every))
+        self.display = display
+        self.terms = tuple(terms)
+        self.resumes: List[int] = []
+        self.draws = 0
+        self.last_figure = None
+        self._handle = None
+        self._drawn_len = 0
+        self._trainers: set = set()
+
+    def __call__(self, trainer) -> None:
+        if id(trainer) not in self._trainers:  # a new session: new output (in the current cell), note the resume
+            self._trainers.add(id(trainer))
+            self._handle = None
+            if getattr(trainer, "resumed_from", None) is not None:
+                self.resumes.append(int(trainer.step) - 1)
+        n = len(trainer.history)
+        if trainer.step % self.every or n == self._drawn_len:
+            return
+        self._drawn_len = n
+        self.draw(trainer.history)
+
+    def draw(self, history: Sequence[Mapping]):
+        import matplotlib.pyplot as plt
+
+        fig = loss_figure(history, self.terms, resumes=self.resumes)
+        self.draws += 1
+        if self.display:
+            from IPython.display import display
+
+            if self._handle is None:
+                self._handle = display(fig, display_id=True)
+            else:
+                self._handle.update(fig)
+            plt.close(fig)  # shown once, through the handle
+        if self.last_figure is not None and self.last_figure is not fig:
+            plt.close(self.last_figure)
+        self.last_figure = fig
+        return fig
+
+
+class SimulatedDisconnect(RuntimeError):
+    """Raised by :func:`disconnect_after` to stand for a lost Colab runtime in the middle of training."""
+
+
+def disconnect_after(step: int) -> Callable:
+    """A trainer callback that raises :class:`SimulatedDisconnect` once ``trainer.step`` reaches ``step``.
+
+    Like a real disconnect it gives the trainer no chance to save: everything after the last
+    checkpoint is lost, and the next run resumes from that checkpoint.
+    """
+    def callback(trainer) -> None:
+        if trainer.step >= step:
+            raise SimulatedDisconnect(f"runtime lost at step {trainer.step} (simulated)")
+
+    return callback
