@@ -112,8 +112,9 @@ for name, a, r in zip(("x", "W", "b"), grads_pkg, grads_ref):
 # ## 2. Frozen batch norm is an affine map
 #
 # Batch norm normalises each channel with statistics $\mu_c, \sigma_c^2$ and rescales:
-# $y = \gamma_c \frac{x - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}} + \beta_c$. DETR trains with 2 images
-# per GPU, far too few for batch statistics, so it *freezes* the ImageNet values: $\gamma, \beta,
+# $y = \gamma_c \frac{x - \mu_c}{\sqrt{\sigma_c^2 + \epsilon}} + \beta_c$. The paper trains with 4
+# images per GPU on 16 V100s (a batch of 64; the official code's default is 2 per GPU): a handful of
+# images per GPU is far too few for batch statistics, so DETR *freezes* the ImageNet values: $\gamma, \beta,
 # \mu, \sigma^2$ become constants (buffers, not parameters) and the layer collapses to
 # $y = a_c x + d_c$ with $a_c = \gamma_c / \sqrt{\sigma_c^2 + \epsilon}$ and $d_c = \beta_c - \mu_c a_c$.
 
@@ -190,9 +191,13 @@ for name, f in feats.items():
     print(f"{name:7s} {str(tuple(f.shape)):22s} stride {image.shape[-1] // f.shape[-1]}")
 
 # %% [markdown]
-# Each row shows the most active channels of one stage (`CHANNELS_SHOWN`, by mean activation). Early channels respond to edges and
-# colours at nearly full detail; by `layer4` a cell covers 32x32 pixels and a channel fires on
-# larger structures (face, cap, jacket) - this coarse, semantic grid is what DETR's transformer reads.
+# Each row shows the most active channels of one stage (`CHANNELS_SHOWN`, by mean activation). What the
+# figure shows for certain is the resolution: the stem's and `layer1`'s maps keep nearly every detail of
+# the photograph, while a `layer4` cell covers 32x32 pixels, so the whole portrait is a grid of a few
+# dozen cells. What a channel responds to depends on the weights: with ImageNet's (full mode), compare the
+# rows yourself - which stages follow edges and colours, and which light up on whole regions of the
+# portrait? With random weights (smoke mode) no channel means anything yet. This coarse grid is what
+# DETR's transformer reads.
 
 # %%
 fig = teach.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
@@ -226,3 +231,29 @@ plt.show()
 # %% [markdown]
 # **Next:** the grid of 2048-d vectors has lost where each vector came from once it is flattened
 # into a sequence; notebook 02 adds that back with sine position encodings.
+#
+# ## Exercises
+#
+# Predict the answer before you run anything, then check it with a cell.
+#
+# 1. `teach.im2col_loops` on a $(1, 3, 32, 32)$ input with a 3x3 kernel, stride 2, padding 1: what shape
+#    does the patch matrix have, and how many multiply-adds does the convolution to 64 channels take?
+# 2. Build `Backbone("resnet50", dilation=True)` (DETR-DC5). What are the stride and the feature-map size
+#    of `layer4` for the portrait, and how many parameters does dilation add?
+# 3. How many parameters would DETR train in the backbone if `frozen_stages=0` (nothing frozen), and
+#    which share of the backbone is that?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. Output $16 \times 16$ positions, each a patch of $3 \cdot 3 \cdot 3 = 27$ values: the patch matrix is
+#    $(1, 27, 256)$ (im2col's columns) and the product with the $(64, 27)$ weight matrix costs
+#    $64 \cdot 27 \cdot 256 = 442{,}368$ multiply-adds.
+# 2. Stride 16 instead of 32, so the map has twice the rows and columns (four times the cells) and the
+#    encoder's attention over it costs about 16x more; dilation adds **no** parameters (the same 3x3
+#    kernels are applied with holes).
+# 3. Every parameter of the ResNet body: `sum(p.numel() for p in backbone.parameters())` with
+#    `frozen_stages=0`, i.e. the frozen stem and `layer1` join the 23.2M trainable ones (23.5M, all of the
+#    body's weights; the frozen BatchNorm statistics are buffers and never train).
+#
+# </details>

@@ -259,8 +259,34 @@ assert peak == (2, GRID_W - 3)
 
 # %% [markdown]
 # DETR also offers a *learned* encoding (`position_embedding="learned"`: two tables of 50 row and 50
-# column vectors, trained with the model); the paper found the fixed sine encoding as good, and it
-# needs no parameters and works for any image size.
+# column vectors, trained with the model). The fixed sine encoding is better: in the paper's Table 3, sine
+# encodings passed at every attention layer reach 40.6 AP against 39.6 for learned ones (the other
+# settings equal), and it needs no parameters and works for any image size.
 #
 # **Next:** notebook 03 builds the attention that consumes these codes: scaled dot products, heads,
 # and masks.
+#
+# ## Exercises
+#
+# Predict first, then run a cell to check.
+#
+# 1. With `normalize=False`, what are the largest y and x coordinates of a 20 x 30 feature map without
+#    padding, and what do the slowest channels (the last pair) of the encoding look like over it?
+# 2. Pad the right third of an image (the mask True there). Does the encoding of a pixel in the unpadded
+#    part change compared with the same image without padding? Why is that what DETR wants?
+# 3. `teach.sine_encoding_1d(torch.arange(50), num_feats=128)`: which channel pair changes fastest from one
+#    position to the next, and how many positions does one period of channel pair 10 span?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. y runs 1..20 and x 1..30 (counts of unpadded pixels). The last pair has frequency $1/T^{126/128}$,
+#    about $1.2 \cdot 10^{-4}$: over 30 positions its angle moves by 0.004 rad, so sin stays ~0 and cos ~1:
+#    nearly constant, which is why DETR normalises the coordinates to $[0, 2\pi]$ first.
+# 2. With `normalize=True`, yes: x is divided by the count of unpadded pixels in the row, so the unpadded
+#    part spans $(0, 2\pi]$ on its own. That is the point: an image's encoding does not depend on how much
+#    padding its batch needed.
+# 3. Pair 0 (frequency 1, period $2\pi \approx 6.3$ positions). Pair 10 has frequency
+#    $10000^{-20/128} \approx 0.237$: one period spans $2\pi / 0.237 \approx 26.5$ positions.
+#
+# </details>

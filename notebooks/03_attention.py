@@ -225,7 +225,11 @@ def show_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):
     return w
 
 
-widgets.interact(show_head,
+def draw_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):   # the widget's callback: draws, returns nothing
+    show_head(head, query, padded_keys)
+
+
+widgets.interact(draw_head,
                  head=widgets.Dropdown(options=[0, 1, 2, 3], value=0, description="head"),
                  query=widgets.IntSlider(value=NUM_TOKENS // 2, min=0, max=NUM_TOKENS - 1, description="query",
                                          continuous_update=False),
@@ -240,3 +244,30 @@ assert torch.allclose(w.sum(-1), torch.ones(1, 4, NUM_TOKENS)) and w[0, :, :, -4
 # %% [markdown]
 # **Next:** notebook 04 stacks these attentions into DETR's encoder and decoder, adds the object queries
 # and the prediction heads, and runs the whole model (41.3M parameters) on an image.
+#
+# ## Exercises
+#
+# Predict first, then check with a cell.
+#
+# 1. Drop the $1/\sqrt{d}$ scaling from the scores of section 1 (d = 64) with random q and k of unit
+#    variance. How does the largest attention weight of a row change, and what happens to the gradient of
+#    the softmax?
+# 2. Mask *every* key of one query (`key_padding_mask` all True for that image). What do `layers.softmax`
+#    and `attention.MultiheadAttention` return for it, and why not NaN?
+# 3. `nn.MultiheadAttention(256, 8)` has how many parameters? Which part of them would change if it had 1
+#    head instead of 8?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. Unscaled scores have standard deviation $\sqrt{64} = 8$ instead of 1, so the softmax saturates: the
+#    largest weight of a row goes towards 1 and the others towards 0, and the softmax's gradient (which is
+#    $p_i(\delta_{ij} - p_j)$) vanishes almost everywhere: attention stops learning.
+# 2. `layers.softmax` of a row of $-\infty$ is defined here as zeros (not NaN), and the attention of a query
+#    with no key gives a zero vector in both implementations before the output projection (so the module
+#    returns `out_proj`'s bias): one fully padded image cannot poison the batch with NaN.
+# 3. $4 \cdot 256^2 + 4 \cdot 256 = 263{,}168$ (the packed q, k, v projections, the output projection and
+#    their biases). None of them: the number of heads only splits the 256 channels into groups of 32;
+#    the weights are the same size.
+#
+# </details>

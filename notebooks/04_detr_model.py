@@ -227,3 +227,28 @@ for s, l, b in zip(kept["scores"].tolist(), kept["labels"].tolist(), kept["boxes
 # attends to, and where each object query looks.
 #
 # **Next:** notebook 05 - the Hungarian matching and the set loss that train these 100 queries.
+#
+# ## Exercises
+#
+# Predict first, then check with a cell.
+#
+# 1. `build_model("detr_r50", num_classes=91, num_queries=50)`: how many parameters fewer than the
+#    official model, and which tensor loses them? Could it still load the released checkpoint strictly?
+# 2. `build_model("detr_r50", num_classes=91, pre_norm=True)`: which state-dict keys does it have that the
+#    official checkpoint lacks?
+# 3. Run the model on an image twice as wide (same height). Which output shapes change, and by how much
+#    does the encoder's self-attention cost grow?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. $50 \times 256 = 12{,}800$ fewer, all in `query_embed.weight` (50 instead of 100 rows). No: that
+#    tensor's shape differs from the checkpoint's, so a strict load fails (`load_pretrained` only tolerates
+#    a different class head).
+# 2. `transformer.encoder.norm.weight` and `.bias`: in pre-norm mode the encoder ends with a LayerNorm; the
+#    post-norm official model has none (the decoder's final norm exists in both).
+# 3. None of the outputs: `pred_logits (1, 100, 92)` and `pred_boxes (1, 100, 4)` have one row per query,
+#    whatever the image. The encoder sees twice as many feature cells, and self-attention compares every cell
+#    with every other: about 4x the cost.
+#
+# </details>

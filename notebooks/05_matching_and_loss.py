@@ -326,6 +326,7 @@ assert np.all(np.diff(dup["set_ce"]) > 0) and np.all(np.diff(dup["naive_ce"]) < 
 
 # %%
 import ipywidgets as widgets
+from IPython.display import display
 
 
 def show(query, cx, cy, w, h):
@@ -341,16 +342,32 @@ sliders = {name: widgets.FloatSlider(value=v, min=0.02, max=0.98, step=0.01, des
                                      continuous_update=False)
            for name, v in zip(("cx", "cy", "w", "h"), start)}
 query_picker = widgets.Dropdown(options=list(range(Q)), value=4, description="query")
+view = widgets.Output()
+moving = [False]     # True while a pick moves the four sliders: they must not redraw four times
 
 
-def reset_sliders(change):
-    """Selecting another query puts the sliders on that query's current box."""
+def redraw(change=None):
+    if moving[0]:
+        return
+    with view:
+        view.clear_output(wait=True)
+        show(query_picker.value, *(s.value for s in sliders.values()))
+
+
+def pick(change):
+    """Selecting another query puts the sliders on that query's current box, then draws once."""
+    moving[0] = True
     for name, v in zip(("cx", "cy", "w", "h"), scene["pred_boxes"][change["new"]].tolist()):
         sliders[name].value = v
+    moving[0] = False
+    redraw()
 
 
-query_picker.observe(reset_sliders, names="value")
-widgets.interact(show, query=query_picker, **sliders);
+query_picker.observe(pick, names="value")
+for slider in sliders.values():
+    slider.observe(redraw, names="value")
+display(widgets.VBox([query_picker, *sliders.values(), view]))
+redraw()
 
 # %%
 # The same function without a browser: query 4 dragged exactly onto the cat.
@@ -380,3 +397,32 @@ for q in range(Q):
 # algorithm picks the cheapest one-to-one assignment, and the loss is cross-entropy for every query (∅ for
 # the unmatched, weighted 0.1) plus L1 and $1-\mathrm{GIoU}$ for the matched ones. Notebook 06 prepares the
 # data these targets come from; notebook 07 trains with this loss.
+#
+# ## Exercises
+#
+# Predict first, then check with a cell (`explain_matching`, `SetCriterion`).
+#
+# 1. Give two queries exactly the same box and class probabilities as the cat. Which one is matched, and
+#    what does the loss then ask of the other one?
+# 2. Build the criterion with `eos_coef=1.0` instead of 0.1 and compute the loss of the same outputs. Which
+#    term changes, in which direction, and what would a model trained that way tend to do?
+# 3. The matching cost uses $-\hat p(c)$ but the loss uses $-\log \hat p(c)$. Set a query's cat probability
+#    to 0.001: compare the two numbers with the box terms of the same pair. Why does the paper keep the
+#    probability in the matching?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. One of them (the solver breaks the tie; with equal costs `linear_sum_assignment` takes the first
+#    optimal assignment it finds). The other is unmatched, so its target is ∅: the cross-entropy pushes it
+#    to "no object". That is how the set loss removes duplicates without non-maximum suppression.
+# 2. Only `loss_ce` (the matching and the box losses do not see `eos_coef`). Every unmatched query's ∅ term
+#    now weighs 10x more in the weighted mean, and most queries are unmatched, so the loss is dominated by
+#    "say nothing": such a model predicts ∅ more readily and finds fewer objects (lower recall). 0.1 balances
+#    the many unmatched queries against the few matched ones.
+# 3. $-\hat p = -0.001$ barely differs from an impossible class (0), while $-\log \hat p = 6.9$ would
+#    outweigh the box terms ($5 L_1$ is at most 20 and usually below 2). With probabilities the class term
+#    stays on the scale of the box terms, so matching follows both; the paper (sec. 3.1) reports that this
+#    worked better empirically.
+#
+# </details>

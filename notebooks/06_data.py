@@ -281,3 +281,26 @@ plt.show()
 # **Summary.** A dataset yields `(image, target)` with normalised centre boxes; transforms move boxes with
 # pixels in absolute corner form and normalise at the end; `collate_fn` pads and masks; the backbone carries
 # the mask down to the feature map. Notebook 07 feeds these batches to the model and the loss of notebook 05.
+#
+# ## Exercises
+#
+# Predict first, then check with a cell.
+#
+# 1. Apply `hflip` twice to an image and its target. What do you get back, exactly?
+# 2. `RandomSizeCrop` cuts an object in half, and misses another one completely. What happens to each
+#    one's `boxes`, `labels` and `area`?
+# 3. `collate_fn` on two images of 64x80 and 96x48 (H x W): what are the shapes of `images` and `mask`,
+#    and where is the mask True?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. The same image and the same boxes: a flip maps $x \mapsto w - x$, and twice is the identity (up to
+#    float rounding of the box coordinates).
+# 2. The cut one stays, its box clipped to the crop (and its area becomes the visible box's area); the
+#    missed one is removed from every per-object field together (`boxes`, `labels`, `area`, `iscrowd`), so
+#    the fields stay aligned.
+# 3. `images (2, 3, 96, 80)` (the largest height and width) and `mask (2, 96, 80)`: True on the padding,
+#    i.e. rows 64-95 of the first image and columns 48-79 of the second.
+#
+# </details>

@@ -12,23 +12,20 @@ if "google.colab" in sys.modules:
 # %% tags=["parameters"]
 import os
 SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
-# The run of notebook 07 (same name and data), evaluated here if its checkpoint is found.
-RUN_NAME = "detr_tiny-synthetic-t4"
-MODEL = "detr_tiny"
-NUM_TRAIN = 8 if SMOKE else 5000
-NUM_VAL = 4 if SMOKE else 500
-IMAGE_SIZE = (64, 80) if SMOKE else (128, 160)
-BATCH_SIZE = 2 if SMOKE else 32
-TRAIN_STEPS = 6 if SMOKE else 2000     # only when no checkpoint of notebook 07 is found
-THRESHOLD = 0.5                          # for drawing only; COCO AP uses every query
+# Look for notebook 07's run on Google Drive (asks for permission once). Off: where notebook 07 keeps it
+# without Drive, the runtime's disk, gone after a disconnect (then section 1 trains a model here).
+USE_DRIVE = False
+RUN_NAME = "aided-synthetic-t4"          # notebook 07's run, evaluated here if its checkpoint is found
+TRAIN_MINUTES = 0.3 if SMOKE else 10     # only when no checkpoint of notebook 07 is found
+THRESHOLD = 0.5                          # for drawing only; COCO AP uses every detection
 OFFICIAL = not SMOKE                     # also look inside the official DETR-R50 on a real photo
 
 # %% [markdown]
 # A detector is judged by COCO's mean average precision (mAP), and understood by looking at what it
 # attends to. This notebook:
 #
-# 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise a short training run
-#    with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
+# 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise the same recipe trained
+#    here with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
 # 2. computes COCO mAP with pycocotools through `detr_nb.engine.evaluate`, step by step, and shows why DETR
 #    keeps every query's box;
 # 3. draws predictions next to the ground truth;
@@ -47,7 +44,9 @@ from detr_nb import teach
 from detr_nb.teach import lessons
 from detr_nb.engine.trainer import Trainer
 from detr_nb.engine.config import TrainConfig
-from detr_nb.engine.build import model_from_checkpoint
+from detr_nb.engine.build import build_datasets, model_from_checkpoint
+from detr_nb.engine.checkpoint import load_checkpoint
+from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| device:", device)
@@ -55,54 +54,66 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # %% [markdown]
 # ## 1. A trained model
 #
-# Notebook 07 trains `detr_tiny` on the synthetic shapes dataset and keeps its checkpoints in a run folder
-# with a fixed name (`RUN_NAME`) under `lessons.checkpoint_root()`: Google Drive in Colab, else
-# `workdir("runs")`. If such a
-# checkpoint exists, `model_from_checkpoint` rebuilds the model from the configuration stored in it.
-# Otherwise we train here with the same engine (`Trainer`, the code behind `python -m detr_nb train`) for
-# `TRAIN_STEPS` steps. Either way the validation set is the synthetic one with `NUM_VAL` images.
+# Notebook 07 trains `detr_tiny_aided` (the main job's `aided` recipe) on the synthetic shapes and keeps its
+# checkpoints in a run folder with a fixed name (`RUN_NAME`) under `lessons.checkpoint_root()`. If that
+# checkpoint exists, `model_from_checkpoint` rebuilds the model from the configuration stored in it, and the
+# run's own configuration says which validation set and which scoring it was trained for. Otherwise we
+# train the same recipe here with the same engine (`Trainer`, the code behind `python -m detr_nb train`)
+# for `TRAIN_MINUTES`.
 
 # %%
-# Same folder as notebook 07: Google Drive in Colab (mounted on request), else workdir("runs").
-last = lessons.checkpoint_root(mount_drive=not SMOKE) / RUN_NAME / "checkpoints" / "last.pth"
+runs = lessons.checkpoint_root(mount_drive=USE_DRIVE)
+last = runs / RUN_NAME / "checkpoints" / "last.pth"
 found = last if last.exists() and not SMOKE else None     # smoke mode always trains its own tiny model
 
-config = TrainConfig(
-    dataset="synthetic", data_root=str(workdir("synthetic")),
-    data_kwargs={"num_train": NUM_TRAIN, "num_val": NUM_VAL, "image_size": IMAGE_SIZE},
-    model=MODEL, preset="cpu", batch_size=BATCH_SIZE, lr=2e-4,
-    loss_type="ce", weight_dict=None, cost_class=1.0,     # the paper's loss (the main job's default is
-    schedule="step", warmup_steps=0,                      # the aided recipe of notebook 10): pinned here
-    time_budget_s=None, max_steps=TRAIN_STEPS, log_every=1 if SMOKE else 50,
-    out=str(workdir("runs") / ("08_smoke" if SMOKE else "08_" + RUN_NAME)),
-    eval_at_end=False, progress=True,
-)
-trainer = Trainer(config)                 # builds the datasets (and writes the synthetic data if missing)
-val_set = trainer.val_set
-names = E.category_names(val_set)
 if found is not None:
-    model = model_from_checkpoint(found, device=device)
-    print("loaded notebook 07's checkpoint:", found)
+    state = load_checkpoint(found)
+    config = TrainConfig.from_dict(state["config"])
+    model = model_from_checkpoint(state, device=device)
+    val_set = build_datasets(config, splits=("val",))["val"]
+    print(f"loaded notebook 07's checkpoint: {found} (step {state['step']})")
 else:
-    print(f"no checkpoint of notebook 07 found{' (smoke mode)' if SMOKE else ''}: training {TRAIN_STEPS} steps here")
+    data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64)) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
+    tiny = dict(backbone_width=0.125, hidden_dim=32, nheads=2, dim_feedforward=64, num_queries=8)
+    config = TrainConfig(                   # the aided recipe (TrainConfig's default), as in notebook 07
+        data_root=str(workdir("data") / ("synthetic-07" if SMOKE else "synthetic")), data_kwargs=data,
+        model_overrides=tiny if SMOKE else {}, amp="auto", batch_size=4 if SMOKE else 16,
+        time_budget_s=TRAIN_MINUTES * 60, max_steps=6 if SMOKE else None, log_every=1 if SMOKE else 50,
+        workers=0 if SMOKE else 2, out=str(workdir("runs") / ("08_smoke" if SMOKE else "08_" + RUN_NAME)),
+        eval_at_end=False, progress=True,
+    )
+    print(f"no checkpoint of notebook 07 found{' (smoke mode)' if SMOKE else ''}: training {TRAIN_MINUTES} minutes here")
+    trainer = Trainer(config)                # builds the datasets (and writes the synthetic data if missing)
     reason = trainer.fit()
-    model = trainer.model
+    model, val_set = trainer.model, trainer.val_set
     print(f"stopped by {reason!r} after {trainer.step} steps; checkpoint {trainer.last_good}")
 model = model.to(device).eval()
+scoring = E.scoring_for(config.loss_type)   # focal loss: sigmoid scores, the 100 best (query, class) pairs
+names = E.category_names(val_set)
+print("model:", config.model, "| loss:", config.loss_type, "| scoring:", scoring)
 print("classes:", names, "| validation images:", len(val_set))
 
 # %% [markdown]
 # ## 2. COCO mAP, step by step
 #
-# **From outputs to COCO results.** `postprocess` turns each query into (score, label, box): softmax over
-# the classes, drop "no object", keep the best class; boxes go from normalised $(c_x, c_y, w, h)$ to pixels
-# of the image's *original* size. `to_coco_results` writes one dict per query in COCO's format
-# (`bbox` = $[x, y, w, h]$). `predict` does both over a data loader:
+# **From outputs to COCO results.** `postprocess` turns the outputs into (score, label, box) triples, with
+# boxes from normalised $(c_x, c_y, w, h)$ to pixels of the image's *original* size. How a score is made
+# depends on the loss the model was trained with (`E.scoring_for(loss_type)`, the one rule that training,
+# the CLI and the pictures share):
+#
+# * the paper's cross-entropy: softmax over the classes, drop "no object", keep the best class: one
+#   triple per query;
+# * the focal loss of the aided recipe: every (query, class) pair has its own sigmoid score (there is no
+#   "no object" class), and each image keeps its 100 best pairs, as in Deformable DETR, so a query unsure
+#   between two classes gives both.
+#
+# `to_coco_results` writes one dict per triple in COCO's format (`bbox` = $[x, y, w, h]$). `predict` does
+# both over a data loader:
 
 # %%
-loader = E.make_eval_loader(val_set, batch_size=BATCH_SIZE)
-detections = E.predict(model, loader, device, progress=True)
-print(len(detections), "detections =", len(val_set), "images x", model.num_queries, "queries; the first two:")
+loader = E.make_eval_loader(val_set, batch_size=8)
+detections = E.predict(model, loader, device, progress=True, **scoring)
+print(len(detections), "detections for", len(val_set), "images; the first two:")
 for d in detections[:2]:
     print({k: (round(v, 3) if isinstance(v, float) else [round(x, 1) for x in v] if isinstance(v, list) else v)
            for k, v in d.items()})
@@ -142,7 +153,8 @@ print(f"score > {THRESHOLD} ({len(kept)} kept): AP {stats_thr['AP']:.3f}  AR100 
 assert stats_thr["AP"] <= stats["AP"] + 1e-6
 
 # %% [markdown]
-# `E.evaluate(model, val_set)` is all of the above in one call (it is what the trainer and the CLI run).
+# `E.evaluate(model, val_set, **scoring)` is all of the above in one call (the trainer and the CLI run it
+# through `engine.build.evaluate_run`, which also applies the run's evaluation settings).
 #
 # ## 3. Predictions drawn
 #
@@ -151,7 +163,7 @@ assert stats_thr["AP"] <= stats["AP"] + 1e-6
 
 # %%
 fig = E.draw_predictions(model, val_set, indices=range(min(4, len(val_set))), device=device,
-                         threshold=THRESHOLD, names=names)
+                         threshold=THRESHOLD, names=names, **scoring)
 plt.show()
 
 # %% [markdown]
@@ -184,10 +196,11 @@ plt.show()
 # the box it predicts.
 
 # %%
-scores = maps["outputs"]["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values      # (Q,) best real-class probability
+sigmoid = scoring["use_sigmoid"]
+scores = teach.query_predictions(maps, sigmoid)["scores"]      # (Q,) each query's best real-class score
 top = scores.argsort(descending=True)[:4].tolist()
 print("top queries:", top, "scores", [round(float(scores[q]), 2) for q in top])
-fig = teach.plot_decoder_attention(image, maps, top, names=names)
+fig = teach.plot_decoder_attention(image, maps, top, names=names, use_sigmoid=sigmoid)
 plt.show()
 
 # %% [markdown]
@@ -212,15 +225,15 @@ if OFFICIAL:
                                                              (int(pH * 0.8), int(pW * 0.5)),
                                                              (int(pH * 0.3), int(pW * 0.1))])
     plt.show()
-    p_scores = photo_maps["outputs"]["pred_logits"][0].softmax(-1)[:, :-1].max(-1).values
+    p_scores = teach.query_predictions(photo_maps)["scores"]      # the paper's softmax scores
     ranked = p_scores.argsort(descending=True).tolist()
     confident = [q for q in ranked if p_scores[q] > 0.7][:4] or ranked[:2]
     fig = teach.plot_decoder_attention(photo, photo_maps, confident, names=teach.COCO_CLASSES)
     plt.show()
-    w_image, w_maps, w_names = photo, photo_maps, teach.COCO_CLASSES
+    w_image, w_maps, w_names, w_sigmoid = photo, photo_maps, teach.COCO_CLASSES, False
 else:
     print("SMOKE: official checkpoint not downloaded; the widgets use the small model trained above")
-    w_image, w_maps, w_names = image, maps, names
+    w_image, w_maps, w_names, w_sigmoid = image, maps, names, sigmoid
 
 # %% [markdown]
 # ### Explore: encoder self-attention at a chosen pixel
@@ -242,7 +255,7 @@ def show_encoder(y=wH // 2, x=wW // 2, layer=n_enc - 1):
 
 
 def show_decoder(query=0, layer=n_dec - 1):
-    teach.plot_decoder_attention(w_image, w_maps, [query], layer=layer, names=w_names)
+    teach.plot_decoder_attention(w_image, w_maps, [query], layer=layer, names=w_names, use_sigmoid=w_sigmoid)
     plt.show()
 
 
@@ -258,8 +271,7 @@ widgets.interact(show_encoder,
 # ones concentrate on the object, mostly on its borders.
 
 # %%
-w_out = w_maps["outputs"]
-w_scores = w_out["pred_logits"][0].float().softmax(-1)[:, :-1].max(-1).values
+w_scores = teach.query_predictions(w_maps, w_sigmoid)["scores"]
 order = w_scores.argsort(descending=True).tolist()
 widgets.interact(show_decoder,
                  query=widgets.Dropdown(options=[(f"query {q} (score {w_scores[q]:.2f})", q) for q in order],
@@ -278,3 +290,25 @@ assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.iscl
 
 # %% [markdown]
 # **Next:** notebook 09 compares training approaches on a real dataset in Colab.
+#
+# ## Exercises
+#
+# Predict first, then check with a cell (`E.evaluate`, `E.draw_predictions`).
+#
+# 1. Keep only each image's 10 best-scoring detections before COCO evaluation. Which of AP, AP50, AR10
+#    and AR100 can change, and in which direction?
+# 2. Raise the drawing threshold from 0.5 to 0.9. Does the COCO AP change?
+# 3. An encoder attention map of one feature cell sums to 1 over the image. Does a decoder query's
+#    cross-attention map have to sum to 1 too? What about a query that predicts "no object"?
+
+# %% [markdown]
+# <details><summary>Answers</summary>
+#
+# 1. AR10 cannot change (it already looks at 10 detections per image). AR100 can only drop or stay (fewer
+#    detections, no new true positive), and AP and AP50 usually drop a little: low-scoring true positives
+#    add recall at the end of the precision-recall curve, and COCO keeps every detection it is given.
+# 2. No: COCO AP ranks all detections by score, with no threshold; the threshold only decides what is drawn.
+# 3. Yes: it is a softmax over the feature cells (padding excluded), so every query's map sums to 1,
+#    confident or not. A "no object" query's map is usually diffuse, but it still sums to 1.
+#
+# </details>

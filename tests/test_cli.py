@@ -187,3 +187,20 @@ def test_a_coco_folder_trains_and_evaluates(tmp_path):
                     "--device", "cpu", "--no-progress", "--num-pictures", "2"], cwd=tmp_path)
     assert "2 classes" not in proc.stdout and "3 classes" in proc.stdout      # ids 1, 2 -> num_classes 3
     assert set(STAT_NAMES) <= set(json.load(open(out / "eval.json")))
+
+
+def test_open_input_reads_files_and_urls_like_predict(tmp_path, data_root):
+    """The notebooks' photo reader: a path and its file:// URL give the same upright pixels; bad inputs
+    give predict's one-line errors."""
+    import numpy as np
+    from detr_nb.engine.predict import open_input
+    from detr_nb.errors import UserError
+    image = next((data_root / "val").glob("*.png"))
+    a, b = open_input(str(image)), open_input(image.as_uri())
+    assert a.mode == "RGB" and np.array_equal(np.asarray(a), np.asarray(b))
+    (tmp_path / "notes.jpg").write_text("not an image")
+    for item, message in ((str(tmp_path / "missing.jpg"), "no such file or URL"),
+                          (str(tmp_path / "notes.jpg"), "not an image that PIL can read"),
+                          ("http://127.0.0.1:9/x.jpg", "cannot download")):
+        with pytest.raises(UserError, match=message):
+            open_input(item)

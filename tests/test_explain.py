@@ -278,3 +278,37 @@ def test_attention_map_plots(tiny):
     assert len(fig.axes) == 3
     fig = E.plot_decoder_attention(img, maps, [0, 4], names={1: "a"})
     assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 1
+
+
+def test_query_predictions_score_each_query_as_its_loss_does(tiny):
+    """Softmax without "no object" for the paper's loss; the best sigmoid over the real classes (the unused
+    "no object" column ignored) for focal-loss models; boxes in the input's pixels."""
+    maps = E.attention_maps(tiny, torch.randn(1, 3, 64, 96))
+    logits, boxes = maps["outputs"]["pred_logits"][0], maps["outputs"]["pred_boxes"][0]    # (Q, C+1), (Q, 4)
+    soft = E.query_predictions(maps)
+    torch.testing.assert_close(soft["scores"], logits.softmax(-1)[:, :-1].max(-1).values)
+    sig = E.query_predictions(maps, use_sigmoid=True)
+    torch.testing.assert_close(sig["scores"], logits[:, :-1].sigmoid().max(-1).values)
+    assert torch.equal(sig["labels"], logits[:, :-1].argmax(-1))
+    cx, cy, w, h = boxes.unbind(-1)
+    torch.testing.assert_close(sig["boxes"], torch.stack([(cx - w / 2) * 96, (cy - h / 2) * 64,
+                                                          (cx + w / 2) * 96, (cy + h / 2) * 64], -1))
+
+
+def test_uploaded_files_read_ipywidgets_7_and_8_values(tmp_path):
+    """Colab's ipywidgets 7 gives a dict, ipywidgets 8 a tuple of dicts: both give the same (name, bytes)."""
+    import io
+    from PIL import Image
+    from detr_nb.teach.uploads import image_from_bytes, uploaded_files
+
+    buf = io.BytesIO()
+    exif = Image.Exif()
+    exif[0x0112] = 6                                              # stored sideways, shown upright
+    Image.new("RGB", (40, 20), (200, 10, 10)).save(buf, "JPEG", exif=exif)
+    data = buf.getvalue()
+    v7 = {"photo.jpg": {"metadata": {"name": "photo.jpg", "type": "image/jpeg", "size": len(data)}, "content": data}}
+    v8 = ({"name": "photo.jpg", "type": "image/jpeg", "size": len(data), "content": memoryview(data)},)
+    assert uploaded_files(v7) == uploaded_files(v8) == [("photo.jpg", data)]
+    assert uploaded_files(()) == [] and uploaded_files({}) == []
+    image = image_from_bytes(uploaded_files(v8)[0][1])
+    assert image.mode == "RGB" and image.size == (20, 40)          # EXIF orientation 6 applied

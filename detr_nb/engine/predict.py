@@ -84,8 +84,19 @@ def _open(path: str):
     from ..data.image_io import open_image
     try:
         return open_image(path)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise UserError(f"{path}: not an image that PIL can read ({e})") from None
+
+
+def open_input(item: str):
+    """One upright RGB PIL image from a file path or an http(s)/file URL (the same checks as
+    ``python -m detr_nb predict``: a one-line :class:`UserError` when it cannot be read)."""
+    if not _is_url(item):
+        if not os.path.isfile(item):
+            raise UserError(f"{item}: no such file or URL")
+        return _open(item)
+    with tempfile.TemporaryDirectory() as tmp:
+        return _open(_download(item, tmp))                  # open_image decodes before returning
 
 
 def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Mapping, device="cpu",

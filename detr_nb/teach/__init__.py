@@ -12,7 +12,7 @@ from .cnn import (grouped_parameter_table, im2col_loops, plot_feature_maps, plot
 from .positions import (normalized_coordinates, plot_pixel_encoding, position_similarity, sine_encoding_1d)
 from .attention_viz import (attention_maps, attention_weights, decoder_attention_of, encoder_attention_at,
                             plot_attention_heads, plot_attention_query, plot_decoder_attention,
-                            plot_encoder_attention, positional_toy_attention, to_torch_mha)
+                            plot_encoder_attention, positional_toy_attention, query_predictions, to_torch_mha)
 from .detections import (COCO_CLASSES, naive_parameter_counts, plot_detections)
 
 __all__ = [
@@ -20,6 +20,6 @@ __all__ = [
     "grouped_parameter_table", "im2col_loops", "image_to_tensor", "naive_parameter_counts",
     "normalized_coordinates", "plot_attention_heads", "plot_attention_query", "plot_decoder_attention",
     "plot_detections", "plot_encoder_attention", "plot_feature_maps", "plot_im2col", "plot_parameter_table",
-    "plot_pixel_encoding", "position_similarity", "positional_toy_attention", "sample_image",
+    "plot_pixel_encoding", "position_similarity", "positional_toy_attention", "query_predictions", "sample_image",
     "sine_encoding_1d", "stage_features", "to_torch_mha"
 ]

@@ -199,16 +199,26 @@ def plot_encoder_attention(image: Tensor, maps: Mapping, points: Sequence[Tuple[
     return fig
 
 
-def plot_decoder_attention(image: Tensor, maps: Mapping, queries: Sequence[int], layer: int = -1, batch: int = 0,
-                           names: Optional[Mapping[int, str]] = None):
-    """Decoder cross-attention of some object queries, each with the box that query predicts."""
-    import matplotlib.pyplot as plt
+def query_predictions(maps: Mapping, use_sigmoid: bool = False, batch: int = 0) -> Dict[str, Tensor]:
+    """One (score, label, box) per object query of image ``batch`` of ``maps``: ``{"scores" (Q,), "labels" (Q,),
+    "boxes" (Q, 4) xyxy pixels of the input}``. ``use_sigmoid`` for focal-loss models (best sigmoid over the
+    real classes; their "no object" column is unused), else the paper's softmax."""
     from ..setpred.postprocess import postprocess
 
-    H, W = image.shape[-2:]
-    out = maps["outputs"]
-    res = postprocess({"pred_logits": out["pred_logits"][batch:batch + 1],
-                       "pred_boxes": out["pred_boxes"][batch:batch + 1]}, [[H, W]])[0]
+    H, W = maps["image_size"]
+    logits = maps["outputs"]["pred_logits"][batch:batch + 1].float()      # (1, Q, C+1)
+    boxes = maps["outputs"]["pred_boxes"][batch:batch + 1]                # (1, Q, 4)
+    if use_sigmoid:
+        logits = logits[..., :-1]
+    return postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[H, W]], use_sigmoid=use_sigmoid)[0]
+
+
+def plot_decoder_attention(image: Tensor, maps: Mapping, queries: Sequence[int], layer: int = -1, batch: int = 0,
+                           names: Optional[Mapping[int, str]] = None, use_sigmoid: bool = False):
+    """Decoder cross-attention of some object queries, each with the box that query predicts."""
+    import matplotlib.pyplot as plt
+
+    res = query_predictions(maps, use_sigmoid, batch)
     n = len(queries)
     fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.3), squeeze=False)
     for ax, q in zip(axes[0], queries):
