@@ -1,7 +1,7 @@
 """Scratch vs torch: forward+backward time of each layer and of whole DETR models, on CPU.
 
-    python bench/layers.py            # all rows
-    python bench/layers.py --quick    # fewer repeats
+    python bench/layers.py            # all rows, 10 repeats each (about a minute on 2 cores)
+    python bench/layers.py --quick    # 4 repeats
     OMP_NUM_THREADS=1 python bench/layers.py --threads 1   # on a shared/oversubscribed machine
 
 Runs alternate between the two impls (same weights, same inputs), so machine load hits both
@@ -54,12 +54,15 @@ def detr_loss(out):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="4 repeats instead of 10")
+    ap.add_argument("--repeats", type=int, default=None, help="timed repeats per row (overrides --quick)")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed runs per row first")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = 4 if args.quick else 10
+    r = args.repeats or (4 if args.quick else 10)
+    warm = args.warmup
     torch.manual_seed(0)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; forward+backward, median ms")
     print(f"{'layer / model':<44} {'torch':>9} {'scratch':>9} {'ratio':>7}")
@@ -81,17 +84,17 @@ def main():
          [torch.randn(2, 600, 256)] * 3 + [torch.rand(2, 600) < 0.2]),
     ]
     for name, m, inp in rows:
-        bench(name, m, inp, repeats=r)
+        bench(name, m, inp, repeats=r, warmup=warm)
 
     imgs = torch.randn(8, 3, 128, 128)
     mask = torch.zeros(8, 128, 128, dtype=torch.bool)
     mask[::2, :, 96:] = True
     tiny = build_model("detr_tiny", num_classes=20)
-    t, s = bench("DETR detr_tiny, 8x3x128x128 (train step)", tiny, [imgs, mask], detr_loss, repeats=r)
+    t, s = bench("DETR detr_tiny, 8x3x128x128 (train step)", tiny, [imgs, mask], detr_loss, repeats=r, warmup=warm)
     print(f"  -> detr_tiny fwd+bwd throughput: torch {8 / t * 1e3:.0f} img/s, scratch {8 / s * 1e3:.0f} img/s")
     r50 = build_model("detr_r50", num_classes=91)
     bench("DETR detr_r50, 1x3x256x256 (train step)", r50, [torch.randn(1, 3, 256, 256)], detr_loss,
-          repeats=max(2, r // 3), warmup=1)
+          repeats=max(1, min(r, max(2, r // 3))), warmup=min(warm, 1))
 
 
 if __name__ == "__main__":

@@ -323,16 +323,21 @@ def main(argv=None):
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
     args = p.parse_args(argv)
+    from detr_nb.errors import UserError
+    from detr_nb.engine.precision import resolve_device
+    try:
+        device = resolve_device(args.device)
+    except UserError as e:                 # e.g. --device cuda on a machine without a GPU: one line, exit 2
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     if args.threads:
         torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        run(args, Path(tmp))
+        run(args, device, Path(tmp))
+    return 0
 
 
-def run(args, work: Path):
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" \
-        else torch.device(args.device)
+def run(args, device: torch.device, work: Path):
     gpu = device.type == "cuda"
     if gpu:
         torch.backends.cudnn.benchmark = True          # as the engine
@@ -436,4 +441,4 @@ def summary(rows, gpu, batch, size):
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

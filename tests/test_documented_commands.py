@@ -185,6 +185,16 @@ def run_predict(cmd, work, tiny_run, photos, **_):
             assert 0 <= x0 <= x1 <= r["width"] + 0.1 and 0 <= y0 <= y1 <= r["height"] + 0.1
 
 
+def run_export(cmd, work, tiny_run, **_):
+    """The run's model to model.onnx, checked by onnxruntime against PyTorch (optional packages: skip without)."""
+    pytest.importorskip("onnx", reason='optional: pip install "detr_nb[export]"')
+    pytest.importorskip("onnxruntime", reason='optional: pip install "detr_nb[export]"')
+    proc = run_cli(shlex.split(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
+    assert f"wrote {(work / 'model.onnx').resolve()}" in proc.stdout and (work / "model.onnx").stat().st_size > 0
+    delta = re.search(r"max \|delta\| logits (\S+), boxes (\S+)", proc.stdout)
+    assert delta and max(float(delta.group(1)), float(delta.group(2))) <= 1e-4, proc.stdout
+
+
 def run_nbtools_sync(cmd, work, **_):
     """On a copy of the repository: the committed notebooks are already what sync writes."""
     copy = work / "repo"
@@ -223,6 +233,7 @@ RUNNERS = {
     "python -m detr_nb evaluate --run runs/my-run": run_evaluate,
     "python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions": run_predict,
     "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
+    "python -m detr_nb export --run runs/my-run -o model.onnx": run_export,
     "python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300": run_compare,
 }
 
@@ -259,3 +270,97 @@ def test_every_option_has_a_one_line_description():
             text = (action.help or "").strip()
             described = re.sub(r"\(default: [^)]*\)", "", text).strip()
             assert len(described) >= 10 and "\n" not in text, f"{name} {action.option_strings or action.dest}: {text!r}"
+
+
+# ------------------------------------------------------------- commands shown in docstrings (bench/, the package)
+def docstring_commands():
+    """Usage lines (``python ...``, ``VAR=1 python ...``, ``torchrun ...``) of the docstrings of bench/*.py and
+    every detr_nb module, comments stripped; inline mentions in prose (inside ````...````) are not commands."""
+    import ast
+    found = []
+    files = sorted((REPO / "bench").glob("*.py")) + sorted((REPO / "detr_nb").rglob("*.py"))
+    for path in files:
+        tree = ast.parse(path.read_text())
+        nodes = [tree] + [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))]
+        for node in nodes:
+            for line in (ast.get_docstring(node) or "").splitlines():
+                line = line.split("  #")[0].strip()
+                if "``" not in line and re.match(r"^([A-Z_]+=\S+ )?(python|torchrun) ", line):
+                    found.append(line)
+    return [c for c in dict.fromkeys(found) if c not in documented_commands()]
+
+
+def run_shell(cmd, env=None, check=True, timeout=600):
+    """``cmd`` through bash in the repository root (bench scripts use paths relative to it)."""
+    import os
+    import subprocess
+    import sys
+    from engine_utils import cli_env
+    full_env = {**cli_env(), **(env or {})}
+    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", os.environ["PATH"])
+    proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def run_bench_layers(cmd, **_):
+    """Every row prints torch and scratch times and their ratio (shortened: one repeat, no warm-up)."""
+    proc = run_shell(cmd + " --repeats 1 --warmup 0", env={"OMP_NUM_THREADS": "1"})
+    rows = [line for line in proc.stdout.splitlines() if re.search(r"\s[\d.]+\s+[\d.]+\s+[\d.]+$", line)]
+    assert len(rows) == 12 and any(r.startswith("DETR detr_r50") for r in rows), proc.stdout
+
+
+SHORT_STEP = (" --model detr_tiny --size 64 64 --batch 2 --steps 1 --warmup 0 --infer-batches 1 --infer-size 64 64"
+              " --infer-steps 1 --profile-rows 3")
+
+
+def run_bench_train_step(cmd, **_):
+    """The engine's train step timed next to the backbone-only limit (shortened to detr_tiny at 64x64); on a
+    machine without a GPU the CUDA command stops at once with one line."""
+    import torch
+    if "--device cuda" in cmd and not torch.cuda.is_available():
+        proc = run_shell(cmd, check=False)
+        assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
+            "error: --device cuda: CUDA is not available here"), proc.stderr
+        return
+    proc = run_shell(cmd + SHORT_STEP, env={"OMP_NUM_THREADS": "1"})
+    assert re.search(r"detr_nb [\d.]+ img/s, \d+% of backbone-only", proc.stdout), proc.stdout[-2000:]
+    if "--profile" in cmd:
+        assert "phases (host time" in proc.stdout and "host reads of tensor values in one step" in proc.stdout
+
+
+def run_notebook_times(cmd, **_):
+    """Smoke-mode wall time per notebook (shortened to notebook 03)."""
+    proc = run_shell(re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd))
+    assert re.search(r"^03_attention\s+[\d.]+ s$", proc.stdout, re.M), proc.stdout
+
+
+BENCH_RUNNERS = {
+    "python bench/layers.py": run_bench_layers,
+    "python bench/layers.py --quick": run_bench_layers,
+    "OMP_NUM_THREADS=1 python bench/layers.py --threads 1": run_bench_layers,
+    "python bench/train_step.py --device cuda --precision auto fp16 --compile both --profile": run_bench_train_step,
+    "python bench/train_step.py --threads 1": run_bench_train_step,
+    "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
+    "python bench/notebook_times.py 07 11": run_notebook_times,
+    "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
+}
+
+
+def test_every_docstring_command_has_a_runner():
+    commands = docstring_commands()
+    missing = [c for c in commands if c not in BENCH_RUNNERS]
+    assert not missing, f"shown in a docstring, run by no test: {missing}"
+    stale = [c for c in BENCH_RUNNERS if c not in commands and c not in documented_commands()]
+    assert not stale, f"runners for commands no docstring shows: {stale}"
+
+
+@pytest.mark.parametrize("cmd", docstring_commands())
+def test_docstring_command(cmd, request):
+    runner = BENCH_RUNNERS.get(cmd)
+    if runner is None:
+        pytest.fail(f"no runner for the docstring command {cmd!r}")
+    work = request.getfixturevalue("work") / re.sub(r"\W+", "_", cmd)[:60]
+    work.mkdir()
+    runner(cmd, work=work)

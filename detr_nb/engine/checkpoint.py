@@ -143,7 +143,7 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
         keys = list(state)[:8] if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(
             f"checkpoint {path} is not a detr_nb training checkpoint (found {keys}). "
-            "For the official DETR weights use detr_nb.pretrained.load_pretrained; "
+            "For the official DETR weights use detr_nb.load_pretrained; "
             "to start afresh in this directory use --no-resume or another --out.")
     missing = [k for k in REQUIRED_KEYS if k not in state]
     if missing:

@@ -25,7 +25,7 @@ def _opt(help: str, default: Any = None, factory: Optional[Callable] = None):
 
 @dataclass(init=False)
 class TrainConfig:
-    """Every setting of a training run: a recipe (:mod:`detr_nb.recipes`) plus what is given explicitly.
+    """Every setting of a training run: a recipe (:mod:`detr_nb.engine.recipes`) plus what is given explicitly.
 
     ``TrainConfig()`` is the main job (``python -m detr_nb train``, recipe ``aided``);
     ``TrainConfig(recipe="paper", dataset="coco2017")`` is the official DETR recipe; any field given

@@ -1,6 +1,6 @@
 """Detections on your own pictures: files, folders or URLs in, annotated images and a JSON of boxes out.
 
-    from detr_nb.predict import predict_paths
+    from detr_nb.engine.predict import predict_paths
     results = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
                             preset="official", categories={1: "balloon"}, threshold=0.7)
 

@@ -124,7 +124,7 @@ def plot_feature_maps(features: Mapping[str, Tensor], image=None, channels: int 
 def grouped_parameter_table(module: nn.Module, depth: int = 1) -> List[Row]:
     """Parameter counts grouped by the first ``depth`` parts of the parameter names.
 
-    Same rows as :func:`detr_nb.params.parameter_table` (component, total, trainable, frozen) plus
+    Same rows as :func:`detr_nb.model.params.parameter_table` (component, total, trainable, frozen) plus
     "total" and "buffers", so :func:`detr_nb.format_parameter_table` prints it; for modules that
     are not a whole DETR (e.g. the ResNet: conv1, layer1, ..., layer4).
     """

@@ -8,7 +8,7 @@ Notebook 05
     (every one-to-one assignment tried, to check the Hungarian solver), :func:`iou_giou_sweep` (IoU and
     GIoU as one box slides past another), :func:`duplicate_penalty` (why a second, confident copy of a
     detection costs loss), :func:`matching_view` (the figure behind the "drag a box" widget).
-Notebook 06 (grids, batches and statistics are :mod:`detr_nb.data.viz`'s)
+Notebook 06 (grids, batches and statistics are :mod:`detr_nb.teach.data_viz`'s)
     :func:`augment` (one sample through a transform, reproducibly), :func:`plot_augmentations`
     (the same image and boxes under several transforms, side by side).
 Notebook 07
@@ -116,7 +116,7 @@ def duplicate_penalty(confidences: Sequence[float], scene: Optional[Dict] = None
     The duplicate copies target ``duplicate_of``'s box (moved by ``offset``) and gives its class the
     probability ``p`` (the rest to "no object"), for each ``p`` in ``confidences``. Returned arrays:
 
-    * ``set_ce``, ``set_total``: DETR's loss (:class:`~detr_nb.criterion.SetCriterion`). The exact copy
+    * ``set_ce``, ``set_total``: DETR's loss (:class:`~detr_nb.setpred.criterion.SetCriterion`). The exact copy
       wins the match, so the duplicate must say "no object": its term ``-eos_coef * log(1 - p)`` grows
       without bound as ``p -> 1``.
     * ``naive_ce``: a per-query loss that compares every query with its *nearest* target (what a loss
@@ -156,7 +156,7 @@ def duplicate_penalty(confidences: Sequence[float], scene: Optional[Dict] = None
 def matching_view(scene: Dict, query: int, cx: float, cy: float, w: float, h: float, weights: Sequence[float] = (1, 5, 2)):
     """The figure behind notebook 05's widget: move box ``query`` to ``(cx, cy, w, h)`` and re-match.
 
-    Returns ``(explanation, figure)``: ``explanation`` is :func:`~detr_nb.matching_viz.drag_prediction`'s
+    Returns ``(explanation, figure)``: ``explanation`` is :func:`~detr_nb.teach.matching.drag_prediction`'s
     dict; the figure shows the boxes with the chosen pairs (left) and the weighted cost matrices with
     the assignment outlined (right).
     """

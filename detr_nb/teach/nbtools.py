@@ -2,7 +2,7 @@
 
 ``python -m detr_nb.teach.nbtools sync``  regenerates every ``notebooks/NN_name.ipynb`` (no outputs,
 Colab GPU/T4 metadata, cell ids fixed by position) and the README's badge table.
-``python -m detr_nb.nbtools check`` exits non-zero when anything committed differs from what sync writes.
+``python -m detr_nb.teach.nbtools check`` exits non-zero when anything committed differs from what sync writes.
 
 Badges and install cells are derived from the one constant ``detr_nb.REPO_URL``.
 """
@@ -137,7 +137,7 @@ def sync() -> List[Path]:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m detr_nb.nbtools")
+    parser = argparse.ArgumentParser(prog="python -m detr_nb.teach.nbtools")
     parser.add_argument("command", choices=["sync", "check"])
     args = parser.parse_args(argv)
     if args.command == "sync":
