@@ -52,6 +52,17 @@ def test_notebook_opening_cells(py):
     assert 'SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"' in params[0].source
 
 
+@pytest.mark.parametrize("py", SOURCES, ids=IDS)
+def test_notebook_states_its_cost(py):
+    """The first cell gives the measured smoke time on CPU and the full-mode T4 time with its basis."""
+    first = nbtools.build_notebook(py).cells[0].source
+    line = re.search(r"\*\*Cost\.\*\* Smoke mode \(`DETR_NB_SMOKE=1`\): ([\d.]+) s on 2 CPU cores", first)
+    assert line, f"{py.name}: no cost line in the first cell"
+    assert 0 < float(line.group(1)) < 120
+    assert re.search(r"Full mode on a Colab T4: (about|under) [\w ]+ minutes?", first), py.name
+    assert re.search(r"estimate|measured|by construction", first), py.name
+
+
 def test_readme_badges_point_to_existing_notebooks():
     text = nbtools.README.read_text()
     links = re.findall(r"\(https://colab\.research\.google\.com/github/([^)]+)\)", text)
