@@ -1,12 +1,16 @@
 """``python -m detr_nb compare``: per-run metrics and figures, scratch == torch, pretrained "not run",
-and the weight statistics of the init schemes."""
+the weight statistics of the init schemes; finished runs are not retrained, interrupted ones resume exactly,
+and a run's time budget leaves out its evaluations and checkpoint writes."""
 import json
 import math
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from detr_nb.engine import compare
 from detr_nb.engine.compare import CompareConfig, compare_train_config, pretrained_unavailable, run_specs
 from detr_nb.engine.compare_figures import figure_subtitle
 from engine_utils import SYN, TINY
@@ -24,26 +28,31 @@ def _threads():
     torch.set_num_threads(n)
 
 
-@pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    """One tiny comparison through the command line: 3 approaches + 2 init schemes, 6 steps each."""
+DATA = {k: v for k, v in SYN.items() if k not in ("workers", "progress")}
+
+
+def _compare_cli(tmp):
+    """The tiny comparison's command line: 3 approaches + 2 init schemes, 6 steps each, in ``tmp``."""
     from detr_nb.cli import main
 
-    tmp = tmp_path_factory.mktemp("compare")
-    hub = tmp / "hub"   # an empty torch hub cache: the official weights are not there
-    data = {k: v for k, v in SYN.items() if k not in ("workers", "progress")}
-    argv = ["compare", "--dataset", "synthetic", "--data-root", str(tmp / "syn"), "--data-kwargs", json.dumps(data),
+    argv = ["compare", "--dataset", "synthetic", "--data-root", str(tmp / "syn"), "--data-kwargs", json.dumps(DATA),
             "--model-overrides", json.dumps(TINY), "--approaches", "scratch,torch,pretrained",
             "--inits", "default,uniform002", "--max-steps", str(STEPS), "--seeds", "0", "--log-every", "1",
             "--diag-every", "2", "--lr", "1e-3", "--no-download", "--no-progress", "--device", "cpu",
             "--out", str(tmp / "out")]
     old = torch.hub.get_dir()
-    torch.hub.set_dir(str(hub))
+    torch.hub.set_dir(str(tmp / "hub"))   # an empty torch hub cache: the official weights are not there
     try:
         assert main(argv) == 0
     finally:
         torch.hub.set_dir(old)
     return tmp / "out"
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    """One tiny comparison through the command line."""
+    return _compare_cli(tmp_path_factory.mktemp("compare"))
 
 
 def _losses(run_dir, term="loss"):
@@ -66,6 +75,10 @@ def test_compare_writes_per_run_metrics_and_figures(compared):
         assert r["AP"] is not None and r["images_per_s"] > 0
         assert set(r["final"]) == {"loss", "loss_ce", "loss_bbox", "loss_giou"}
         assert r["final"]["loss"] == pytest.approx(_losses(d)[-1])
+        assert r["train_time_s"] == json.loads((d / "eval.json").read_text())["train_time_s"] > 0
+        record = json.loads((d / "compare_run.json").read_text())
+        assert record["identity"]["max_steps"] == STEPS and "out" not in record["identity"]
+        assert len(record["sessions"]) == 1 and record["sessions"][0]["hardware"].startswith("CPU")
     for name in ("default", "uniform002"):    # the init study records statistics over time
         d = compared / f"init-{name}" / "seed0"
         recs = [json.loads(line) for line in open(d / "diagnostics.jsonl")]
@@ -285,7 +298,7 @@ def test_specs_share_data_seed_and_budget():
     for seed in (0, 1):
         tcs = [s["train_config"] for s in specs if s["seed"] == seed]
         assert {(t.dataset, t.max_steps, t.time_budget_s, t.batch_size, t.lr, t.seed) for t in tcs} == {
-            ("synthetic", 50, None, 4, 2e-4, seed)}
+            ("synthetic", 50, None, 4, 1e-4, seed)}
     for s in specs:   # the paper's recipe, whatever TrainConfig's defaults are
         t = s["train_config"]
         assert (t.loss_type, t.weight_dict, t.warmup_steps, t.schedule) == (
@@ -311,3 +324,193 @@ def test_redraw_rewrites_table_and_figures_without_training(compared):
     assert (compared / "table.md").read_text() == table
     assert all((compared / f"{name}.png").exists() for name in FIGURES)
     assert (compared / "approach-torch" / "seed0" / "metrics.jsonl").read_text() == metrics
+
+
+# ----------------------------------------------------------------------------- starting points
+def test_every_run_starts_from_the_weights_it_says():
+    """detr_small (frozen-BN ResNet-18): ImageNet backbone in approaches 1-2 and the init study, lr/10 on it;
+    approach 3: the official checkpoint; a GroupNorm model (detr_tiny): random backbone at the full lr."""
+    from detr_nb.engine.build import make_optimizer
+    from detr_nb.engine.compare_report import backbone_lr, starting_point, starting_points_table
+
+    small = run_specs(CompareConfig(compare_train_config(dataset="pennfudan", model="detr_small", max_steps=5)))
+    assert len(small) == 7
+    for s in small:
+        t = s["train_config"]
+        if s["name"] == "pretrained":
+            assert (t.model, t.pretrained, t.pretrained_backbone, t.init) == ("detr_r50", "detr_r50", None, None)
+            assert "official DETR checkpoint detr_r50" in starting_point(s)["weights at step 0"]
+        else:
+            assert t.pretrained_backbone is True and t.model == "detr_small", s["name"]
+            assert "ImageNet weights (IMAGENET1K_V1)" in starting_point(s)["weights at step 0"]
+        assert (t.lr, backbone_lr(t)) == (1e-4, 1e-5)
+        assert starting_point(s)["frozen"] == "BatchNorm statistics, stem + layer1"
+    assert small[3]["name"] == "default" and "init default" in starting_point(small[3])["weights at step 0"]
+    table = starting_points_table(small)
+    assert table.count("\n") == 2 + 7 and "| approach: scratch | detr_small (scratch layers) |" in table
+
+    tiny = run_specs(CompareConfig(compare_train_config(model_overrides=TINY, max_steps=5), approaches=("torch",),
+                                   inits=()))
+    (t,) = [s["train_config"] for s in tiny]
+    assert t.pretrained_backbone is False and backbone_lr(t) == t.lr
+    assert starting_point(tiny[0])["frozen"] == "nothing"
+    assert starting_point(tiny[0])["weights at step 0"].startswith("random ResNet-18 (width 0.125, gn)")
+    frozen = run_specs(CompareConfig(compare_train_config(model_overrides=TINY, max_steps=5, lr_backbone=0.0),
+                                     approaches=("torch",), inits=()))
+    assert starting_point(frozen[0])["frozen"] == "the whole backbone"
+    # backbone_lr is the engine's rule: what the optimizer of such a run really uses
+    from detr_nb.configs import build_model
+    for tc in (t, t.replace(pretrained_backbone=True, model="detr_small", model_overrides={}), t.replace(lr_backbone=0.0)):
+        model = build_model(tc.model, num_classes=3, **tc.model_overrides)
+        assert make_optimizer(model, tc, torch.device("cpu"))[2] == backbone_lr(tc)
+
+
+# ----------------------------------------------------------------------------- rerun: skip, resume, afresh
+def test_a_finished_comparison_is_not_retrained(compared, capsys):
+    """The same command again: every finished run's files stay as they were, byte for byte and by time."""
+    runs = [d for d in compared.glob("*-*/seed0")]
+    assert len(runs) == 4
+    before = {p: (p.read_bytes(), p.stat().st_mtime_ns) for d in runs for p in d.rglob("*") if p.is_file()}
+    assert any(p.name == "last.pth" for p in before) and any(p.name == "eval.json" for p in before)
+    summary = json.loads((compared / "summary.json").read_text())
+    capsys.readouterr()
+    _compare_cli(compared.parent)
+    log = capsys.readouterr().out
+    assert log.count("finished earlier") == 4 and "training in" not in log
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for d in runs for p in d.rglob("*") if p.is_file()}
+    assert after == before
+    again = json.loads((compared / "summary.json").read_text())
+    assert again["runs"] == summary["runs"]
+
+
+def _tiny_compare(out, data_root, **fields):
+    base = dict(dataset="synthetic", data_root=str(data_root), data_kwargs=DATA, model_overrides=TINY, max_steps=6,
+                log_every=1, lr=1e-3, device="cpu", progress=False, max_eval_images=4, out=str(out))
+    return CompareConfig(compare_train_config(**{**base, **fields}), approaches=("torch",), inits=())
+
+
+class _Disconnect(Exception):
+    pass
+
+
+def test_an_interrupted_run_resumes_exactly_and_a_changed_one_starts_afresh(tmp_path):
+    from detr_nb.engine import checkpoint as ck
+
+    cfg = _tiny_compare(tmp_path / "cut", tmp_path / "syn", checkpoint_every_s=0.0)
+    (spec,) = run_specs(cfg)
+    d = Path(spec["dir"])
+
+    def disconnect(trainer):           # the session dies after step 4 (the checkpoint of step 3 is written)
+        if trainer.step == 4:
+            raise _Disconnect()
+    with pytest.raises(_Disconnect):
+        compare.run_one(spec, callbacks=[disconnect])
+    assert not (d / "eval.json").exists() and compare.recorded_result(spec) is None
+    saved = ck.load_checkpoint(d / "checkpoints" / "last.pth")
+    assert saved["step"] == 3
+    log = []
+    result = compare.run_one(spec, log=log.append)
+    assert any("resuming at step 3" in line for line in log)
+    assert result["status"] == "ok" and result["steps"] == 6
+    assert result["train_time_s"] >= round(saved["elapsed_s"], 1)          # the time it had trained is kept
+    assert len(json.loads((d / "compare_run.json").read_text())["sessions"]) == 2
+
+    (whole,) = run_specs(_tiny_compare(tmp_path / "whole", tmp_path / "syn", checkpoint_every_s=0.0))
+    assert compare.run_one(whole)["steps"] == 6
+    np.testing.assert_array_equal(_losses(d), _losses(Path(whole["dir"])))   # as if never interrupted
+    assert [r["step"] for r in map(json.loads, open(d / "metrics.jsonl")) if r["kind"] == "step"] == list(range(1, 7))
+
+    # another budget: the same folder, a different run; it starts from step 0 and replaces the old files
+    (longer,) = run_specs(_tiny_compare(tmp_path / "cut", tmp_path / "syn", checkpoint_every_s=0.0, max_steps=7))
+    assert compare.recorded_result(longer) is None
+    log = []
+    assert compare.run_one(longer, log=log.append)["steps"] == 7
+    assert any("its settings changed: starting afresh" in line for line in log)
+    assert not any("resuming" in line for line in log)
+    assert compare.recorded_result(spec) is None and compare.recorded_result(longer)["steps"] == 7
+
+
+def test_the_budget_leaves_out_evaluations_and_checkpoint_writes(tmp_path, monkeypatch):
+    """Slow evaluations and slow checkpoint writes, injected: the recorded training time holds none of them."""
+    from detr_nb.engine import checkpoint as ck
+    from detr_nb.engine import trainer as trainer_module
+
+    slept = {"eval": 0, "save": 0, "total": 0.0}
+    real_eval, real_save = trainer_module.evaluate_run, ck.CheckpointManager.save
+
+    def slow_eval(*a, **kw):
+        slept["eval"] += 1
+        slept["total"] += 1.5
+        time.sleep(1.5)
+        return real_eval(*a, **kw)
+
+    def slow_save(self, *a, **kw):
+        slept["save"] += 1
+        slept["total"] += 0.5
+        time.sleep(0.5)
+        return real_save(self, *a, **kw)
+    monkeypatch.setattr(trainer_module, "evaluate_run", slow_eval)
+    monkeypatch.setattr(ck.CheckpointManager, "save", slow_save)
+    (spec,) = run_specs(_tiny_compare(tmp_path / "out", tmp_path / "syn", checkpoint_every_s=0.0))
+    t0 = time.perf_counter()
+    result = compare.run_one(spec)
+    wall = time.perf_counter() - t0
+    # 6 steps, 3 per epoch: evaluations after epochs 1 and 2 and at the end; with checkpoint_every_s 0 a save
+    # at every logged step (1, 2, 4, 5), after each epoch (3, 6) and at the stop (6 again, with its clock)
+    assert slept["eval"] == 3 and slept["save"] == 7
+    assert result["train_time_s"] <= wall - slept["total"] + 0.2
+    assert ck.load_checkpoint(Path(spec["dir"]) / "checkpoints" / "last.pth")["elapsed_s"] <= wall - slept["total"] + 0.2
+    rows = [json.loads(line) for line in open(Path(spec["dir"]) / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["kind"] == "epoch" and "val_AP" in r] == [3, 6]
+
+    # checkpoint_every_s: between writes, at least that long; the stop always writes
+    slept.update(eval=0, save=0)
+    (spec,) = run_specs(_tiny_compare(tmp_path / "rare", tmp_path / "syn", checkpoint_every_s=1e9))
+    compare.run_one(spec)
+    assert slept["save"] == 1
+    assert ck.load_checkpoint(Path(spec["dir"]) / "checkpoints" / "last.pth")["step"] == 6
+    assert not (Path(spec["dir"]) / "checkpoints" / "best.pth").exists()
+
+
+def test_predictions_of_a_run_are_drawn_from_its_checkpoint(compared):
+    from detr_nb.engine.compare_figures import plot_run_predictions
+
+    cfg = CompareConfig(compare_train_config(model_overrides=TINY, max_steps=STEPS, out=str(compared)))
+    specs = run_specs(cfg)
+    (spec,) = compare.select(specs, "approach", "torch")
+    spec["train_config"] = spec["train_config"].replace(data_root=str(compared.parent / "syn"), data_kwargs=DATA)
+    fig = plot_run_predictions(spec, n=3)
+    assert len([ax for ax in fig.axes if ax.images]) == 3
+    assert f"after {STEPS} steps" in fig._suptitle.get_text()
+    assert plot_run_predictions(compare.select(specs, "approach", "pretrained")[0]) is None
+    assert [s["name"] for s in compare.select(specs, "init")] == list(compare.INITS)
+    assert compare.select(specs, "init", "he") == []
+    with pytest.raises(ValueError):
+        compare.select(specs, "inits")
+
+
+def test_prepare_fetches_before_the_runs_only_what_unfinished_runs_need(tmp_path, monkeypatch):
+    from torchvision.models._api import WeightsEnum
+
+    fetched = []
+    monkeypatch.setattr(WeightsEnum, "get_state_dict", lambda self, *a, **kw: fetched.append(str(self)) or {})
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))   # no official weights here
+    cfg = CompareConfig(compare_train_config(data_root=str(tmp_path / "syn"), data_kwargs=DATA, model="detr_small",
+                                             max_steps=2, out=str(tmp_path / "out")),
+                        approaches=("torch", "pretrained"), inits=(), download=False)
+    log = []
+    compare.prepare(cfg, log=log.append)
+    assert fetched == ["ResNet18_Weights.IMAGENET1K_V1"]          # detr_small's ImageNet backbone, once
+    assert (tmp_path / "syn").is_dir() and any("data: synthetic" in line for line in log)
+    assert not any("official DETR weights" in line for line in log)
+    # once the run is finished, nothing is fetched for it
+    (spec,) = compare.select(run_specs(cfg), "approach", "torch")
+    d = Path(spec["dir"])
+    d.mkdir(parents=True)
+    (d / "compare_run.json").write_text(json.dumps({"identity": compare.run_identity(spec["train_config"]),
+                                                    "sessions": []}))
+    (d / "eval.json").write_text(json.dumps({"model": "detr_small", "dataset": "synthetic", "AP": 0.5}))
+    assert compare.recorded_result(spec)["AP"] == 0.5
+    fetched.clear()
+    compare.prepare(cfg, log=log.append)
+    assert fetched == []

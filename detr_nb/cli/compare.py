@@ -1,8 +1,12 @@
 """``python -m detr_nb compare``: the three approaches and the initialisation study (detr_nb.engine.compare).
 
 Every ``train`` option sets what all runs share (defaults: :data:`~detr_nb.engine.compare.COMPARE_DEFAULTS`;
-``--max-steps`` or ``--time-budget`` is each run's budget, ``--out`` the comparison's folder); the options
-below choose the runs.
+``--max-steps`` or ``--time-budget`` is each run's budget, training only: evaluations and checkpoint writes are
+not counted; ``--out`` the comparison's folder); the options below choose the runs.
+
+Run the same command again and the finished runs are not retrained (their recorded results are used), an
+interrupted run resumes from its checkpoint, and a run whose settings changed starts afresh; ``--no-resume``
+retrains every run.
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ def _csv(text: str) -> List[str]:
 
 
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("compare", help="three approaches + init study on the same data, seeds and budget")
+    p = subparsers.add_parser("compare", help="three approaches + init study on the same data, seeds and budget; "
+                                              "rerun: finished runs are kept, interrupted ones resume")
     add_config_options(p, defaults=COMPARE_DEFAULTS)
     add_set_option(p)
     p.add_argument("--approaches", type=_csv, default=list(APPROACHES),

@@ -30,8 +30,6 @@ def figure_subtitle(report: Dict[str, Any]) -> str:
     return f"{report['dataset']} · {report['hardware']} · {budget} · seed{'s' if len(report['seeds']) > 1 else ''} {seeds}"
 
 
-
-
 def _label(r: Dict, report: Dict) -> str:
     return r["name"] + (f" s{r['seed']}" if len(report["seeds"]) > 1 else "")
 
@@ -53,7 +51,8 @@ def plot_loss_comparison(report: Dict[str, Any], group: str = "approach", terms:
 
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    axes[0][0].legend(fontsize=7)
+    if runs:
+        axes[0][0].legend(fontsize=7)
     _not_run_note(fig, report, group)
     what = "Three approaches" if group == "approach" else "Init schemes"
     fig.suptitle(f"{what}: training loss (mean per {_setting(report, 'log_every')} steps)\n"
@@ -88,7 +87,8 @@ def plot_map_comparison(report: Dict[str, Any], groups: Sequence[str] = ("approa
         ax.set_xlabel("step", fontsize=8)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=7)
-    axes[1].legend(fontsize=6)
+    if axes[1].get_legend_handles_labels()[0]:
+        axes[1].legend(fontsize=6)
     fig.suptitle(f"mAP over training\n{figure_subtitle(report)}", fontsize=9)
     fig.tight_layout()
     return fig
@@ -183,6 +183,32 @@ def plot_init_series(report: Dict[str, Any], key: str = "grad_std", max_layers: 
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
+    return fig
+
+
+def plot_run_predictions(spec: Dict[str, Any], n: int = 4, threshold: float = 0.5, device: str = "auto"):
+    """Predictions of run ``spec`` (an entry of :func:`~detr_nb.engine.compare.run_specs`) on its first ``n``
+    validation images, from its final checkpoint (``checkpoints/last.pth``): boxes scoring >= ``threshold``
+    (solid) over the ground truth (dashed). None when the run has no checkpoint."""
+    from .build import build_datasets, model_from_checkpoint
+    from .checkpoint import load_checkpoint
+    from .evaluate import draw_predictions, scoring_for
+    from .precision import resolve_device
+
+    t, path = spec["train_config"], Path(spec["dir"]) / "checkpoints" / "last.pth"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    dev = resolve_device(device if device != "auto" else t.device)
+    model = model_from_checkpoint(state, device=dev)
+    val = build_datasets(t, splits=("val",))["val"]
+    fig = draw_predictions(model, val, range(min(n, len(val))), dev, threshold=threshold,
+                           **scoring_for(t.loss_type))
+    ev = Path(spec["dir"]) / "eval.json"
+    ap = f", AP {json.loads(ev.read_text())['AP']:.3f}" if ev.exists() else ""
+    fig.suptitle(f"{spec['group']}: {spec['name']} ({t.model}, {t.impl} layers) after {state['step']} steps"
+                 f"{ap}; boxes with score >= {threshold:g}", fontsize=9)
+    fig.tight_layout()
     return fig
 
 

@@ -1,8 +1,11 @@
 """What a comparison (:mod:`.compare`) leaves behind, read back from its run folders: one summary line per run,
-the markdown table, and how closely the scratch and torch curves agree."""
+the markdown table, how closely the scratch and torch curves agree; what each run starts from (weights, frozen
+parts, learning rates) and the machine it ran on."""
 from __future__ import annotations
 
 import json
+import os
+import platform
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,7 +21,7 @@ def _read_jsonl(path: Path) -> List[Dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def run_result(spec: Dict[str, Any], status: str = "ok", train_summary: Optional[Dict] = None) -> Dict[str, Any]:
+def run_result(spec: Dict[str, Any], status: str = "ok") -> Dict[str, Any]:
     """The summary line of one run, read back from its directory (metrics.jsonl, eval.json)."""
     d = Path(spec["dir"])
     res = {k: spec[k] for k in ("group", "name", "seed", "dir")}
@@ -35,9 +38,87 @@ def run_result(spec: Dict[str, Any], status: str = "ok", train_summary: Optional
     res["images_per_s"] = float(np.median(rates)) if rates else None
     ev = json.loads((d / "eval.json").read_text()) if (d / "eval.json").exists() else {}
     res["AP"], res["AP50"] = ev.get("AP"), ev.get("AP50")
-    if train_summary:
-        res["train_time_s"] = train_summary.get("train_time_s")
+    res["train_time_s"] = ev.get("train_time_s")      # the budget clock: setup + steps, no evaluation or saving
     return res
+
+
+def result_line(r: Dict[str, Any]) -> str:
+    """One line about a run's result: steps, training seconds, final loss, AP, AP50, images/s (or why not run)."""
+    head = f"{r['group']}: {r['name']} seed {r['seed']}"
+    if r["status"] != "ok":
+        return f"{head}: {r['status']}"
+    return (f"{head}: {r['steps']} steps in {_fmt(r.get('train_time_s'), 1)} s of training, final loss "
+            f"{_fmt(r['final'].get('loss'))}, AP {_fmt(r['AP'], 4)}, AP50 {_fmt(r['AP50'], 4)}, "
+            f"{_fmt(r['images_per_s'], 1)} images/s")
+
+
+def starting_point(spec: Dict[str, Any]) -> Dict[str, str]:
+    """What run ``spec`` starts from, in words: its weights at step 0, what is frozen, its learning rates."""
+    from ..configs import get_config
+
+    t = spec["train_config"]
+    m = get_config(t.model, **t.model_overrides)
+    arch = m.backbone.replace("resnet", "ResNet-")
+    if t.pretrained:
+        weights = f"official DETR checkpoint {t.pretrained} (COCO); class head new for this dataset"
+    else:
+        bb = (f"{arch} with torchvision's ImageNet weights (IMAGENET1K_V1)" if t.pretrained_backbone
+              else f"random {arch} (width {m.backbone_width:g}, {m.backbone_norm})")
+        head = f"init {t.init}" if t.init else "official init (Xavier)"
+        weights = f"{bb}; transformer, input_proj and heads: {head}"
+    frozen = []
+    if m.backbone_norm == "frozen_bn":
+        frozen.append("BatchNorm statistics")
+    if m.frozen_stages >= 1:
+        frozen.append("stem + layer1" if m.frozen_stages == 1 else f"stem + layer1-{m.frozen_stages}")
+    lr_bb = backbone_lr(t)
+    if lr_bb == 0:
+        frozen = ["the whole backbone"]
+    return {"run": f"{spec['group']}: {spec['name']}", "model": f"{t.model} ({t.impl} layers)",
+            "weights at step 0": weights, "frozen": ", ".join(frozen) or "nothing",
+            "lr": f"{t.lr:g}", "lr backbone": f"{lr_bb:g}"}
+
+
+def backbone_lr(t) -> float:
+    """The backbone's learning rate of a run of TrainConfig ``t`` (the engine's rule, engine.build.make_optimizer:
+    ``lr_backbone``, else lr/10 with pretrained weights and lr with random ones; 0 freezes the backbone)."""
+    if t.lr_backbone is not None:
+        return float(t.lr_backbone)
+    return t.lr / 10 if (t.pretrained_backbone or t.pretrained) else float(t.lr)
+
+
+def starting_points_table(specs) -> str:
+    """Markdown table of :func:`starting_point` for every run of ``specs`` (first seed)."""
+    rows = [starting_point(s) for s in specs if s["seed"] == specs[0]["seed"]]
+    keys = list(rows[0]) if rows else []
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(r[k] for k in keys) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def hardware(device: str = "auto", threads: Optional[int] = None) -> str:
+    """One line naming the machine a run used: GPU name, or CPU model + threads + load."""
+    import torch
+    from .precision import resolve_device
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        return torch.cuda.get_device_name(dev)
+    name = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    n = threads or torch.get_num_threads()
+    return f"CPU {name}, {n} thread{'s' if n != 1 else ''} of {os.cpu_count()} cores"
+
+
+def loadavg() -> Optional[List[float]]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _fmt(v, digits=3) -> str:
@@ -51,18 +132,19 @@ def _ok(report, group) -> List[Dict]:
 def results_table(report: Dict[str, Any]) -> str:
     """Markdown table of every run (generated from summary.json; nothing typed by hand)."""
     head = ("| run | seed | model | impl | init | steps | loss | loss_ce | loss_bbox | loss_giou | AP | AP50 "
-            "| images/s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
+            "| images/s | train s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n")
     rows = []
     for r in report["runs"]:
         run = f"{r['group']}: {r['name']}"
         if r["status"] != "ok":
             rows.append(f"| {run} | {r['seed']} | {r['model']} | {r['impl']} | {r['init']} | "
-                        f"{r['status']} |" + " |" * 7)
+                        f"{r['status']} |" + " |" * 8)
             continue
         f = r.get("final", {})
         rows.append(f"| {run} | {r['seed']} | {r['model']} | {r['impl']} | {r['init']} | {r['steps']} | "
                     + " | ".join(_fmt(f.get(k)) for k in LOSS_TERMS)
-                    + f" | {_fmt(r['AP'], 4)} | {_fmt(r['AP50'], 4)} | {_fmt(r['images_per_s'], 1)} |")
+                    + f" | {_fmt(r['AP'], 4)} | {_fmt(r['AP50'], 4)} | {_fmt(r['images_per_s'], 1)} "
+                    f"| {_fmt(r.get('train_time_s'), 1)} |")
     text = head + "\n".join(rows) + "\n"
     for a in curve_agreement(report):
         text += (f"\nscratch vs torch, seed {a['seed']}: total loss over {a['points']} logged points (steps "
