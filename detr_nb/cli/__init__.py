@@ -23,6 +23,7 @@ from typing import List, Optional
 def build_parser() -> argparse.ArgumentParser:
     from .compare import add_compare_parser
     from .evaluate import add_evaluate_parsers
+    from .export import add_export_parser
     from .train import add_train_parser
 
     parser = argparse.ArgumentParser(prog="python -m detr_nb", description="DETR from scratch: train, evaluate, predict")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_train_parser(sub)
     add_evaluate_parsers(sub)
     add_compare_parser(sub)
+    add_export_parser(sub)
     return parser
 
 

@@ -1,0 +1,260 @@
+"""Take a trained DETR home: export it to ONNX and run it with onnxruntime, without PyTorch's model code.
+
+    from detr_nb.engine.export import export_onnx, OnnxDetector
+    export_onnx(model, "model.onnx")                 # images (B, 3, H, W) -> pred_logits, pred_boxes
+    detector = OnnxDetector("model.onnx")            # onnxruntime; called like the model
+    outputs = detector(images)                       # {"pred_logits", "pred_boxes"} as torch tensors
+
+The file takes ``images`` (B, 3, H, W) float32, normalised as ``detr_nb.data.make_transforms(preset,
+train=False)`` makes them, with any batch size, height and width (and with ``mask=True`` a second input
+``mask`` (B, H, W) bool, True on padding), and gives the last decoder layer's ``pred_logits`` (B, Q, C+1) and
+``pred_boxes`` (B, Q, 4): no auxiliary outputs, no encoder proposals. ``OnnxDetector`` returns the model's
+dict, so ``detr_nb.setpred.postprocess`` and ``engine.predict.detect`` take it unchanged.
+
+``onnx`` and ``onnxruntime`` (and ``onnxscript`` for the dynamo exporter) are optional: ``pip install
+"detr_nb[export]"``.
+
+Which exporter: torch.onnx has two. The TorchScript exporter (``dynamo=False``) traces one forward pass; the
+dynamo exporter (torch.export, the default from torch 2.9, needs onnxscript) captures the program with
+symbolic shapes. Both export these models with dynamic height and width and match PyTorch to ~1e-6
+(tests/test_export.py), once the one Python-side shape computation of two-stage query selection is replaced
+(:func:`_export_friendly_select_queries`). The default, ``exporter="auto"``, is the TorchScript exporter
+wherever torch still has it, because it is the one that runs on every torch this package supports (torch 2.3
+has no ``torch.onnx.export(dynamo=True)``), it exports in 0.3 s (detr_tiny) to 2 s (DETR-R50) where the
+dynamo exporter takes 7 s to 17 s (2 CPU cores, torch 2.14), and it needs no onnxscript. Torch marks it
+deprecated, so where it is gone "auto" uses the dynamo exporter (``exporter="dynamo"`` asks for it anywhere
+from torch 2.5). The tracer's weakness, Python arithmetic on shapes frozen into constants, is why the tests
+run one file at several sizes, one of them with fewer feature cells than queries.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+import logging
+import warnings
+from pathlib import Path
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from ..errors import UserError
+
+EXPORTERS = ("auto", "torchscript", "dynamo")
+DEFAULT_OPSET = 17        # LayerNormalization is one op from 17; torch 2.3's default; every onnxruntime >= 1.14
+INPUTS, OUTPUTS = ("images", "mask"), ("pred_logits", "pred_boxes")
+
+
+def require(module: str, what: str = "ONNX export"):
+    """Import an optional package, or a one-line :class:`UserError` that says how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f'{what} needs the optional package {module}: pip install "detr_nb[export]"') from None
+
+
+def _has_torchscript_exporter() -> bool:
+    """Whether this torch still has the TorchScript exporter (torch.onnx.utils up to 2.8, then internal)."""
+    for name in ("torch.onnx._internal.torchscript_exporter", "torch.onnx.utils"):
+        try:
+            importlib.import_module(name)
+            return True
+        except ImportError:
+            pass
+    return False
+
+
+def has_dynamo_exporter() -> bool:
+    """Whether ``torch.onnx.export`` takes ``dynamo=`` (torch >= 2.5)."""
+    return "dynamo" in inspect.signature(torch.onnx.export).parameters
+
+
+def resolve_exporter(exporter: str = "auto") -> str:
+    """"torchscript" or "dynamo": the exporter that ``exporter`` means on this torch (see the module doc)."""
+    if exporter not in EXPORTERS:
+        raise UserError(f"exporter must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if exporter == "auto":
+        return "torchscript" if _has_torchscript_exporter() else "dynamo"
+    if exporter == "dynamo" and not has_dynamo_exporter():
+        raise UserError(f"the dynamo ONNX exporter needs torch >= 2.5 (this is torch {torch.__version__}); "
+                        "use exporter='torchscript'")
+    return exporter
+
+
+class InferenceOutputs(nn.Module):
+    """The model as ONNX sees it: (images[, mask]) -> (pred_logits, pred_boxes) of the last decoder layer."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        out = self.model(images, mask)
+        return out["pred_logits"], out["pred_boxes"]
+
+
+def _export_friendly_select_queries(enc_logits: Tensor, enc_boxes: Tensor, fmask: Tensor, num_classes: int,
+                                    num_queries: int) -> Tensor:
+    """``aids.two_stage.select_queries`` without Python arithmetic on the number of cells.
+
+    The original takes ``k = min(Q, h*w)`` cells and repeats them when the feature map has fewer than Q;
+    a tracer freezes that ``min`` and that branch at the example's size, and torch.export cannot keep the
+    branch symbolic. Here every cell is ranked (top-k with k = h*w is a sort) and the ranking is repeated Q
+    times before the first Q are taken: query j gets the (j mod min(Q, h*w))-th best cell, as in the
+    original, for any size and with no branch. (Q*h*w indices: a few MB at most.)"""
+    score = enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))  # (B, hw)
+    order = score.topk(score.shape[1], dim=1).indices                                              # (B, hw)
+    top = order.repeat(1, num_queries)[:, :num_queries]                                            # (B, Q)
+    return torch.gather(enc_boxes.detach(), 1, top[..., None].expand(-1, -1, 4))
+
+
+@contextlib.contextmanager
+def inference_mode(model: nn.Module):
+    """Inside the block ``model`` is in eval mode and on PyTorch's fused ops (``impl="torch"``: the same
+    weights, ops the exporters know); both restored after."""
+    from ..nn.layers import Switchable
+
+    impls = [(m, m.impl) for m in model.modules() if isinstance(m, Switchable)]
+    training = model.training
+    try:
+        model.eval()
+        for m, _ in impls:
+            m.impl = "torch"
+        yield model
+    finally:
+        for m, impl in impls:
+            m.impl = impl
+        model.train(training)
+
+
+@contextlib.contextmanager
+def export_mode(model: nn.Module):
+    """:func:`inference_mode`, and two-stage models select queries with :func:`_export_friendly_select_queries`
+    (the name ``AidedDETR.forward`` calls is swapped for the block and restored after)."""
+    from ..aids import model as aided
+
+    original = aided.select_queries
+    try:
+        aided.select_queries = _export_friendly_select_queries
+        with inference_mode(model):
+            yield model
+    finally:
+        aided.select_queries = original
+
+
+def example_inputs(model: nn.Module, mask: bool = False, batch: int = 2) -> Tuple[Tensor, ...]:
+    """Random normalised images (``batch``, 3, H, W) whose feature map is 3 x 4 (no dimension of size 1, which
+    torch.export would specialise), and a padding mask (the second image padded on the right) with ``mask``."""
+    stride = getattr(getattr(model, "backbone", None), "stride", 32)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, 3 * stride, 4 * stride, generator=g)
+    if not mask:
+        return (images,)
+    m = torch.zeros(batch, 3 * stride, 4 * stride, dtype=torch.bool)
+    m[1:, :, 3 * stride:] = True
+    return images, m
+
+
+def _export_torchscript(wrapper, args, path, opset, names) -> None:
+    dims = {"images": {0: "batch", 2: "height", 3: "width"}, "mask": {0: "batch", 1: "height", 2: "width"},
+            "pred_logits": {0: "batch"}, "pred_boxes": {0: "batch"}}
+    with warnings.catch_warnings():
+        # TracerWarnings: the model's input checks (`if images.shape[1] != 3`) become constants, as they
+        # should; DeprecationWarning: torch >= 2.9 announces the removal of this exporter (see module doc).
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        kwargs = {"dynamo": False} if has_dynamo_exporter() else {}
+        torch.onnx.export(wrapper, args, str(path), input_names=list(names), output_names=list(OUTPUTS),
+                          dynamic_axes={k: v for k, v in dims.items() if k in names + OUTPUTS},
+                          opset_version=opset, do_constant_folding=True, **kwargs)
+
+
+def _export_dynamo(wrapper, args, path, opset, names) -> None:
+    require("onnxscript", "the dynamo ONNX exporter")
+    from torch.export import Dim
+    batch, height, width = Dim("batch", min=1, max=1024), Dim("height", min=16), Dim("width", min=16)
+    shapes = [{0: batch, 2: height, 3: width}, {0: batch, 1: height, 2: width}][:len(args)]
+    quiet = logging.getLogger("onnxscript")   # "Skipping constant folding for op Split...", once per attention
+    level = quiet.level
+    try:
+        quiet.setLevel(logging.ERROR)
+        with contextlib.redirect_stdout(None), warnings.catch_warnings():   # its progress lines; and a warning
+            # that the mask's axes share the images' names, which is what the shared Dims say
+            warnings.filterwarnings("ignore", message=".*axis name", category=UserWarning)
+            program = torch.onnx.export(wrapper, args, dynamo=True, input_names=list(names),
+                                        output_names=list(OUTPUTS), dynamic_shapes=tuple(shapes),
+                                        opset_version=opset)
+    finally:
+        quiet.setLevel(level)
+    program.save(str(path), external_data=False)
+
+
+def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: Optional[int] = None, mask: bool = False,
+                exporter: str = "auto", check: bool = True) -> Path:
+    """Write ``model`` (any DETR of this package) to ``path`` as ONNX for inference; returns the path.
+
+    Inputs ``images`` (B, 3, H, W) float32, any B, H, W, and with ``mask=True`` ``mask`` (B, H, W) bool
+    (True = padding; without it the images are taken as unpadded). Outputs ``pred_logits`` (B, Q, C+1) and
+    ``pred_boxes`` (B, Q, 4), the last decoder layer's. ``opset``: the ONNX opset (default 17 with the
+    TorchScript exporter, torch's own default with the dynamo one). ``exporter``: "auto" | "torchscript" |
+    "dynamo" (see the module doc). ``check``: run ``onnx.checker`` on the file. The model is left as it was.
+    """
+    onnx = require("onnx")
+    kind = resolve_exporter(exporter)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    names = INPUTS if mask else INPUTS[:1]
+    with export_mode(model), torch.no_grad():
+        device = next(model.parameters()).device
+        args = tuple(a.to(device) for a in example_inputs(model, mask))
+        wrapper = InferenceOutputs(model).eval()
+        if kind == "torchscript":
+            _export_torchscript(wrapper, args, path, opset or DEFAULT_OPSET, names)
+        else:
+            _export_dynamo(wrapper, args, path, opset, names)
+    if check:
+        onnx.checker.check_model(str(path))
+    return path
+
+
+class OnnxDetector:
+    """An exported DETR run by onnxruntime, called like the PyTorch model: ``detector(images, mask=None)`` ->
+    ``{"pred_logits", "pred_boxes"}`` torch tensors on the images' device, so ``setpred.postprocess``,
+    ``engine.evaluate.final_outputs`` and ``engine.predict.detect`` work on it unchanged."""
+
+    def __init__(self, path: Union[str, Path], providers: Optional[list] = None):
+        ort = require("onnxruntime", "running an ONNX model")
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such ONNX file")
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def eval(self) -> "OnnxDetector":   # engine.predict.detect calls model.eval()
+        return self
+
+    def __call__(self, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        feed = {"images": images.detach().float().cpu().numpy()}
+        if "mask" in self.input_names:
+            if mask is None:
+                mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool)
+            feed["mask"] = mask.detach().bool().cpu().numpy()
+        elif mask is not None and bool(mask.any()):
+            raise UserError(f"{self.path} was exported without a mask input: run padded batches through a file "
+                            "exported with mask=True (--mask), or one image at a time")
+        outs = dict(zip(self.output_names, self.session.run(self.output_names, feed)))
+        return {k: torch.from_numpy(outs[k]).to(images.device) for k in OUTPUTS}
+
+
+def parity(model: nn.Module, detector: OnnxDetector, images: Tensor, mask: Optional[Tensor] = None
+           ) -> Dict[str, float]:
+    """Max |onnxruntime - PyTorch| of the logits and boxes on ``images`` (and ``mask``): ``{"pred_logits": ...,
+    "pred_boxes": ...}``. PyTorch is the model itself (its own query selection), in eval mode on the fused ops."""
+    with inference_mode(model), torch.no_grad():
+        device = next(model.parameters()).device
+        want = model(images.to(device), None if mask is None else mask.to(device))
+    got = detector(images, mask)
+    return {k: float((got[k].cpu() - want[k].float().cpu()).abs().max()) for k in OUTPUTS}
