@@ -3,7 +3,8 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/11_fine_tuning.ipynb)
 #
-# **Cost.** SMOKE_COST. Full mode on a Colab T4: about 15 minutes (estimate: 40 epochs of the balloon
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 8.6 s on 2 CPU cores (`bench/notebook_times.py`).
+# Full mode on a Colab T4: about 15 minutes (estimate: 40 epochs of the balloon
 # set's 61 images are 600 steps of batch 4 at DETR's 480-800 px scales; the paper's 28 images/s for DETR-R50
 # inference on a V100 puts a training step, about three forward passes' work, near 0.1 s per image, and a T4
 # in fp16 runs DETR about as fast as a V100 in fp32: ~4 minutes of steps, ~10 with the data loading of
@@ -57,7 +58,7 @@ from detr_nb.engine import TrainConfig, Trainer
 from detr_nb.engine.evaluate import draw_predictions, scoring_for
 from detr_nb.engine.plotting import draw_boxes
 from detr_nb.engine.precision import resolve_device
-from detr_nb.engine.predict import detect
+from detr_nb.engine.predict import detect, open_input
 from detr_nb.model.pretrained import COCO_CLASSES
 from detr_nb.teach import lessons
 from detr_nb.teach.data_viz import show_samples
@@ -160,7 +161,9 @@ plt.show()
 #
 # Upload a photo (or set `PHOTO_URL` in the parameters, or paste a URL below) and press **Detect**. Photos
 # from a phone are read upright (their EXIF orientation is applied), as in training. Without one, the
-# cell after the widget uses a validation photo the model never trained on.
+# cell after the widget uses the bundled sample photo (matplotlib's portrait of Grace Hopper, shipped with
+# matplotlib: a person and no balloon, so a balloon detector should find nothing there, and a Penn-Fudan one
+# should find her) and a validation photo the model never trained on.
 
 # %%
 import ipywidgets as widgets
@@ -192,7 +195,6 @@ def on_detect(_):
         if files:
             show_detections(image_from_bytes(files[0][1]), files[0][0])
         elif url.value:
-            from detr_nb.engine.predict import open_input
             show_detections(open_input(url.value), url.value)
 
 
@@ -200,12 +202,12 @@ button.on_click(on_detect)
 display(widgets.VBox([upload, url, button, shown]))
 
 # %%
-# Without the widget (what the tests run): PHOTO_URL if set, else a held-out validation photo.
+# Without the widget (what the tests run): PHOTO_URL if set, else the bundled photo and a validation photo.
 if PHOTO_URL:
-    from detr_nb.engine.predict import open_input
     mine = show_detections(open_input(PHOTO_URL), PHOTO_URL)
 else:
-    mine = show_detections(val_set.get_raw(len(val_set) - 1)[0], "a validation photo")
+    mine = show_detections(teach.sample_image(), "the bundled sample photo")
+    show_detections(val_set.get_raw(len(val_set) - 1)[0], "a validation photo")
 
 # %% [markdown]
 # ## 6. Take it home
@@ -222,17 +224,18 @@ else:
 # %%
 print("checkpoint:", trainer.last_good)
 print(f"python -m detr_nb predict your_photo.jpg --run {trainer.out}")
-from detr_nb.engine.export import OnnxDetector, export_onnx
+from detr_nb.engine.export import OnnxDetector, export_onnx, parity
 
-onnx_path = export_onnx(model.cpu(), trainer.out / "model.onnx")
+model = model.cpu().eval()
+onnx_path = export_onnx(model, trainer.out / "model.onnx")
 print("exported", onnx_path, f"({onnx_path.stat().st_size / 2**20:.1f} MB)")
 onnx_model = OnnxDetector(onnx_path)
 image, _ = val_set[0]                                               # (3, H, W), the model's input
+for key, delta in parity(model, onnx_model, image[None]).items():
+    print(f"{key}: max |PyTorch - onnxruntime| = {delta:.2e}")
 with torch.no_grad():
     ours = model(image[None])
 theirs = onnx_model(image[None])
-for key in ("pred_logits", "pred_boxes"):
-    print(f"{key}: max |PyTorch - onnxruntime| = {(ours[key] - theirs[key]).abs().max().item():.2e}")
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
 for ax, (name, out) in zip(axes, (("PyTorch", ours), ("onnxruntime", theirs))):
     res = postprocess({k: out[k].float() for k in ("pred_logits", "pred_boxes")}, [image.shape[-2:]],
