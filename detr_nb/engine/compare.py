@@ -1,7 +1,9 @@
 """The three approaches and the initialisation study (notebook 09), run by the training engine.
 
-    python -m detr_nb compare --approaches scratch,torch,pretrained --inits default,xavier,kaiming,uniform002 \
-        --max-steps 300 --seeds 0 --out runs/compare
+    python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300
+
+trains approaches 1 and 2 for 300 steps each; without ``--approaches`` and ``--inits``, all three approaches and
+the four init schemes run (``--seeds 0,1,2`` repeats each per seed, ``--out`` names the comparison's folder).
 
 Approaches, trained on the same data with the same seeds and the same budget (steps or seconds):
 
