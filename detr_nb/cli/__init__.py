@@ -1,4 +1,5 @@
-"""Command line: ``python -m detr_nb train | evaluate | predict | compare`` (notebooks 07-09 make the same calls).
+"""Command line: ``python -m detr_nb train | evaluate | predict | compare | export`` (notebooks 07-11 make the
+same calls).
 
     python -m detr_nb train                                   # the main job: synthetic data, CPU, 540 s budget
     python -m detr_nb train --time-budget 60 --set data_kwargs.num_train=400 --set data_kwargs.num_val=50
@@ -8,8 +9,9 @@
     python -m detr_nb evaluate --run runs/my-run               # COCO numbers of its newest checkpoint
     python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions
     python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300   # engine/compare.py
+    python -m detr_nb export --run runs/my-run -o model.onnx  # ONNX + onnxruntime check (the "export" extra)
 
-``train`` has one option per field of :class:`detr_nb.train.TrainConfig`; a ``--recipe`` sets the fields you
+``train`` has one option per field of :class:`detr_nb.engine.config.TrainConfig`; a ``--recipe`` sets the fields you
 do not give. ``--set FIELD=VALUE`` sets any field (VALUE in JSON) and ``--set FIELD.KEY=VALUE`` one key of a
 dict field. Errors you can fix (a bad option, a missing file) print one line and exit with status 2.
 """
