@@ -204,3 +204,13 @@ def test_open_input_reads_files_and_urls_like_predict(tmp_path, data_root):
                           ("http://127.0.0.1:9/x.jpg", "cannot download")):
         with pytest.raises(UserError, match=message):
             open_input(item)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "predict x.jpg", "export -o m.onnx"])
+def test_unknown_pretrained_name_is_one_line(tmp_path, command):
+    """--pretrained with a name that was never released: one line naming the choices (was a traceback)."""
+    proc = run_cli(command.split() + ["--pretrained", "detr_r18", "--device", "cpu"], cwd=tmp_path, check=False)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and lines == [
+        "error: --pretrained detr_r18: not a released DETR; one of detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5"], \
+        proc.stderr

@@ -46,7 +46,9 @@ def load_model(args, device):
 
     if args.pretrained:
         from ..configs import build_model
-        from ..model.pretrained import COCO_CLASSES, load_pretrained
+        from ..model.pretrained import CHECKPOINTS, COCO_CLASSES, load_pretrained
+        if args.pretrained not in CHECKPOINTS:
+            raise UserError(f"--pretrained {args.pretrained}: not a released DETR; one of {', '.join(CHECKPOINTS)}")
         model = build_model(args.pretrained, num_classes=91, impl=args.impl or "torch")
         load_pretrained(model, args.pretrained)
         return model.to(device).eval(), None, dict(COCO_CLASSES)
