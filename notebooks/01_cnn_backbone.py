@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/01_cnn_backbone.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 6.4 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.4 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install (about a minute), torchvision's
 # 98 MB ResNet-50 weights, and a few ResNet-50 forward passes at 480 px, each well under a second on a GPU.
 

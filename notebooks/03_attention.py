@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/03_attention.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.7 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.1 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about a minute, an estimate: the install; attention over 24 tokens
 # takes milliseconds on any device.
 

@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/04_detr_model.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.4 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.6 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 3 minutes, an estimate: the install, the 159 MB DETR-R50
 # checkpoint, and a few forward passes at 800 px (86 GFLOPs per image, the paper's Table 1: a fraction of a
 # second each on a T4).

@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/05_matching_and_loss.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.0 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.4 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation (a
 # sweep of 201 matchings of a few boxes) runs on the CPU in about a second.
 #

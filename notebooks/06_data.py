@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/06_data.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 6.8 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.5 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install, drawing 1,200 synthetic
 # images (19 s on one busy CPU core, measured with `ensure_synthetic`), and the 53 MB Penn-Fudan download.
 #

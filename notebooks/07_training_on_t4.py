@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/07_training_on_t4.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.8 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.1 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 12 minutes by construction: the run has a
 # `TRAIN_MINUTES = 10` time budget that counts the data drawing and the setup (the engine stops on it), plus
 # the evaluation of 300 validation images and the install (under a minute each).

@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/11_fine_tuning.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 8.6 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.8 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 15 minutes (estimate: 40 epochs of the balloon
 # set's 61 images are 600 steps of batch 4 at DETR's 480-800 px scales; the paper's 28 images/s for DETR-R50
 # inference on a V100 puts a training step, about three forward passes' work, near 0.1 s per image, and a T4
