@@ -59,11 +59,13 @@ class DETRConfig:
     dn_groups: int = 0                  # DN-DETR: groups of noised ground-truth queries in training (0 = off)
     dn_box_noise: float = 0.4           # DN-DETR box noise scale (lambda_1 = lambda_2)
     dn_label_noise: float = 0.2         # DN-DETR label flip probability
+    look_forward_twice: bool = False    # DINO: layer l's box loss also trains layer l-1's offset (needs box_refine)
+    query_content: str = "learned"      # two-stage content queries: learned (DINO) | encoder (RT-DETR)
 
     def aided(self) -> bool:
         """True when any convergence aid is on (the model is then a ``detr_nb.aids.AidedDETR``)."""
         return (self.num_groups > 1 or self.box_refine or self.two_stage or self.class_prior is not None
-                or self.dn_groups > 0)
+                or self.dn_groups > 0 or self.look_forward_twice)
 
 
 CONFIGS: Dict[str, DETRConfig] = {
@@ -130,7 +132,8 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
                           aux_loss=cfg.aux_loss, num_groups=cfg.num_groups, box_refine=cfg.box_refine,
                           two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh,
                           dn_groups=cfg.dn_groups, dn_box_noise=cfg.dn_box_noise,
-                          dn_label_noise=cfg.dn_label_noise)
+                          dn_label_noise=cfg.dn_label_noise, look_forward_twice=cfg.look_forward_twice,
+                          query_content=cfg.query_content)
     else:
         model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
                      aux_loss=cfg.aux_loss)

@@ -2,6 +2,12 @@
 # # 10 · Why DETR is slow to train, and the aids that make it learn on a small budget
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/10_why_detr_is_slow.ipynb)
+#
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.3 s on 2 CPU cores (`bench/notebook_times.py`, idle machine):
+# a few steps of a very small model on 64 px images, no downloads.
+# Full mode on a Colab T4: about 3 minutes, at most 5, an estimate: section 4 trains two 1.3 M-parameter
+# models for 300 steps each, which take about 80 s each on 2 idle CPU cores (docs/convergence.md: 3.6-4 steps/s),
+# plus drawing 2,000 synthetic images (about 10 s); the rest reads committed measurements.
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -18,9 +24,10 @@ IMAGES = 16 if SMOKE else 2000       # synthetic training images
 EVAL_IMAGES = 4 if SMOKE else 200
 
 # %% [markdown]
-# Notebook 07 trained the paper's DETR, shrunk to fit a CPU, and its AP stayed near zero: the loss
-# falls for a few hundred steps, then sits on a **plateau** where every query predicts roughly the
-# average box and class accuracy is at chance. The paper needed 500 COCO epochs; users of the
+# Take the paper's DETR, shrink it to the main job's size (a 1.3 M-parameter model on 96 px images), train
+# it with the paper's loss, and its AP stays near zero: the loss falls for a few hundred steps, then sits on
+# a **plateau** where every query predicts roughly the average box and class accuracy is at chance
+# (notebook 07 trains with the aids instead, for that reason). The paper needed 500 COCO epochs; users of the
 # official code report "AP stays at 0" on small datasets more than anything else.
 #
 # This notebook explains why, and measures five remedies from later papers, each an option of
@@ -60,23 +67,23 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # %% [markdown]
 # ## 1. The committed measurements
 #
-# `docs/convergence.json` holds every variant's AP-versus-time curve, all trained on the same data
-# with the same seed, batch (16), learning rate and wall-clock budget on the same 2 idle CPU cores
-# (150 s for every variant; 540 s, the main job's budget, for vanilla and three combinations). Outside a
-# clone of the repository (Colab) the file is read from GitHub.
+# The package carries the study's measurements (`detr_nb/teach/convergence.json`, written by
+# `bench/convergence.py`): every variant's AP-versus-time curve, all trained on the same data with the same
+# seed, batch (16), learning rate and wall-clock budget on the same 2 idle CPU cores (150 s for every
+# variant; 540 s, the main job's budget, for vanilla and three combinations). Nothing is downloaded.
 
 # %%
 from detr_nb.teach.convergence import load_convergence, plot_convergence
 
 results = load_convergence()
-runs = results["runs"]
+runs = {k: r for k, r in results["runs"].items() if not r.get("study")}   # the first study (issue 8)
 for key, r in sorted(runs.items(), key=lambda kv: (kv[1].get("budget_s") or 0, kv[0])):
     f = r["final"]
     print(f"{key:16s} {r['steps']:5d} steps  AP {f['AP']:.4f}  AP50 {f['AP50']:.4f}  "
           f"box GIoU loss {f['loss_giou']:.3f}   {r['description']}")
 
 # %%
-plot_convergence(results)
+plot_convergence(results, study=8)
 plt.show()
 
 # %% [markdown]
@@ -152,8 +159,8 @@ show_attention_mask(group_attention_mask(4, 3), "self-attention allowed (black)\
 plt.show()
 
 # %% [markdown]
-# **Anchor queries and box refinement.** A vanilla query is a free 128-d vector whose box is found by
-# trial and error. A DAB-DETR query *is* a box: its positional query is an MLP of the box's sine
+# **Anchor queries and box refinement.** A vanilla query is a free vector (256-d in the paper's DETR,
+# 128-d in the main job's model) whose box is found by trial and error. A DAB-DETR query *is* a box: its positional query is an MLP of the box's sine
 # embedding, and each decoder layer predicts a correction in logit space,
 # $b_l = \sigma(\Delta_l + \sigma^{-1}(b_{l-1}))$, so the layers refine instead of starting over.
 #
@@ -163,8 +170,10 @@ plt.show()
 # matching is stable from the first steps because the queries already differ.
 #
 # **Query denoising.** DN-DETR side-steps the unstable matching for part of the training signal: in
-# training, G copies of every true box, each moved and rescaled by up to 40 % of its size, with the
-# true label (flipped to a random class 20 % of the time), enter the decoder as extra queries. Query i
+# training, G copies of every true box enter the decoder as extra queries, each noised with
+# $\lambda = 0.4$: its centre moves by at most $\lambda w / 2$ (20 % of its width; the same for the height)
+# and each side is scaled by a factor in $[1 - \lambda, 1 + \lambda]$, with the
+# true label (flipped to a random class 20 % of the time). Query i
 # of a group must give back object i: no Hungarian matching is involved, so these positives are
 # stable from the first step. The matching queries must not see them (they would copy the answer) and
 # the groups must not see each other; at inference there are none.

@@ -50,3 +50,32 @@ def test_the_names_the_notebooks_and_users_rely_on_keep_working():
         assert getattr(detr_nb, name) is not None, name
     assert detr_nb.train is detr_nb.engine.train and callable(detr_nb.data.build_dataset)
     assert detr_nb.TrainConfig().model == "detr_tiny_aided"
+
+
+def test_the_installed_package_carries_its_data(tmp_path):
+    """A pip install (Colab: ``pip install git+...``) ships every non-Python file the package reads: notebook
+    10's convergence measurements load from the installed wheel, with no clone and no download."""
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    pytest.importorskip("setuptools")
+    import shutil
+
+    repo = Path(detr_nb.__file__).resolve().parents[1]
+    src = tmp_path / "src"      # a copy: an in-tree build would leave build/ behind, and reuse a stale one
+    shutil.copytree(repo / "detr_nb", src / "detr_nb", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(repo / name, src / name)
+    proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                           "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
+    if proc.returncode != 0 and "No module named" in proc.stderr:
+        pytest.skip("pip or its build backend is not installed here")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    wheel, = tmp_path.glob("detr_nb-*.whl")
+    data_files = sorted(str(p.relative_to(repo)) for p in (repo / "detr_nb").rglob("*")
+                        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
+    assert data_files == ["detr_nb/teach/convergence.json"]     # a new data file must be added here and to pyproject
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert set(data_files) <= names, set(data_files) - names

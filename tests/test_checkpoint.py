@@ -1,6 +1,7 @@
 """Checkpoints: atomic save, weights_only loading, truncated/foreign files, fallback, RNG round trip."""
 import os
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -73,6 +74,31 @@ def test_interrupted_write_keeps_old_file(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert ck.load_latest(tmp_path)[0]["step"] == 1
     assert not list(tmp_path.glob("*.tmp"))
+
+
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_last_never_goes_missing_during_rotation(tmp_path, monkeypatch, links):
+    """A kill between rotating last.pth and moving the new file in (the CI flake of the kill test): last.pth
+    is still there and readable, and prev.pth holds the same step; also where hard links fail (a Drive mount)."""
+    m = ck.CheckpointManager(tmp_path)
+    m.save(_state(1))
+    m.save(_state(2))
+    if not links:
+        monkeypatch.setattr(ck.os, "link", lambda *a: (_ for _ in ()).throw(OSError("no hard links")))
+    real_replace = os.replace
+
+    def killed_before_the_new_file(src, dst):
+        if Path(dst).name == "last.pth" and str(src).endswith(".tmp"):
+            raise KeyboardInterrupt     # the rotation is done, the new last.pth is not moved in yet
+        real_replace(src, dst)
+
+    monkeypatch.setattr(ck.os, "replace", killed_before_the_new_file)
+    with pytest.raises(KeyboardInterrupt):
+        m.save(_state(3))
+    monkeypatch.undo()
+    assert ck.load_checkpoint(tmp_path / "last.pth")["step"] == 2
+    assert ck.load_checkpoint(tmp_path / "prev.pth")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pth", "prev.pth"]
 
 
 def test_rng_round_trip():

@@ -336,6 +336,35 @@ def run_notebook_times(cmd, **_):
     assert re.search(r"^03_attention\s+[\d.]+ s$", proc.stdout, re.M), proc.stdout
 
 
+def run_bench_convergence(cmd, work, **_):
+    """The convergence study, shortened (a few steps or seconds of a small set, 4 evaluation images), writing
+    its JSON, table and figure into a scratch folder: the table and the JSON hold every variant and seed run."""
+    short = cmd
+    for flag, value in (("--steps", "3"), ("--eval-every", "2"), ("--budget-s", "5"), ("--eval-every-s", "3"),
+                        ("--speed", "1"), ("--rounds", "1")):
+        short = re.sub(rf"{flag} \S+", f"{flag} {value}", short)
+    out = work / "docs"
+    out.mkdir()
+    if "--plot-only" in cmd:    # redraws what the committed study holds
+        shutil.copy(REPO / "detr_nb" / "teach" / "convergence.json", out / "convergence.json")
+    data = dict(SYN, num_train=32, num_val=8, image_size=(96, 96))
+    proc = run_shell(f"{short} --out-dir {out} --runs {work / 'runs'} --eval-images 4 --threads 1 "
+                     f"--data-root {work / 'data'} --data-kwargs '{json.dumps(data)}'", timeout=900)
+    assert (out / "convergence.md").exists() and "| variant |" in proc.stdout, proc.stdout[-2000:]
+    if "--plot-only" in cmd:
+        assert (out / "convergence.png").exists()
+        return
+    results = json.loads((out / "convergence.json").read_text())
+    variants = re.search(r"--variants ([^-]+)", cmd).group(1).split()
+    if "--speed" in cmd:
+        assert set(results["speed"]) == set(variants)
+        return
+    seeds = [int(s) for s in re.search(r"--seeds ([\d ]+)", cmd).group(1).split()]
+    runs = {(r["variant"], r["seed"]) for r in results["runs"].values()}
+    assert runs == {(v, s) for v in variants for s in seeds}, runs
+    assert all(r["curve"] and r["study"] == 16 for r in results["runs"].values())
+
+
 BENCH_RUNNERS = {
     "python bench/layers.py": run_bench_layers,
     "python bench/layers.py --quick": run_bench_layers,
@@ -345,6 +374,14 @@ BENCH_RUNNERS = {
     "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
     "python bench/notebook_times.py 07 11": run_notebook_times,
     "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
+    "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+vfl best+ema":
+        run_bench_convergence,
+    "python bench/convergence.py --steps 1500 --eval-every 250 --seeds 0 1 2 --variants best aided":
+        run_bench_convergence,
+    "python bench/convergence.py --budget-s 540 --eval-every-s 30 --seeds 0 --variants best aided":
+        run_bench_convergence,
+    "python bench/convergence.py --speed 20 --rounds 5 --variants best aided": run_bench_convergence,
+    "python bench/convergence.py --plot-only": run_bench_convergence,
 }
 
 

@@ -18,7 +18,7 @@ from ..nn import layers
 from .anchors import BoxRefinement, grid_init, inverse_sigmoid
 from .denoising import add_denoising_queries
 from .groups import group_attention_mask
-from .two_stage import encoder_proposals, select_queries
+from .two_stage import encoder_proposals, select_content, select_queries
 
 
 class AidedDETR(DETR):
@@ -33,6 +33,9 @@ class AidedDETR(DETR):
         anchor_wh: side of each encoder cell's anchor box (normalised), two-stage only.
         dn_groups: DN-DETR, groups of noised ground-truth queries in training (0 = off); implies box_refine.
         dn_box_noise, dn_label_noise: DN-DETR's box noise scale (lambda) and label flip probability.
+        look_forward_twice: DINO's gradient path in box refinement (:class:`BoxRefinement`); needs box_refine.
+        query_content: two-stage content queries: "learned" (DINO's mixed query selection) or "encoder" (the
+            selected cells' features, detached, as RT-DETR).
 
     Output: the usual dict (``pred_logits`` (B, Q', C+1), ``pred_boxes``, ``aux_outputs``) with
     Q' = K*Q in training and Q in eval mode, plus ``enc_outputs`` (B, h*w, .) with two-stage, plus
@@ -44,7 +47,8 @@ class AidedDETR(DETR):
     def __init__(self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int,
                  aux_loss: bool = True, *, num_groups: int = 1, box_refine: bool = False, two_stage: bool = False,
                  class_prior: Optional[float] = None, anchor_wh: float = 0.15, dn_groups: int = 0,
-                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2):
+                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2, look_forward_twice: bool = False,
+                 query_content: str = "learned"):
         super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
@@ -53,12 +57,19 @@ class AidedDETR(DETR):
         self.num_groups, self.two_stage, self.anchor_wh = num_groups, two_stage, anchor_wh
         self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
         self.box_refine = box_refine or two_stage or dn_groups > 0
+        if look_forward_twice and not self.box_refine:
+            raise ValueError("look_forward_twice needs box refinement (box_refine, two_stage or dn_groups)")
+        self.look_forward_twice = look_forward_twice
+        if query_content not in ("learned", "encoder") or (query_content == "encoder" and not two_stage):
+            raise ValueError(f"query_content must be 'learned', or 'encoder' with two_stage, got {query_content!r}")
+        self.query_content = query_content
         d = transformer.d_model
         n_all = num_queries * num_groups
         del self.query_embed
         if self.box_refine:
             self.ref_point_head = MLP(d, d, d, 2)              # query_pos = MLP(sine(reference box))
-            self.tgt_embed = nn.Embedding(n_all, d)            # learned content queries
+            if query_content == "learned":
+                self.tgt_embed = nn.Embedding(n_all, d)        # learned content queries
             nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # start at the reference box
             nn.init.zeros_(self.bbox_embed.layers[-1].bias)
             if not two_stage:
@@ -107,13 +118,18 @@ class AidedDETR(DETR):
         n = K * Q
         extra: Dict[str, object] = {}
         ref = query_pos = None
+        content = None
         if self.two_stage:
-            enc_logits, enc_boxes = encoder_proposals(self, memory, fmask)
+            enc_logits, enc_boxes, feats = encoder_proposals(self, memory, fmask, with_features=True)
             extra["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
             ref = select_queries(enc_logits, enc_boxes, fmask, self.num_classes, Q).repeat(1, K, 1)   # (B, K*Q, 4)
+            if self.query_content == "encoder":
+                content = select_content(enc_logits, feats, fmask, self.num_classes, Q).repeat(1, K, 1)  # (B, K*Q, C)
         elif self.box_refine:
             ref = self.anchor_embed.weight[:n].sigmoid()[None].expand(B, -1, -1)                     # (B, K*Q, 4)
-        if ref is not None:
+        if content is not None:
+            tgt = content
+        elif ref is not None:
             tgt = self.tgt_embed.weight[:n][None].expand(B, -1, -1)                                 # (B, K*Q, C)
         else:
             tgt = torch.zeros(B, n, C, device=memory.device, dtype=memory.dtype)
@@ -126,7 +142,8 @@ class AidedDETR(DETR):
                 self.dn_label_noise)
             if meta is not None:
                 extra["dn_meta"] = meta
-        refine = None if ref is None else BoxRefinement(ref, self.ref_point_head, self.bbox_embed, C)
+        refine = None if ref is None else BoxRefinement(ref, self.ref_point_head, self.bbox_embed, C,
+                                                        self.look_forward_twice)
         hs = self.transformer.decode(tgt, memory, kpm, pos, query_pos, tgt_mask, refine=refine)  # (L, B, n_dn+n, C)
         boxes = None if refine is None else torch.stack(refine.boxes[-hs.shape[0]:])           # (L, B, n_dn+n, 4)
         out = self.heads(hs[:, :, n_dn:], None if boxes is None else boxes[:, :, n_dn:])
@@ -149,4 +166,8 @@ def aids_of(model: nn.Module) -> Dict[str, object]:
         on["num_groups"] = model.num_groups
     if model.dn_groups:
         on["dn_groups"] = model.dn_groups
+    if model.look_forward_twice:
+        on["look_forward_twice"] = True
+    if model.query_content != "learned":
+        on["query_content"] = model.query_content
     return on

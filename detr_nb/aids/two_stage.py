@@ -31,15 +31,26 @@ def grid_anchors(valid: Tensor, h: int, w: int, size: float) -> Tensor:
     return torch.stack([cx, cy, wh, wh], -1).reshape(B, h * w, 4)
 
 
-def encoder_proposals(model, memory: Tensor, fmask: Tensor):
+def encoder_proposals(model, memory: Tensor, fmask: Tensor, with_features: bool = False):
     """The dense head of ``model`` (AidedDETR) on the encoder output: memory (B, hw, C), fmask (B, h, w)
-    True = padding -> logits (B, hw, C+1), boxes (B, hw, 4) = sigmoid(offset + logit(the cell's anchor))."""
+    True = padding -> logits (B, hw, C+1), boxes (B, hw, 4) = sigmoid(offset + logit(the cell's anchor)),
+    and with ``with_features`` the head's features (B, hw, C) they are computed from."""
     B, h, w = fmask.shape
     feats = model.enc_output_norm(model.enc_output(memory))                         # (B, hw, C)
     anchors = grid_anchors(~fmask, h, w, model.anchor_wh)                           # (B, hw, 4)
     logits = model.enc_class_embed(feats)                                           # (B, hw, C+1)
     boxes = (model.enc_bbox_embed(feats) + inverse_sigmoid(anchors)).sigmoid()      # (B, hw, 4)
-    return logits, boxes
+    return (logits, boxes, feats) if with_features else (logits, boxes)
+
+
+def select_content(enc_logits: Tensor, feats: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:
+    """The features (B, Q, C) of the cells :func:`select_queries` picks, in its order, detached: the decoder's
+    content queries when they come from the encoder (RT-DETR) instead of being learned (DINO's mixed selection).
+    Every cell is ranked and the ranking repeated, so a map of fewer than Q cells needs no branch (export)."""
+    score = enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))   # (B, hw)
+    order = score.topk(score.shape[1], dim=1).indices                                              # (B, hw)
+    top = order.repeat(1, num_queries)[:, :num_queries]                                            # (B, Q)
+    return torch.gather(feats.detach(), 1, top[..., None].expand(-1, -1, feats.shape[-1]))
 
 
 def select_queries(enc_logits: Tensor, enc_boxes: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:

@@ -170,7 +170,11 @@ class CocoDetection(torch.utils.data.Dataset):
                     _warn(f"skipping unreadable image ({self.num_skipped} so far): {e}")
         else:
             raise OSError(f"no readable image in {self.img_folder}")
-        image, target = self.transforms(image, target)
+        return self.transform(image, target)
+
+    def transform(self, image: Image.Image, target: Dict[str, torch.Tensor]):
+        """The dataset's transforms on a raw sample (:meth:`get_raw`), plus the ``size`` it ends with."""
+        image, target = self.transforms(image, dict(target))
         h, w = (image.shape[-2:] if isinstance(image, torch.Tensor) else image.size[::-1])
         target["size"] = torch.tensor([int(h), int(w)], dtype=torch.int64)
         return image, target

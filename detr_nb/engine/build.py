@@ -28,7 +28,21 @@ def build_datasets(cfg: TrainConfig, splits: Sequence[str] = ("train", "val")):
         out[name] = build_dataset(cfg.dataset, split, cfg.preset, root=root,
                                   skip_unreadable=cfg.skip_unreadable if name == "train" else False,
                                   **dict(cfg.data_kwargs))
+    if "train" in out:
+        out["train"] = wrap_train_set(out["train"], cfg)
     return out
+
+
+def wrap_train_set(dataset, cfg: TrainConfig):
+    """The training set as ``cfg`` asks: decoded once (``cache_images``), in mosaics (``mosaic_prob``)."""
+    from ..data.cache import InMemoryImages
+    from ..data.mosaic import Mosaic
+
+    if cfg.cache_images:
+        dataset = InMemoryImages(dataset)
+    if cfg.mosaic_prob > 0:
+        dataset = Mosaic(dataset, cfg.mosaic_prob)
+    return dataset
 
 
 def synthetic_root(data_kwargs: Dict[str, Any]) -> str:
@@ -80,8 +94,19 @@ def model_from_checkpoint(path_or_state, device="cpu", impl: Optional[str] = Non
     mcfg.pop("init", None)   # weights are loaded below; skip re-initialising
     mcfg.pop("train_backbone", None)   # checkpoints before 2026-11: a second switch for lr_backbone = 0
     model = build_model(state["model_name"], num_classes=num_classes, impl=impl or state["config"]["impl"], **mcfg)
-    model.load_state_dict(state["model"])
+    # a run with an EMA of its weights was evaluated with the average: so are its checkpoints
+    model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
     return model.to(device).eval()
+
+
+def make_criterion(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.Module:
+    """The loss of ``cfg`` that fits ``model`` (:func:`detr_nb.aids.build_criterion`)."""
+    from ..aids import build_criterion
+
+    return build_criterion(model, num_classes, loss_type=cfg.loss_type, eos_coef=cfg.eos_coef,
+                           weight_dict=cfg.weight_dict, cost_class=cfg.cost_class, cost_bbox=cfg.cost_bbox,
+                           cost_giou=cfg.cost_giou, iou_aware=cfg.iou_aware, iou_power=cfg.cost_iou_power,
+                           enc_repeat=cfg.enc_repeat)
 
 
 def evaluate_run(model: nn.Module, val_set, cfg: TrainConfig, device, precision=None,
@@ -185,3 +210,27 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig, device):
     groups = param_groups(model, cfg.lr, lr_backbone, cfg.weight_decay)
     optimizer = make_adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)   # fused where torch has it
     return optimizer, [p for g in groups for p in g["params"]], lr_backbone, adamw_flags(device)
+
+
+def describe_recipe(cfg: TrainConfig, model: nn.Module) -> str:
+    """The line a run starts with: its recipe, the convergence aids on, the schedule."""
+    from ..aids import aids_of
+
+    on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}),
+              **{k: getattr(cfg, k) for k in ("iou_aware", "cost_iou_power", "ema_decay", "mosaic_prob",
+                                              "cache_images") if getattr(cfg, k)},
+              **({"enc_repeat": cfg.enc_repeat} if cfg.enc_repeat > 1 else {}))
+    return (f"recipe {cfg.recipe}; convergence aids: " +
+            (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (vanilla DETR)") +
+            f"; lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.warmup_steps} warm-up steps")
+
+
+def describe_run(tr) -> str:
+    """What trainer ``tr`` is about to train, on what, where."""
+    cfg = tr.cfg
+    n_params = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
+    return (f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
+            f"{len(tr.train_set)} train / {len(tr.val_set)} val images, {tr.num_classes} classes, "
+            f"device {tr.device}, {tr.precision.describe()}, world size {tr.env.world_size}, "
+            f"batch {cfg.batch_size}x{cfg.accum_steps}x{tr.env.world_size}, "
+            f"{tr.steps_per_epoch} steps/epoch; outputs in {tr.out}")

@@ -72,6 +72,22 @@ def _atomic_write(path: Path, write, before_replace=None) -> Path:
     return path
 
 
+def _link_over(src: Path, dst: Path) -> None:
+    """Make ``dst`` the file ``src`` is, atomically, and leave ``src`` in place: a hard link moved over ``dst``
+    (a copy where the file system has no hard links, e.g. a Drive mount). So ``last.pth`` never goes missing
+    while it is rotated: a kill at any moment leaves a readable last.pth, or the previous one."""
+    tmp = dst.with_name(dst.name + ".link")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(tmp)
+    try:
+        os.link(src, tmp)
+        os.replace(tmp, dst)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        atomic_copy(src, dst)
+
+
 def atomic_copy(src, dst) -> Path:
     """Copy a file atomically (temporary copy + fsync + ``os.replace``)."""
     def copy(f):
@@ -212,7 +228,8 @@ class CheckpointManager:
         last.pth.corrupt and prev.pth, the good one, stays)."""
         if self.last.exists():
             keep = PREV if self._last_is_good() else LAST + ".corrupt"
-            os.replace(self.last, self.directory / keep)
+            _link_over(self.last, self.directory / keep)
+
 
     def _last_is_good(self) -> bool:
         if self._written is not None and self._signature(self.last) == self._written:

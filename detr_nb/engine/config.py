@@ -63,6 +63,17 @@ class TrainConfig:
     cost_class: float = _opt("matching cost weight of the class term")
     cost_bbox: float = _opt("matching cost weight of the L1 box term")
     cost_giou: float = _opt("matching cost weight of the GIoU term")
+    iou_aware: Optional[str] = _opt("IoU-aware classification with the focal loss, the matched box's IoU in the "
+                                    "target: vfl | mal | ia_bce (none = plain focal)")
+    cost_iou_power: float = _opt("position-modulated matching (Stable-DINO): the focal class cost on "
+                                 "p^(1-b) * IoU^b with b = this, in [0, 1] (0 = off)")
+    enc_repeat: int = _opt("two-stage: encoder proposals matched to each object (one-to-many, H-DETR's repeated "
+                           "targets; 1 = one-to-one)")
+    ema_decay: Optional[float] = _opt("evaluate and save an exponential moving average of the weights with this "
+                                      "decay, e.g. 0.999 (none = off)")
+    mosaic_prob: float = _opt("probability that a training sample is a 2x2 mosaic of four images (DEIM), 0 = off")
+    mosaic_stop: float = _opt("fraction of the schedule (time budget or steps) after which mosaics stop")
+    cache_images: bool = _opt("decode each training image once and keep it in memory (small datasets)")
     # --- optimisation
     epochs: int = _opt("upper bound on epochs (a time budget or --max-steps may stop first)")
     time_budget_s: Optional[float] = _opt(
@@ -137,6 +148,10 @@ class TrainConfig:
         return cls(**{k: v for k, v in d.items() if k in names})
 
 
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Refuse settings that cannot work, before anything is built: :class:`~detr_nb.errors.ConfigError`
     with one line naming the option (``--batch-size 0``, an unknown model, a random frozen backbone...)."""
@@ -145,9 +160,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     from ..data.transforms import PRESETS
     from .precision import AMP_CHOICES, resolve_device
 
-    def flag(name):
-        return "--" + name.replace("_", "-")
-
+    flag = _flag
     for name in ("batch_size", "accum_steps", "epochs", "eval_batch_size", "log_every"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -166,6 +179,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     for name in ("weight_decay", "clip_max_norm", "cost_class", "cost_bbox", "cost_giou", "checkpoint_every_s"):
         if not (isinstance(getattr(cfg, name), (int, float)) and getattr(cfg, name) >= 0):
             raise ConfigError(f"{flag(name)} must be >= 0, got {getattr(cfg, name)!r}")
+    _check_aids(cfg)
     if cfg.lr_backbone is not None and cfg.lr_backbone < 0:
         raise ConfigError(f"--lr-backbone must be >= 0 or none, got {cfg.lr_backbone!r}")
     if cfg.time_budget_s is not None and not cfg.time_budget_s >= 0:
@@ -197,3 +211,23 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"train it from random weights anyway")
     resolve_device(cfg.device)     # --device cuda without CUDA: one line, now
     return cfg
+
+
+def _check_aids(cfg: TrainConfig) -> None:
+    """The convergence options of the loss, the weights' average and the data (docs/convergence.md)."""
+    from ..setpred.iou_aware import IOU_AWARE
+
+    if cfg.iou_aware is not None and (cfg.iou_aware not in IOU_AWARE or cfg.loss_type != "focal"):
+        raise ConfigError(f"--iou-aware must be one of {', '.join(IOU_AWARE)} or none, with --loss-type focal; got "
+                          f"{cfg.iou_aware!r} with --loss-type {cfg.loss_type}")
+    if not (isinstance(cfg.cost_iou_power, (int, float)) and 0 <= cfg.cost_iou_power <= 1) or (
+            cfg.cost_iou_power and cfg.loss_type != "focal"):
+        raise ConfigError(f"--cost-iou-power must be in [0, 1] (above 0 only with --loss-type focal), got "
+                          f"{cfg.cost_iou_power!r}")
+    if isinstance(cfg.enc_repeat, bool) or not isinstance(cfg.enc_repeat, int) or cfg.enc_repeat < 1:
+        raise ConfigError(f"--enc-repeat must be an integer >= 1, got {cfg.enc_repeat!r}")
+    if cfg.ema_decay is not None and not (isinstance(cfg.ema_decay, (int, float)) and 0 < cfg.ema_decay < 1):
+        raise ConfigError(f"--ema-decay must be in (0, 1) or none, got {cfg.ema_decay!r}")
+    for name in ("mosaic_prob", "mosaic_stop"):
+        if not (isinstance(getattr(cfg, name), (int, float)) and 0 <= getattr(cfg, name) <= 1):
+            raise ConfigError(f"{_flag(name)} must be in [0, 1], got {getattr(cfg, name)!r}")

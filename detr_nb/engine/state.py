@@ -1,6 +1,6 @@
 """A trainer in a checkpoint: what is saved, which settings a resume must share, how it is restored.
 
-Everything saved is plain data (``torch.load(weights_only=True)`` reads it): the weights, the optimizer,
+Everything saved is plain data (``torch.load(weights_only=True)`` reads it): the weights (and their EMA), the optimizer,
 scheduler and GradScaler states, the position in the data (step, epoch, batch of the epoch), the budget
 clock, every process's RNG states, and the run's configuration (which rebuilds the model).
 """
@@ -32,6 +32,7 @@ def trainer_state(tr) -> Dict:
         "model_config": dataclasses.asdict(tr.model.config), "num_classes": tr.num_classes,
         "categories": {int(k): str(v) for k, v in getattr(tr.train_set, "categories", {}).items()},
         "precision": tr.precision.name,
+        "ema": tr.ema.state_dict() if tr.ema is not None else None,     # the weights' average, when on
     }
 
 
@@ -53,6 +54,10 @@ def restore(tr, state: Dict, path: Path) -> None:
     """Put checkpoint ``state`` (read from ``path``) back into trainer ``tr``."""
     check_resumable(tr, state, path)
     tr.model.load_state_dict(state["model"])
+    if tr.ema is not None and state.get("ema"):
+        tr.ema.load_state_dict(state["ema"])       # the same average continues
+    elif tr.ema is not None:
+        tr.ema.reset(tr.model)                     # a checkpoint without one: the average starts from its weights
     tr.optimizer.load_state_dict(state["optimizer"])
     for g in tr.optimizer.param_groups:  # device-specific flags follow this run, not the file
         g.update(tr.opt_flags)

@@ -30,16 +30,18 @@ from torch.profiler import record_function
 from ..setpred.matcher import NonFinitePredictionError
 from . import checkpoint as ckpt
 from . import distributed as D
-from .build import (build_datasets, build_model_from, evaluate_run, make_loader, make_optimizer, make_runtime,
-                    num_classes_of, preflight)
+from ..data.mosaic import Mosaic
+from .build import (build_datasets, build_model_from, describe_recipe, describe_run, evaluate_run, make_criterion,
+                    make_loader, make_optimizer, make_runtime, num_classes_of, preflight)
 from .config import TrainConfig, check_config
+from .ema import ModelEMA
 from .host import memory_mb, say, stop_requests
 from .metrics import BudgetClock, MetricsLog, NonFiniteLossError, trim_jsonl
 from .precision import skip_overflowed_step
 from .progress import ProgressBar
 from .report import draw_run, finish_run
 from .runlock import RunLock
-from .schedule import lr_factor
+from .schedule import lr_factor, schedule_fraction
 from .speed import fixed_input_size, maybe_compile
 from .state import restore, trainer_state
 
@@ -96,11 +98,10 @@ class Trainer:
         if self.device.type == "cuda":   # cudnn's autotuner pays off only when every batch has one shape
             torch.backends.cudnn.benchmark = fixed_input_size(cfg.preset, getattr(self.train_set, "image_sizes", None))
         self.batch_sampler, self.loader, self.steps_per_epoch = make_loader(cfg, self.train_set, self.env, self.device)
+        self.mosaic = self.train_set if isinstance(self.train_set, Mosaic) else None
 
     def _setup_model(self) -> None:
         """Model and loss; the same initialisation on every rank (seeded before building)."""
-        from ..aids import aids_of, build_criterion
-
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -116,13 +117,9 @@ class Trainer:
                 model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         if cfg.compile:
             self.ddp_model = maybe_compile(self.ddp_model, log=self.log)
-        self.criterion = build_criterion(model, self.num_classes, loss_type=cfg.loss_type, eos_coef=cfg.eos_coef,
-                                         weight_dict=cfg.weight_dict, cost_class=cfg.cost_class,
-                                         cost_bbox=cfg.cost_bbox, cost_giou=cfg.cost_giou).to(self.device)
-        on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}))
-        self.log(f"recipe {cfg.recipe}; convergence aids: " +
-                 (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (vanilla DETR)") +
-                 f"; lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.warmup_steps} warm-up steps")
+        self.criterion = make_criterion(cfg, model, self.num_classes).to(self.device)
+        self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay else None   # evaluated instead of the weights
+        self.log(describe_recipe(cfg, model))
 
     def _setup_optimizer(self) -> None:
         """AdamW (two learning rates), the lr schedule (it reads the clock), the GradScaler."""
@@ -158,6 +155,8 @@ class Trainer:
             say(msg)
 
     history = property(lambda self: self.metrics.history, doc="the metrics.jsonl lines of the run")
+    eval_model = property(lambda self: self.model if self.ema is None else self.ema.module,
+                          doc="the model evaluated: the EMA of the weights when there is one")
     skipped_steps = property(lambda self: self.metrics.skipped_steps, doc="fp16 steps skipped over the run")
 
     # ------------------------------------------------------------------ the budget clock
@@ -173,6 +172,12 @@ class Trainer:
     def _time_fraction(self) -> Optional[float]:
         """Fraction of the time budget spent (setup included), None without a budget."""
         return self.clock.seconds() / self.cfg.time_budget_s if self.cfg.time_budget_s else None
+
+    def _switch_mosaic(self) -> None:
+        """Mosaics stop at ``mosaic_stop`` of the schedule (DEIM); called before each batch is drawn."""
+        if self.mosaic is not None:
+            done = schedule_fraction(self.step, self.cfg, self.steps_per_epoch, self._time_fraction())
+            self.mosaic.set_active(done < self.cfg.mosaic_stop)
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> Dict:
@@ -211,9 +216,8 @@ class Trainer:
         images = images.to(self.device, non_blocking=True)
         if self.device.type == "cuda" and self.cfg.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        mask = mask.to(self.device, non_blocking=True)
-        targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
-        return images, mask, targets
+        return (images, mask.to(self.device, non_blocking=True),
+                [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets])
 
     def _losses(self, images, mask, targets) -> Optional[Dict[str, torch.Tensor]]:
         """Forward and loss of one micro-batch; None when fp16 overflowed in the forward pass (the step is then
@@ -259,6 +263,8 @@ class Trainer:
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
+            if self.ema is not None:
+                self.ema.update(self.model)
         return None if skipped else {**total, "grad_norm": grad_norm.detach().float()}
 
     def _flush(self) -> Optional[Dict]:
@@ -270,13 +276,7 @@ class Trainer:
     # ------------------------------------------------------------------ loop
     def fit(self) -> str:
         """Train until epochs, max_steps, the time budget or a signal; return the reason it stopped."""
-        cfg = self.cfg
-        n_params = sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-        self.log(f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
-                 f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes, "
-                 f"device {self.device}, {self.precision.describe()}, world size {self.env.world_size}, "
-                 f"batch {cfg.batch_size}x{cfg.accum_steps}x{self.env.world_size}, "
-                 f"{self.steps_per_epoch} steps/epoch; outputs in {self.out}")
+        self.log(describe_run(self))
         self._stop = None
         self.clock.start()
         self._t_last_ckpt = time.perf_counter()
@@ -313,6 +313,7 @@ class Trainer:
                 self.save_checkpoint(final=True)
                 return reason
             self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
+            self._switch_mosaic()
             group: List = []
             try:
                 for batch in self.loader:
@@ -324,6 +325,7 @@ class Trainer:
                     self.batch_in_epoch += accum
                     self.metrics.push(terms, sum(b[0].shape[0] for b in group) * self.env.world_size)
                     group = []
+                    self._switch_mosaic()
                     at_log = self.step % cfg.log_every == 0
                     rec = self._flush() if at_log else None
                     if bar is not None:
@@ -372,7 +374,7 @@ class Trainer:
         """COCO numbers on the validation split (rank 0; other ranks return None)."""
         result = None
         if self.is_main:
-            result = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
+            result = evaluate_run(self.eval_model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
         D.barrier()
         return result
 

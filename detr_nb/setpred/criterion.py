@@ -22,7 +22,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
+from ..nn.box_ops import box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from .iou_aware import IOU_AWARE, iou_aware_loss
 from .losses import sigmoid_focal_loss
 from .matcher import HungarianMatcher, check_outputs, check_targets
 from .matching import no_autocast
@@ -42,10 +43,13 @@ class SetCriterion(nn.Module):
 
     def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, eos_coef: float = 0.1,
                  weight_dict: Optional[Dict[str, float]] = None, losses: Sequence[str] = _LOSSES,
-                 loss_type: str = "ce", focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 loss_type: str = "ce", focal_alpha: float = 0.25, focal_gamma: float = 2.0,
+                 iou_aware: Optional[str] = None):
         super().__init__()
         if loss_type not in ("ce", "focal"):
             raise ValueError(f"loss_type must be 'ce' or 'focal', got {loss_type!r}")
+        if iou_aware is not None and (iou_aware not in IOU_AWARE or loss_type != "focal"):
+            raise ValueError(f"iou_aware must be None or one of {IOU_AWARE} with loss_type='focal', got {iou_aware!r}")
         unknown = set(losses) - set(_LOSSES)
         if unknown:
             raise ValueError(f"unknown losses {sorted(unknown)}; choose from {_LOSSES}")
@@ -56,6 +60,7 @@ class SetCriterion(nn.Module):
         self.weight_dict = dict(DEFAULT_WEIGHTS if weight_dict is None else weight_dict)
         self.losses = tuple(losses)
         self.loss_type, self.focal_alpha, self.focal_gamma = loss_type, focal_alpha, focal_gamma
+        self.iou_aware = iou_aware   # sigmoid classification towards the matched box's IoU (setpred.iou_aware)
         empty_weight = torch.ones(num_classes + 1)
         empty_weight[-1] = eos_coef  # "no object" is the last class
         self.register_buffer("empty_weight", empty_weight)
@@ -150,22 +155,23 @@ class SetCriterion(nn.Module):
         matched = np.bincount(flat[0], minlength=L)  # host counts per layer: no sync needed
 
         out: Dict[str, Tensor] = {}
+        src_boxes = boxes[lay_t, img_t, src_t]  # (M, 4)
+        target = tgt_boxes[tgt_t]  # (M, 4)
+        src_xyxy, tgt_xyxy = box_cxcywh_to_xyxy(src_boxes)[:, None], box_cxcywh_to_xyxy(target)[:, None]
         if "labels" in self.losses:
-            out.update(self._loss_labels(logits, lay_t, img_t, src_t, tgt_labels[tgt_t], num_boxes, matched))
+            iou = box_iou(src_xyxy, tgt_xyxy)[0][:, 0, 0].detach() if self.iou_aware else None  # paired, (M,)
+            out.update(self._loss_labels(logits, lay_t, img_t, src_t, tgt_labels[tgt_t], num_boxes, matched, iou))
         if "cardinality" in self.losses:
             out["cardinality_error"] = self._cardinality(logits, sizes, num_groups)
         if "boxes" in self.losses:
-            src_boxes = boxes[lay_t, img_t, src_t]  # (M, 4)
-            target = tgt_boxes[tgt_t]  # (M, 4)
             l1 = (src_boxes - target).abs().sum(-1)  # (M,)
-            giou = generalized_box_iou(box_cxcywh_to_xyxy(src_boxes)[:, None],
-                                       box_cxcywh_to_xyxy(target)[:, None])[:, 0, 0]  # paired, (M,)
+            giou = generalized_box_iou(src_xyxy, tgt_xyxy)[:, 0, 0]  # paired, (M,)
             zeros = torch.zeros(L, device=device)
             out["loss_bbox"] = zeros.index_add(0, lay_t, l1) / num_boxes
             out["loss_giou"] = zeros.index_add(0, lay_t, 1 - giou) / num_boxes
         return out
 
-    def _loss_labels(self, logits, lay_t, img_t, src_t, labels_o, num_boxes, matched) -> Dict[str, Tensor]:
+    def _loss_labels(self, logits, lay_t, img_t, src_t, labels_o, num_boxes, matched, iou=None) -> Dict[str, Tensor]:
         L, B, Q, C = logits.shape
         if self.loss_type == "ce":
             # Every query's target: "no object" (index num_classes) unless it was matched.
@@ -179,8 +185,14 @@ class SetCriterion(nn.Module):
         else:
             onehot = torch.zeros(L, B, Q, self.num_classes, device=logits.device)
             onehot[lay_t, img_t, src_t, labels_o] = 1.0
-            focal = sigmoid_focal_loss(logits[..., :self.num_classes], onehot, self.focal_alpha, self.focal_gamma)
-            loss_ce = focal.sum((1, 2, 3)) / num_boxes
+            if self.iou_aware:
+                query_iou = torch.zeros(L, B, Q, device=logits.device)
+                query_iou[lay_t, img_t, src_t] = iou     # each matched query's IoU with its object
+                per_class = iou_aware_loss(self.iou_aware, logits[..., :self.num_classes], onehot, query_iou)
+            else:
+                per_class = sigmoid_focal_loss(logits[..., :self.num_classes], onehot, self.focal_alpha,
+                                               self.focal_gamma)
+            loss_ce = per_class.sum((1, 2, 3)) / num_boxes
         with torch.no_grad():
             scores = logits[lay_t, img_t, src_t]  # (M, C)
             if self.loss_type == "focal":

@@ -121,7 +121,7 @@ class HungarianMatcher(nn.Module):
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
                  num_groups: int = 1, class_cost: str = "softmax",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0):
+                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, iou_power: float = 0.0):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matching costs are 0")
@@ -129,13 +129,16 @@ class HungarianMatcher(nn.Module):
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
         if class_cost not in ("softmax", "focal"):
             raise ValueError(f"class_cost must be 'softmax' or 'focal', got {class_cost!r}")
+        if not 0 <= iou_power <= 1 or (iou_power and class_cost != "focal"):
+            raise ValueError(f"iou_power must be in [0, 1] and needs class_cost='focal', got {iou_power}")
+        self.iou_power = iou_power   # Stable-DINO's position-modulated class cost (0 = off)
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
         self.num_groups = num_groups
         self.class_cost, self.focal_alpha, self.focal_gamma = class_cost, focal_alpha, focal_gamma
 
     def extra_repr(self) -> str:
         return (f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
-                f"num_groups={self.num_groups}, class_cost={self.class_cost!r}")
+                f"num_groups={self.num_groups}, class_cost={self.class_cost!r}, iou_power={self.iou_power}")
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: Sequence[dict], num_classes: Optional[int] = None) -> Indices:
@@ -205,8 +208,8 @@ class HungarianMatcher(nn.Module):
         """Weighted cost ``(L, B, Q, n_max)`` float32, NaN on bad rows/columns."""
         logits = torch.stack([o["pred_logits"] for o in layer_outputs]).float()  # (L, B, Q, C)
         pred = torch.stack([o["pred_boxes"] for o in layer_outputs]).float()  # (L, B, Q, 4)
-        terms = pairwise_costs(logits, pred, labels, boxes, self.class_cost,
-                               self.focal_alpha, self.focal_gamma)  # each (L, B, Q, n_max)
+        terms = pairwise_costs(logits, pred, labels, boxes, self.class_cost, self.focal_alpha, self.focal_gamma,
+                               self.iou_power)  # each (L, B, Q, n_max)
         cost = self.cost_bbox * terms["bbox"] + self.cost_class * terms["class"] + self.cost_giou * terms["giou"]
         # A sum is non-finite iff some term is (or it overflows): one cheap pass instead of isfinite().all().
         bad_pred = ~torch.isfinite(logits.sum(-1) + pred.sum(-1))
