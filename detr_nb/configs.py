@@ -90,6 +90,10 @@ CONFIGS: Dict[str, DETRConfig] = {
                              dim_feedforward=1024, num_queries=50),
 }
 
+# DETRConfig fields added after checkpoints were first written, with the value a checkpoint without them was
+# trained with (a named config's default may differ today): detr_nb.engine.build.model_from_checkpoint.
+ADDED_FIELDS = {"look_forward_twice": False, "query_content": "learned"}
+
 INIT_SCHEMES = ("official", "default", "xavier", "kaiming", "uniform002")
 
 

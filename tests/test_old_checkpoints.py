@@ -40,3 +40,31 @@ def test_an_old_run_resumes_and_evaluates(tmp_path):
     run_cli(["evaluate", "--checkpoint", FIXTURE, "--data-root", tmp_path / "syn", "--device", "cpu",
              "-o", tmp_path / "old.json"], cwd=tmp_path)
     assert "AP50" in json.loads((tmp_path / "old.json").read_text())
+
+
+def test_an_old_checkpoint_keeps_the_model_it_was_trained_with(monkeypatch):
+    """A named config's default that changed after a checkpoint was written (detr_tiny_aided's content queries)
+    does not change the model rebuilt from that checkpoint: fields it lacks take the value it was trained with."""
+    import dataclasses
+
+    from detr_nb import configs
+
+    monkeypatch.setitem(configs.CONFIGS, "detr_tiny_aided",
+                        dataclasses.replace(configs.CONFIGS["detr_tiny_aided"], query_content="encoder"))
+    state = ck.load_checkpoint(FIXTURE)
+    assert "query_content" not in state["model_config"]
+    model = model_from_checkpoint(state)             # strict load: the learned content queries are there
+    assert model.query_content == "learned" and "tgt_embed.weight" in state["model"]
+
+
+def test_a_resume_into_another_model_is_refused_with_the_fix(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    shutil.copy(FIXTURE, run / "checkpoints" / "last.pth")
+    args = ["train", "--data-root", tmp_path / "syn", "--data-kwargs", json.dumps(DATA), "--model-overrides",
+            json.dumps(dict(TINY, query_content="encoder")), "--batch-size", "4", "--max-steps", "3",
+            "--time-budget", "none", "--out", run, "--device", "cpu", "--no-progress", "--num-pictures", "0"]
+    proc = run_cli(args, cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "query_content='learned'" in proc.stderr and "--set model_overrides.query_content=learned" in proc.stderr
+    assert ck.load_checkpoint(run / "checkpoints" / "last.pth")["step"] == 2       # untouched

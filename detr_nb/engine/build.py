@@ -86,13 +86,14 @@ def build_model_from(cfg: TrainConfig, num_classes: int, log: Callable = print) 
 
 def model_from_checkpoint(path_or_state, device="cpu", impl: Optional[str] = None) -> nn.Module:
     """Rebuild the model of a detr_nb checkpoint (its model config is stored in it) and load its weights."""
-    from ..configs import build_model
+    from ..configs import ADDED_FIELDS, build_model
 
     state = ckpt.load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else path_or_state
     mcfg = dict(state["model_config"])
     num_classes = int(mcfg.pop("num_classes"))
     mcfg.pop("init", None)   # weights are loaded below; skip re-initialising
     mcfg.pop("train_backbone", None)   # checkpoints before 2026-11: a second switch for lr_backbone = 0
+    mcfg = {**ADDED_FIELDS, **mcfg}     # options added since: the value such a checkpoint was trained with
     model = build_model(state["model_name"], num_classes=num_classes, impl=impl or state["config"]["impl"], **mcfg)
     # a run with an EMA of its weights was evaluated with the average: so are its checkpoints
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])

@@ -16,7 +16,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 
 # Settings a resumed run must share with its checkpoint (the data order, the position in the epoch, the model).
-RESUME_KEYS = ("model", "model_overrides", "dataset", "data_kwargs", "train_split", "loss_type", "batch_size",
+# the model's own settings (model_overrides, a config's defaults) are compared on the model built: check_same_model
+RESUME_KEYS = ("model", "dataset", "data_kwargs", "train_split", "loss_type", "batch_size",
                "accum_steps", "seed", "world_size")
 
 
@@ -50,9 +51,33 @@ def check_resumable(tr, state: Dict, path: Path) -> None:
                 f"{key}, or another --out, or --no-resume to start afresh")
 
 
+def check_same_model(tr, state: Dict, path: Path) -> None:
+    """The checkpoint's model must be the one this run builds (a named config's defaults may have changed
+    since it was written, e.g. detr_tiny_aided's query_content): one line naming the fields that differ."""
+    from ..configs import ADDED_FIELDS
+
+    saved = {**ADDED_FIELDS, **state.get("model_config", {})}
+    ours = dataclasses.asdict(tr.model.config)
+    skip = ("init", "train_backbone")          # weights are loaded, not initialised; an old second switch
+    diff = [k for k in ours if k not in skip and k in saved and json.dumps(saved[k], default=str) !=
+            json.dumps(ours[k], default=str)]
+    if diff:
+        raise ConfigError(
+            f"cannot resume {tr.out}: its checkpoint ({path.name}, step {state['step']}) holds a model with "
+            + ", ".join(f"{k}={saved[k]!r}" for k in diff) + " and this run builds one with "
+            + ", ".join(f"{k}={ours[k]!r}" for k in diff) + " (written by an older detr_nb?). Resume it with "
+            + " ".join(f"--set model_overrides.{k}={_cli_value(saved[k])}" for k in diff)
+            + ", or use another --out, or --no-resume to start afresh")
+
+
+def _cli_value(value) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
 def restore(tr, state: Dict, path: Path) -> None:
     """Put checkpoint ``state`` (read from ``path``) back into trainer ``tr``."""
     check_resumable(tr, state, path)
+    check_same_model(tr, state, path)
     tr.model.load_state_dict(state["model"])
     if tr.ema is not None and state.get("ema"):
         tr.ema.load_state_dict(state["ema"])       # the same average continues
