@@ -360,13 +360,14 @@ def main(argv=None) -> int:
         print(speed_table(results))
         return 0
     if not args.plot_only:
+        mine = {}                          # this invocation's runs
         for seed in args.seeds:
             for name in args.variants:
                 print(f"{name} ({tag_of(args)}, seed {seed}): {resolve(name)[2]}", flush=True)
-                r = run_variant(name, seed, args)
-                with locked(RESULTS):      # merge: other invocations, running beside this one, may have written
-                    kept = {} if args.fresh else load_results()["runs"]
-                    results["runs"] = {**kept, **results["runs"], run_key(name, tag_of(args), seed): r}
+                mine[run_key(name, tag_of(args), seed)] = run_variant(name, seed, args)
+                with locked(RESULTS):      # merge into the file as it is now: other invocations may have written,
+                    results = {"runs": {}} if args.fresh else load_results()     # or removed runs, meanwhile
+                    results["runs"] = {**results["runs"], **mine}
                     results["machine"] = machine()
                     RESULTS.write_text(json.dumps(results, indent=1))
     plot(results)

@@ -80,11 +80,12 @@ CONFIGS: Dict[str, DETRConfig] = {
                             dim_feedforward=512, dropout=0.0, num_queries=25),
     # Ours, the main job's model: detr_tiny with the convergence aids that measured best on the CPU
     # budget (docs/convergence.md): a stride-8 half-width ResNet-18 cut at layer2 with trainable
-    # BatchNorm, 1+3 layers, 30 queries, two-stage query selection + box refinement, focal-loss prior.
+    # BatchNorm, 1+3 layers, 30 queries, two-stage query selection + box refinement, focal-loss prior, and
+    # (issue 16) the selected encoder cells' features as the decoder's content queries.
     "detr_tiny_aided": DETRConfig(backbone="resnet18", return_layer="layer2", backbone_norm="bn", backbone_width=0.5,
                                   frozen_stages=0, hidden_dim=128, nheads=8, enc_layers=1, dec_layers=3,
                                   dim_feedforward=512, dropout=0.0, num_queries=30, two_stage=True,
-                                  box_refine=True, class_prior=0.01),
+                                  box_refine=True, class_prior=0.01, query_content="encoder"),
     # Ours: full ResNet-18 (frozen BN, loads ImageNet weights), 3+3 layers, 50 queries.
     "detr_small": DETRConfig(backbone="resnet18", hidden_dim=256, nheads=8, enc_layers=3, dec_layers=3,
                              dim_feedforward=1024, num_queries=50),

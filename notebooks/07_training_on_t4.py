@@ -10,8 +10,9 @@
 #
 # Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.engine.Trainer`, the
 # engine that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/engine/recipes.py`):
-# `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection, anchor boxes refined
-# layer by layer, the focal loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
+# `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection that gives the decoder
+# its queries' positions and content from the encoder, anchor boxes refined layer by layer, the focal
+# loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
 # still be on its plateau after these minutes, every query predicting the average box: notebook 10 shows
 # that plateau, with the measured runs, and explains each aid. Here the model learns, and at the end you
 # see it find the shapes.
@@ -268,7 +269,7 @@ plt.show()
 
 # %%
 stats = trainer.evaluate(verbose=True)
-fig = draw_predictions(trainer.model, trainer.val_set, range(min(8, len(trainer.val_set))), trainer.device,
+fig = draw_predictions(trainer.eval_model, trainer.val_set, range(min(8, len(trainer.val_set))), trainer.device,
                        threshold=0.5, precision=trainer.precision, **scoring_for(config.loss_type))
 fig.savefig(out / "predictions.png", dpi=90)
 plt.show()

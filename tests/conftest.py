@@ -1,4 +1,5 @@
-"""Session-wide bookkeeping for the test suite: notebook hangs (tests/test_notebooks.py).
+"""Session-wide pieces of the test suite: the small synthetic dataset that the engine tests train on, one
+torch thread for the tests that ask, and the bookkeeping of notebook hangs (tests/test_notebooks.py).
 
 A notebook whose kernel stops answering (a cell timeout or a dead kernel) is retried once in a fresh
 kernel, and never silently: each hang is recorded in the ``notebook_hangs`` list of the session, warned
@@ -13,6 +14,28 @@ import time
 import pytest
 
 _HANGS = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory):
+    """engine_utils.SYN drawn once for the whole session (no test writes into it)."""
+    from detr_nb.data import ensure_synthetic
+    from engine_utils import SYN
+
+    root = tmp_path_factory.mktemp("synthetic")
+    ensure_synthetic(str(root), **SYN)
+    return root
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine more threads are several times slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

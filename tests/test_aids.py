@@ -15,14 +15,7 @@ from detr_nb.model.detr import DETR
 SMALL = dict(backbone_width=0.125, return_layer="layer2", backbone_norm="gn", hidden_dim=32, nheads=2,
              enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=6, dropout=0.0)
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared 2-core machine more threads are several times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small(**aids):

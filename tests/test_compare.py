@@ -19,13 +19,7 @@ FIGURES = ("approaches_loss", "map", "images_per_s", "init_loss", "init_histogra
            "init_weight_sum")
 STEPS = 6
 
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 DATA = {k: v for k, v in SYN.items() if k not in ("workers", "progress")}

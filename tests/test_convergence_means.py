@@ -17,13 +17,7 @@ from detr_nb.setpred.criterion import SetCriterion
 from detr_nb.setpred.matcher import HungarianMatcher
 from detr_nb.teach.convergence import crossing, group_runs
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _xyxy(b):
@@ -162,17 +156,16 @@ def test_encoder_content_queries_are_the_features_of_the_selected_cells():
     assert not chosen & padded
 
 
-def test_mixed_query_selection_is_the_default_and_encoder_content_is_an_option():
+def test_encoder_content_is_the_main_jobs_and_learned_content_an_option():
     from detr_nb.configs import build_model
     torch.manual_seed(0)
-    mixed = build_model("detr_tiny_aided", num_classes=3, backbone_width=0.125, hidden_dim=32, nheads=2,
-                        dim_feedforward=64, num_queries=5)
-    assert mixed.query_content == "learned" and hasattr(mixed, "tgt_embed")       # DINO: learned content
-    rt = build_model("detr_tiny_aided", num_classes=3, backbone_width=0.125, hidden_dim=32, nheads=2,
-                     dim_feedforward=64, num_queries=5, query_content="encoder")
-    assert not hasattr(rt, "tgt_embed")
+    small = dict(num_classes=3, backbone_width=0.125, hidden_dim=32, nheads=2, dim_feedforward=64, num_queries=5)
+    rt = build_model("detr_tiny_aided", **small)                  # issue 16: RT-DETR's content queries
+    assert rt.query_content == "encoder" and not hasattr(rt, "tgt_embed")
     out = rt(torch.randn(2, 3, 64, 64))
     assert out["pred_boxes"].shape == (2, 5, 4)
+    mixed = build_model("detr_tiny_aided", query_content="learned", **small)    # DINO's mixed selection
+    assert hasattr(mixed, "tgt_embed")
     with pytest.raises(ValueError, match="query_content"):
         build_model("detr_tiny_aided", num_classes=3, two_stage=False, box_refine=True, query_content="encoder")
 
@@ -357,15 +350,6 @@ def test_ema_resumes_exactly_and_is_what_is_evaluated(tmp_path, data_root):
     loaded = model_from_checkpoint(state)
     for k, v in loaded.state_dict().items():      # evaluate / predict read the average
         assert torch.equal(v, full.ema.module.state_dict()[k]), k
-
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from detr_nb.data import ensure_synthetic
-    from engine_utils import SYN
-    root = tmp_path_factory.mktemp("syn")
-    ensure_synthetic(str(root), **SYN)
-    return root
 
 
 def test_mosaics_stop_at_the_scheduled_fraction(tmp_path, data_root):

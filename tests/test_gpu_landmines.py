@@ -16,14 +16,6 @@ from detr_nb.engine.trainer import Trainer
 from engine_utils import SYN, TINY, run_cli, tiny_config, write_coco_folder
 
 
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from detr_nb.data import ensure_synthetic
-    root = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(str(root), **SYN)
-    return root
-
-
 class _Draws(torch.utils.data.Dataset):
     def __len__(self):
         return 4

@@ -179,14 +179,6 @@ def test_loss_figure_ignores_non_step_lines():
     plt.close("all")
 
 
-@pytest.fixture
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # one thread: bit-equal float sums from run to run
-    yield
-    torch.set_num_threads(n)
-
-
 def _disconnect_config(tmp_path, out):
     """Every setting the exact-resume comparison depends on, spelled out (TrainConfig's defaults are the
     main job and may change). The schedule is constant with no warm-up, so that the learning rate of a step

@@ -56,18 +56,10 @@ def _kill_when(proc, condition, timeout=240):
     pytest.fail("timed out waiting for the run to reach the kill point")
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    from detr_nb.data import ensure_synthetic
-    root = tmp_path_factory.mktemp("syn")
-    ensure_synthetic(str(root), **SYN)
-    return root
-
-
-def test_a_killed_run_resumes_with_the_time_it_had_trained(tmp_path, data):
+def test_a_killed_run_resumes_with_the_time_it_had_trained(tmp_path, data_root):
     out = tmp_path / "run"
     budget = 24
-    args = _args(out, data, "--time-budget", str(budget), "--checkpoint-every", "1", "--epochs", "100000")
+    args = _args(out, data_root, "--time-budget", str(budget), "--checkpoint-every", "1", "--epochs", "100000")
     proc = _spawn(args, tmp_path)
 
     def checkpoint_past(seconds):
@@ -92,31 +84,31 @@ def test_a_killed_run_resumes_with_the_time_it_had_trained(tmp_path, data):
     assert budget <= final["elapsed_s"] < budget + 8
 
 
-def test_a_corrupt_newest_checkpoint_never_costs_the_good_one(tmp_path, data):
+def test_a_corrupt_newest_checkpoint_never_costs_the_good_one(tmp_path, data_root):
     out = tmp_path / "run"
-    proc = _spawn(_args(out, data, "--time-budget", "none", "--epochs", "100000"), tmp_path)
+    proc = _spawn(_args(out, data_root, "--time-budget", "none", "--epochs", "100000"), tmp_path)
     ckpts = out / "checkpoints"
     _kill_when(proc, lambda: (ckpts / "prev.pth").exists() and any(r["step"] >= 8 for r in _metrics(out)))
     good = ck.load_checkpoint(ckpts / "prev.pth")["step"]
     with open(ckpts / "last.pth", "r+b") as f:                  # the kill hit while last.pth was being copied
         f.truncate(os.path.getsize(ckpts / "last.pth") // 3)
     # the next session falls back to prev.pth, trains one step and saves once
-    proc = run_cli(_args(out, data, "--time-budget", "none", "--max-steps", str(good + 1)), cwd=tmp_path)
+    proc = run_cli(_args(out, data_root, "--time-budget", "none", "--max-steps", str(good + 1)), cwd=tmp_path)
     assert "skipping last.pth" in proc.stdout + proc.stderr
     assert ck.load_checkpoint(ckpts / "last.pth")["step"] == good + 1
     assert ck.load_checkpoint(ckpts / "prev.pth")["step"] == good     # still readable: not the corrupt file
     assert (ckpts / "last.pth.corrupt").exists()
 
 
-def test_two_runs_cannot_share_an_output_directory(tmp_path, data):
+def test_two_runs_cannot_share_an_output_directory(tmp_path, data_root):
     out = tmp_path / "run"
-    first = _spawn(_args(out, data, "--time-budget", "none", "--epochs", "100000"), tmp_path)
+    first = _spawn(_args(out, data_root, "--time-budget", "none", "--epochs", "100000"), tmp_path)
     try:
         deadline = time.time() + 240
         while not _metrics(out) and time.time() < deadline:
             assert first.poll() is None, first.stdout.read()
             time.sleep(0.1)
-        second = run_cli(_args(out, data, "--time-budget", "none", "--max-steps", "1"), cwd=tmp_path, check=False)
+        second = run_cli(_args(out, data_root, "--time-budget", "none", "--max-steps", "1"), cwd=tmp_path, check=False)
         assert second.returncode == 2
         err = second.stderr.strip().splitlines()
         assert len(err) == 1 and "in use by another training run" in err[0] and f"pid {first.pid}" in err[0], err
@@ -126,18 +118,18 @@ def test_two_runs_cannot_share_an_output_directory(tmp_path, data):
         first.wait(30)
     # the kill released the lock: the same command now resumes the first run
     steps = max(r["step"] for r in _metrics(out))
-    run_cli(_args(out, data, "--time-budget", "none", "--max-steps", str(steps + 2)), cwd=tmp_path)
+    run_cli(_args(out, data_root, "--time-budget", "none", "--max-steps", str(steps + 2)), cwd=tmp_path)
 
 
 @pytest.mark.parametrize("change", [("--batch-size", "2", "batch_size"), ("--seed", "7", "seed"),
                                     ("--accum-steps", "2", "accum_steps"),
                                     ("--data-kwargs", json.dumps({**SYN, "num_train": 16}), "data_kwargs")])
-def test_a_resume_under_other_settings_is_refused(tmp_path, data, change):
+def test_a_resume_under_other_settings_is_refused(tmp_path, data_root, change):
     out = tmp_path / "run"
-    proc = _spawn(_args(out, data, "--time-budget", "none", "--epochs", "100000"), tmp_path)
+    proc = _spawn(_args(out, data_root, "--time-budget", "none", "--epochs", "100000"), tmp_path)
     _kill_when(proc, lambda: (out / "checkpoints" / "last.pth").exists())
     flag, value, key = change
-    args = _args(out, data, "--time-budget", "none", "--max-steps", "100")
+    args = _args(out, data_root, "--time-budget", "none", "--max-steps", "100")
     if flag in args:
         args[args.index(flag) + 1] = value
     else:
@@ -147,17 +139,17 @@ def test_a_resume_under_other_settings_is_refused(tmp_path, data, change):
     assert "cannot resume" in rerun.stderr and key in rerun.stderr and "Traceback" not in rerun.stderr
 
 
-def test_a_killed_aided_run_ends_with_the_weights_of_one_that_never_stopped(tmp_path, data):
+def test_a_killed_aided_run_ends_with_the_weights_of_one_that_never_stopped(tmp_path, data_root):
     common = ("--time-budget", "none", "--max-steps", "24", "--epochs", "100000", "--model-overrides",
               json.dumps({**TINY, "dropout": 0.1}))
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    run_cli(_args(whole, data, *common), cwd=tmp_path)
-    proc = _spawn(_args(killed, data, *common), tmp_path)
+    run_cli(_args(whole, data_root, *common), cwd=tmp_path)
+    proc = _spawn(_args(killed, data_root, *common), tmp_path)
     _kill_when(proc, lambda: (killed / "checkpoints" / "prev.pth").exists() and
                any(r["step"] % 3 == 2 for r in _metrics(killed) if r["step"] > 6))   # mid-epoch, after a save
     resumed_from = ck.load_checkpoint(killed / "checkpoints" / "last.pth")["step"]
     assert 0 < resumed_from < 24
-    run_cli(_args(killed, data, *common), cwd=tmp_path)
+    run_cli(_args(killed, data_root, *common), cwd=tmp_path)
     a = ck.load_checkpoint(whole / "checkpoints" / "last.pth")
     b = ck.load_checkpoint(killed / "checkpoints" / "last.pth")
     assert a["step"] == b["step"] == 24 and a["config"]["loss_type"] == "focal"

@@ -15,21 +15,7 @@ from detr_nb.engine.trainer import Trainer
 from detr_nb.engine.schedule import lr_factor
 from engine_utils import SYN, tiny_config
 
-
-@pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
-    from detr_nb.data import ensure_synthetic
-    root = tmp_path_factory.mktemp("synthetic")
-    ensure_synthetic(str(root), **SYN)
-    return root
-
-
-@pytest.fixture(autouse=True)
-def _threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)   # deterministic and fair on shared cores
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_overfits_one_batch(tmp_path):

@@ -1,8 +1,9 @@
 """Named training recipes: the hyper-parameters a run starts from (``--recipe``, ``TrainConfig(recipe=...)``).
 
 * ``aided`` (the default, the main job): ``detr_tiny_aided`` on the synthetic set, on a laptop CPU in a
-  540 s budget; convergence aids on (two-stage queries, box refinement, focal loss), lr 1e-3 with warm-up
-  and a cosine that follows the budget (docs/convergence.md).
+  540 s budget; convergence aids on (two-stage queries whose content is the encoder's, box refinement, focal
+  loss), lr 2e-3 with warm-up and a cosine that follows the budget (docs/convergence.md: issue 16 raised
+  the lr from 1e-3 and took the content queries from the encoder, +0.11 AP at step 1,500 over three seeds).
 * ``paper``: the official DETR recipe, exactly (Carion et al. 2020, sec. 4 and A.4; the official code's
   defaults): DETR-R50 on an ImageNet ResNet-50, AdamW lr 1e-4, backbone 1e-5, weight decay 1e-4, clip 0.1,
   no warm-up, softmax CE with "no object" weight 0.1, loss and matching weights 1 / 5 / 2, 300 epochs with
@@ -31,8 +32,10 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         model="detr_tiny_aided", pretrained=None, pretrained_backbone=None,
         loss_type="focal", eos_coef=0.1, weight_dict=dict(AIDED_WEIGHTS), cost_class=2.0, cost_bbox=5.0,
         cost_giou=2.0,
-        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0, cache_images=False,
-        epochs=1000, time_budget_s=540.0, batch_size=16, lr=1e-3, lr_backbone=None, weight_decay=1e-4,
+        # issue 16's other means, measured and left off (docs/convergence.md)
+        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0,
+        cache_images=False,
+        epochs=1000, time_budget_s=540.0, batch_size=16, lr=2e-3, lr_backbone=None, weight_decay=1e-4,
         clip_max_norm=0.1, schedule="cosine", lr_drop=None, lr_gamma=0.1, warmup_steps=100,
         eval_batch_size=16),
     "paper": dict(
@@ -40,7 +43,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         model="detr_r50", pretrained=None, pretrained_backbone=True,
         loss_type="ce", eos_coef=0.1, weight_dict=dict(OFFICIAL_WEIGHTS), cost_class=1.0, cost_bbox=5.0,
         cost_giou=2.0,
-        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0, cache_images=False,
+        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0,
+        cache_images=False,
         epochs=300, time_budget_s=None, batch_size=4, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4,
         clip_max_norm=0.1, schedule="step", lr_drop=200, lr_gamma=0.1, warmup_steps=0,
         eval_batch_size=4),
@@ -49,7 +53,8 @@ RECIPES: Dict[str, Dict[str, Any]] = {
         model="detr_r50", pretrained="detr_r50", pretrained_backbone=None,
         loss_type="ce", eos_coef=0.1, weight_dict=dict(OFFICIAL_WEIGHTS), cost_class=1.0, cost_bbox=5.0,
         cost_giou=2.0,
-        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0, cache_images=False,
+        iou_aware=None, cost_iou_power=0.0, enc_repeat=1, ema_decay=None, mosaic_prob=0.0, mosaic_stop=1.0,
+        cache_images=False,
         epochs=50, time_budget_s=None, batch_size=4, lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4,
         clip_max_norm=0.1, schedule="step", lr_drop=None, lr_gamma=0.1, warmup_steps=0,
         eval_batch_size=4),

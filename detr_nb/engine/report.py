@@ -53,7 +53,7 @@ def draw_run(trainer) -> Dict[str, Path]:
 
     n = min(cfg.num_pictures, len(trainer.val_set))
     if n:
-        save("predictions", draw_predictions(trainer.model, trainer.val_set, range(n), trainer.device,
+        save("predictions", draw_predictions(trainer.eval_model, trainer.val_set, range(n), trainer.device,
                                              threshold=cfg.picture_threshold, precision=trainer.precision,
                                              **scoring_for(cfg.loss_type)))
     if (out / "metrics.jsonl").exists():
