@@ -263,9 +263,9 @@ plt.show()
 # A focal-loss model is scored as it was trained: sigmoid scores, the 100 best (query, class) pairs per
 # image (`scoring_for`). Then predictions on validation images: solid boxes are predictions with score
 # ≥ 0.5, dashed ones the ground truth. On a T4 after the 10 minutes, most shapes are found with the right
-# class (measured with the same recipe on 2 CPU cores, a budget that gives fewer steps than a T4:
-# AP 0.31-0.45, AP50 0.56-0.77, docs/convergence.md); in smoke mode the model has trained a handful of steps
-# and finds nothing yet. Notebook 08 goes deeper into evaluation.
+# class (measured with the same recipe in 9 minutes on 2 CPU cores, about 4,500 steps: AP 0.62-0.63, AP50
+# 0.89-0.90 over four seeds, docs/convergence.md; a T4 was not measured, no GPU was lent to this project);
+# in smoke mode the model has trained a handful of steps and finds nothing yet. Notebook 08 goes deeper into evaluation.
 
 # %%
 stats = trainer.evaluate(verbose=True)

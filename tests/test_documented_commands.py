@@ -18,7 +18,7 @@ from engine_utils import REPO, SYN, TINY, run_cli
 
 README = REPO / "README.md"
 # The main job's shortening: the options the README names for a quick try.
-SHORT = ["--time-budget", "20", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
+SHORT = ["--time-budget", "10", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
 
 
 def documented_commands():
@@ -82,7 +82,7 @@ def run_main_job(cmd, work, **_):
     numbers = _eval_numbers(out / "eval.json")
     assert all(0 <= numbers[k] <= 1 or numbers[k] == -1 for k in STAT_NAMES)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 20 + 10
+    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 10 + 10
     assert (out / "predictions.png").stat().st_size > 0 and (out / "checkpoints" / "last.pth").exists()
     assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in proc.stdout
 
@@ -91,12 +91,12 @@ def run_quick_try(cmd, work, **_):
     cwd = work / "quick"
     cwd.mkdir()
     argv = shlex.split(cmd)
-    argv[argv.index("--time-budget") + 1] = "15"
+    argv[argv.index("--time-budget") + 1] = "10"
     argv += ["--set", "data_kwargs.num_train=120", "--set", "data_kwargs.num_val=16", "--no-progress"]
     proc = run_cli(argv, cwd=cwd)
     out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
     _eval_numbers(out / "eval.json")
-    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 15 + 10
+    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 10 + 10
 
 
 def run_help(cmd, work, **_):
