@@ -70,8 +70,8 @@ def test_the_installed_package_carries_its_data(tmp_path):
         shutil.copy(repo / name, src / name)
     proc = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path), str(src)], capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0 and "No module named" in proc.stderr:
-        pytest.skip("pip or its build backend is not installed here")
+    if proc.returncode != 0 and ("No module named" in proc.stderr or "invalid command 'bdist_wheel'" in proc.stderr):
+        pytest.skip("pip or its build backend cannot build wheels here (setuptools < 70.1 without wheel)")
     assert proc.returncode == 0, proc.stderr[-2000:]
     wheel, = tmp_path.glob("detr_nb-*.whl")
     data_files = sorted(str(p.relative_to(repo)) for p in (repo / "detr_nb").rglob("*")

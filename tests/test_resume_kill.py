@@ -90,8 +90,11 @@ def test_a_corrupt_newest_checkpoint_never_costs_the_good_one(tmp_path, data_roo
     ckpts = out / "checkpoints"
     _kill_when(proc, lambda: (ckpts / "prev.pth").exists() and any(r["step"] >= 8 for r in _metrics(out)))
     good = ck.load_checkpoint(ckpts / "prev.pth")["step"]
-    with open(ckpts / "last.pth", "r+b") as f:                  # the kill hit while last.pth was being copied
-        f.truncate(os.path.getsize(ckpts / "last.pth") // 3)
+    # the kill hit while last.pth was being copied: a third of it replaced it (a new file, as a copy makes:
+    # right after a rotation last.pth and prev.pth are one file, hard-linked, until the new last.pth lands)
+    data = (ckpts / "last.pth").read_bytes()
+    (ckpts / "copy.tmp").write_bytes(data[: len(data) // 3])
+    os.replace(ckpts / "copy.tmp", ckpts / "last.pth")
     # the next session falls back to prev.pth, trains one step and saves once
     proc = run_cli(_args(out, data_root, "--time-budget", "none", "--max-steps", str(good + 1)), cwd=tmp_path)
     assert "skipping last.pth" in proc.stdout + proc.stderr

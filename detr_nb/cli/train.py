@@ -1,6 +1,7 @@
 """``python -m detr_nb train``: train (or resume) a run, then evaluate it."""
 from __future__ import annotations
 
+import gc
 import json
 import sys
 from pathlib import Path
@@ -28,15 +29,24 @@ def cmd_train(args) -> int:
         check_config(cfg)
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0
+    trainer = None
     try:
         trainer = Trainer(cfg)
         summary = trainer.run()
+        is_main = trainer.is_main
+        # Under DDP, rank 0 still evaluates and draws when the others are done. All ranks tear down together,
+        # the model's DDP reducer before the process group it uses: a rank whose gloo group went while work
+        # still referred to it aborted at exit in CI ("terminate called without an active exception").
+        D.barrier()
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        if D.is_initialized():
+            trainer = None
+            gc.collect()
         D.cleanup()
-    if trainer.is_main:
+    if is_main:
         with open(Path(summary["out"]) / "summary.json", "w") as f:
             json.dump(summary, f, indent=2, default=str)
         ev = summary.get("eval")

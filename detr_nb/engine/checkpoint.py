@@ -73,19 +73,19 @@ def _atomic_write(path: Path, write, before_replace=None) -> Path:
 
 
 def _link_over(src: Path, dst: Path) -> None:
-    """Make ``dst`` the file ``src`` is, atomically, and leave ``src`` in place: a hard link moved over ``dst``
-    (a copy where the file system has no hard links, e.g. a Drive mount). So ``last.pth`` never goes missing
-    while it is rotated: a kill at any moment leaves a readable last.pth, or the previous one."""
+    """Make ``dst`` the file ``src`` is and leave ``src`` in place: a hard link moved over ``dst``, so that
+    ``last.pth`` never goes missing while it is rotated. Where the file system has no hard links (a Drive
+    mount), ``src`` is renamed to ``dst``: for the moment until the new last.pth is moved in, only ``dst``
+    holds the newest checkpoint, which :func:`load_latest` then reads (a copy would double every save)."""
     tmp = dst.with_name(dst.name + ".link")
     with contextlib.suppress(FileNotFoundError):
         os.unlink(tmp)
     try:
         os.link(src, tmp)
-        os.replace(tmp, dst)
     except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        atomic_copy(src, dst)
+        os.replace(src, dst)
+        return
+    os.replace(tmp, dst)
 
 
 def atomic_copy(src, dst) -> Path:
