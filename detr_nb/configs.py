@@ -98,6 +98,61 @@ ADDED_FIELDS = {"look_forward_twice": False, "query_content": "learned"}
 INIT_SCHEMES = ("official", "default", "xavier", "kaiming", "uniform002")
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_model_config(cfg: DETRConfig) -> DETRConfig:
+    """Refuse a configuration that cannot build a model: ``ValueError`` whose message starts with the
+    field's name (``num_queries must be an integer >= 1, got 0``), so the CLI can name the option."""
+    from .model.backbone import ARCHS, NORMS, RETURN_LAYERS
+
+    choices = {"backbone": tuple(ARCHS), "return_layer": tuple(RETURN_LAYERS), "backbone_norm": NORMS,
+               "position_embedding": ("sine", "learned"), "init": INIT_SCHEMES,
+               "query_content": ("learned", "encoder")}
+    for name, allowed in choices.items():
+        if getattr(cfg, name) not in allowed:
+            raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
+    for name in ("dilation", "pre_norm", "aux_loss", "return_intermediate", "box_refine", "two_stage",
+                 "look_forward_twice"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
+    minimum = {"hidden_dim": 1, "nheads": 1, "enc_layers": 0, "dec_layers": 1, "dim_feedforward": 1,
+               "num_queries": 1, "num_groups": 1, "dn_groups": 0, "frozen_stages": 0}
+    for name, low in minimum.items():
+        value = getattr(cfg, name)
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    ranges = {"backbone_width": (lambda v: v > 0, "> 0"), "dropout": (lambda v: 0 <= v < 1, "in [0, 1)"),
+              "anchor_wh": (lambda v: 0 < v <= 1, "in (0, 1]"), "dn_box_noise": (lambda v: v >= 0, ">= 0"),
+              "dn_label_noise": (lambda v: 0 <= v <= 1, "in [0, 1]")}
+    for name, (inside, says) in ranges.items():
+        v = getattr(cfg, name)
+        if not (_is_number(v) and inside(v)):
+            raise ValueError(f"{name} must be a number {says}, got {v!r}")
+    if cfg.class_prior is not None and not (_is_number(cfg.class_prior) and 0 < cfg.class_prior < 1):
+        raise ValueError(f"class_prior must be a probability in (0, 1) or null, got {cfg.class_prior!r}")
+    if cfg.hidden_dim % cfg.nheads:
+        raise ValueError(f"hidden_dim={cfg.hidden_dim} must be divisible by nheads={cfg.nheads}")
+    if cfg.hidden_dim % 4:   # two sine encodings (y, x) of hidden_dim/2 channels each, sin/cos interleaved
+        raise ValueError(f"hidden_dim must be a multiple of 4 (the 2-D position encoding), got {cfg.hidden_dim}")
+    if cfg.hidden_dim % 8 and (cfg.box_refine or cfg.two_stage or cfg.dn_groups):
+        raise ValueError(f"hidden_dim must be a multiple of 8 with reference boxes (4 sine encodings), "
+                         f"got {cfg.hidden_dim}")
+    if cfg.query_content == "encoder" and not cfg.two_stage:
+        raise ValueError("query_content='encoder' needs two_stage=true (the content comes from the encoder's cells)")
+    if cfg.look_forward_twice and not (cfg.box_refine or cfg.two_stage or cfg.dn_groups):
+        raise ValueError("look_forward_twice needs box refinement (box_refine, two_stage or dn_groups)")
+    if cfg.backbone_norm == "gn" and max(int(round(64 * cfg.backbone_width)), 8) % 8:
+        raise ValueError(f"backbone_width={cfg.backbone_width} gives channel counts GroupNorm cannot split "
+                         f"(64 x width must be a multiple of 8)")
+    return cfg
+
+
 def get_config(name: str, **overrides) -> DETRConfig:
     """A copy of the named config with ``overrides`` applied (unknown fields -> ValueError)."""
     if name not in CONFIGS:
@@ -123,9 +178,7 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
     layers.check_impl(impl)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
         raise ValueError(f"num_classes must be an int >= 1 (max category id + 1), got {num_classes!r}")
-    cfg = get_config(name, num_classes=num_classes, **overrides)
-    if cfg.init not in INIT_SCHEMES:
-        raise ValueError(f"init must be one of {INIT_SCHEMES}, got {cfg.init!r}")
+    cfg = check_model_config(get_config(name, num_classes=num_classes, **overrides))
     body = Backbone(cfg.backbone, norm=cfg.backbone_norm, dilation=cfg.dilation, return_layer=cfg.return_layer,
                     width=cfg.backbone_width, frozen_stages=cfg.frozen_stages,
                     pretrained=pretrained_backbone)

@@ -330,10 +330,15 @@ def run_bench_train_step(cmd, **_):
         assert "phases (host time" in proc.stdout and "host reads of tensor values in one step" in proc.stdout
 
 
-def run_notebook_times(cmd, **_):
-    """Smoke-mode wall time per notebook (shortened to notebook 03)."""
-    proc = run_shell(re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd))
+def run_notebook_times(cmd, work, **_):
+    """Wall time per notebook, shortened to notebook 03; with --keep, the executed notebook has its outputs."""
+    short = re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd).replace("runs/nb", str(work / "nb"))
+    proc = run_shell(short)
     assert re.search(r"^03_attention\s+[\d.]+ s$", proc.stdout, re.M), proc.stdout
+    assert ("full mode;" if "--full" in cmd else "smoke mode;") in proc.stdout
+    if "--keep" in cmd:
+        kept = json.loads((work / "nb" / "03_attention.ipynb").read_text())
+        assert any(c.get("outputs") for c in kept["cells"] if c["cell_type"] == "code")
 
 
 def run_bench_convergence(cmd, work, **_):
@@ -373,6 +378,7 @@ BENCH_RUNNERS = {
     "python bench/train_step.py --threads 1": run_bench_train_step,
     "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
     "python bench/notebook_times.py 07 11": run_notebook_times,
+    "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times,
     "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
     "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+vfl best+ema":
         run_bench_convergence,

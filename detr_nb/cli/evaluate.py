@@ -63,14 +63,15 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from ..engine.evaluate import scoring_for
     from ..engine.precision import resolve_device
-    from ..engine.predict import predict_paths
+    from ..engine.predict import check_threshold, predict_paths
 
+    check_threshold(args.threshold)               # before the model is loaded
     device = resolve_device(args.device)
     model, saved, categories = load_model(args, device)
     preset = args.preset or (saved.preset if saved else "official")
     scoring = scoring_for(saved.loss_type if saved else "ce")
     categories = {int(k): v for k, v in (categories or {}).items()}
-    predict_paths(model, args.images, args.out, preset=preset, scoring=scoring, device=device,
-                  threshold=args.threshold, categories=categories)
+    found = predict_paths(model, args.images, args.out, preset=preset, scoring=scoring, device=device,
+                          threshold=args.threshold, categories=categories)
     print(f"wrote {Path(args.out).resolve() / 'predictions.json'}")
-    return 0
+    return 1 if found["skipped"] else 0

@@ -221,6 +221,18 @@ def check_split(dataset, role: str = "train") -> None:
         raise EmptySplitError(f"{where} has no boxes: {why}; add annotations or choose another {flag}")
 
 
+def most_objects(dataset) -> Tuple[int, Optional[str]]:
+    """The largest number of objects (crowd annotations excluded) in one image of ``dataset`` (a
+    :class:`CocoDetection` or a ``Subset`` of one), and that image's file; ``(0, None)`` without annotations."""
+    base, ids = _base_and_ids(dataset)
+    coco = getattr(base, "coco", None)
+    if coco is None or not ids:
+        return 0, None
+    counts = {i: sum(1 for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)) for i in ids}
+    busiest = max(ids, key=counts.__getitem__)
+    return counts[busiest], base._path(busiest)
+
+
 def check_images(dataset, decode: bool = True, workers: Optional[int] = None, show: int = 3) -> int:
     """Open (and with ``decode``, decode) every image of ``dataset`` (a :class:`CocoDetection` or a
     ``Subset`` of one); raise :class:`UnreadableImagesError` listing the first ``show`` bad files and the count.

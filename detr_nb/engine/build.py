@@ -145,12 +145,25 @@ def default_out_dir(cfg: TrainConfig) -> Path:
     return Path("runs") / f"{cfg.model}-{name}-{datetime.now():%Y%m%d-%H%M%S}"
 
 
-def preflight(cfg: TrainConfig, train_set, val_set) -> None:
-    """What would fail at the end of a long run fails now: empty splits, unreadable validation images."""
+def preflight(cfg: TrainConfig, train_set, val_set, log: Callable = print) -> None:
+    """What would fail at the end of a long run fails now: empty splits, unreadable validation images, and
+    images with more objects than the model has queries (each query is matched to one object at most)."""
     from torch.utils.data import Subset
-    from ..data import check_images, check_split
+    from ..configs import get_config
+    from ..data import check_images, check_split, most_objects
+    from ..errors import ConfigError
 
     check_split(train_set, role="train")
+    queries = get_config(cfg.model, **cfg.model_overrides).num_queries
+    count, image = most_objects(train_set)
+    if count > queries:
+        raise ConfigError(f"{image} has {count} objects and the model {queries} queries: each query is matched to "
+                          f"one object, so {count - queries} of them could never be learned. Give the model more "
+                          f"queries: --set model_overrides.num_queries={count} (or more)")
+    count, image = most_objects(val_set)
+    if count > queries and (cfg.eval_at_end or cfg.eval_every):
+        log(f"warning: the validation image {image} has {count} objects and the model {queries} queries: "
+            f"{count - queries} of them count as misses (--set model_overrides.num_queries={count} finds them all)")
     if cfg.eval_at_end or cfg.eval_every:
         check_split(val_set, role="val")
         n = len(val_set) if not cfg.max_eval_images else min(len(val_set), cfg.max_eval_images)
@@ -178,6 +191,14 @@ def make_loader(cfg: TrainConfig, train_set, env, device):
                         # its own generator: starting an epoch must not draw from the global RNG
                         generator=torch.Generator().manual_seed(cfg.seed))
     return sampler, loader, steps
+
+
+def stop_workers(loader) -> None:
+    """End the worker processes of ``loader`` (persistent workers outlive an epoch, and an epoch that raised)."""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def make_runtime(cfg: TrainConfig, log: Callable = print):

@@ -15,6 +15,7 @@ Everything stored is plain data (tensors, numbers, strings, lists, dicts) so tha
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import random
 import shutil
@@ -26,6 +27,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 FORMAT = "detr_nb-checkpoint"
 VERSION = 1
 LAST, PREV, BEST = "last.pth", "prev.pth", "best.pth"
@@ -34,6 +37,30 @@ REQUIRED_KEYS = ("format", "version", "model", "step", "epoch")
 
 class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be used (truncated, foreign, wrong version)."""
+
+
+class DiskFullError(UserError):
+    """A checkpoint could not be written for want of space; the one before it is intact."""
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it arose from is "no space left" (torch.save wraps the OSError)."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def nbytes(obj) -> int:
+    """Bytes of the tensors in a (nested) checkpoint state: the size its file will have, within a few %."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(nbytes(v) for v in obj)
+    return 0
 
 
 # ----------------------------------------------------------------------------- atomic files
@@ -217,6 +244,7 @@ class CheckpointManager:
         self.directory = Path(directory)
         self.enabled = enabled
         self._written = None    # (inode, size, mtime) of the last.pth this manager wrote
+        self.last_good: Optional[Tuple[Path, int]] = None   # the newest complete checkpoint and its step
 
     @staticmethod
     def _signature(path: Path):
@@ -253,10 +281,22 @@ class CheckpointManager:
         if not self.enabled:
             return None
         state = {"format": FORMAT, "version": VERSION, **state}
-        _atomic_write(self.last, lambda f: torch.save(state, f), before_replace=self._rotate)
-        self._written = self._signature(self.last)
-        if is_best:
-            atomic_copy(self.last, self.best)
+        target = self.last
+        try:
+            _atomic_write(self.last, lambda f: torch.save(state, f), before_replace=self._rotate)
+            self._written = self._signature(self.last)
+            self.last_good = (self.last, int(state["step"]))
+            if is_best:
+                target = self.best
+                atomic_copy(self.last, self.best)
+        except Exception as e:
+            if not _disk_full(e):
+                raise
+            good = (f"the last good checkpoint is {self.last_good[0]} (step {self.last_good[1]})" if self.last_good
+                    else "no checkpoint of this run was written yet")
+            raise DiskFullError(f"cannot write {target} ({nbytes(state) / 2**20:.1f} MB): no space left on device; "
+                                f"{good}. Free some space and run the same command again: it resumes from "
+                                f"there") from None
         return self.last
 
 

@@ -155,7 +155,7 @@ def _flag(name: str) -> str:
 def check_config(cfg: TrainConfig) -> TrainConfig:
     """Refuse settings that cannot work, before anything is built: :class:`~detr_nb.errors.ConfigError`
     with one line naming the option (``--batch-size 0``, an unknown model, a random frozen backbone...)."""
-    from ..configs import CONFIGS, INIT_SCHEMES, get_config
+    from ..configs import CONFIGS, INIT_SCHEMES, check_model_config, get_config
     from ..data.build import REAL_DATASETS
     from ..data.transforms import PRESETS
     from .precision import AMP_CHOICES, resolve_device
@@ -203,6 +203,10 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
         mcfg = get_config(cfg.model, **cfg.model_overrides)
     except ValueError as e:
         raise ConfigError(f"--model-overrides: {e}") from None
+    try:
+        check_model_config(mcfg)
+    except ValueError as e:
+        raise ConfigError(f"--set model_overrides.{e}") from None
     if mcfg.backbone_norm == "frozen_bn" and not cfg.pretrained and cfg.pretrained_backbone is None:
         raise ConfigError(
             f"{cfg.model} has a frozen-BatchNorm ResNet: without ImageNet weights its BatchNorm is the identity "

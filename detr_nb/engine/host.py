@@ -57,13 +57,17 @@ def memory_mb(device: torch.device) -> float:
 def stop_requests(request: Callable[[str], None]):
     """While inside: Ctrl-C or SIGTERM call ``request(signal name)`` (the loop stops cleanly after the step,
     writing a checkpoint); a second Ctrl-C raises KeyboardInterrupt at once. Only the main thread can
-    install handlers; elsewhere this does nothing."""
+    install handlers; elsewhere this does nothing. Processes forked inside the block (DataLoader workers)
+    inherit the handler and ignore the signal: the main process stops them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     asked = []
+    owner = os.getpid()
 
     def handler(signum, frame):
+        if os.getpid() != owner:      # a forked worker: Colab's stop button signals every process
+            return
         if asked and signum == signal.SIGINT:
             raise KeyboardInterrupt
         asked.append(signum)

@@ -1,8 +1,8 @@
 """Detections on your own pictures: files, folders or URLs in, annotated images and a JSON of boxes out.
 
     from detr_nb.engine.predict import predict_paths
-    results = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
-                            preset="official", categories={1: "balloon"}, threshold=0.7)
+    found = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
+                          preset="official", scoring={}, categories={1: "balloon"}, threshold=0.7)
 
 ``python -m detr_nb predict`` is this function on a checkpoint. Images are opened upright (EXIF orientation
 applied, as a viewer shows them); boxes are in the pixels of that upright image, ``[x0, y0, x1, y1]``.
@@ -41,22 +41,23 @@ def _download(url: str, folder: str, timeout: float = 30.0) -> str:
     return path
 
 
-def resolve_inputs(items: Sequence[str], download_dir: str) -> Tuple[List[Tuple[str, str]], int]:
-    """``[(shown name, local path)]`` for files, folders (their images, sorted, not recursive) and URLs
-    (downloaded into ``download_dir``), and the number of non-image files skipped in folders."""
+def resolve_inputs(items: Sequence[str], download_dir: str) -> Tuple[List[Tuple[str, str, bool]], int]:
+    """``[(shown name, local path, named)]`` for files, folders (their images, sorted, not recursive) and URLs
+    (downloaded into ``download_dir``), ``named`` False for a folder's files; and the number of non-image
+    files left out of folders."""
     found, skipped = [], 0
     for item in items:
         if _is_url(item):
-            found.append((item, _download(item, download_dir)))
+            found.append((item, _download(item, download_dir), True))
         elif os.path.isdir(item):
             names = sorted(os.listdir(item))
             images = [n for n in names if n.lower().endswith(IMAGE_SUFFIXES)]
             skipped += sum(1 for n in names if n not in images and os.path.isfile(os.path.join(item, n)))
             if not images:
                 raise UserError(f"{item}: the folder holds no image ({', '.join(IMAGE_SUFFIXES)})")
-            found += [(os.path.join(item, n), os.path.join(item, n)) for n in images]
+            found += [(os.path.join(item, n), os.path.join(item, n), False) for n in images]
         elif os.path.isfile(item):
-            found.append((item, item))
+            found.append((item, item, True))
         else:
             raise UserError(f"{item}: no such file, folder or URL")
     return found, skipped
@@ -99,11 +100,23 @@ def open_input(item: str):
         return _open(_download(item, tmp))                  # open_image decodes before returning
 
 
+def check_threshold(threshold: float) -> float:
+    """A score threshold in [0, 1] (scores are probabilities), or a one-line :class:`UserError`."""
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold <= 1:
+        raise UserError(f"--threshold must be a score in [0, 1], got {threshold!r}")
+    return float(threshold)
+
+
 def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Mapping, device="cpu",
                   threshold: float = 0.5, categories: Optional[Mapping[int, str]] = None,
-                  log=print) -> List[Dict]:
+                  log=print) -> Dict:
     """Run ``model`` on every image of ``items``; write ``<out>/<name>.png`` (boxes with score >= ``threshold``
-    drawn on the upright image) and ``<out>/predictions.json``; return the JSON's records."""
+    drawn on the upright image) and ``<out>/predictions.json``; return the JSON (``threshold``, ``images``: one
+    record per image, ``skipped``).
+
+    A file named in ``items`` that cannot be read stops everything before any image is run (one-line
+    :class:`UserError`); an unreadable file found in a folder is skipped with a warning and counted in the
+    JSON's ``skipped`` list (the CLI then exits with status 1)."""
     import matplotlib
     if matplotlib.get_backend().lower() != "agg":
         matplotlib.use("Agg")
@@ -111,17 +124,27 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Map
     from ..data import make_transforms
     from .plotting import draw_boxes
 
+    threshold = check_threshold(threshold)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     transforms = make_transforms(preset, train=False)
     records: List[Dict] = []
+    unreadable: List[Dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         inputs, skipped = resolve_inputs(items, tmp)
         if skipped:
-            log(f"skipped {skipped} non-image file(s) in the given folder(s)")
-        pictures = [_open(path) for _, path in inputs]      # every input is checked before any is run
+            log(f"left out {skipped} non-image file(s) in the given folder(s)")
+        pictures = []                                       # every input is opened before any is run
+        for shown, path, named in inputs:
+            try:
+                pictures.append((shown, _open(path)))
+            except UserError as e:
+                if named:
+                    raise
+                unreadable.append({"image": shown, "error": str(e)})
+                log(f"warning: skipping {e}")
         used = set()
-        for (shown, path), image in zip(inputs, pictures):
+        for shown, image in pictures:
             res = detect(model, image, transforms, device, scoring)
             keep = res["scores"] >= threshold
             boxes, labels, scores = res["boxes"][keep], res["labels"][keep].tolist(), res["scores"][keep].tolist()
@@ -144,6 +167,9 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Map
                                  "score": round(float(s), 4), "box_xyxy": [round(float(v), 1) for v in b]}
                                 for l, s, b in zip(labels, scores, boxes.tolist())]})
             log(f"{shown}: {len(labels)} box(es) -> {out / (name + '.png')}")
+    found = {"threshold": threshold, "images": records, "skipped": unreadable}
     with open(out / "predictions.json", "w") as f:
-        json.dump({"threshold": threshold, "images": records}, f, indent=1)
-    return records
+        json.dump(found, f, indent=1)
+    if unreadable:
+        log(f"{len(unreadable)} unreadable image file(s) skipped, {len(records)} predicted")
+    return found

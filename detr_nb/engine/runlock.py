@@ -61,4 +61,8 @@ class RunLock:
         entry = _HELD.get(self.key)
         if entry is not None and entry[1] is self:
             del _HELD[self.key]
-            os.close(entry[0])     # closing the descriptor drops the flock
+            # Unlock before closing: processes forked while the lock was held (DataLoader workers) share its
+            # open file, and a close here would leave the flock held until the last of them exits.
+            if fcntl is not None:
+                fcntl.flock(entry[0], fcntl.LOCK_UN)
+            os.close(entry[0])

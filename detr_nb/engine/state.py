@@ -99,4 +99,5 @@ def restore(tr, state: Dict, path: Path) -> None:
     tr.metrics.skipped_steps = int(state.get("skipped_steps", 0))
     ckpt.restore_rng_state(state["rng"][tr.env.rank])
     tr.resumed_from = tr.last_good = path
+    tr.ckpt.last_good = (path, tr.step)
     tr.mark_saved()

@@ -32,7 +32,7 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from ..data.mosaic import Mosaic
 from .build import (build_datasets, build_model_from, describe_recipe, describe_run, evaluate_run, make_criterion,
-                    make_loader, make_optimizer, make_runtime, num_classes_of, preflight)
+                    make_loader, make_optimizer, make_runtime, num_classes_of, preflight, stop_workers)
 from .config import TrainConfig, check_config
 from .ema import ModelEMA
 from .host import memory_mb, say, stop_requests
@@ -89,7 +89,7 @@ class Trainer:
         cfg = self.cfg
         if self.is_main:
             datasets = build_datasets(cfg)
-            preflight(cfg, datasets["train"], datasets["val"])
+            preflight(cfg, datasets["train"], datasets["val"], log=self.log)
         D.barrier()
         if not self.is_main:
             datasets = build_datasets(cfg)
@@ -147,6 +147,7 @@ class Trainer:
 
     def close(self) -> None:
         """Release the output directory (another run may use it from now on)."""
+        stop_workers(self.loader)
         if self.lock is not None:
             self.lock.release()
 
@@ -286,6 +287,7 @@ class Trainer:
                 return self._loop(bar)
         finally:
             self.clock.stop()
+            stop_workers(self.loader)   # the data workers live while fit() runs, whatever ends it
             if bar is not None:
                 bar.close()
 
