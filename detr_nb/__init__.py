@@ -7,11 +7,15 @@ draws it):
 * ``model``    the paper's DETR: backbone, position encoding, transformer, heads, official weights
 * ``setpred``  set prediction: Hungarian matching, the set loss, post-processing
 * ``data``     COCO-format datasets, transforms, batching, the synthetic set, real datasets
-* ``aids``     convergence aids that extend ``model`` through its hooks (groups, anchors, two-stage, denoising)
+* ``aids``     convergence aids that extend the core through its plug-ins (focal, groups, anchors, two-stage,
+               denoising)
 * ``configs``  named configurations and ``build_model`` (the model zoo)
-* ``engine``   training, evaluation, checkpoints, precision, DDP, speed, prediction
-* ``teach``    the helpers behind the notebooks' figures and widgets
-* ``cli``      ``python -m detr_nb train | evaluate | predict | compare``
+* ``figures``  every picture the package draws (matplotlib lives here only)
+* ``inference`` COCO evaluation, predictions on photos, ONNX export
+* ``engine``   training: the loop, checkpoints, precision, DDP, speed
+* ``study``    notebook 09's comparison of three approaches and four initialisations
+* ``teach``    the helpers behind the notebooks' exercises and widgets
+* ``cli``      ``python -m detr_nb train | evaluate | predict | compare | export``
 
 The names below are the public API; heavier ones load on first use.
 """
@@ -37,9 +41,9 @@ from .configs import DETRConfig, apply_init, build_model, get_config  # noqa: E4
 _LAZY_NAMES = {
     "Trainer": "engine.trainer", "TrainConfig": "engine.config", "train": "engine.trainer",
     "NonFiniteLossError": "engine.metrics", "model_from_checkpoint": "engine.build",
-    "CheckpointError": "engine.checkpoint", "draw_boxes": "engine.plotting", "in_colab": "engine.paths",
-    "workdir": "engine.paths", "CompareConfig": "engine.compare", "run_comparison": "engine.compare",
-    "draw_comparison": "engine.compare_figures",
+    "CheckpointError": "engine.checkpoint", "draw_boxes": "figures.boxes", "in_colab": "paths",
+    "workdir": "paths", "CompareConfig": "study.compare", "run_comparison": "study.compare",
+    "draw_comparison": "figures.study",
 }
 
 
@@ -48,7 +52,7 @@ def __getattr__(name):
 
     if name in _LAZY_NAMES:
         return getattr(importlib.import_module(f".{_LAZY_NAMES[name]}", __name__), name)
-    if name in ("aids", "cli", "data", "engine", "model", "nn", "setpred", "teach"):
+    if name in ("aids", "cli", "data", "engine", "figures", "inference", "model", "nn", "setpred", "study", "teach"):
         return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'detr_nb' has no attribute {name!r}")
 

@@ -59,13 +59,12 @@ class DETRConfig:
     dn_groups: int = 0                  # DN-DETR: groups of noised ground-truth queries in training (0 = off)
     dn_box_noise: float = 0.4           # DN-DETR box noise scale (lambda_1 = lambda_2)
     dn_label_noise: float = 0.2         # DN-DETR label flip probability
-    look_forward_twice: bool = False    # DINO: layer l's box loss also trains layer l-1's offset (needs box_refine)
     query_content: str = "learned"      # two-stage content queries: learned (DINO) | encoder (RT-DETR)
 
     def aided(self) -> bool:
         """True when any convergence aid is on (the model is then a ``detr_nb.aids.AidedDETR``)."""
         return (self.num_groups > 1 or self.box_refine or self.two_stage or self.class_prior is not None
-                or self.dn_groups > 0 or self.look_forward_twice)
+                or self.dn_groups > 0)
 
 
 CONFIGS: Dict[str, DETRConfig] = {
@@ -92,8 +91,10 @@ CONFIGS: Dict[str, DETRConfig] = {
 }
 
 # DETRConfig fields added after checkpoints were first written, with the value a checkpoint without them was
-# trained with (a named config's default may differ today): detr_nb.engine.build.model_from_checkpoint.
-ADDED_FIELDS = {"look_forward_twice": False, "query_content": "learned"}
+# trained with (a named config's default may differ today), and fields since removed, which change no
+# weight and are dropped (look_forward_twice changed gradients only): engine.build.model_from_checkpoint.
+ADDED_FIELDS = {"query_content": "learned"}
+REMOVED_FIELDS = ("look_forward_twice", "train_backbone")
 
 INIT_SCHEMES = ("official", "default", "xavier", "kaiming", "uniform002")
 
@@ -117,8 +118,7 @@ def check_model_config(cfg: DETRConfig) -> DETRConfig:
     for name, allowed in choices.items():
         if getattr(cfg, name) not in allowed:
             raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(cfg, name)!r}")
-    for name in ("dilation", "pre_norm", "aux_loss", "return_intermediate", "box_refine", "two_stage",
-                 "look_forward_twice"):
+    for name in ("dilation", "pre_norm", "aux_loss", "return_intermediate", "box_refine", "two_stage"):
         if not isinstance(getattr(cfg, name), bool):
             raise ValueError(f"{name} must be true or false, got {getattr(cfg, name)!r}")
     minimum = {"hidden_dim": 1, "nheads": 1, "enc_layers": 0, "dec_layers": 1, "dim_feedforward": 1,
@@ -145,8 +145,6 @@ def check_model_config(cfg: DETRConfig) -> DETRConfig:
                          f"got {cfg.hidden_dim}")
     if cfg.query_content == "encoder" and not cfg.two_stage:
         raise ValueError("query_content='encoder' needs two_stage=true (the content comes from the encoder's cells)")
-    if cfg.look_forward_twice and not (cfg.box_refine or cfg.two_stage or cfg.dn_groups):
-        raise ValueError("look_forward_twice needs box refinement (box_refine, two_stage or dn_groups)")
     if cfg.backbone_norm == "gn" and max(int(round(64 * cfg.backbone_width)), 8) % 8:
         raise ValueError(f"backbone_width={cfg.backbone_width} gives channel counts GroupNorm cannot split "
                          f"(64 x width must be a multiple of 8)")
@@ -190,8 +188,7 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
                           aux_loss=cfg.aux_loss, num_groups=cfg.num_groups, box_refine=cfg.box_refine,
                           two_stage=cfg.two_stage, class_prior=cfg.class_prior, anchor_wh=cfg.anchor_wh,
                           dn_groups=cfg.dn_groups, dn_box_noise=cfg.dn_box_noise,
-                          dn_label_noise=cfg.dn_label_noise, look_forward_twice=cfg.look_forward_twice,
-                          query_content=cfg.query_content)
+                          dn_label_noise=cfg.dn_label_noise, query_content=cfg.query_content)
     else:
         model = DETR(backbone, transformer, num_classes=num_classes, num_queries=cfg.num_queries,
                      aux_loss=cfg.aux_loss)

@@ -22,15 +22,21 @@ START, END = "<!-- layers:start (python docs/architecture.py) -->", "<!-- layers
 # teach or cli from the teaching core.
 ALLOWED: Dict[str, Set[str]] = {
     "errors": set(),
+    "paths": set(),
     "nn": {"errors"},
     "model": {"nn", "errors"},
     "setpred": {"nn", "errors"},
     "data": {"errors"},
     "aids": {"nn", "model", "setpred", "errors"},
     "configs": {"nn", "model", "aids", "errors"},
-    "engine": {"nn", "model", "setpred", "data", "aids", "configs", "errors"},
-    "teach": {"nn", "model", "setpred", "data", "aids", "configs", "engine", "errors"},
-    "cli": {"nn", "model", "setpred", "data", "aids", "configs", "engine", "errors"},
+    "figures": {"nn", "model", "setpred", "data", "errors"},
+    "inference": {"nn", "model", "setpred", "data", "aids", "configs", "figures", "errors"},
+    "engine": {"nn", "model", "setpred", "data", "aids", "configs", "figures", "inference", "errors"},
+    "study": {"nn", "model", "setpred", "data", "aids", "configs", "figures", "inference", "engine", "paths",
+              "errors"},
+    "teach": {"nn", "model", "setpred", "data", "aids", "configs", "figures", "inference", "engine", "paths",
+              "errors"},
+    "cli": {"nn", "model", "setpred", "data", "aids", "configs", "inference", "engine", "study", "errors"},
 }
 ORDER = list(ALLOWED)
 
@@ -128,7 +134,7 @@ def mermaid() -> str:
         n = sum(1 for name, _ in modules() if component(name) == c)
         lines.append(f'    {c}["{c} ({n} module{"s" if n != 1 else ""})"]')
     for a, b in sorted(edges, key=lambda e: (ORDER.index(e[0]), ORDER.index(e[1]))):
-        if b != "errors":      # everything may raise the user-facing errors: drawn once, not ten times
+        if b not in ("errors", "paths"):     # user-facing errors and work folders, usable everywhere: not drawn
             lines.append(f"    {a} --> {b}")
     lines += ["```"]
     return "\n".join(lines)

@@ -44,18 +44,10 @@ def grid_init(n_all: int, num_queries: int, size: float = 0.15) -> Tensor:
 
 class BoxRefinement:
     """The decoder's ``refine`` hook: each layer's query_pos from the reference boxes, each layer's box an
-    offset of its reference. ``ref`` (B, Q, 4) cxcywh; after decoding, ``boxes`` holds one (B, Q, 4) per layer.
+    offset of its reference. ``ref`` (B, Q, 4) cxcywh; after decoding, ``boxes`` holds one (B, Q, 4) per layer."""
 
-    ``look_forward_twice`` (DINO, Zhang et al. 2023, sec. 3.5): layer l's output box is computed on layer l-1's
-    box *before* it was detached, so layer l's box loss also trains layer l-1's offset (one layer back, not
-    further); the values, and the detached references the layers see, are the same as without it.
-    """
-
-    def __init__(self, ref: Tensor, ref_point_head: nn.Module, bbox_embed: nn.Module, dim: int,
-                 look_forward_twice: bool = False):
+    def __init__(self, ref: Tensor, ref_point_head: nn.Module, bbox_embed: nn.Module, dim: int):
         self.ref, self.ref_point_head, self.bbox_embed, self.dim = ref, ref_point_head, bbox_embed, dim
-        self.look_forward_twice = look_forward_twice
-        self.prev = ref          # layer l-1's refined box with its own offset's graph (the initial reference first)
         self.boxes: List[Tensor] = []
 
     def query_pos(self) -> Tensor:
@@ -63,7 +55,6 @@ class BoxRefinement:
 
     def update(self, hs: Tensor) -> None:
         delta = self.bbox_embed(hs)                                                    # (B, Q, 4), logit space
-        box = (delta + inverse_sigmoid(self.ref)).sigmoid()                           # on the detached reference
-        self.boxes.append((delta + inverse_sigmoid(self.prev)).sigmoid() if self.look_forward_twice else box)
-        self.prev = box
+        box = (delta + inverse_sigmoid(self.ref)).sigmoid()
+        self.boxes.append(box)
         self.ref = box.detach()                                                        # no gradient through it

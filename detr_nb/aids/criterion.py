@@ -1,4 +1,4 @@
-"""The loss of an aided DETR: :class:`SetCriterion` plus the two-stage encoder loss and the denoising loss."""
+"""The loss of an aided DETR: the paper's :class:`SetCriterion`, plus what the aids add around it."""
 from __future__ import annotations
 
 import re
@@ -6,77 +6,86 @@ from typing import Dict, Optional, Sequence
 
 from torch import Tensor, nn
 
+from ..setpred.classes import SoftmaxClasses
 from ..setpred.criterion import SetCriterion
 from ..setpred.matcher import HungarianMatcher
+from ..setpred.postprocess import softmax_scores
 from .denoising import denoising_losses, zero_denoising_losses
+from .focal import FocalClasses, focal_scores
+from .groups import fold_groups
 from .model import AidedDETR
 
 
 class AidedCriterion(SetCriterion):
-    """:class:`SetCriterion` plus the two-stage encoder loss (keys ``*_enc``) and the DN-DETR
-    reconstruction loss (keys ``*_dn``, ``*_dn_0``..).
+    """:class:`SetCriterion` on the matching queries, with
 
-    ``enc_repeat = k`` > 1 matches every object to k encoder proposals (its targets repeated k times, as
-    H-DETR's one-to-many branch does for queries): k x more positives for the dense head and the features
-    under it, at the cost of a larger assignment; the decoder's own matching stays one-to-one.
+    * Group DETR's K groups folded into the batch (:func:`~detr_nb.aids.groups.fold_groups`): each group is
+      matched to every object on its own, and ``num_boxes`` is multiplied by K;
+    * the two-stage encoder proposals' own one-to-one loss (keys ``*_enc``): the same criterion on
+      ``outputs["enc_outputs"]``;
+    * the DN-DETR reconstruction loss of the denoising queries (keys ``*_dn``, ``*_dn_0``..), no matching
+      (:func:`~detr_nb.aids.denoising.denoising_losses`).
 
-    Group DETR needs nothing extra here: the matcher's ``num_groups`` matches each group separately and
-    ``num_boxes`` is multiplied by K (each group sees every object). The encoder proposals are matched
-    with a one-group matcher of the same costs. Denoising queries need no matching at all
-    (:func:`~detr_nb.aids.denoising.denoising_losses`). Every extra term takes the weight of its base name
-    and is added to ``loss``.
+    Every extra term takes the weight of its base name and is added to ``loss``.
     """
 
-    def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, denoising: bool = False,
-                 enc_repeat: int = 1, **kwargs):
+    def __init__(self, num_classes: int, matcher: Optional[nn.Module] = None, *, num_queries: int,
+                 num_groups: int = 1, denoising: bool = False, **kwargs):
         super().__init__(num_classes, matcher, **kwargs)
-        if enc_repeat < 1:
-            raise ValueError(f"enc_repeat must be >= 1, got {enc_repeat}")
+        self.num_queries, self.num_groups = num_queries, num_groups
         self.denoising = denoising     # the model has denoising queries: their loss keys are always returned
-        self.enc_repeat = enc_repeat   # encoder proposals matched to each object (H-DETR's repeated targets)
-        m = self.matcher
-        enc_matcher = HungarianMatcher(m.cost_class, m.cost_bbox, m.cost_giou, num_groups=1, class_cost=m.class_cost,
-                                       iou_power=m.iou_power) if isinstance(m, HungarianMatcher) else m
-        self.enc_criterion = SetCriterion(num_classes, enc_matcher, losses=("labels", "boxes"), **kwargs)
 
     def forward(self, outputs: dict, targets: Sequence[dict]) -> Dict[str, Tensor]:
         main = {k: v for k, v in outputs.items() if k not in ("enc_outputs", "dn_outputs", "dn_meta")}
         # One all-reduce per step on every process, whatever this process's batch holds (a process without
         # objects has no denoising outputs: a count of its own would make the processes' collectives differ).
         num_boxes = self.get_num_boxes([len(t["labels"]) for t in targets], outputs["pred_logits"].device)
-        result = super().forward(main, targets, num_boxes=num_boxes)
-        if "enc_outputs" in outputs:
-            k = self.enc_repeat       # one-to-many for the dense head: k proposals per object, each a positive
-            enc_targets = targets if k == 1 else [{"labels": t["labels"].repeat(k), "boxes": t["boxes"].repeat(k, 1)}
-                                                  for t in targets]
-            enc = self.enc_criterion(outputs["enc_outputs"], enc_targets, num_boxes=num_boxes * k)
-            result.update({k + "_enc": v for k, v in enc.items() if k != "loss"})
-            result["loss"] = result["loss"] + enc["loss"]
-        if "dn_outputs" in outputs:
-            dn = denoising_losses(outputs["dn_outputs"], outputs["dn_meta"], num_boxes, self.num_classes,
-                                  self.loss_type, self.empty_weight)
-        elif self.denoising and self.training:   # a batch without objects: the same keys, every term 0
-            dn = zero_denoising_losses(1 + len(outputs.get("aux_outputs", [])), num_boxes.device)
+        groups = main["pred_logits"].shape[1] // self.num_queries      # K in training, 1 in eval mode
+        if groups > 1:
+            folded, folded_targets = fold_groups(main, targets, groups)
+            result = super().forward(folded, folded_targets, num_boxes=num_boxes * groups)
         else:
-            dn = {}
-        for k, v in dn.items():
+            result = super().forward(main, targets, num_boxes=num_boxes)
+        extra: Dict[str, Tensor] = {}
+        if "enc_outputs" in outputs:
+            enc = super().forward(outputs["enc_outputs"], targets, num_boxes=num_boxes)
+            extra.update({k + "_enc": v for k, v in enc.items() if k != "loss"})
+        if "dn_outputs" in outputs:
+            extra.update(denoising_losses(outputs["dn_outputs"], outputs["dn_meta"], num_boxes, self.class_term))
+        elif self.denoising and self.training:   # a batch without objects: the same keys, every term 0
+            extra.update(zero_denoising_losses(1 + len(outputs.get("aux_outputs", [])), num_boxes.device))
+        for k, v in extra.items():
             result[k] = v
-            result["loss"] = result["loss"] + (self.weight_of(re.sub(r"_dn(_\d+)?$", "", k)) or 0.0) * v
+            weight = self.weight_of(re.sub(r"_(enc|dn(_\d+)?)$", "", k))
+            if weight:
+                result["loss"] = result["loss"] + weight * v
         return result
+
+
+LOSS_TYPES = ("ce", "focal")     # the paper's softmax cross-entropy | the sigmoid focal loss (aids.focal)
 
 
 def build_criterion(model: nn.Module, num_classes: int, *, loss_type: str = "ce", eos_coef: float = 0.1,
                     weight_dict: Optional[Dict[str, float]] = None, cost_class: float = 1.0,
-                    cost_bbox: float = 5.0, cost_giou: float = 2.0, iou_aware: Optional[str] = None,
-                    iou_power: float = 0.0, enc_repeat: int = 1) -> SetCriterion:
-    """The loss that fits ``model``: a plain :class:`SetCriterion` for vanilla DETR, else
-    :class:`AidedCriterion` with ``num_groups`` taken from the model. ``iou_aware`` (vfl | mal | ia_bce) and
-    ``iou_power`` (position-modulated matching) are the focal loss's IoU-aware options (setpred.iou_aware);
-    ``enc_repeat``: two-stage encoder proposals per object."""
-    groups = model.num_groups if isinstance(model, AidedDETR) else 1
-    matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou, num_groups=groups,
-                               class_cost="focal" if loss_type == "focal" else "softmax", iou_power=iou_power)
-    kwargs = dict(eos_coef=eos_coef, weight_dict=weight_dict, loss_type=loss_type, iou_aware=iou_aware)
-    if isinstance(model, AidedDETR) and (model.two_stage or model.dn_groups > 0):
-        return AidedCriterion(num_classes, matcher, denoising=model.dn_groups > 0, enc_repeat=enc_repeat, **kwargs)
+                    cost_bbox: float = 5.0, cost_giou: float = 2.0) -> SetCriterion:
+    """The loss that fits ``model``: its class term (``loss_type``, the same in the matching cost and the loss),
+    a plain :class:`SetCriterion` for a model without groups, encoder proposals or denoising queries, else
+    :class:`AidedCriterion`."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    class_term = FocalClasses(num_classes) if loss_type == "focal" else SoftmaxClasses(num_classes, eos_coef)
+    matcher = HungarianMatcher(cost_class, cost_bbox, cost_giou, class_cost=class_term.cost)
+    kwargs = dict(weight_dict=weight_dict, class_term=class_term)
+    if isinstance(model, AidedDETR) and (model.two_stage or model.dn_groups > 0 or model.num_groups > 1):
+        return AidedCriterion(num_classes, matcher, num_queries=model.num_queries, num_groups=model.num_groups,
+                              denoising=model.dn_groups > 0, **kwargs)
     return SetCriterion(num_classes, matcher, **kwargs)
+
+
+def scoring_for(loss_type: str):
+    """How a model trained with ``loss_type`` is scored (``postprocess(scoring=...)``), the one rule for
+    training's evaluation, ``evaluate``, ``predict`` and the pictures: the paper's softmax per query for the
+    cross-entropy; for the focal loss, sigmoid scores and the best (query, class) pairs (:func:`focal_scores`)."""
+    if loss_type not in LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {LOSS_TYPES}, got {loss_type!r}")
+    return focal_scores if loss_type == "focal" else softmax_scores

@@ -14,7 +14,7 @@ from typing import Dict, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from ..setpred.losses import box_losses, classification_loss
+from ..setpred.losses import box_losses
 from ..setpred.matching import no_autocast
 
 
@@ -90,22 +90,23 @@ def add_denoising_queries(label_enc: nn.Embedding, targets: Optional[Sequence[di
     return tgt, ref, tgt_mask, n_dn, meta
 
 
-def denoising_losses(dn_outputs: dict, meta: dict, num_boxes: Tensor, num_classes: int, loss_type: str,
-                     empty_weight: Tensor) -> Dict[str, Tensor]:
+def denoising_losses(dn_outputs: dict, meta: dict, num_boxes: Tensor, class_term: nn.Module) -> Dict[str, Tensor]:
     """Class and box losses of the denoising queries for every decoder layer: slot ``i`` of a group answers for
     object ``i`` (no matching); padding slots are "no object"; the box terms count real objects only, divided
-    by ``num_boxes`` x the number of denoising groups (each group reconstructs every object once)."""
+    by ``num_boxes`` x the number of denoising groups (each group reconstructs every object once).
+    ``class_term`` is the criterion's (the paper's cross-entropy, or aids.focal)."""
     layers = [dn_outputs] + list(dn_outputs.get("aux_outputs", []))
     labels, boxes_true, valid = meta["labels"], meta["boxes"].float(), meta["valid"]   # (B, N), (B, N, 4)
     norm = num_boxes * meta["groups"]
-    classes = labels.masked_fill(~valid, num_classes)                                   # padding: no object
+    classes = labels.masked_fill(~valid, class_term.num_classes)                        # padding: no object
     out: Dict[str, Tensor] = {}
     with no_autocast(labels.device):
+        logits = torch.stack([o["pred_logits"] for o in layers]).float()                 # (L, B, N, C+1)
+        loss_ce = class_term(logits, classes.expand(len(layers), *classes.shape), norm)  # (L,)
         for i, o in enumerate(layers):
             suffix = "_dn" if i == 0 else f"_dn_{i - 1}"
-            logits, boxes = o["pred_logits"].float(), o["pred_boxes"].float()            # (B, N, C'), (B, N, 4)
-            out["loss_ce" + suffix] = classification_loss(logits, classes, num_classes, loss_type, empty_weight,
-                                                          norm)
+            out["loss_ce" + suffix] = loss_ce[i]
+            boxes = o["pred_boxes"].float()                                              # (B, N, 4)
             out["loss_bbox" + suffix], out["loss_giou" + suffix] = box_losses(boxes[valid], boxes_true[valid], norm)
     return out
 

@@ -18,7 +18,7 @@ from ..nn import layers
 from .anchors import BoxRefinement, grid_init, inverse_sigmoid
 from .denoising import add_denoising_queries
 from .groups import group_attention_mask
-from .two_stage import encoder_proposals, select_content, select_queries
+from .two_stage import encoder_proposals, gather_cells, select_cells
 
 
 class AidedDETR(DETR):
@@ -33,7 +33,6 @@ class AidedDETR(DETR):
         anchor_wh: side of each encoder cell's anchor box (normalised), two-stage only.
         dn_groups: DN-DETR, groups of noised ground-truth queries in training (0 = off); implies box_refine.
         dn_box_noise, dn_label_noise: DN-DETR's box noise scale (lambda) and label flip probability.
-        look_forward_twice: DINO's gradient path in box refinement (:class:`BoxRefinement`); needs box_refine.
         query_content: two-stage content queries: "learned" (DINO's mixed query selection) or "encoder" (the
             selected cells' features, detached, as RT-DETR).
 
@@ -47,8 +46,7 @@ class AidedDETR(DETR):
     def __init__(self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int,
                  aux_loss: bool = True, *, num_groups: int = 1, box_refine: bool = False, two_stage: bool = False,
                  class_prior: Optional[float] = None, anchor_wh: float = 0.15, dn_groups: int = 0,
-                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2, look_forward_twice: bool = False,
-                 query_content: str = "learned"):
+                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2, query_content: str = "learned"):
         super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
         if num_groups < 1:
             raise ValueError(f"num_groups must be >= 1, got {num_groups}")
@@ -57,9 +55,6 @@ class AidedDETR(DETR):
         self.num_groups, self.two_stage, self.anchor_wh = num_groups, two_stage, anchor_wh
         self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
         self.box_refine = box_refine or two_stage or dn_groups > 0
-        if look_forward_twice and not self.box_refine:
-            raise ValueError("look_forward_twice needs box refinement (box_refine, two_stage or dn_groups)")
-        self.look_forward_twice = look_forward_twice
         if query_content not in ("learned", "encoder") or (query_content == "encoder" and not two_stage):
             raise ValueError(f"query_content must be 'learned', or 'encoder' with two_stage, got {query_content!r}")
         self.query_content = query_content
@@ -101,15 +96,13 @@ class AidedDETR(DETR):
         n = self.num_queries * self.active_groups()
         return self.query_embed.weight[:n][None].expand(batch_size, -1, -1)
 
-    def forward(self, images: Tensor, mask: Optional[Tensor] = None, targets: Optional[Sequence[dict]] = None,
-                **unused) -> Dict[str, object]:
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None,
+                targets: Optional[Sequence[dict]] = None) -> Dict[str, object]:
         """images (B, 3, H, W), mask (B, H, W) True = padding -> outputs dict (see class doc).
 
         ``targets`` (training only, DN-DETR) are the usual per-image dicts with ``labels`` and normalised
         cxcywh ``boxes``; without them, or in eval mode, no denoising queries are built.
         """
-        if any(v is not None for v in unused.values()):
-            raise ValueError("AidedDETR builds its own queries; query_pos/tgt/tgt_mask are not supported")
         mask = self.check_inputs(images, mask)
         feat, fmask, pos = self.backbone(images, mask)             # (B, Cb, h, w), (B, h, w), (B, C, h, w)
         memory, kpm, pos = self.transformer.encode(self.input_proj(feat), fmask, pos)   # (B, hw, C) ...
@@ -122,9 +115,10 @@ class AidedDETR(DETR):
         if self.two_stage:
             enc_logits, enc_boxes, feats = encoder_proposals(self, memory, fmask, with_features=True)
             extra["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
-            ref = select_queries(enc_logits, enc_boxes, fmask, self.num_classes, Q).repeat(1, K, 1)   # (B, K*Q, 4)
+            cells = select_cells(enc_logits, fmask, self.num_classes, Q)                               # (B, Q)
+            ref = gather_cells(enc_boxes, cells).repeat(1, K, 1)                                        # (B, K*Q, 4)
             if self.query_content == "encoder":
-                content = select_content(enc_logits, feats, fmask, self.num_classes, Q).repeat(1, K, 1)  # (B, K*Q, C)
+                content = gather_cells(feats, cells).repeat(1, K, 1)                                    # (B, K*Q, C)
         elif self.box_refine:
             ref = self.anchor_embed.weight[:n].sigmoid()[None].expand(B, -1, -1)                     # (B, K*Q, 4)
         if content is not None:
@@ -142,8 +136,7 @@ class AidedDETR(DETR):
                 self.dn_label_noise)
             if meta is not None:
                 extra["dn_meta"] = meta
-        refine = None if ref is None else BoxRefinement(ref, self.ref_point_head, self.bbox_embed, C,
-                                                        self.look_forward_twice)
+        refine = None if ref is None else BoxRefinement(ref, self.ref_point_head, self.bbox_embed, C)
         hs = self.transformer.decode(tgt, memory, kpm, pos, query_pos, tgt_mask, refine=refine)  # (L, B, n_dn+n, C)
         boxes = None if refine is None else torch.stack(refine.boxes[-hs.shape[0]:])           # (L, B, n_dn+n, 4)
         out = self.heads(hs[:, :, n_dn:], None if boxes is None else boxes[:, :, n_dn:])
@@ -166,8 +159,6 @@ def aids_of(model: nn.Module) -> Dict[str, object]:
         on["num_groups"] = model.num_groups
     if model.dn_groups:
         on["dn_groups"] = model.dn_groups
-    if model.look_forward_twice:
-        on["look_forward_twice"] = True
     if model.query_content != "learned":
         on["query_content"] = model.query_content
     return on

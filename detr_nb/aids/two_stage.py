@@ -1,12 +1,11 @@
 """Two-stage query selection (Deformable DETR's two-stage variant; DINO's "mixed query selection").
 
 A dense head on every encoder cell predicts a class and a box (an offset from the cell's own anchor box);
-the top-Q cells by class score give the decoder's reference boxes (detached), while the content queries stay
-learned. The dense head is trained with its own one-to-one Hungarian loss (``AidedCriterion``, keys ``*_enc``).
+the top-Q cells by class score give the decoder's reference boxes (detached), and its content queries are
+either learned (DINO) or those cells' features (RT-DETR). The dense head is trained with its own one-to-one
+Hungarian loss (``AidedCriterion``, keys ``*_enc``).
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -43,23 +42,17 @@ def encoder_proposals(model, memory: Tensor, fmask: Tensor, with_features: bool 
     return (logits, boxes, feats) if with_features else (logits, boxes)
 
 
-def select_content(enc_logits: Tensor, feats: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:
-    """The features (B, Q, C) of the cells :func:`select_queries` picks, in its order, detached: the decoder's
-    content queries when they come from the encoder (RT-DETR) instead of being learned (DINO's mixed selection).
-    Every cell is ranked and the ranking repeated, so a map of fewer than Q cells needs no branch (export)."""
+def select_cells(enc_logits: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:
+    """The cells whose proposals become the decoder's queries: the top-Q by best class score (padding never
+    chosen), ``(B, Q)`` indices into the hw cells. Every cell is ranked and the ranking repeated, so a map of
+    fewer than Q cells gives each of its cells to several queries, with no branch on the map's size (the ONNX
+    export traces one graph for every image size)."""
     score = enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))   # (B, hw)
     order = score.topk(score.shape[1], dim=1).indices                                              # (B, hw)
-    top = order.repeat(1, num_queries)[:, :num_queries]                                            # (B, Q)
-    return torch.gather(feats.detach(), 1, top[..., None].expand(-1, -1, feats.shape[-1]))
+    return order.repeat(1, num_queries)[:, :num_queries]                                           # (B, Q)
 
 
-def select_queries(enc_logits: Tensor, enc_boxes: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:
-    """Top-Q cells by best class score (padding never chosen) -> detached reference boxes (B, Q, 4)."""
-    score = enc_logits[..., :num_classes].amax(-1)                                  # (B, hw)
-    score = score.masked_fill(fmask.flatten(1), float("-inf"))
-    k = min(num_queries, score.shape[1])
-    top = score.topk(k, dim=1).indices                                              # (B, k)
-    ref = torch.gather(enc_boxes.detach(), 1, top[..., None].expand(-1, -1, 4))
-    if k < num_queries:   # tiny feature maps: repeat proposals
-        ref = ref.repeat(1, math.ceil(num_queries / k), 1)[:, :num_queries]
-    return ref
+def gather_cells(values: Tensor, cells: Tensor) -> Tensor:
+    """``values (B, hw, D)`` at ``cells (B, Q)``, detached -> ``(B, Q, D)``: the selected proposals' boxes (the
+    decoder's reference boxes) or features (its content queries, RT-DETR), no gradient through the choice."""
+    return torch.gather(values.detach(), 1, cells[..., None].expand(-1, -1, values.shape[-1]))

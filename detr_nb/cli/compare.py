@@ -1,6 +1,6 @@
-"""``python -m detr_nb compare``: the three approaches and the initialisation study (detr_nb.engine.compare).
+"""``python -m detr_nb compare``: the three approaches and the initialisation study (detr_nb.study.compare).
 
-Every ``train`` option sets what all runs share (defaults: :data:`~detr_nb.engine.compare.COMPARE_DEFAULTS`;
+Every ``train`` option sets what all runs share (defaults: the recipe ``study``, :mod:`detr_nb.engine.recipes`;
 ``--max-steps`` or ``--time-budget`` is each run's budget, training only: evaluations and checkpoint writes are
 not counted; ``--out`` the comparison's folder); the options below choose the runs.
 
@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from ..engine.compare import APPROACHES, COMPARE_DEFAULTS, INITS, CompareConfig, run_comparison
+from ..study.compare import APPROACHES, INITS, CompareConfig, compare_train_config, run_comparison
 from .options import add_config_options, add_set_option, config_from_args
 
 
@@ -26,7 +26,7 @@ def _csv(text: str) -> List[str]:
 def add_compare_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser("compare", help="three approaches + init study on the same data, seeds and budget; "
                                               "rerun: finished runs are kept, interrupted ones resume")
-    add_config_options(p, defaults=COMPARE_DEFAULTS)
+    add_config_options(p, defaults=compare_train_config().to_dict())
     add_set_option(p)
     p.add_argument("--approaches", type=_csv, default=list(APPROACHES),
                    help=f"comma list of {','.join(APPROACHES)} (default: all)")
@@ -47,8 +47,8 @@ def add_compare_parser(subparsers) -> argparse.ArgumentParser:
 
 def cmd_compare(args) -> int:
     if args.redraw:
-        from ..engine.compare_figures import redraw
-        out = getattr(args, "out", COMPARE_DEFAULTS["out"])
+        from ..study.report import redraw
+        out = getattr(args, "out", compare_train_config().out)
         redraw(out)
         print((Path(out) / "table.md").read_text())
         return 0
@@ -64,10 +64,8 @@ def cmd_compare(args) -> int:
 
 
 def _base(args) -> dict:
-    """COMPARE_DEFAULTS, minus the synthetic set's size when another dataset is given."""
-    base = dict(COMPARE_DEFAULTS)
-    if getattr(args, "dataset", "synthetic") != "synthetic":
-        base["data_kwargs"] = {}
+    """The recipe ``study``; a time budget given replaces its step budget."""
+    base = {"recipe": "study"}
     if getattr(args, "time_budget_s", None) is not None:
-        base["max_steps"] = None      # a time budget replaces the default step budget
+        base["max_steps"] = None
     return base

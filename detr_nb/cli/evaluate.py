@@ -33,10 +33,10 @@ def add_evaluate_parsers(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from ..engine.evaluate import save_stats
-    from ..engine.precision import resolve_device, resolve_precision
     from ..engine.build import build_datasets, evaluate_run
     from ..engine.config import check_config
+    from ..engine.precision import resolve_device, resolve_precision
+    from ..inference.evaluate import save_stats
 
     device = resolve_device(args.device)
     model, saved, _ = load_model(args, device)
@@ -45,13 +45,9 @@ def cmd_evaluate(args) -> int:
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root), ("val_split", args.split),
                                  ("preset", args.preset), ("eval_batch_size", args.batch_size),
                                  ("max_eval_images", args.max_images), ("workers", args.workers)) if v is not None}
-    if "dataset" in changes and changes["dataset"] != saved.dataset:
-        changes.setdefault("data_kwargs", {})     # the run's data parameters belong to its own dataset
-        changes.setdefault("data_root", None)
-    cfg = check_config(saved.replace(progress=True, **changes))
+    cfg = check_config(saved.replace(progress=True, **changes))    # another dataset: without the run's data_kwargs
     val_set = build_datasets(cfg, splits=("val",))["val"]
-    print(f"evaluating on {len(val_set) if not cfg.max_eval_images else min(len(val_set), cfg.max_eval_images)} "
-          f"images of {cfg.dataset}/{cfg.val_split}")
+    print(f"evaluating on {cfg.eval_images(len(val_set))} images of {cfg.dataset}/{cfg.val_split}")
     stats = evaluate_run(model, val_set, cfg, device, resolve_precision(device, args.amp))
     out = Path(args.output) if args.output else (
         Path(args.run) / f"eval_{cfg.val_split}.json" if args.run and Path(args.run).is_dir() else Path("eval.json"))
@@ -61,9 +57,9 @@ def cmd_evaluate(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from ..engine.evaluate import scoring_for
+    from ..aids import scoring_for
     from ..engine.precision import resolve_device
-    from ..engine.predict import check_threshold, predict_paths
+    from ..inference.predict import check_threshold, predict_paths
 
     check_threshold(args.threshold)               # before the model is loaded
     device = resolve_device(args.device)

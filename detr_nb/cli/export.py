@@ -40,7 +40,7 @@ def _size(text: str):
 
 def cmd_export(args) -> int:
     import torch
-    from ..engine.export import OnnxDetector, export_onnx, parity, require, resolve_exporter
+    from ..inference.export import OnnxDetector, export_onnx, parity, require, resolve_exporter
     from ..engine.precision import resolve_device
 
     require("onnx")

@@ -1,7 +1,6 @@
 """``python -m detr_nb train``: train (or resume) a run, then evaluate it."""
 from __future__ import annotations
 
-import gc
 import json
 import sys
 from pathlib import Path
@@ -19,36 +18,22 @@ def add_train_parser(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from ..engine import distributed as D
     from ..engine.config import check_config
     from ..engine.metrics import NonFiniteLossError
-    from ..engine.trainer import Trainer
-    from ..engine import distributed as D
+    from ..engine.trainer import train
 
     cfg = config_from_args(args)
     if args.dry_run:
         check_config(cfg)
         print(json.dumps(cfg.to_dict(), indent=2, default=str))
         return 0
-    trainer = None
     try:
-        trainer = Trainer(cfg)
-        summary = trainer.run()
-        is_main = trainer.is_main
-        # Under DDP, rank 0 still evaluates and draws when the others are done. All ranks tear down together,
-        # the model's DDP reducer before the process group it uses: a rank whose gloo group went while work
-        # still referred to it aborted at exit in CI ("terminate called without an active exception").
-        D.barrier()
+        summary = train(cfg)
     except NonFiniteLossError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    finally:
-        if D.is_initialized():
-            trainer = None
-            gc.collect()
-        D.cleanup()
-    if is_main:
-        with open(Path(summary["out"]) / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2, default=str)
+    if D.detect_env().is_main:
         ev = summary.get("eval")
         if ev:
             print(f"AP {ev['AP']:.4f}  AP50 {ev['AP50']:.4f}  after {summary['step']} steps "

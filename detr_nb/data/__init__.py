@@ -9,7 +9,8 @@ Before training: ``check_split(ds, "train")``, ``check_split(val, "val")`` and `
 in one line on an empty split or an unreadable image; ``open_image(path)`` reads a photo as viewers show it.
 """
 from .build import REAL_DATASETS, build_dataset, find_coco_split
-from .coco import CocoDetection, EmptySplitError, UnreadableImagesError, check_images, check_split, most_objects
+from .coco import (CocoDetection, EmptySplitError, UnreadableImagesError, check_images, check_split, most_objects,
+                   unwrap)
 from .coco_json import AnnotationError, load_coco_json
 from .collate import collate_fn, pad_images
 from .image_io import image_size, open_image
@@ -23,5 +24,6 @@ __all__ = [
     "RandomHorizontalFlip", "RandomResize", "RandomSelect", "RandomSizeCrop", "SYNTHETIC_CLASSES", "ToTensor",
     "build_dataset", "collate_fn", "ensure_synthetic", "find_coco_split", "load_coco_json", "make_transforms",
     "pad_images", "render_sample",
-    "EmptySplitError", "UnreadableImagesError", "check_images", "check_split", "most_objects", "image_size", "open_image",
+    "EmptySplitError", "UnreadableImagesError", "check_images", "check_split", "most_objects", "unwrap",
+    "image_size", "open_image",
 ]

@@ -128,11 +128,6 @@ class CocoDetection(torch.utils.data.Dataset):
     def _path(self, image_id: int) -> str:
         return os.path.join(self.img_folder, self.coco.imgs[image_id]["file_name"])
 
-    @property
-    def image_paths(self) -> List[str]:
-        """The image files, in ``ids`` order."""
-        return [self._path(i) for i in self.ids]
-
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -188,8 +183,8 @@ class CocoDetection(torch.utils.data.Dataset):
 _ROLES = {"train": ("training", "--train-split"), "val": ("validation", "--val-split")}
 
 
-def _base_and_ids(dataset) -> Tuple[Any, List[int]]:
-    """The dataset under ``Subset`` wrappers and the image ids the wrapped view holds."""
+def unwrap(dataset) -> Tuple[Any, List[int]]:
+    """The dataset under ``Subset`` wrappers and the image ids the wrapped view holds, in its order."""
     from torch.utils.data import Subset
 
     indices = None
@@ -206,7 +201,7 @@ def check_split(dataset, role: str = "train") -> None:
     if role not in _ROLES:
         raise ValueError(f"role must be 'train' or 'val', got {role!r}")
     name, flag = _ROLES[role]
-    base, ids = _base_and_ids(dataset)
+    base, ids = unwrap(dataset)
     where = f"the {name} split of {getattr(base, 'ann_file', type(base).__name__)}"
     if not ids:
         skipped = getattr(base, "num_skipped", 0)
@@ -224,7 +219,7 @@ def check_split(dataset, role: str = "train") -> None:
 def most_objects(dataset) -> Tuple[int, Optional[str]]:
     """The largest number of objects (crowd annotations excluded) in one image of ``dataset`` (a
     :class:`CocoDetection` or a ``Subset`` of one), and that image's file; ``(0, None)`` without annotations."""
-    base, ids = _base_and_ids(dataset)
+    base, ids = unwrap(dataset)
     coco = getattr(base, "coco", None)
     if coco is None or not ids:
         return 0, None
@@ -243,7 +238,7 @@ def check_images(dataset, decode: bool = True, workers: Optional[int] = None, sh
     run it on the validation split and let ``skip_unreadable`` handle training images. ``decode=False``
     reads headers only (0.05 ms per file).
     """
-    base, ids = _base_and_ids(dataset)
+    base, ids = unwrap(dataset)
     paths = [base._path(i) for i in ids]
     bad = find_unreadable(paths, decode=decode, workers=workers)
     if bad:

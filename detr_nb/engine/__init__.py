@@ -1,5 +1,6 @@
-"""The engine: a run's configuration and recipes, the training loop and its bookkeeping, checkpoints,
-precision, DDP, speed options, evaluation and prediction (notebooks 07-09; ``python -m detr_nb``)."""
+"""The engine trains: a run's configuration and recipes, the training loop and its bookkeeping, checkpoints,
+precision, DDP, speed options (notebook 07; ``python -m detr_nb train``). Evaluation, prediction and export
+are ``detr_nb.inference``; notebook 09's study is ``detr_nb.study``."""
 from .config import TrainConfig, check_config
 from .trainer import Trainer, train
 

@@ -28,21 +28,7 @@ def build_datasets(cfg: TrainConfig, splits: Sequence[str] = ("train", "val")):
         out[name] = build_dataset(cfg.dataset, split, cfg.preset, root=root,
                                   skip_unreadable=cfg.skip_unreadable if name == "train" else False,
                                   **dict(cfg.data_kwargs))
-    if "train" in out:
-        out["train"] = wrap_train_set(out["train"], cfg)
     return out
-
-
-def wrap_train_set(dataset, cfg: TrainConfig):
-    """The training set as ``cfg`` asks: decoded once (``cache_images``), in mosaics (``mosaic_prob``)."""
-    from ..data.cache import InMemoryImages
-    from ..data.mosaic import Mosaic
-
-    if cfg.cache_images:
-        dataset = InMemoryImages(dataset)
-    if cfg.mosaic_prob > 0:
-        dataset = Mosaic(dataset, cfg.mosaic_prob)
-    return dataset
 
 
 def synthetic_root(data_kwargs: Dict[str, Any]) -> str:
@@ -62,21 +48,16 @@ def synthetic_root(data_kwargs: Dict[str, Any]) -> str:
 
 
 def num_classes_of(dataset) -> int:
-    base = dataset
-    while not hasattr(base, "num_classes") and hasattr(base, "dataset"):
-        base = base.dataset
-    return int(base.num_classes)
+    from ..data import unwrap
+    return int(unwrap(dataset)[0].num_classes)
 
 
 def build_model_from(cfg: TrainConfig, num_classes: int, log: Callable = print) -> nn.Module:
-    """The model of ``cfg``: named config + overrides, optional init scheme and pretrained weights."""
-    from ..configs import apply_init, build_model
+    """The model of ``cfg``: named config + overrides (its ``init`` scheme among them), pretrained weights."""
+    from ..configs import build_model
 
-    overrides = dict(cfg.model_overrides)
     model = build_model(cfg.model, num_classes=num_classes, impl=cfg.impl,
-                        pretrained_backbone=cfg.pretrained_backbone, **overrides)
-    if cfg.init is not None:
-        apply_init(model, cfg.init)
+                        pretrained_backbone=cfg.pretrained_backbone, **cfg.model_overrides)
     if cfg.pretrained:
         from ..model.pretrained import load_pretrained
         load_pretrained(model, cfg.pretrained)
@@ -86,16 +67,14 @@ def build_model_from(cfg: TrainConfig, num_classes: int, log: Callable = print) 
 
 def model_from_checkpoint(path_or_state, device="cpu", impl: Optional[str] = None) -> nn.Module:
     """Rebuild the model of a detr_nb checkpoint (its model config is stored in it) and load its weights."""
-    from ..configs import ADDED_FIELDS, build_model
+    from ..configs import ADDED_FIELDS, REMOVED_FIELDS, build_model
 
     state = ckpt.load_checkpoint(path_or_state) if not isinstance(path_or_state, dict) else path_or_state
-    mcfg = dict(state["model_config"])
-    num_classes = int(mcfg.pop("num_classes"))
-    mcfg.pop("init", None)   # weights are loaded below; skip re-initialising
-    mcfg.pop("train_backbone", None)   # checkpoints before 2026-11: a second switch for lr_backbone = 0
+    mcfg = {k: v for k, v in state["model_config"].items() if k not in REMOVED_FIELDS + ("init",)}
+    num_classes = int(mcfg.pop("num_classes"))   # init: the weights are loaded below, not initialised
     mcfg = {**ADDED_FIELDS, **mcfg}     # options added since: the value such a checkpoint was trained with
     model = build_model(state["model_name"], num_classes=num_classes, impl=impl or state["config"]["impl"], **mcfg)
-    # a run with an EMA of its weights was evaluated with the average: so are its checkpoints
+    # runs of earlier versions with an average of the weights were evaluated with it: so are their checkpoints
     model.load_state_dict(state["ema"]["module"] if state.get("ema") else state["model"])
     return model.to(device).eval()
 
@@ -106,8 +85,7 @@ def make_criterion(cfg: TrainConfig, model: nn.Module, num_classes: int) -> nn.M
 
     return build_criterion(model, num_classes, loss_type=cfg.loss_type, eos_coef=cfg.eos_coef,
                            weight_dict=cfg.weight_dict, cost_class=cfg.cost_class, cost_bbox=cfg.cost_bbox,
-                           cost_giou=cfg.cost_giou, iou_aware=cfg.iou_aware, iou_power=cfg.cost_iou_power,
-                           enc_repeat=cfg.enc_repeat)
+                           cost_giou=cfg.cost_giou)
 
 
 def evaluate_run(model: nn.Module, val_set, cfg: TrainConfig, device, precision=None,
@@ -115,13 +93,15 @@ def evaluate_run(model: nn.Module, val_set, cfg: TrainConfig, device, precision=
     """COCO numbers of ``model`` on ``val_set`` as a run of ``cfg`` is evaluated: its first ``max_eval_images``,
     its ``eval_batch_size``, the scoring of its ``loss_type``. Training and ``python -m detr_nb evaluate``
     both call this, so ``evaluate --run R`` reproduces ``R/eval.json``."""
+    import contextlib
     from torch.utils.data import Subset
-    from .evaluate import evaluate, scoring_for
+    from ..aids import scoring_for
+    from ..inference.evaluate import evaluate
 
-    if cfg.max_eval_images:
-        val_set = Subset(val_set, range(min(len(val_set), cfg.max_eval_images)))
-    return evaluate(model, val_set, device, batch_size=cfg.eval_batch_size, num_workers=cfg.workers,
-                    precision=precision, verbose=verbose, progress=cfg.progress, **scoring_for(cfg.loss_type))
+    val_set = Subset(val_set, range(cfg.eval_images(len(val_set))))
+    return evaluate(model, val_set, device, batch_size=cfg.eval_batch(), num_workers=cfg.workers,
+                    autocast=precision.autocast if precision is not None else contextlib.nullcontext,
+                    verbose=verbose, progress=cfg.progress, scoring=scoring_for(cfg.loss_type))
 
 
 def param_groups(model: nn.Module, lr: float, lr_backbone: float, weight_decay: float) -> List[Dict]:
@@ -149,12 +129,11 @@ def preflight(cfg: TrainConfig, train_set, val_set, log: Callable = print) -> No
     """What would fail at the end of a long run fails now: empty splits, unreadable validation images, and
     images with more objects than the model has queries (each query is matched to one object at most)."""
     from torch.utils.data import Subset
-    from ..configs import get_config
     from ..data import check_images, check_split, most_objects
     from ..errors import ConfigError
 
     check_split(train_set, role="train")
-    queries = get_config(cfg.model, **cfg.model_overrides).num_queries
+    queries = cfg.model_config().num_queries
     count, image = most_objects(train_set)
     if count > queries:
         raise ConfigError(f"{image} has {count} objects and the model {queries} queries: each query is matched to "
@@ -166,8 +145,7 @@ def preflight(cfg: TrainConfig, train_set, val_set, log: Callable = print) -> No
             f"{count - queries} of them count as misses (--set model_overrides.num_queries={count} finds them all)")
     if cfg.eval_at_end or cfg.eval_every:
         check_split(val_set, role="val")
-        n = len(val_set) if not cfg.max_eval_images else min(len(val_set), cfg.max_eval_images)
-        n = max(n, min(cfg.num_pictures, len(val_set)))    # evaluated and drawn
+        n = max(cfg.eval_images(len(val_set)), min(cfg.num_pictures, len(val_set)))    # evaluated and drawn
         check_images(val_set if n == len(val_set) else Subset(val_set, range(n)))
 
 
@@ -180,8 +158,7 @@ def make_loader(cfg: TrainConfig, train_set, env, device):
     from .sampler import EpochBatchSampler, SeededSamples
     from .speed import loader_kwargs
 
-    sampler = EpochBatchSampler(train_set, cfg.batch_size, cfg.seed, shuffle=True,
-                                num_replicas=env.world_size, rank=env.rank)
+    sampler = EpochBatchSampler(train_set, cfg.batch_size, cfg.seed, num_replicas=env.world_size, rank=env.rank)
     steps = sampler.batches_per_epoch() // cfg.accum_steps
     if steps < 1:
         raise ConfigError(f"{len(train_set)} training images make no full step of batch {cfg.batch_size} x accum "
@@ -223,36 +200,20 @@ def make_runtime(cfg: TrainConfig, log: Callable = print):
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device):
-    """``(AdamW, its parameters, the backbone's lr, the AdamW implementation flags)``. The backbone's lr is
-    ``lr_backbone``, by default lr/10 with pretrained weights (official) and lr from scratch; 0 freezes it."""
+    """``(AdamW, its parameters, the AdamW implementation flags)``; the backbone at ``cfg.backbone_lr()``
+    (0 freezes it)."""
     from .speed import adamw_flags, make_adamw
 
-    pretrained_bb = bool(cfg.pretrained_backbone) or bool(cfg.pretrained)
-    lr_backbone = cfg.lr_backbone if cfg.lr_backbone is not None else (cfg.lr / 10 if pretrained_bb else cfg.lr)
-    groups = param_groups(model, cfg.lr, lr_backbone, cfg.weight_decay)
+    groups = param_groups(model, cfg.lr, cfg.backbone_lr(), cfg.weight_decay)
     optimizer = make_adamw(groups, device, lr=cfg.lr, weight_decay=cfg.weight_decay)   # fused where torch has it
-    return optimizer, [p for g in groups for p in g["params"]], lr_backbone, adamw_flags(device)
+    return optimizer, [p for g in groups for p in g["params"]], adamw_flags(device)
 
 
 def describe_recipe(cfg: TrainConfig, model: nn.Module) -> str:
     """The line a run starts with: its recipe, the convergence aids on, the schedule."""
     from ..aids import aids_of
 
-    on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}),
-              **{k: getattr(cfg, k) for k in ("iou_aware", "cost_iou_power", "ema_decay", "mosaic_prob",
-                                              "cache_images") if getattr(cfg, k)},
-              **({"enc_repeat": cfg.enc_repeat} if cfg.enc_repeat > 1 else {}))
+    on = dict(aids_of(model), **({"focal_loss": True} if cfg.loss_type == "focal" else {}))
     return (f"recipe {cfg.recipe}; convergence aids: " +
             (", ".join(f"{k}={v}" for k, v in on.items()) if on else "none (vanilla DETR)") +
             f"; lr {cfg.lr:g}, {cfg.schedule} schedule, {cfg.warmup_steps} warm-up steps")
-
-
-def describe_run(tr) -> str:
-    """What trainer ``tr`` is about to train, on what, where."""
-    cfg = tr.cfg
-    n_params = sum(p.numel() for p in tr.model.parameters() if p.requires_grad)
-    return (f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
-            f"{len(tr.train_set)} train / {len(tr.val_set)} val images, {tr.num_classes} classes, "
-            f"device {tr.device}, {tr.precision.describe()}, world size {tr.env.world_size}, "
-            f"batch {cfg.batch_size}x{cfg.accum_steps}x{tr.env.world_size}, "
-            f"{tr.steps_per_epoch} steps/epoch; outputs in {tr.out}")

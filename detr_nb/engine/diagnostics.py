@@ -1,20 +1,21 @@
 """Training diagnostics: gradient and weight statistics per layer over time, weight histograms.
 
-Notebook 07 (training) and the initialisation study (issue 7) use these charts:
+Notebook 07 (training) and the initialisation study (notebook 09) use these records:
 
 * :class:`GradientStats` records, every ``every`` steps, for each parameter tensor: the standard
   deviation of its gradient, and the sum and standard deviation of its weights. All numbers of one
   record are computed on the device and copied to the host in a single transfer; records go to a
   list and, optionally, to a JSONL file (one line per record).
 * :func:`weight_histograms` bins a model's (or any checkpoint's) weights per parameter tensor.
-* ``plot_*`` functions draw them with matplotlib.
+
+``detr_nb.figures.training`` draws them.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import Dict, Iterable, List, Mapping, Optional
 
 import torch
 from torch import nn
@@ -120,99 +121,3 @@ def weight_histograms(model_or_state, bins: int = 50, min_dim: int = 2,
         out[name] = {"counts": counts.tolist(), "edges": edges.tolist(),
                      "mean": float(x.mean()), "std": float(x.std()) if x.numel() > 1 else 0.0}
     return out
-
-
-# ----------------------------------------------------------------------------- plots
-def _short(name: str, n: int = 38) -> str:
-    return name if len(name) <= n else "…" + name[-(n - 1):]
-
-
-def _pick(names: Sequence[str], max_layers: int) -> List[str]:
-    if len(names) <= max_layers:
-        return list(names)
-    stride = len(names) / max_layers
-    return [names[int(i * stride)] for i in range(max_layers)]
-
-
-def plot_histograms(hists: Mapping[str, Mapping], max_layers: int = 12, ncols: int = 4, title: str = "", ax=None):
-    """Grid of per-tensor weight histograms from :func:`weight_histograms`."""
-    import matplotlib.pyplot as plt
-
-    names = _pick(list(hists), max_layers)
-    nrows = max(1, (len(names) + ncols - 1) // ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.2 * nrows), squeeze=False)
-    for ax_, name in zip(axes.flat, names):
-        h = hists[name]
-        edges = h["edges"]
-        ax_.stairs(h["counts"], edges, fill=True)
-        ax_.set_title(f"{_short(name)}\nstd {h['std']:.3g}", fontsize=7)
-        ax_.tick_params(labelsize=6)
-    for ax_ in list(axes.flat)[len(names):]:
-        ax_.set_axis_off()
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    return fig
-
-
-def _plot_series(records: Sequence[Mapping], key: str, ylabel: str, max_layers: int, logy: bool, ax=None):
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-    else:
-        fig = ax.figure
-    if not records:
-        ax.set_title(f"{ylabel}: no records")
-        return fig
-    steps = [r["step"] for r in records]
-    for name in _pick(list(records[0][key]), max_layers):
-        ax.plot(steps, [r[key].get(name, math.nan) for r in records], label=_short(name, 30), lw=1)
-    if logy:
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
-    return fig
-
-
-def plot_grad_std(records, max_layers: int = 12, ax=None):
-    """Gradient standard deviation per layer over steps (log scale)."""
-    return _plot_series(records, "grad_std", "gradient std", max_layers, True, ax)
-
-
-def plot_weight_sum(records, max_layers: int = 12, ax=None):
-    """Sum of each layer's weights over steps."""
-    return _plot_series(records, "weight_sum", "weight sum", max_layers, False, ax)
-
-
-def plot_weight_std(records, max_layers: int = 12, ax=None):
-    """Standard deviation of each layer's weights over steps."""
-    return _plot_series(records, "weight_std", "weight std", max_layers, False, ax)
-
-
-def read_metrics(path) -> List[Dict]:
-    return read_records(path)
-
-
-def plot_losses(metrics: Sequence[Mapping], terms: Sequence[str] = ("loss", "loss_ce", "loss_bbox", "loss_giou"),
-                ax=None):
-    """Training loss curves from ``metrics.jsonl`` records (the per-step lines, ``"kind": "step"``)."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 4))
-    else:
-        fig = ax.figure
-    rows = [m for m in metrics if m.get("kind") == "step"]
-    steps = [m["step"] for m in rows]
-    for term in terms:
-        if rows and term in rows[0]:
-            ax.plot(steps, [m[term] for m in rows], label=term, lw=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig

@@ -76,7 +76,6 @@ class MetricsLog:
     def __init__(self, path: Optional[Path], device: torch.device):
         self.path, self.device = path, device
         self.history: List[Dict] = []
-        self.skipped_steps = 0                   # over the run (restored on resume)
         self._bad_in_a_row = 0
         self._keys: Optional[List[str]] = None
         self._window: List[Optional[torch.Tensor]] = []     # per step: (K,) on the device, None = skipped
@@ -101,11 +100,13 @@ class MetricsLog:
     def exclude(self, seconds: float) -> None:
         self._t_window += seconds     # images/s leaves the excluded time out too
 
-    def flush(self, step: int, epoch: int, checkpoint: Optional[Path], skip_nonfinite: bool, **extra) -> Optional[Dict]:
-        """Copy the queued values to the host (one sync), check them, write a line; ``extra`` joins it.
+    def flush(self, state, checkpoint: Optional[Path], skip_nonfinite: bool, **extra) -> Optional[Dict]:
+        """Copy the queued values to the host (one sync), check them, write a line at ``state.step`` (a
+        :class:`~detr_nb.engine.state.RunState`, whose ``skipped_steps`` it counts); ``extra`` joins the line.
         ``skip_nonfinite``: fp16 + GradScaler, where a non-finite step was skipped by the scaler, not fatal."""
         if not self._window:
             return None
+        step, epoch = state.step, state.epoch
         keys = self._keys or ["loss"]
         nan = torch.full((len(keys),), float("nan"), device=self.device)
         values = D.all_reduce_mean(torch.stack([nan if r is None else r for r in self._window])).cpu()  # (S, K)
@@ -121,14 +122,14 @@ class MetricsLog:
             detail = (f"{self._bad_in_a_row} steps in a row overflowed in fp16 (each skipped); try --amp bf16 "
                       f"on compute capability >= 8.0 or --amp fp32" if skip_nonfinite else "")
             raise NonFiniteLossError(first_step + row, terms, checkpoint, detail=detail)
-        self.skipped_steps += int((~finite).sum())
+        state.skipped_steps += int((~finite).sum())
         values = values[finite]
         now = time.perf_counter()
         means = dict(zip(keys, values.mean(0).tolist())) if len(values) else {}
         for k, v in means.items():
             self._epoch_sums[k] = self._epoch_sums.get(k, 0.0) + v * len(values)
         self._epoch_count += len(values)
-        rec = {"kind": "step", "step": step, "epoch": epoch, **means, "skipped_steps": self.skipped_steps,
+        rec = {"kind": "step", "step": step, "epoch": epoch, **means, "skipped_steps": state.skipped_steps,
                "images_per_s": self._images / max(now - self._t_window, 1e-9), **extra}
         self._images, self._t_window = 0, now
         self.write(rec)

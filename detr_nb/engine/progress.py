@@ -6,25 +6,27 @@ from typing import Dict, Optional
 
 
 class ProgressBar:
-    def __init__(self, tr):
+    """The bar of a run of ``cfg`` at ``state`` (a :class:`~detr_nb.engine.state.RunState`, read at each update)."""
+
+    def __init__(self, cfg, state, steps_per_epoch: int):
         from tqdm.auto import tqdm
 
-        self.tr, cfg = tr, tr.cfg
-        if cfg.time_budget_s:
-            self.bar = tqdm(total=int(cfg.time_budget_s), initial=int(min(tr.clock.seconds(), cfg.time_budget_s)),
+        self.state, self.budget = state, cfg.time_budget_s
+        if self.budget:
+            self.bar = tqdm(total=int(self.budget), initial=int(min(state.clock.seconds(), self.budget)),
                             unit="s", desc="train (time budget)", dynamic_ncols=True)
         else:
-            total = cfg.epochs * tr.steps_per_epoch
+            total = cfg.epochs * steps_per_epoch
             if cfg.max_steps:
                 total = min(total, cfg.max_steps)
-            self.bar = tqdm(total=total, initial=tr.step, unit="step", desc="train", dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=state.step, unit="step", desc="train", dynamic_ncols=True)
 
     def update(self, rec: Optional[Dict]) -> None:
-        tr, budget = self.tr, self.tr.cfg.time_budget_s
-        done = min(tr.clock.seconds(), budget) if budget else tr.step
+        s = self.state
+        done = min(s.clock.seconds(), self.budget) if self.budget else s.step
         self.bar.update(max(0, int(done) - self.bar.n))
         if rec is not None:
-            self.bar.set_postfix(epoch=tr.epoch, step=tr.step, loss=f"{rec.get('loss', math.nan):.3f}",
+            self.bar.set_postfix(epoch=s.epoch, step=s.step, loss=f"{rec.get('loss', math.nan):.3f}",
                                  img_s=f"{rec['images_per_s']:.1f}", refresh=False)
 
     def close(self) -> None:

@@ -1,67 +1,31 @@
-"""What a finished run leaves behind: eval.json, the figures (predictions.png, loss.png, the diagnostics
-charts) and the summary the command line prints."""
+"""What a finished run leaves behind besides its checkpoints: ``eval.json``, ``summary.json``, the summary the
+command line prints."""
 from __future__ import annotations
 
-import sys
+import json
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 import numpy as np
 
-
-def finish_run(tr, reason: str) -> Dict[str, Any]:
-    """After ``tr.fit()`` stopped for ``reason``: evaluate (unless a signal stopped it), draw, summarise."""
-    summary: Dict[str, Any] = {"out": str(tr.out), "stopped_by": reason, "step": tr.step, "epoch": tr.epoch,
-                               "train_time_s": round(tr.clock.seconds(), 1), "skipped_steps": tr.skipped_steps,
-                               "checkpoint": str(tr.last_good) if tr.last_good else None}
-    rates = [r["images_per_s"] for r in tr.history if r.get("kind") == "step"]
-    summary["images_per_s"] = float(np.median(rates)) if rates else None
-    if reason == "signal":
-        tr.log(f"stopped by a signal at step {tr.step}; checkpoint {tr.last_good}. Run the same command again "
-               f"to resume.")
-        return summary
-    if tr.cfg.eval_at_end:
-        n = len(tr.val_set) if not tr.cfg.max_eval_images else min(len(tr.val_set), tr.cfg.max_eval_images)
-        tr.log(f"evaluating on {n} validation images (COCO mAP, pycocotools)")
-        stats = tr.evaluate(verbose=True)
-        if tr.is_main and stats is not None:
-            from .evaluate import save_stats
-            save_stats(stats, tr.out / "eval.json", step=tr.step, epoch=tr.epoch, train_time_s=summary["train_time_s"],
-                       model=tr.cfg.model, dataset=tr.cfg.dataset)
-            tr.metrics.write({"kind": "eval", "step": tr.step, "epoch": tr.epoch, **stats})
-            summary["eval"] = stats
-    summary["figures"] = {k: str(v) for k, v in tr.draw().items()}
-    tr.log(f"outputs: {tr.out.resolve()}")
-    return summary
+from ..inference.evaluate import save_stats
 
 
-def draw_run(trainer) -> Dict[str, Path]:
-    """Draw ``trainer``'s figures into its ``out`` folder; returns ``{name: path}``."""
-    import matplotlib
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from .diagnostics import plot_grad_std, plot_losses, plot_weight_sum, read_records
-    from .evaluate import draw_predictions, scoring_for
+def summary(state, reason: str, history: Sequence[Mapping], checkpoint: Optional[Path], out: Path) -> Dict[str, Any]:
+    """The summary of a run at ``state`` (a :class:`~detr_nb.engine.state.RunState`) that stopped for ``reason``."""
+    rates = [r["images_per_s"] for r in history if r.get("kind") == "step"]
+    return {"out": str(out), "stopped_by": reason, "step": state.step, "epoch": state.epoch,
+            "train_time_s": round(state.clock.seconds(), 1), "skipped_steps": state.skipped_steps,
+            "checkpoint": str(checkpoint) if checkpoint else None,
+            "images_per_s": float(np.median(rates)) if rates else None}
 
-    cfg, out, figs = trainer.cfg, trainer.out, {}
 
-    def save(name, fig):
-        figs[name] = out / f"{name}.png"
-        fig.savefig(figs[name], dpi=90)
-        plt.close(fig)
+def write_eval(stats: Mapping[str, float], out: Path, state, cfg) -> None:
+    """``out/eval.json``: the 12 COCO numbers and where in the run they were measured."""
+    save_stats(stats, out / "eval.json", step=state.step, epoch=state.epoch,
+               train_time_s=round(state.clock.seconds(), 1), model=cfg.model, dataset=cfg.dataset)
 
-    n = min(cfg.num_pictures, len(trainer.val_set))
-    if n:
-        save("predictions", draw_predictions(trainer.eval_model, trainer.val_set, range(n), trainer.device,
-                                             threshold=cfg.picture_threshold, precision=trainer.precision,
-                                             **scoring_for(cfg.loss_type)))
-    if (out / "metrics.jsonl").exists():
-        fig = plot_losses(read_records(out / "metrics.jsonl"))
-        fig.axes[0].set_title(f"{cfg.model} on {cfg.dataset}")
-        save("loss", fig)
-    if trainer.diag is not None and (out / "diagnostics.jsonl").exists():
-        records = read_records(out / "diagnostics.jsonl")
-        save("grad_std", plot_grad_std(records))
-        save("weight_sum", plot_weight_sum(records))
-    return figs
+
+def write_summary(summary: Mapping[str, Any], out: Path) -> None:
+    with open(out / "summary.json", "w") as f:
+        json.dump(summary, f, indent=2, default=str)

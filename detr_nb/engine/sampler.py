@@ -65,12 +65,12 @@ class EpochBatchSampler:
     skips the first ``skip`` batches: the ones a resumed run has already consumed.
     """
 
-    def __init__(self, dataset: Dataset, batch_size: int, seed: int, shuffle: bool = True,
-                 num_replicas: int = 1, rank: int = 0, drop_last: bool = True):
-        self.sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+    def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_replicas: int = 1, rank: int = 0):
+        self.sampler = DistributedSampler(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                                           seed=seed, drop_last=False)
         self.batch_size, self.seed = batch_size, seed
-        self.drop_last = drop_last and self.sampler.num_samples >= batch_size
+        # a last incomplete batch is dropped (every step sees batch_size images), unless it is the only one
+        self.drop_last = self.sampler.num_samples >= batch_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:

@@ -1,103 +1,95 @@
-"""A trainer in a checkpoint: what is saved, which settings a resume must share, how it is restored.
+"""Where a run is (:class:`RunState`), and which settings a resume must share with its checkpoint.
 
-Everything saved is plain data (``torch.load(weights_only=True)`` reads it): the weights (and their EMA), the optimizer,
-scheduler and GradScaler states, the position in the data (step, epoch, batch of the epoch), the budget
-clock, every process's RNG states, and the run's configuration (which rebuilds the model).
+A checkpoint (engine.trainer) is the run state's ``state_dict`` plus the weights, the optimizer, scheduler and
+GradScaler states, every process's RNG states and the run's configuration: plain data that
+``torch.load(weights_only=True)`` reads.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Any, Dict
 
 from ..errors import ConfigError
-from . import checkpoint as ckpt
-from . import distributed as D
+from .metrics import BudgetClock
 
 # Settings a resumed run must share with its checkpoint (the data order, the position in the epoch, the model).
-# the model's own settings (model_overrides, a config's defaults) are compared on the model built: check_same_model
+# The model's own settings (model_overrides, a config's defaults) are compared on the model built: check_same_model.
 RESUME_KEYS = ("model", "dataset", "data_kwargs", "train_split", "loss_type", "batch_size",
                "accum_steps", "seed", "world_size")
 
 
-def trainer_state(tr) -> Dict:
-    """The checkpoint of trainer ``tr`` (every rank calls this: it gathers the RNG states)."""
-    return {
-        "model": tr.model.state_dict(), "optimizer": tr.optimizer.state_dict(),
-        "scheduler": tr.scheduler.state_dict(), "scaler": tr.scaler.state_dict(),
-        "step": tr.step, "epoch": tr.epoch, "batch_in_epoch": tr.batch_in_epoch,
-        "elapsed_s": tr.clock.seconds(), "skipped_steps": tr.skipped_steps, "best_score": tr.best_score,
-        "rng": D.all_gather_object(ckpt.capture_rng_state()), "world_size": tr.env.world_size,
-        "config": tr.cfg.to_dict(), "model_name": tr.cfg.model,
-        "model_config": dataclasses.asdict(tr.model.config), "num_classes": tr.num_classes,
-        "categories": {int(k): str(v) for k, v in getattr(tr.train_set, "categories", {}).items()},
-        "precision": tr.precision.name,
-        "ema": tr.ema.state_dict() if tr.ema is not None else None,     # the weights' average, when on
-    }
+@dataclass
+class RunState:
+    """The position of a run: optimizer steps done, the epoch and the batches of it consumed, the budget clock
+    (seconds trained over every session), fp16 steps skipped, the best validation score so far."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    skipped_steps: int = 0
+    best_score: float = -math.inf
+    clock: BudgetClock = field(default_factory=BudgetClock)
+
+    def state_dict(self) -> Dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "elapsed_s": self.clock.seconds(), "skipped_steps": self.skipped_steps,
+                "best_score": self.best_score}
+
+    def load_state_dict(self, d: Dict[str, Any]) -> None:
+        self.step, self.epoch, self.batch_in_epoch = int(d["step"]), int(d["epoch"]), int(d["batch_in_epoch"])
+        self.skipped_steps, self.best_score = int(d.get("skipped_steps", 0)), float(d["best_score"])
+        self.clock.elapsed_s = float(d["elapsed_s"])
+
+    @property
+    def position(self):
+        return self.step, self.epoch, self.batch_in_epoch
 
 
-def check_resumable(tr, state: Dict, path: Path) -> None:
-    """Refuse to continue a run whose checkpoint was written under settings that the data order, the
-    position in the epoch or the model depend on: resuming would silently train on the wrong samples."""
-    saved = dict(state["config"], world_size=state.get("world_size", 1))
-    ours = dict(tr.cfg.to_dict(), world_size=tr.env.world_size)
-    same = lambda v: json.loads(json.dumps(v, default=str))   # tuples and lists alike
+def _same(v):
+    return json.loads(json.dumps(v, default=str))      # tuples and lists alike
+
+
+def check_resumable(config: Dict, world_size: int, saved: Dict, path: Path, out) -> None:
+    """Refuse to continue a run whose checkpoint ``saved`` was written under settings that the data order, the
+    position in the epoch or the model depend on: resuming would silently train on the wrong samples.
+    ``config``: this run's ``TrainConfig.to_dict()``."""
+    theirs = dict(saved["config"], world_size=saved.get("world_size", 1))
+    ours = dict(config, world_size=world_size)
     for key in RESUME_KEYS:
-        if key in saved and same(saved[key]) != same(ours[key]):
+        if key in theirs and _same(theirs[key]) != _same(ours[key]):
             raise ConfigError(
-                f"cannot resume {tr.out}: its checkpoint ({path.name}, step {state['step']}) was trained with "
-                f"{key}={same(saved[key])!r} and this run asks for {same(ours[key])!r}. Use the same "
+                f"cannot resume {out}: its checkpoint ({path.name}, step {saved['step']}) was trained with "
+                f"{key}={_same(theirs[key])!r} and this run asks for {_same(ours[key])!r}. Use the same "
                 f"{key}, or another --out, or --no-resume to start afresh")
 
 
-def check_same_model(tr, state: Dict, path: Path) -> None:
+def check_same_model(model_config, saved: Dict, path: Path, out) -> None:
     """The checkpoint's model must be the one this run builds (a named config's defaults may have changed
-    since it was written, e.g. detr_tiny_aided's query_content): one line naming the fields that differ."""
+    since it was written): one line naming the fields that differ."""
     from ..configs import ADDED_FIELDS
 
-    saved = {**ADDED_FIELDS, **state.get("model_config", {})}
-    ours = dataclasses.asdict(tr.model.config)
-    skip = ("init", "train_backbone")          # weights are loaded, not initialised; an old second switch
-    diff = [k for k in ours if k not in skip and k in saved and json.dumps(saved[k], default=str) !=
-            json.dumps(ours[k], default=str)]
-    if diff:
+    theirs = {**ADDED_FIELDS, **saved.get("model_config", {})}
+    ours = dataclasses.asdict(model_config)
+    diff = [k for k in ours if k != "init" and k in theirs and _same(theirs[k]) != _same(ours[k])]
+    if diff:            # init: weights are loaded, not initialised
         raise ConfigError(
-            f"cannot resume {tr.out}: its checkpoint ({path.name}, step {state['step']}) holds a model with "
-            + ", ".join(f"{k}={saved[k]!r}" for k in diff) + " and this run builds one with "
+            f"cannot resume {out}: its checkpoint ({path.name}, step {saved['step']}) holds a model with "
+            + ", ".join(f"{k}={theirs[k]!r}" for k in diff) + " and this run builds one with "
             + ", ".join(f"{k}={ours[k]!r}" for k in diff) + " (written by an older detr_nb?). Resume it with "
-            + " ".join(f"--set model_overrides.{k}={_cli_value(saved[k])}" for k in diff)
+            + " ".join(f"--set model_overrides.{k}={v if isinstance(v, str) else json.dumps(v)}"
+                       for k, v in ((k, theirs[k]) for k in diff))
             + ", or use another --out, or --no-resume to start afresh")
 
 
-def _cli_value(value) -> str:
-    return value if isinstance(value, str) else json.dumps(value)
+# Options of earlier versions, measured and removed (docs/convergence.md), with the value that meant "off".
+REMOVED_OPTIONS = {"iou_aware": None, "cost_iou_power": 0.0, "enc_repeat": 1, "ema_decay": None,
+                   "mosaic_prob": 0.0, "mosaic_stop": 1.0, "cache_images": False}
 
 
-def restore(tr, state: Dict, path: Path) -> None:
-    """Put checkpoint ``state`` (read from ``path``) back into trainer ``tr``."""
-    check_resumable(tr, state, path)
-    check_same_model(tr, state, path)
-    tr.model.load_state_dict(state["model"])
-    if tr.ema is not None and state.get("ema"):
-        tr.ema.load_state_dict(state["ema"])       # the same average continues
-    elif tr.ema is not None:
-        tr.ema.reset(tr.model)                     # a checkpoint without one: the average starts from its weights
-    tr.optimizer.load_state_dict(state["optimizer"])
-    for g in tr.optimizer.param_groups:  # device-specific flags follow this run, not the file
-        g.update(tr.opt_flags)
-        for k in ("fused", "foreach"):
-            if k not in tr.opt_flags and k in g:
-                g[k] = None if k == "foreach" else False
-    tr.scheduler.load_state_dict(state["scheduler"])
-    if state.get("scaler"):
-        tr.scaler.load_state_dict(state["scaler"])
-    tr.step, tr.epoch = int(state["step"]), int(state["epoch"])
-    tr.batch_in_epoch = int(state["batch_in_epoch"])
-    tr.clock.elapsed_s = float(state["elapsed_s"])
-    tr.best_score = float(state["best_score"])
-    tr.metrics.skipped_steps = int(state.get("skipped_steps", 0))
-    ckpt.restore_rng_state(state["rng"][tr.env.rank])
-    tr.resumed_from = tr.last_good = path
-    tr.ckpt.last_good = (path, tr.step)
-    tr.mark_saved()
+def removed_options(saved_config: Dict) -> Dict[str, Any]:
+    """The removed options a checkpoint was trained with (switched on), which a resumed run continues without."""
+    return {k: saved_config[k] for k, off in REMOVED_OPTIONS.items() if saved_config.get(k, off) != off}

@@ -1,4 +1,4 @@
-"""The training loop: ``Trainer(TrainConfig(...)).run()`` in a notebook, ``python -m detr_nb train`` in a shell.
+"""The training loop: ``Trainer(TrainConfig(...)).run()`` in a notebook, ``train()`` (``python -m detr_nb train``).
 
 One optimisation step (notebook 07), its values kept on the device until a metrics line (engine.metrics):
 
@@ -9,14 +9,16 @@ One optimisation step (notebook 07), its values kept on the device until a metri
     scaler.unscale_(optimizer); clip_grad_norm_(params, 0.1)          # official clip
     scaler.step(optimizer); scaler.update(); scheduler.step()
 
-Checkpoints (engine.checkpoint, engine.state) at every epoch's end, every ``checkpoint_every_s``, at the stop
-and on Ctrl-C / SIGTERM; the same ``out`` resumes exactly where it stopped (tests/test_resume_kill.py).
-Under ``torchrun`` each process trains on its shard through DistributedDataParallel; rank 0 logs and saves.
+Checkpoints (engine.checkpoint) at every epoch's end, every ``checkpoint_every_s``, at the stop and on Ctrl-C /
+SIGTERM: the run's position (:class:`~detr_nb.engine.state.RunState`), the model, optimizer, scheduler and
+scaler states; the same ``out`` resumes exactly where it stopped (tests/test_resume_kill.py). Under ``torchrun``
+each process trains on its shard through DistributedDataParallel; rank 0 logs and saves.
 """
 from __future__ import annotations
 
 import contextlib
-import math
+import dataclasses
+import gc
 import random
 import time
 from pathlib import Path
@@ -30,31 +32,30 @@ from torch.profiler import record_function
 from ..setpred.matcher import NonFinitePredictionError
 from . import checkpoint as ckpt
 from . import distributed as D
-from ..data.mosaic import Mosaic
-from .build import (build_datasets, build_model_from, describe_recipe, describe_run, evaluate_run, make_criterion,
-                    make_loader, make_optimizer, make_runtime, num_classes_of, preflight, stop_workers)
+from . import report
+from .build import (build_datasets, build_model_from, describe_recipe, evaluate_run, make_criterion, make_loader,
+                    make_optimizer, make_runtime, num_classes_of, preflight, stop_workers)
 from .config import TrainConfig, check_config
-from .ema import ModelEMA
 from .host import memory_mb, say, stop_requests
-from .metrics import BudgetClock, MetricsLog, NonFiniteLossError, trim_jsonl
+from .metrics import MetricsLog, NonFiniteLossError, trim_jsonl
 from .precision import skip_overflowed_step
 from .progress import ProgressBar
-from .report import draw_run, finish_run
 from .runlock import RunLock
-from .schedule import lr_factor, schedule_fraction
+from .schedule import lr_factor
 from .speed import fixed_input_size, maybe_compile
-from .state import restore, trainer_state
+from .state import RunState, check_resumable, check_same_model, removed_options
 
 
 class Trainer:
-    """Holds a run's model, data, optimizer and bookkeeping; :meth:`run` = fit, evaluate, draw.
+    """Holds a run's model, data, optimizer and position; :meth:`run` = fit, evaluate, draw.
 
     ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, tests).
-    Useful attributes: ``model`` (unwrapped), ``step``, ``epoch``, ``out``, ``history`` (metrics lines).
+    Useful attributes: ``model`` (unwrapped), ``state`` (step, epoch, clock...), ``step``, ``epoch``, ``out``,
+    ``history`` (metrics lines), ``resumed_from``, ``last_good`` (the newest checkpoint written or resumed).
     """
 
     def __init__(self, config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides):
-        self.clock = BudgetClock()        # this session's setup counts against the time budget
+        self.state = RunState()           # its clock counts this session's setup against the time budget
         if config is None:
             config = TrainConfig(**overrides)         # recipe fields not given come from the recipe
         elif overrides:
@@ -65,14 +66,23 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self._setup_optimizer()
-        self._setup_bookkeeping()
+        self.metrics = MetricsLog(self.out / "metrics.jsonl" if self.is_main else None, self.device)
+        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", enabled=self.is_main)
+        self.resumed_from: Optional[Path] = None
+        self._saved_at = None
+        self._stop: Optional[str] = None
+        self.diag = None
+        if self.cfg.diag_every > 0:
+            from .diagnostics import start_diagnostics
+            self.diag = start_diagnostics(self.model, self.cfg.diag_every, self.out if self.is_main else None)
         if self.cfg.resume:
             self._resume()
         elif self.is_main and ckpt.candidates(self.ckpt.directory):
             self.log(f"--no-resume: starting afresh; checkpoints in {self.ckpt.directory} will be replaced")
         if self.is_main:
-            self.metrics.trim(self.step if self.resumed_from else None)
-            trim_jsonl(self.out / "diagnostics.jsonl", self.step if self.resumed_from else None)
+            kept = self.state.step if self.resumed_from else None     # a new run keeps no line
+            self.metrics.trim(kept)
+            trim_jsonl(self.out / "diagnostics.jsonl", kept)
             if self.resumed_from is None and (self.out / "eval.json").exists():
                 (self.out / "eval.json").unlink()
         D.barrier()
@@ -98,7 +108,6 @@ class Trainer:
         if self.device.type == "cuda":   # cudnn's autotuner pays off only when every batch has one shape
             torch.backends.cudnn.benchmark = fixed_input_size(cfg.preset, getattr(self.train_set, "image_sizes", None))
         self.batch_sampler, self.loader, self.steps_per_epoch = make_loader(cfg, self.train_set, self.env, self.device)
-        self.mosaic = self.train_set if isinstance(self.train_set, Mosaic) else None
 
     def _setup_model(self) -> None:
         """Model and loss; the same initialisation on every rank (seeded before building)."""
@@ -118,35 +127,17 @@ class Trainer:
         if cfg.compile:
             self.ddp_model = maybe_compile(self.ddp_model, log=self.log)
         self.criterion = make_criterion(cfg, model, self.num_classes).to(self.device)
-        self.ema = ModelEMA(model, cfg.ema_decay) if cfg.ema_decay else None   # evaluated instead of the weights
         self.log(describe_recipe(cfg, model))
 
     def _setup_optimizer(self) -> None:
         """AdamW (two learning rates), the lr schedule (it reads the clock), the GradScaler."""
-        self.optimizer, self.params, self.lr_backbone, self.opt_flags = make_optimizer(self.model, self.cfg,
-                                                                                     self.device)
+        self.optimizer, self.params, self.opt_flags = make_optimizer(self.model, self.cfg, self.device)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.cfg, self.steps_per_epoch, self._time_fraction()))
         self.scaler = self.precision.make_scaler()
 
-    def _setup_bookkeeping(self) -> None:
-        self.step = 0              # optimizer steps done
-        self.epoch = 0             # current epoch
-        self.batch_in_epoch = 0    # batches of this epoch already consumed
-        self.best_score = -math.inf
-        self.metrics = MetricsLog(self.out / "metrics.jsonl" if self.is_main else None, self.device)
-        self._stop: Optional[str] = None
-        self._saved_at = None
-        self.ckpt = ckpt.CheckpointManager(self.out / "checkpoints", enabled=self.is_main)
-        self.last_good: Optional[Path] = None
-        self.resumed_from: Optional[Path] = None
-        self.diag = None
-        if self.cfg.diag_every > 0:
-            from .diagnostics import start_diagnostics
-            self.diag = start_diagnostics(self.model, self.cfg.diag_every, self.out if self.is_main else None)
-
     def close(self) -> None:
-        """Release the output directory (another run may use it from now on)."""
+        """Stop the data workers and release the output directory (another run may use it from now on)."""
         stop_workers(self.loader)
         if self.lock is not None:
             self.lock.release()
@@ -155,38 +146,73 @@ class Trainer:
         if getattr(self, "is_main", True):
             say(msg)
 
+    step = property(lambda self: self.state.step, doc="optimizer steps done")
+    epoch = property(lambda self: self.state.epoch, doc="the current epoch")
     history = property(lambda self: self.metrics.history, doc="the metrics.jsonl lines of the run")
-    eval_model = property(lambda self: self.model if self.ema is None else self.ema.module,
-                          doc="the model evaluated: the EMA of the weights when there is one")
-    skipped_steps = property(lambda self: self.metrics.skipped_steps, doc="fp16 steps skipped over the run")
+    skipped_steps = property(lambda self: self.state.skipped_steps, doc="fp16 steps skipped over the run")
+    last_good = property(lambda self: self.ckpt.last_good[0] if self.ckpt.last_good else None,
+                         doc="the newest complete checkpoint of the run (written or resumed from)")
 
     # ------------------------------------------------------------------ the budget clock
     def train_time_s(self) -> float:
         """Seconds counted against the time budget so far, over every session of the run."""
-        return self.clock.seconds()
+        return self.state.clock.seconds()
 
     def exclude_time(self, seconds: float) -> None:
         """Do not count ``seconds`` just spent (e.g. a callback's evaluation) against the time budget."""
-        self.clock.exclude(seconds)
+        self.state.clock.exclude(seconds)
         self.metrics.exclude(seconds)
 
     def _time_fraction(self) -> Optional[float]:
         """Fraction of the time budget spent (setup included), None without a budget."""
-        return self.clock.seconds() / self.cfg.time_budget_s if self.cfg.time_budget_s else None
-
-    def _switch_mosaic(self) -> None:
-        """Mosaics stop at ``mosaic_stop`` of the schedule (DEIM); called before each batch is drawn."""
-        if self.mosaic is not None:
-            done = schedule_fraction(self.step, self.cfg, self.steps_per_epoch, self._time_fraction())
-            self.mosaic.set_active(done < self.cfg.mosaic_stop)
+        return self.state.clock.seconds() / self.cfg.time_budget_s if self.cfg.time_budget_s else None
 
     # ------------------------------------------------------------------ checkpoint / resume
     def state_dict(self) -> Dict:
-        return trainer_state(self)
+        """The checkpoint: the run's position, the weights and the optimizer, scheduler and scaler states, every
+        process's RNG states and the run's configuration (all ranks call this: it gathers the RNG states)."""
+        return {
+            **self.state.state_dict(), "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": D.all_gather_object(ckpt.capture_rng_state()), "world_size": self.env.world_size,
+            "config": self.cfg.to_dict(), "model_name": self.cfg.model,
+            "model_config": dataclasses.asdict(self.model.config), "num_classes": self.num_classes,
+            "categories": {int(k): str(v) for k, v in getattr(self.train_set, "categories", {}).items()},
+            "precision": self.precision.name,
+        }
 
-    def mark_saved(self) -> None:
-        """The current position is in a checkpoint (written, or resumed from)."""
-        self._saved_at = (self.step, self.epoch, self.batch_in_epoch)
+    def load_state_dict(self, saved: Dict, path: Path) -> None:
+        """Continue from checkpoint ``saved`` (read from ``path``), refused in one line if it was trained under
+        settings that the data order or the model depend on."""
+        check_resumable(self.cfg.to_dict(), self.env.world_size, saved, path, self.out)
+        check_same_model(self.model.config, saved, path, self.out)
+        gone = removed_options(saved["config"])
+        if gone:
+            self.log(f"note: the checkpoint was trained with options this version no longer has "
+                     f"({', '.join(f'{k}={v!r}' for k, v in gone.items())}); the run continues without them")
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        for g in self.optimizer.param_groups:  # device-specific flags follow this run, not the file
+            g.update(self.opt_flags)
+            for k in ("fused", "foreach"):
+                if k not in self.opt_flags and k in g:
+                    g[k] = None if k == "foreach" else False
+        self.scheduler.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.state.load_state_dict(saved)
+        ckpt.restore_rng_state(saved["rng"][self.env.rank])
+        self.resumed_from = path
+        self.ckpt.last_good = (path, self.state.step)
+        self._saved_at = self.state.position
+
+    def _resume(self) -> None:
+        found = ckpt.load_latest(self.ckpt.directory, map_location="cpu", log=self.log)
+        if found is not None:
+            self.load_state_dict(*found)
+            s = self.state
+            self.log(f"resumed from {self.resumed_from} at epoch {s.epoch}, step {s.step} "
+                     f"(batch {s.batch_in_epoch} of the epoch)")
 
     def save_checkpoint(self, is_best: bool = False, final: bool = False) -> Optional[Path]:
         """Write the full state (all ranks call this; rank 0 writes). Refuses a non-finite state.
@@ -194,23 +220,14 @@ class Trainer:
         A position already saved is not written again, except by the ``final`` save of a session: its
         clock (the time counted against the budget) has moved since."""
         self._flush()  # raises NonFiniteLossError before anything bad is written
-        position = (self.step, self.epoch, self.batch_in_epoch)
-        if position == self._saved_at and not (is_best or final):
+        if self.state.position == self._saved_at and not (is_best or final):
             return self.last_good
-        self.mark_saved()
+        self._saved_at = self.state.position
         state = self.state_dict()          # every rank: it gathers the RNG states
-        path = self.ckpt.save(state, is_best=is_best) if self.is_main else None
+        if self.is_main:
+            self.ckpt.save(state, is_best=is_best)
         D.barrier()
-        if path is not None:
-            self.last_good = path
-        return path
-
-    def _resume(self) -> None:
-        found = ckpt.load_latest(self.ckpt.directory, map_location="cpu", log=self.log)
-        if found is not None:
-            restore(self, *found)
-            self.log(f"resumed from {self.resumed_from} at epoch {self.epoch}, step {self.step} "
-                     f"(batch {self.batch_in_epoch} of the epoch)")
+        return self.last_good
 
     # ------------------------------------------------------------------ one step
     def _to_device(self, images, mask, targets):
@@ -232,7 +249,7 @@ class Trainer:
         except NonFinitePredictionError as e:
             if not self.scaler.is_enabled():
                 self._flush()
-                raise NonFiniteLossError(self.step + 1, {}, self.last_good, detail=str(e)) from None
+                raise NonFiniteLossError(self.state.step + 1, {}, self.last_good, detail=str(e)) from None
             skip_overflowed_step(self.scaler, outputs)
             return None
 
@@ -259,37 +276,44 @@ class Trainer:
             max_norm = self.cfg.clip_max_norm if self.cfg.clip_max_norm > 0 else float("inf")
             grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm)
             if self.diag is not None and self.is_main:
-                self.diag.maybe_record(self.model, self.step + 1)
+                self.diag.maybe_record(self.model, self.state.step + 1)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.scheduler.step()
-            if self.ema is not None:
-                self.ema.update(self.model)
         return None if skipped else {**total, "grad_norm": grad_norm.detach().float()}
 
     def _flush(self) -> Optional[Dict]:
-        return self.metrics.flush(self.step, self.epoch, self.last_good, self.scaler.is_enabled(),
+        return self.metrics.flush(self.state, self.last_good, self.scaler.is_enabled(),
                                   lr=self.optimizer.param_groups[0]["lr"],
                                   lr_backbone=self.optimizer.param_groups[-1]["lr"],
-                                  mem_mb=memory_mb(self.device), time_s=self.clock.seconds())
+                                  mem_mb=memory_mb(self.device), time_s=self.state.clock.seconds())
 
     # ------------------------------------------------------------------ loop
     def fit(self) -> str:
         """Train until epochs, max_steps, the time budget or a signal; return the reason it stopped."""
-        self.log(describe_run(self))
+        self.log(self.describe())
         self._stop = None
-        self.clock.start()
+        self.state.clock.start()
         self._t_last_ckpt = time.perf_counter()
-        bar = ProgressBar(self) if self.cfg.progress and self.is_main else None
+        bar = ProgressBar(self.cfg, self.state, self.steps_per_epoch) if self.cfg.progress and self.is_main else None
         try:
             with stop_requests(self._request_stop):
                 return self._loop(bar)
         finally:
-            self.clock.stop()
+            self.state.clock.stop()
             stop_workers(self.loader)   # the data workers live while fit() runs, whatever ends it
             if bar is not None:
                 bar.close()
+
+    def describe(self) -> str:
+        """What this trainer is about to train, on what, where."""
+        cfg, n_params = self.cfg, sum(p.numel() for p in self.model.parameters() if p.requires_grad)
+        return (f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
+                f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes, "
+                f"device {self.device}, {self.precision.describe()}, world size {self.env.world_size}, "
+                f"batch {cfg.batch_size}x{cfg.accum_steps}x{self.env.world_size}, "
+                f"{self.steps_per_epoch} steps/epoch; outputs in {self.out}")
 
     def _request_stop(self, name: str) -> None:
         self._stop = name
@@ -297,9 +321,9 @@ class Trainer:
 
     def _should_stop(self, force_sync: bool) -> Optional[str]:
         """Agree on stopping across ranks (at log steps under DDP, every step otherwise)."""
-        local = [self._stop is not None,
-                 self.cfg.time_budget_s is not None and self.clock.seconds() >= self.cfg.time_budget_s,
-                 self.cfg.max_steps is not None and self.step >= self.cfg.max_steps]
+        budget = self.cfg.time_budget_s
+        local = [self._stop is not None, budget is not None and self.state.clock.seconds() >= budget,
+                 self.cfg.max_steps is not None and self.state.step >= self.cfg.max_steps]
         if self.env.distributed:
             if not force_sync:
                 return None
@@ -307,15 +331,14 @@ class Trainer:
             local = [f > 0 for f in flags]
         return next((r for r, f in zip(("signal", "time_budget", "max_steps"), local) if f), None)
 
-    def _loop(self, bar) -> str:
-        cfg, accum = self.cfg, self.cfg.accum_steps
-        while self.epoch < cfg.epochs:
+    def _loop(self, bar) -> str:  # long function: the loop reads best in one piece
+        cfg, accum, s = self.cfg, self.cfg.accum_steps, self.state
+        while s.epoch < cfg.epochs:
             reason = self._should_stop(force_sync=True)
             if reason:
                 self.save_checkpoint(final=True)
                 return reason
-            self.batch_sampler.set_epoch(self.epoch, skip=self.batch_in_epoch)
-            self._switch_mosaic()
+            self.batch_sampler.set_epoch(s.epoch, skip=s.batch_in_epoch)
             group: List = []
             try:
                 for batch in self.loader:
@@ -323,18 +346,17 @@ class Trainer:
                     if len(group) < accum:
                         continue
                     terms = self.train_step(group)
-                    self.step += 1
-                    self.batch_in_epoch += accum
+                    s.step += 1
+                    s.batch_in_epoch += accum
                     self.metrics.push(terms, sum(b[0].shape[0] for b in group) * self.env.world_size)
                     group = []
-                    self._switch_mosaic()
-                    at_log = self.step % cfg.log_every == 0
+                    at_log = s.step % cfg.log_every == 0
                     rec = self._flush() if at_log else None
                     if bar is not None:
                         bar.update(rec)
                     for cb in self.callbacks:
                         cb(self)
-                    if self.batch_in_epoch >= self.steps_per_epoch * accum:
+                    if s.batch_in_epoch >= self.steps_per_epoch * accum:
                         break  # an incomplete accumulation group at the end of the epoch is dropped
                     reason = self._should_stop(force_sync=at_log)
                     if reason:
@@ -352,22 +374,23 @@ class Trainer:
         return "epochs"
 
     def _end_epoch(self) -> None:
+        s = self.state
         self._flush()
         means = self.metrics.epoch_means()
-        rec = {"kind": "epoch", "epoch": self.epoch, "step": self.step, **means, "time_s": self.clock.seconds()}
-        score = -means.get("loss", math.inf)
-        if self.cfg.eval_every and (self.epoch + 1) % self.cfg.eval_every == 0:
+        rec = {"kind": "epoch", "epoch": s.epoch, "step": s.step, **means, "time_s": s.clock.seconds()}
+        score = -means.get("loss", float("inf"))
+        if self.cfg.eval_every and (s.epoch + 1) % self.cfg.eval_every == 0:
             stats = self.evaluate(verbose=False)
             if stats is not None:
                 rec.update({f"val_{k}": v for k, v in stats.items()})
                 score = stats["AP"]
             score = D.broadcast_object(score)
         self.metrics.write(rec)
-        self.epoch += 1
-        self.batch_in_epoch = 0
-        is_best = score > self.best_score
+        s.epoch += 1
+        s.batch_in_epoch = 0
+        is_best = score > s.best_score
         if is_best:
-            self.best_score = score
+            s.best_score = score
         self.save_checkpoint(is_best=is_best)
         self._t_last_ckpt = time.perf_counter()
 
@@ -376,27 +399,69 @@ class Trainer:
         """COCO numbers on the validation split (rank 0; other ranks return None)."""
         result = None
         if self.is_main:
-            result = evaluate_run(self.eval_model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
+            result = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
         D.barrier()
         return result
 
     def draw(self) -> Dict[str, Path]:
-        """predictions.png on validation images, loss.png, diagnostics figures (rank 0)."""
-        return draw_run(self) if self.is_main else {}
+        """predictions.png on the first ``num_pictures`` validation images, loss.png, diagnostics figures (rank 0)."""
+        if not self.is_main:
+            return {}
+        from ..aids import scoring_for
+        from ..figures.run import draw_run
+        from ..inference.evaluate import category_names, sample_predictions
+        from .diagnostics import read_records
+
+        samples = sample_predictions(self.model, self.val_set, range(min(self.cfg.num_pictures, len(self.val_set))),
+                                     self.device, self.precision.autocast, scoring_for(self.cfg.loss_type))
+        diag = self.out / "diagnostics.jsonl"
+        return draw_run(self.out, samples, self.history, read_records(diag) if self.diag and diag.exists() else None,
+                        names=category_names(self.val_set), title=f"{self.cfg.model} on {self.cfg.dataset}")
 
     def run(self) -> Dict[str, Any]:
-        """fit -> evaluate (eval.json) -> figures -> summary dict; prints where everything is.
+        """fit -> evaluate (eval.json) -> figures -> summary (summary.json); prints where everything is.
         The output directory is released at the end."""
         try:
-            return finish_run(self, self.fit())
+            reason = self.fit()
+            summary = report.summary(self.state, reason, self.history, self.last_good, self.out)
+            if reason == "signal":
+                self.log(f"stopped by a signal at step {self.step}; checkpoint {self.last_good}. Run the same "
+                         f"command again to resume.")
+                return summary
+            if self.cfg.eval_at_end:
+                self.log(f"evaluating on {self.cfg.eval_images(len(self.val_set))} validation images "
+                         f"(COCO mAP, pycocotools)")
+                stats = self.evaluate(verbose=True)
+                if stats is not None:
+                    report.write_eval(stats, self.out, self.state, self.cfg)
+                    self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **stats})
+                    summary["eval"] = stats
+            summary["figures"] = {k: str(v) for k, v in self.draw().items()}
+            if self.is_main:
+                report.write_summary(summary, self.out)
+                self.log(f"outputs: {self.out.resolve()}")
+            return summary
         finally:
             self.close()
 
 
 def train(config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides) -> Dict[str, Any]:
-    """Train (or resume) a run and evaluate it; returns a summary dict (``out``, ``eval``, ``step``...).
+    """Train (or resume) a run and evaluate it; returns its summary (``out``, ``eval``, ``step``...).
 
     ``train()`` is the main job; ``train(TrainConfig(recipe="paper", dataset="coco2017"))`` or
-    ``train(epochs=5, out="runs/x")`` change it.
+    ``train(epochs=5, out="runs/x")`` change it. Under ``torchrun`` every process calls it; they end together,
+    each one's DistributedDataParallel released before the process group it uses.
     """
-    return Trainer(config, callbacks=callbacks, **overrides).run()
+    trainer = None
+    try:
+        trainer = Trainer(config, callbacks=callbacks, **overrides)
+        summary = trainer.run()
+        D.barrier()       # rank 0 still evaluates and draws when the others are done
+        return summary
+    finally:
+        # A rank whose gloo group went while its DDP reducer still referred to it aborted at exit in CI
+        # ("terminate called without an active exception"): the trainer goes first.
+        trainer = None
+        if D.is_initialized():
+            gc.collect()
+        D.cleanup()

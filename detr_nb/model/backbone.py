@@ -198,12 +198,12 @@ def load_imagenet_weights(body: ResNet, progress: bool = True) -> None:
 class Backbone(nn.Module):
     """DETR's ``Backbone``: the ResNet ``body`` plus DETR's freezing rule. Notebook 01.
 
-    Official freezing: parameters of conv1/bn1/layer1 never train (``frozen_stages=1``); with
-    ``train_backbone=False`` (lr_backbone = 0) nothing in the backbone trains.
+    Official freezing: parameters of conv1/bn1/layer1 never train (``frozen_stages=1``). (The official
+    ``train_backbone=False``, lr_backbone = 0, is the optimizer's rule here: engine.build.param_groups.)
     """
 
     def __init__(self, arch="resnet50", *, norm="frozen_bn", dilation=False, return_layer="layer4",
-                 width=1.0, train_backbone=True, frozen_stages=1, pretrained=False, impl="torch"):
+                 width=1.0, frozen_stages=1, pretrained=False, impl="torch"):
         super().__init__()
         self.body = ResNet(arch, norm, dilation, return_layer, width, impl)
         if pretrained:
@@ -215,7 +215,7 @@ class Backbone(nn.Module):
         self.stride = self.body.stride
         frozen = ("conv1.", "bn1.") + tuple(f"layer{i}." for i in range(1, frozen_stages + 1))
         for name, p in self.body.named_parameters():
-            if not train_backbone or (frozen_stages > 0 and name.startswith(frozen)):
+            if frozen_stages > 0 and name.startswith(frozen):
                 p.requires_grad_(False)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -56,7 +56,7 @@ class DETR(nn.Module):
         self.input_proj = layers.Conv2d(backbone.num_channels, hidden, kernel_size=1)
         self.backbone = backbone
 
-    # -- pieces of forward, separate so that later notebooks can add queries or masks ---------
+    # -- pieces of forward, separate so that the aids (detr_nb.aids.AidedDETR) can reuse them ---------
     def check_inputs(self, images: Tensor, mask: Optional[Tensor]) -> Tensor:
         """Validate images (B, 3, H, W) float and mask (B, H, W) bool; return the mask (zeros if None)."""
         if not isinstance(images, Tensor):
@@ -95,20 +95,14 @@ class DETR(nn.Module):
             out["aux_outputs"] = [{"pred_logits": a, "pred_boxes": b} for a, b in zip(logits[:-1], boxes[:-1])]
         return out
 
-    def forward(self, images: Tensor, mask: Optional[Tensor] = None, *, query_pos: Optional[Tensor] = None,
-                tgt: Optional[Tensor] = None, tgt_mask: Optional[Tensor] = None) -> Dict[str, object]:
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, object]:
         """images (B, 3, H, W) float, mask (B, H, W) bool True = padding.
 
         Returns {"pred_logits" (B, Q, num_classes+1), "pred_boxes" (B, Q, 4) cx,cy,w,h in [0, 1],
         "aux_outputs": [same for decoder layers 0..L-2]}.
-        Optional hooks for later notebooks: ``query_pos`` (B, Q', C) replaces the learned queries,
-        ``tgt`` (B, Q', C) the zero decoder input, ``tgt_mask`` (bool, True = blocked) masks the
-        decoder self-attention (e.g. Group DETR's block-diagonal mask).
         """
         mask = self.check_inputs(images, mask)
         feat, fmask, pos = self.backbone(images, mask)            # (B, Cb, h, w), (B, h, w), (B, C, h, w)
         src = self.input_proj(feat)                               # (B, C, h, w)
-        if query_pos is None:
-            query_pos = self.queries(images.shape[0])             # (B, Q, C)
-        hs, _ = self.transformer(src, fmask, query_pos, pos, tgt=tgt, tgt_mask=tgt_mask)  # (L, B, Q, C)
+        hs, _ = self.transformer(src, fmask, self.queries(images.shape[0]), pos)   # (L, B, Q, C)
         return self.heads(hs)

@@ -122,24 +122,22 @@ class TransformerDecoder(nn.Module):
     def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
                 memory_key_padding_mask: Optional[Tensor] = None, pos: Optional[Tensor] = None,
                 query_pos: Optional[Tensor] = None, refine=None) -> Tensor:
-        """Returns (L, B, Q, C): every layer's output through the final norm (L = 1 if not
+        """Returns (L, B, Q, C): every layer's output through the final norm (only the last one, L = 1, if not
         return_intermediate), so the heads can supervise each layer (auxiliary losses).
 
-        ``refine`` (a hook for the convergence aids, detr_nb.aids): before each layer ``refine.query_pos()``
-        gives that layer's query_pos, after it ``refine.update(out)`` sees its normalised output (B, Q, C)."""
+        ``refine``, the decoder's one hook (box refinement, detr_nb.aids.anchors.BoxRefinement): before each
+        layer ``refine.query_pos()`` gives that layer's query_pos, after it ``refine.update(out)`` sees the
+        layer's normalised output (B, Q, C)."""
         outs = []
-        for i, layer in enumerate(self.layers):
+        for layer in self.layers:
             if refine is not None:
                 query_pos = refine.query_pos()
             tgt = layer(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_key_padding_mask,
                         pos=pos, query_pos=query_pos)
-            if self.return_intermediate or refine is not None or i == len(self.layers) - 1:
-                out = self.norm(tgt)
-                if refine is not None:
-                    refine.update(out)
-                if self.return_intermediate or i == len(self.layers) - 1:
-                    outs.append(out)
-        return torch.stack(outs)
+            outs.append(self.norm(tgt))
+            if refine is not None:
+                refine.update(outs[-1])
+        return torch.stack(outs if self.return_intermediate else outs[-1:])
 
 
 class Transformer(nn.Module):
@@ -175,16 +173,12 @@ class Transformer(nn.Module):
         return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=mask, pos=pos,
                             query_pos=query_pos, refine=refine)
 
-    def forward(self, src: Tensor, mask: Tensor, query_pos: Tensor, pos: Tensor, tgt: Optional[Tensor] = None,
-                tgt_mask: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        """src, pos (B, C, h, w); mask (B, h, w) True = padding; query_pos (B, Q, C) or (Q, C);
-        tgt (B, Q, C) decoder input (default zeros); tgt_mask for the decoder self-attention.
-        Returns hs (L, B, Q, C) and memory (B, C, h, w)."""
+    def forward(self, src: Tensor, mask: Tensor, query_pos: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor]:
+        """src, pos (B, C, h, w); mask (B, h, w) True = padding; query_pos (B, Q, C) or (Q, C): the object queries.
+        The decoder's input starts at zero. Returns hs (L, B, Q, C) and memory (B, C, h, w)."""
         B, C, h, w = src.shape
         if query_pos.dim() == 2:
             query_pos = query_pos[None].expand(B, -1, -1)   # (B, Q, C)
-        if tgt is None:
-            tgt = torch.zeros_like(query_pos)
         memory, flat_mask, flat_pos = self.encode(src, mask, pos)                         # (B, hw, C)
-        hs = self.decode(tgt, memory, flat_mask, flat_pos, query_pos, tgt_mask)          # (L, B, Q, C)
+        hs = self.decode(torch.zeros_like(query_pos), memory, flat_mask, flat_pos, query_pos)   # (L, B, Q, C)
         return hs, memory.transpose(1, 2).reshape(B, C, h, w)

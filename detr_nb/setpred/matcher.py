@@ -7,19 +7,17 @@ whole cost tensor crosses to the host in ONE copy, then the solver runs per (lay
 Input checks ride on that copy: bad inputs turn their rows/columns into NaN, and only if the host sees a
 NaN do we look closer (slow path) to name the image and box in a ``ValueError``. tests/test_matcher.py
 checks that the two give the same assignment.
-
-Group DETR (Chen et al. 2022): with ``num_groups=K`` the Q queries are K contiguous groups of Q/K, each
-matched to all objects independently (one-to-many supervision in training).
 """
 from __future__ import annotations
 
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
 
+from .classes import softmax_cost
 from .matching import Indices, no_autocast, pairwise_costs
 
 # A valid stand-in box/label for padded target slots; its costs are computed and never used.
@@ -93,21 +91,10 @@ def find_bad_prediction(layer_outputs: Sequence[dict]) -> Optional[str]:
     return None
 
 
-def _solve(cost: np.ndarray, num_groups: int) -> Tuple[np.ndarray, np.ndarray]:
-    """Assignment for one image's ``(Q, N)`` cost; with groups, one per block of Q/K rows."""
-    Q, N = cost.shape
-    if N == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-    if num_groups == 1:
-        rows, cols = linear_sum_assignment(cost)
-        return rows.astype(np.int64), cols.astype(np.int64)
-    size = Q // num_groups
-    rows, cols = [], []
-    for g in range(num_groups):
-        r, c = linear_sum_assignment(cost[g * size:(g + 1) * size])
-        rows.append(r + g * size)  # back to indices into the full Q
-        cols.append(c)
-    return np.concatenate(rows).astype(np.int64), np.concatenate(cols).astype(np.int64)
+def _solve(cost: np.ndarray) -> Tuple[Tensor, Tensor]:
+    """The optimal assignment of one image's ``(Q, N)`` cost: ``(pred_idx, tgt_idx)`` int64."""
+    rows, cols = linear_sum_assignment(cost) if cost.shape[1] else (np.zeros(0), np.zeros(0))
+    return torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)
 
 
 class HungarianMatcher(nn.Module):
@@ -116,75 +103,49 @@ class HungarianMatcher(nn.Module):
     ``matcher(outputs, targets)`` -> per image ``(pred_idx, tgt_idx)`` int64 CPU tensors, ``pred_idx``
     ascending (as ``linear_sum_assignment`` returns them, like the official matcher).
     ``matcher.match_layers([outputs, *outputs["aux_outputs"]], targets)`` does every decoder layer
-    with one device-to-host copy.
+    with one device-to-host copy. ``class_cost(logits (..., Q, C+1), labels (..., N)) -> (..., Q, N)`` is the
+    class term of the cost: the paper's ``-p(class)`` by default, another for a convergence aid (aids.focal).
     """
 
     def __init__(self, cost_class: float = 1.0, cost_bbox: float = 5.0, cost_giou: float = 2.0,
-                 num_groups: int = 1, class_cost: str = "softmax",
-                 focal_alpha: float = 0.25, focal_gamma: float = 2.0, iou_power: float = 0.0):
+                 class_cost: Callable[[Tensor, Tensor], Tensor] = softmax_cost):
         super().__init__()
         if cost_class == 0 and cost_bbox == 0 and cost_giou == 0:
             raise ValueError("all matching costs are 0")
-        if num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-        if class_cost not in ("softmax", "focal"):
-            raise ValueError(f"class_cost must be 'softmax' or 'focal', got {class_cost!r}")
-        if not 0 <= iou_power <= 1 or (iou_power and class_cost != "focal"):
-            raise ValueError(f"iou_power must be in [0, 1] and needs class_cost='focal', got {iou_power}")
-        self.iou_power = iou_power   # Stable-DINO's position-modulated class cost (0 = off)
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
-        self.num_groups = num_groups
-        self.class_cost, self.focal_alpha, self.focal_gamma = class_cost, focal_alpha, focal_gamma
+        self.class_cost = class_cost
 
     def extra_repr(self) -> str:
-        return (f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}, "
-                f"num_groups={self.num_groups}, class_cost={self.class_cost!r}, iou_power={self.iou_power}")
+        return f"cost_class={self.cost_class}, cost_bbox={self.cost_bbox}, cost_giou={self.cost_giou}"
 
     @torch.no_grad()
-    def forward(self, outputs: dict, targets: Sequence[dict], num_classes: Optional[int] = None) -> Indices:
-        return self.match_layers([outputs], targets, num_classes)[0]
+    def forward(self, outputs: dict, targets: Sequence[dict]) -> Indices:
+        return self.match_layers([outputs], targets)[0]
 
     @torch.no_grad()
-    def match_layers(self, layer_outputs: Sequence[dict], targets: Sequence[dict],
-                     num_classes: Optional[int] = None) -> List[Indices]:
-        """Match several output dicts (main + aux layers) against the same targets, one host copy.
-
-        ``num_classes`` bounds the labels; by default ``C - 1`` (softmax: last logit is "no object")
-        or ``C`` (focal).
-        """
-        shapes = [check_outputs(o, len(targets), "outputs" if k == 0 else f"aux_outputs[{k - 1}]")
-                  for k, o in enumerate(layer_outputs)]
+    def match_layers(self, layer_outputs: Sequence[dict], targets: Sequence[dict]) -> List[Indices]:
+        """Match several output dicts of one shape (main + aux layers) against the same targets, one host copy.
+        Labels must lie in ``[0, C)``: the last of the ``C + 1`` logits is "no object"."""
+        shapes = {check_outputs(o, len(targets), "outputs" if k == 0 else f"aux_outputs[{k - 1}]")
+                  for k, o in enumerate(layer_outputs)}
+        if len(shapes) > 1:
+            raise ValueError(f"every layer's outputs must have one shape, got {sorted(shapes)}")
+        (B, Q, C1), = shapes
         sizes = check_targets(targets)
-        B, Q, C = shapes[0]
-        if num_classes is None:
-            num_classes = C - 1 if self.class_cost == "softmax" else C
-        if Q % self.num_groups:
-            raise ValueError(f"{Q} queries cannot be split into {self.num_groups} equal groups")
         device = layer_outputs[0]["pred_logits"].device
         n_max = max(sizes, default=0) + 1  # +1 padding column: every row sees a real cost
 
         with no_autocast(device):
-            labels, boxes, bad_tgt = self._pad_targets(targets, sizes, n_max, num_classes, device)
-            if all(s == shapes[0] for s in shapes):  # usual case: stack layers, one batched computation
-                costs = self._cost(layer_outputs, labels, boxes, bad_tgt).flatten()  # (L*B*Q*n_max,)
-            else:
-                costs = torch.cat([self._cost([o], labels, boxes, bad_tgt).flatten() for o in layer_outputs])
-            costs = costs.cpu().numpy()  # the ONE device-to-host copy
+            labels, boxes, bad_tgt = self._pad_targets(targets, sizes, n_max, C1 - 1, device)
+            costs = self._cost(layer_outputs, labels, boxes, bad_tgt).cpu().numpy()  # (L, B, Q, n_max): ONE copy
 
         if not np.isfinite(costs).all():
-            msg = find_bad_target(targets, num_classes)
+            msg = find_bad_target(targets, C1 - 1)
             if msg:
                 raise ValueError(f"bad matcher input: {msg}")
             raise NonFinitePredictionError(
                 f"bad matcher input: {find_bad_prediction(layer_outputs) or 'non-finite matching cost'}")
-
-        result, offset = [], 0
-        for (b, q, _) in shapes:
-            layer = costs[offset:offset + b * q * n_max].reshape(b, q, n_max)
-            offset += b * q * n_max
-            pairs = [_solve(layer[i, :, :n], self.num_groups) for i, n in enumerate(sizes)]
-            result.append([(torch.from_numpy(r), torch.from_numpy(c)) for r, c in pairs])
-        return result
+        return [[_solve(layer[i, :, :n]) for i, n in enumerate(sizes)] for layer in costs]
 
     def _pad_targets(self, targets, sizes, n_max, num_classes, device):
         """Targets padded to ``n_max`` per image: labels (B, n_max), boxes (B, n_max, 4), bad (B, n_max)."""
@@ -205,11 +166,11 @@ class HungarianMatcher(nn.Module):
         return labels.clamp(0, num_classes - 1), boxes, bad  # clamped: gather must stay in range
 
     def _cost(self, layer_outputs, labels, boxes, bad_tgt) -> Tensor:
-        """Weighted cost ``(L, B, Q, n_max)`` float32, NaN on bad rows/columns."""
-        logits = torch.stack([o["pred_logits"] for o in layer_outputs]).float()  # (L, B, Q, C)
+        """Eq. 1 for every layer, image, query and (padded) target: ``(L, B, Q, n_max)`` float32, NaN on bad
+        rows/columns."""
+        logits = torch.stack([o["pred_logits"] for o in layer_outputs]).float()  # (L, B, Q, C+1)
         pred = torch.stack([o["pred_boxes"] for o in layer_outputs]).float()  # (L, B, Q, 4)
-        terms = pairwise_costs(logits, pred, labels, boxes, self.class_cost, self.focal_alpha, self.focal_gamma,
-                               self.iou_power)  # each (L, B, Q, n_max)
+        terms = pairwise_costs(logits, pred, labels, boxes, self.class_cost)  # each (L, B, Q, n_max)
         cost = self.cost_bbox * terms["bbox"] + self.cost_class * terms["class"] + self.cost_giou * terms["giou"]
         # A sum is non-finite iff some term is (or it overflows): one cheap pass instead of isfinite().all().
         bad_pred = ~torch.isfinite(logits.sum(-1) + pred.sum(-1))

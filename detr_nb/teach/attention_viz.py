@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Mapping, Optional, Tuple
 
-import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..engine.plotting import draw_boxes, to_display_image
 from ..nn.attention import MultiheadAttention, record_attention
+from ..setpred.postprocess import Scoring, postprocess, softmax_scores
 from .positions import sine_encoding_1d
 
 
@@ -58,42 +57,6 @@ def to_torch_mha(mha: MultiheadAttention) -> nn.MultiheadAttention:
     ref = nn.MultiheadAttention(mha.embed_dim, mha.num_heads, dropout=mha.dropout, batch_first=True)
     ref.load_state_dict(mha.state_dict())
     return ref.train(mha.training)
-
-
-def plot_attention_heads(weights: Tensor, batch: int = 0, titles: Optional[Sequence[str]] = None):
-    """Heat maps of attention weights, one per head. weights (B, heads, Lq, Lk) or (heads, Lq, Lk)."""
-    import matplotlib.pyplot as plt
-
-    if weights.dim() == 4:
-        weights = weights[batch]
-    n = weights.shape[0]
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.1), squeeze=False)
-    for hd, ax in enumerate(axes[0]):
-        ax.imshow(weights[hd].numpy(), cmap="viridis", vmin=0)
-        ax.set_title(titles[hd] if titles else f"head {hd}", fontsize=9)
-        ax.set_xlabel("key")
-        ax.set_ylabel("query")
-    fig.tight_layout()
-    return fig
-
-
-def plot_attention_query(weights: Tensor, head: int, query: int, batch: int = 0):
-    """The widget of notebook 03: one head's weight matrix and one query's row as bars.
-
-    weights (B, heads, Lq, Lk); the row sums to 1 (masked keys get 0)."""
-    import matplotlib.pyplot as plt
-
-    w = weights[batch, head]                                       # (Lq, Lk)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.2), gridspec_kw={"width_ratios": [1, 1.8]})
-    axes[0].imshow(w.numpy(), cmap="viridis", vmin=0)
-    axes[0].axhline(query, color="red", linewidth=1)
-    axes[0].set_title(f"head {head}: weights (query x key)", fontsize=9)
-    axes[1].bar(np.arange(w.shape[1]), w[query].numpy(), color="#4363d8")
-    axes[1].set_ylim(0, 1)
-    axes[1].set_xlabel("key")
-    axes[1].set_title(f"query {query}: softmax row (sum = {float(w[query].sum()):.3f})", fontsize=9)
-    fig.tight_layout()
-    return fig
 
 
 @torch.no_grad()
@@ -169,62 +132,11 @@ def decoder_attention_of(maps: Mapping, query: int, layer: int = -1, batch: int 
     return a[query].reshape(h, w)
 
 
-def _overlay(ax, image: Tensor, amap: Tensor, alpha: float = 0.6):
-    H, W = image.shape[-2:]
-    ax.imshow(to_display_image(image))
-    ax.imshow(amap.numpy(), cmap="inferno", alpha=alpha, extent=(0, W, H, 0), interpolation="bilinear")
-    ax.set_axis_off()
-
-
-def plot_encoder_attention(image: Tensor, maps: Mapping, points: Sequence[Tuple[int, int]], layer: int = -1,
-                           batch: int = 0):
-    """The paper's figure: encoder self-attention of a few reference pixels (image coordinates (y, x)).
-
-    Left: the image with the points; then one attention map per point, over the image."""
-    import matplotlib.pyplot as plt
-
-    n = len(points)
-    fig, axes = plt.subplots(1, n + 1, figsize=(3 * (n + 1), 3.3), squeeze=False)
-    axes = axes[0]
-    axes[0].imshow(to_display_image(image))
-    for k, (y, x) in enumerate(points):
-        axes[0].plot([x], [y], "o", color="cyan", markersize=6)
-        axes[0].text(x + 4, y, str(k), color="cyan", fontsize=9)
-        _overlay(axes[k + 1], image, encoder_attention_at(maps, y, x, layer, batch))
-        axes[k + 1].plot([x], [y], "o", color="cyan", markersize=6)
-        axes[k + 1].set_title(f"point {k} (y={y}, x={x})", fontsize=9)
-    axes[0].set_axis_off()
-    axes[0].set_title("reference points", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def query_predictions(maps: Mapping, use_sigmoid: bool = False, batch: int = 0) -> Dict[str, Tensor]:
+def query_predictions(maps: Mapping, scoring: Scoring = softmax_scores, batch: int = 0) -> Dict[str, Tensor]:
     """One (score, label, box) per object query of image ``batch`` of ``maps``: ``{"scores" (Q,), "labels" (Q,),
-    "boxes" (Q, 4) xyxy pixels of the input}``. ``use_sigmoid`` for focal-loss models (best sigmoid over the
-    real classes; their "no object" column is unused), else the paper's softmax."""
-    from ..setpred.postprocess import postprocess
-
+    "boxes" (Q, 4) xyxy pixels of the input}``: the paper's softmax scoring, or for focal-loss models the best
+    sigmoid over the real classes (``scoring=detr_nb.aids.focal.sigmoid_scores``)."""
     H, W = maps["image_size"]
     logits = maps["outputs"]["pred_logits"][batch:batch + 1].float()      # (1, Q, C+1)
     boxes = maps["outputs"]["pred_boxes"][batch:batch + 1]                # (1, Q, 4)
-    if use_sigmoid:
-        logits = logits[..., :-1]
-    return postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[H, W]], use_sigmoid=use_sigmoid)[0]
-
-
-def plot_decoder_attention(image: Tensor, maps: Mapping, queries: Sequence[int], layer: int = -1, batch: int = 0,
-                           names: Optional[Mapping[int, str]] = None, use_sigmoid: bool = False):
-    """Decoder cross-attention of some object queries, each with the box that query predicts."""
-    import matplotlib.pyplot as plt
-
-    res = query_predictions(maps, use_sigmoid, batch)
-    n = len(queries)
-    fig, axes = plt.subplots(1, n, figsize=(3 * n, 3.3), squeeze=False)
-    for ax, q in zip(axes[0], queries):
-        _overlay(ax, image, decoder_attention_of(maps, q, layer, batch))
-        draw_boxes(ax, None, res["boxes"][q:q + 1], [int(res["labels"][q])], [float(res["scores"][q])],
-                   names=names, show_image=False)
-        ax.set_title(f"query {q}", fontsize=9)
-    fig.tight_layout()
-    return fig
+    return postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[H, W]], scoring=scoring)[0]

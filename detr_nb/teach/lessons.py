@@ -196,30 +196,15 @@ def augment(dataset, index: int, transform: Callable, seed: int = 0):
         random.setstate(state)
 
 
-def plot_augmentations(dataset, index: int, transforms: Mapping[str, Callable], seed: int = 0,
-                       names: Optional[Mapping[int, str]] = None, size: float = 3.2):
-    """The original sample and one panel per named transform (absolute xyxy boxes, as :func:`augment`).
-
-    Each title gives the image size (w x h), so resizes and crops show up in numbers as well as pixels.
-    Returns the figure.
-    """
-    import matplotlib.pyplot as plt
-
-    from ..engine.plotting import draw_boxes
-
-    names = names if names is not None else getattr(dataset, "categories", None)
-    panels = [("original", dataset.get_raw(index))]
-    panels += [(title, augment(dataset, index, t, seed)) for title, t in transforms.items()]
-    fig, axes = plt.subplots(1, len(panels), figsize=(size * len(panels), size), squeeze=False)
-    for ax, (title, (image, target)) in zip(axes[0], panels):
-        draw_boxes(ax, image, target["boxes"], labels=target["labels"].tolist(), names=names)
-        w, h = image.size if hasattr(image, "size") and not torch.is_tensor(image) else tuple(image.shape[-1:-3:-1])
-        ax.set_title(f"{title}\n{w} x {h}, {len(target['boxes'])} boxes", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 # ============================================================================ notebook 07
+
+
+def augmentations(dataset, index: int, transforms: Mapping[str, Callable], seed: int = 0) -> List:
+    """``[(title, (image, target))]``: the original sample (``dataset.get_raw``) and one per named transform
+    (:func:`augment`), boxes in absolute xyxy; ``detr_nb.figures.data.plot_augmentations`` draws them."""
+    return [("original", dataset.get_raw(index))] + [(title, augment(dataset, index, t, seed))
+                                                     for title, t in transforms.items()]
+
 
 def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, mount_point: str = "/content/drive",
                     sub: str = "detr_nb/runs", log: Callable = print) -> Path:
@@ -230,7 +215,7 @@ def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, moun
     not (or cannot be) mounted, and outside Colab: ``workdir("runs")``. ``colab`` overrides the
     detection (tests). The folder is created.
     """
-    from ..engine.paths import in_colab, workdir
+    from ..paths import in_colab, workdir
 
     colab = in_colab() if colab is None else colab
     my_drive = Path(mount_point) / "MyDrive"
@@ -247,93 +232,6 @@ def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, moun
         path.mkdir(parents=True, exist_ok=True)
         return path
     return workdir("runs")
-
-
-def loss_figure(history: Sequence[Mapping], terms: Sequence[str] = ("loss", "loss_ce", "loss_bbox", "loss_giou"),
-                resumes: Sequence[int] = (), title: str = ""):
-    """Loss curves (log scale) and the logged error rates from a run's metrics lines.
-
-    ``history``: ``Trainer.history`` or the lines of ``metrics.jsonl`` (only ``"kind": "step"`` lines
-    are used). ``resumes``: steps where a session started from a checkpoint (dotted vertical lines).
-    Returns the figure.
-    """
-    import matplotlib.pyplot as plt
-
-    from ..engine.diagnostics import plot_losses
-
-    rows = [r for r in history if r.get("kind") == "step"]
-    fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 3.6))
-    if rows:
-        plot_losses(rows, terms=terms, ax=ax0)
-    steps = [r["step"] for r in rows]
-    for key in ("class_error", "cardinality_error"):
-        if rows and key in rows[0]:
-            ax1.plot(steps, [r[key] for r in rows], label=key, lw=1)
-    ax1.set_xlabel("step")
-    ax1.set_title("logged, not optimised", fontsize=9)
-    ax1.grid(alpha=0.3)
-    if ax1.get_lines():
-        ax1.legend(fontsize=8)
-    for ax in (ax0, ax1):
-        for s in resumes:
-            ax.axvline(s, color="k", linestyle=":", lw=1)
-    ax0.set_title(title or (f"step {steps[-1]}, loss {rows[-1]['loss']:.3f}" if rows else "no steps logged yet"),
-                  fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-class LiveLossPlot:
-    """A :class:`~detr_nb.train.Trainer` callback that redraws the loss curves while training runs.
-
-    ``Trainer(cfg, callbacks=[LiveLossPlot(every=50)])``: after each optimizer step the trainer calls
-    it; every ``every`` steps, if new metrics lines were logged, it draws :func:`loss_figure` into one
-    notebook output that is updated in place (``IPython.display`` with a ``display_id``; works in
-    Colab and Jupyter without widgets). Each new trainer (session) of the run gets a new output, in the
-    cell that runs it, showing the whole history. ``display=False`` only builds the figure (tests).
-    ``resumes`` collects the steps at which a trainer started from a checkpoint.
-    """
-
-    def __init__(self, every: int = 50, display: bool = True, terms: Sequence[str] = ("loss", "loss_ce", "loss_bbox", "loss_giou")):
-        self.every = max(1, int(every))
-        self.display = display
-        self.terms = tuple(terms)
-        self.resumes: List[int] = []
-        self.draws = 0
-        self.last_figure = None
-        self._handle = None
-        self._drawn_len = 0
-        self._trainers: set = set()
-
-    def __call__(self, trainer) -> None:
-        if id(trainer) not in self._trainers:  # a new session: new output (in the current cell), note the resume
-            self._trainers.add(id(trainer))
-            self._handle = None
-            if getattr(trainer, "resumed_from", None) is not None:
-                self.resumes.append(int(trainer.step) - 1)
-        n = len(trainer.history)
-        if trainer.step % self.every or n == self._drawn_len:
-            return
-        self._drawn_len = n
-        self.draw(trainer.history)
-
-    def draw(self, history: Sequence[Mapping]):
-        import matplotlib.pyplot as plt
-
-        fig = loss_figure(history, self.terms, resumes=self.resumes)
-        self.draws += 1
-        if self.display:
-            from IPython.display import display
-
-            if self._handle is None:
-                self._handle = display(fig, display_id=True)
-            else:
-                self._handle.update(fig)
-            plt.close(fig)  # shown once, through the handle
-        if self.last_figure is not None and self.last_figure is not fig:
-            plt.close(self.last_figure)
-        self.last_figure = fig
-        return fig
 
 
 class SimulatedDisconnect(RuntimeError):

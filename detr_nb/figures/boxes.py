@@ -76,14 +76,3 @@ def draw_boxes(
                     bbox=dict(facecolor=color, alpha=0.7, pad=0.5, edgecolor="none"))
     ax.set_axis_off()
     return ax
-
-
-def show_attention_mask(mask, title: str = "", ax=None):
-    """Draw a boolean self-attention mask (True = blocked) with allowed pairs in black. Notebook 10."""
-    import matplotlib.pyplot as plt
-
-    if ax is None:
-        _, ax = plt.subplots(figsize=(3, 3))
-    ax.imshow(~np.asarray(mask, dtype=bool), cmap="Greys", vmin=0, vmax=1)
-    ax.set(title=title, xlabel="key query", ylabel="attending query")
-    return ax

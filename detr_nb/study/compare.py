@@ -19,9 +19,9 @@ The initialisation study trains ``model`` (``init_impl``, default torch) once pe
 frozen-BatchNorm ResNet (``detr_small``, the official ones) starts from torchvision's ImageNet weights in
 approaches 1-2 and the init study (``pretrained_backbone=None`` = auto), as the official DETR does.
 
-Every run shares ``CompareConfig.train``, one :class:`~detr_nb.engine.config.TrainConfig` (the paper's loss, lr
-1e-4 and backbone lr/10 when the backbone is pretrained, constant, unless told otherwise:
-:func:`compare_train_config`); each run changes only its model, layers, init and seed.
+Every run shares ``CompareConfig.train``, one :class:`~detr_nb.engine.config.TrainConfig` of recipe ``study``
+(the paper's loss, lr 1e-4 and backbone lr/10 when the backbone is pretrained, constant, unless told otherwise;
+:mod:`detr_nb.engine.recipes`); each run changes only its model, layers, init and seed.
 
 **Runs survive a disconnect** (:func:`run_one`). Each run lives in ``<out>/<group>-<name>/seed<k>/`` with
 ``compare_run.json``, the settings it was started with. Run again, a run whose ``eval.json`` exists under the
@@ -54,36 +54,23 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
-from .compare_report import curve_agreement, hardware, loadavg, results_table, run_result
-from .config import TrainConfig
-from .runlock import RunLock
-from .trainer import Trainer
+from ..engine.config import TrainConfig
+from ..engine.runlock import RunLock
+from ..engine.trainer import Trainer
+from .report import curve_agreement, hardware, loadavg, results_table, run_result
 
 APPROACHES = ("scratch", "torch", "pretrained")
 INITS = ("default", "xavier", "kaiming", "uniform002")
 RECORD = "compare_run.json"     # in each run folder: the settings the run was started with
 
-# What every run of a comparison shares unless told otherwise: the paper's recipe (softmax CE, eos 0.1,
-# weights 1/5/2, lr 1e-4, no warm-up) with a constant lr and the engine's backbone rule (lr/10 for pretrained
-# weights, lr for random ones), the small synthetic set, evaluation every epoch, a checkpoint every 2 minutes.
-COMPARE_DEFAULTS: Dict[str, Any] = dict(
-    recipe="paper", dataset="synthetic", data_kwargs={"num_train": 200, "num_val": 50}, preset="cpu",
-    model="detr_tiny", pretrained_backbone=None, batch_size=4, lr=1e-4, lr_backbone=None, schedule="constant",
-    epochs=10**6, max_steps=300, time_budget_s=None, eval_every=1, eval_at_end=True, max_eval_images=50,
-    diag_every=10, log_every=10, threads=1, resume=True, num_pictures=0, checkpoint_every_s=120.0,
-    out="runs/compare")
-
 # TrainConfig fields that do not change what a run computes: a finished run stays finished when they change.
 NOT_IDENTITY = ("out", "data_root", "progress", "threads", "workers", "checkpoint_every_s", "resume",
-                "num_pictures", "picture_threshold")
+                "num_pictures")
 
 
 def compare_train_config(**fields) -> TrainConfig:
-    """The TrainConfig every run of a comparison shares: :data:`COMPARE_DEFAULTS`, then ``fields``."""
-    values = {**COMPARE_DEFAULTS, **fields}
-    if "dataset" in fields and fields["dataset"] != "synthetic" and "data_kwargs" not in fields:
-        values["data_kwargs"] = {}     # the synthetic set's size belongs to the synthetic set
-    return TrainConfig(**values)
+    """The TrainConfig every run of a comparison shares: recipe ``study``, then ``fields``."""
+    return TrainConfig(recipe="study", **fields)
 
 
 @dataclass
@@ -121,21 +108,21 @@ def run_specs(cfg: CompareConfig) -> List[Dict[str, Any]]:
     t = cfg.train
     backbone = t.pretrained_backbone
     if backbone is None:   # a frozen-BatchNorm ResNet is only meaningful with its ImageNet weights
-        from ..configs import get_config
-        backbone = get_config(t.model, **t.model_overrides).backbone_norm == "frozen_bn"
+        backbone = t.model_config().backbone_norm == "frozen_bn"
     specs = []
     for seed in cfg.seeds:
         for a in cfg.approaches:
             if a == "pretrained":
                 kw = dict(model=cfg.pretrained_model, model_overrides={}, impl="torch",
-                          pretrained=cfg.pretrained_model, pretrained_backbone=None, init=None, diag_every=0)
+                          pretrained=cfg.pretrained_model, pretrained_backbone=None, diag_every=0)
                 extra = dict(pretrained=cfg.pretrained_model, download=cfg.download)
             else:
                 kw, extra = dict(impl=a, diag_every=0, pretrained_backbone=backbone), {}
             specs.append(dict(group="approach", name=a, seed=seed, kw=kw, **extra))
         for scheme in cfg.inits:
             specs.append(dict(group="init", name=scheme, seed=seed,
-                              kw=dict(impl=cfg.init_impl, init=scheme, pretrained_backbone=backbone)))
+                              kw=dict(impl=cfg.init_impl, pretrained_backbone=backbone,
+                                      model_overrides={**t.model_overrides, "init": scheme})))
     for s in specs:
         s["dir"] = str(Path(t.out) / f"{s['group']}-{s['name']}" / f"seed{s['seed']}")
         s["train_config"] = t.replace(**s.pop("kw"), seed=s["seed"], out=s["dir"])
@@ -267,7 +254,7 @@ class CompareTrainer(Trainer):
         try:
             yield
         finally:
-            if self.clock.running:
+            if self.state.clock.running:
                 self.exclude_time(time.perf_counter() - t0)
 
     def evaluate(self, verbose: bool = True):
@@ -289,17 +276,15 @@ def prepare(cfg: CompareConfig, log: Callable = print) -> None:
     pretrained backbones and the official DETR checkpoint (where it may be downloaded)."""
     import torch
     import torchvision.models as tvm
-    from ..configs import get_config
     from ..model.backbone import TORCHVISION_WEIGHTS
+    from ..engine.build import build_datasets
+    from ..engine.precision import resolve_device
     from ..model.pretrained import CHECKPOINTS
-    from .build import build_datasets
-    from .precision import resolve_device
 
     sets = build_datasets(cfg.train)
     log(f"[compare] data: {cfg.train.dataset}, {len(sets['train'])} train / {len(sets['val'])} val images")
     todo = [s for s in run_specs(cfg) if not s["train_config"].resume or recorded_result(s) is None]
-    for arch in sorted({get_config(s["train_config"].model, **s["train_config"].model_overrides).backbone
-                        for s in todo if s["train_config"].pretrained_backbone}):
+    for arch in sorted({s["train_config"].model_config().backbone for s in todo if s["train_config"].pretrained_backbone}):
         getattr(tvm, TORCHVISION_WEIGHTS[arch]).IMAGENET1K_V1.get_state_dict(progress=True)
         log(f"[compare] ImageNet weights of {arch} (torchvision IMAGENET1K_V1): in {torch.hub.get_dir()}")
     for name in dict.fromkeys(s["pretrained"] for s in todo if s.get("pretrained")
@@ -318,7 +303,7 @@ def prepare(cfg: CompareConfig, log: Callable = print) -> None:
 def pretrained_unavailable(name: str, download: Optional[bool] = None) -> Optional[str]:
     """Why the official checkpoint ``name`` cannot be loaded here, or None when it can (cached or downloadable)."""
     import torch
-    from .paths import in_colab
+    from ..paths import in_colab
     from ..model.pretrained import CHECKPOINTS
 
     if name not in CHECKPOINTS:
@@ -356,7 +341,7 @@ def collect_results(cfg: CompareConfig) -> List[Dict[str, Any]]:
 def report_comparison(cfg: CompareConfig, results: Optional[List[Dict]] = None, log: Callable = print) -> Dict:
     """summary.json, table.md and the figures of ``results`` (default: :func:`collect_results`)."""
     import torch
-    from .compare_figures import draw_comparison
+    from .report import draw_comparison
 
     results = collect_results(cfg) if results is None else results
     out, t = Path(cfg.train.out), cfg.train

@@ -1,8 +1,8 @@
 """Detections on your own pictures: files, folders or URLs in, annotated images and a JSON of boxes out.
 
-    from detr_nb.engine.predict import predict_paths
+    from detr_nb.inference.predict import predict_paths
     found = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
-                          preset="official", scoring={}, categories={1: "balloon"}, threshold=0.7)
+                          preset="official", categories={1: "balloon"}, threshold=0.7)
 
 ``python -m detr_nb predict`` is this function on a checkpoint. Images are opened upright (EXIF orientation
 applied, as a viewer shows them); boxes are in the pixels of that upright image, ``[x0, y0, x1, y1]``.
@@ -20,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from ..errors import UserError
+from ..setpred.postprocess import Scoring, postprocess, softmax_scores
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -64,18 +65,15 @@ def resolve_inputs(items: Sequence[str], download_dir: str) -> Tuple[List[Tuple[
 
 
 @torch.no_grad()
-def detect(model, image, transforms, device, scoring: Mapping, threshold: Optional[float] = None) -> Dict:
+def detect(model, image, transforms, device, scoring: Scoring = softmax_scores,
+           threshold: Optional[float] = None) -> Dict:
     """Boxes of one upright PIL image: ``{"scores", "labels", "boxes"}`` in the image's own pixels (xyxy),
     clipped to the image (a predicted box may reach past the border)."""
-    from .evaluate import final_outputs
-    from ..setpred.postprocess import postprocess
-
     w, h = image.size
     tensor, _ = transforms(image, None)                     # (3, H', W')
     model.eval()
     outputs = model(tensor[None].to(device))
-    outputs = final_outputs(outputs, scoring.get("use_sigmoid", False))
-    res = postprocess(outputs, torch.tensor([[h, w]], device=device), threshold=threshold, **scoring)[0]
+    res = postprocess(outputs, torch.tensor([[h, w]], device=device), threshold=threshold, scoring=scoring)[0]
     res = {k: v.cpu() for k, v in res.items()}
     res["boxes"] = torch.minimum(res["boxes"].clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
     return res
@@ -107,7 +105,7 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Mapping, device="cpu",
+def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Scoring = softmax_scores, device="cpu",
                   threshold: float = 0.5, categories: Optional[Mapping[int, str]] = None,
                   log=print) -> Dict:
     """Run ``model`` on every image of ``items``; write ``<out>/<name>.png`` (boxes with score >= ``threshold``
@@ -117,12 +115,8 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Map
     A file named in ``items`` that cannot be read stops everything before any image is run (one-line
     :class:`UserError`); an unreadable file found in a folder is skipped with a warning and counted in the
     JSON's ``skipped`` list (the CLI then exits with status 1)."""
-    import matplotlib
-    if matplotlib.get_backend().lower() != "agg":
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from ..data import make_transforms
-    from .plotting import draw_boxes
+    from ..figures.detections import save_annotated
 
     threshold = check_threshold(threshold)
     out = Path(out)
@@ -154,13 +148,8 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Map
                 k += 1
                 name = f"{stem}_{k}"
             used.add(name)
-            fig, ax = plt.subplots(figsize=(8, 8 * image.size[1] / max(1, image.size[0])))
-            draw_boxes(ax, image, boxes, labels, scores, names=categories)
-            ax.set_axis_off()
-            ax.set_title(f"{Path(shown).name}: {len(labels)} box(es) with score >= {threshold}", fontsize=9)
-            fig.tight_layout()
-            fig.savefig(out / f"{name}.png", dpi=100)
-            plt.close(fig)
+            save_annotated(out / f"{name}.png", image, boxes, labels, scores, names=categories,
+                           title=f"{Path(shown).name}: {len(labels)} box(es) with score >= {threshold}")
             records.append({"image": shown, "annotated": str(out / f"{name}.png"),
                             "width": image.size[0], "height": image.size[1], "detections": [
                                 {"label": int(l), "name": (categories or {}).get(int(l), str(int(l))),

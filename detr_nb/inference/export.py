@@ -1,6 +1,6 @@
 """Take a trained DETR home: export it to ONNX and run it with onnxruntime, without PyTorch's model code.
 
-    from detr_nb.engine.export import export_onnx, OnnxDetector
+    from detr_nb.inference.export import export_onnx, OnnxDetector
     export_onnx(model, "model.onnx")                 # images (B, 3, H, W) -> pred_logits, pred_boxes
     detector = OnnxDetector("model.onnx")            # onnxruntime; called like the model
     outputs = detector(images)                       # {"pred_logits", "pred_boxes"} as torch tensors
@@ -9,7 +9,7 @@ The file takes ``images`` (B, 3, H, W) float32, normalised as ``detr_nb.data.mak
 train=False)`` makes them, with any batch size, height and width (and with ``mask=True`` a second input
 ``mask`` (B, H, W) bool, True on padding), and gives the last decoder layer's ``pred_logits`` (B, Q, C+1) and
 ``pred_boxes`` (B, Q, 4): no auxiliary outputs, no encoder proposals. ``OnnxDetector`` returns the model's
-dict, so ``detr_nb.setpred.postprocess`` and ``engine.predict.detect`` take it unchanged.
+dict, so ``detr_nb.setpred.postprocess`` and ``inference.predict.detect`` take it unchanged.
 
 ``onnx`` and ``onnxruntime`` (and ``onnxscript`` for the dynamo exporter) are optional: ``pip install
 "detr_nb[export]"``.
@@ -17,8 +17,8 @@ dict, so ``detr_nb.setpred.postprocess`` and ``engine.predict.detect`` take it u
 Which exporter: torch.onnx has two. The TorchScript exporter (``dynamo=False``) traces one forward pass; the
 dynamo exporter (torch.export, the default from torch 2.9, needs onnxscript) captures the program with
 symbolic shapes. Both export these models with dynamic height and width and match PyTorch to ~1e-6
-(tests/test_export.py), once the one Python-side shape computation of two-stage query selection is replaced
-(:func:`_export_friendly_select_queries`). The default, ``exporter="auto"``, is the TorchScript exporter
+(tests/test_export.py): two-stage query selection has no Python-side branch on the number of feature cells
+(``aids.two_stage.select_cells``). The default, ``exporter="auto"``, is the TorchScript exporter
 wherever torch still has it, because it is the one that runs on every torch this package supports (torch 2.3
 has no ``torch.onnx.export(dynamo=True)``), it exports in 0.3 s (detr_tiny) to 2 s (DETR-R50) where the
 dynamo exporter takes 7 s to 17 s (2 CPU cores, torch 2.14), and it needs no onnxscript. Torch marks it
@@ -95,21 +95,6 @@ class InferenceOutputs(nn.Module):
         return out["pred_logits"], out["pred_boxes"]
 
 
-def _export_friendly_select_queries(enc_logits: Tensor, enc_boxes: Tensor, fmask: Tensor, num_classes: int,
-                                    num_queries: int) -> Tensor:
-    """``aids.two_stage.select_queries`` without Python arithmetic on the number of cells.
-
-    The original takes ``k = min(Q, h*w)`` cells and repeats them when the feature map has fewer than Q;
-    a tracer freezes that ``min`` and that branch at the example's size, and torch.export cannot keep the
-    branch symbolic. Here every cell is ranked (top-k with k = h*w is a sort) and the ranking is repeated Q
-    times before the first Q are taken: query j gets the (j mod min(Q, h*w))-th best cell, as in the
-    original, for any size and with no branch. (Q*h*w indices: a few MB at most.)"""
-    score = enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))  # (B, hw)
-    order = score.topk(score.shape[1], dim=1).indices                                              # (B, hw)
-    top = order.repeat(1, num_queries)[:, :num_queries]                                            # (B, Q)
-    return torch.gather(enc_boxes.detach(), 1, top[..., None].expand(-1, -1, 4))
-
-
 @contextlib.contextmanager
 def inference_mode(model: nn.Module):
     """Inside the block ``model`` is in eval mode and on PyTorch's fused ops (``impl="torch"``: the same
@@ -127,21 +112,6 @@ def inference_mode(model: nn.Module):
         for m, impl in impls:
             m.impl = impl
         model.train(training)
-
-
-@contextlib.contextmanager
-def export_mode(model: nn.Module):
-    """:func:`inference_mode`, and two-stage models select queries with :func:`_export_friendly_select_queries`
-    (the name ``AidedDETR.forward`` calls is swapped for the block and restored after)."""
-    from ..aids import model as aided
-
-    original = aided.select_queries
-    try:
-        aided.select_queries = _export_friendly_select_queries
-        with inference_mode(model):
-            yield model
-    finally:
-        aided.select_queries = original
 
 
 def example_inputs(model: nn.Module, mask: bool = False, batch: int = 2) -> Tuple[Tensor, ...]:
@@ -206,7 +176,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: Optional[int
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     names = INPUTS if mask else INPUTS[:1]
-    with export_mode(model), torch.no_grad():
+    with inference_mode(model), torch.no_grad():
         device = next(model.parameters()).device
         args = tuple(a.to(device) for a in example_inputs(model, mask))
         wrapper = InferenceOutputs(model).eval()
@@ -221,8 +191,8 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: Optional[int
 
 class OnnxDetector:
     """An exported DETR run by onnxruntime, called like the PyTorch model: ``detector(images, mask=None)`` ->
-    ``{"pred_logits", "pred_boxes"}`` torch tensors on the images' device, so ``setpred.postprocess``,
-    ``engine.evaluate.final_outputs`` and ``engine.predict.detect`` work on it unchanged."""
+    ``{"pred_logits", "pred_boxes"}`` torch tensors on the images' device, so ``setpred.postprocess`` and
+    ``inference.predict.detect`` work on it unchanged."""
 
     def __init__(self, path: Union[str, Path], providers: Optional[list] = None):
         ort = require("onnxruntime", "running an ONNX model")
@@ -233,7 +203,7 @@ class OnnxDetector:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def eval(self) -> "OnnxDetector":   # engine.predict.detect calls model.eval()
+    def eval(self) -> "OnnxDetector":   # inference.predict.detect calls model.eval()
         return self
 
     def __call__(self, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:

@@ -1,22 +1,17 @@
-"""The figures of a comparison (:mod:`.compare`), drawn from its recorded files: loss curves, mAP, speed and
-the initialisation study's histograms and gradient statistics."""
+"""The figures of notebook 09's comparison (``detr_nb.study``): loss curves, mAP, speed and the initialisation
+study's histograms and gradient statistics. Each takes the comparison's report (its ``summary.json``) with
+every finished run's records loaded (``detr_nb.study.report.with_records``: ``metrics``, ``diagnostics``,
+``weights_init``)."""
 from __future__ import annotations
 
-import json
-import sys
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
-from .compare_report import LOSS_TERMS, _ok, _read_jsonl, results_table
+from .training import LOSS_TERMS, plot_grad_std, plot_weight_sum
 
 
-def redraw(out) -> Dict[str, Any]:
-    """Rewrite ``table.md`` and the figures of a finished comparison from its recorded files (no training)."""
-    out = Path(out)
-    report = json.loads((out / "summary.json").read_text())
-    (out / "table.md").write_text(results_table(report))
-    report["figures"] = {k: str(v) for k, v in draw_comparison(out).items()}
-    return report
+def finished(report: Dict[str, Any], group: str) -> List[Dict]:
+    """The runs of ``group`` (approach | init) that finished."""
+    return [r for r in report["runs"] if r["group"] == group and r["status"] == "ok"]
 
 
 def _setting(report: Dict[str, Any], key: str):
@@ -39,9 +34,9 @@ def plot_loss_comparison(report: Dict[str, Any], group: str = "approach", terms:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(terms), figsize=(3.4 * len(terms), 3.2), squeeze=False)
-    runs = _ok(report, group)
+    runs = finished(report, group)
     for i, r in enumerate(runs):
-        rows = [m for m in _read_jsonl(Path(r["dir"]) / "metrics.jsonl") if m.get("kind") == "step"]
+        rows = [m for m in r.get("metrics", []) if m.get("kind") == "step"]
         lw = 1.0 + 2.0 * (len(runs) - 1 - i) / max(1, len(runs) - 1)   # wider lines first: overlaps stay visible
         for ax, term in zip(axes[0], terms):
             ax.plot([m["step"] for m in rows], [m[term] for m in rows], lw=lw, alpha=0.85, label=_label(r, report))
@@ -74,8 +69,8 @@ def plot_map_comparison(report: Dict[str, Any], groups: Sequence[str] = ("approa
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
     for group in groups:
-        for r in _ok(report, group):
-            recs = _read_jsonl(Path(r["dir"]) / "metrics.jsonl")
+        for r in finished(report, group):
+            recs = r.get("metrics", [])
             pts = {m["step"]: (m["val_AP"], m["val_AP50"]) for m in recs if m.get("kind") == "epoch" and "val_AP" in m}
             pts.update({m["step"]: (m["AP"], m["AP50"]) for m in recs if m.get("kind") == "eval"})
             steps = sorted(pts)
@@ -98,7 +93,7 @@ def plot_speed(report: Dict[str, Any]):
     """Bar chart of training images per second (median over the logged windows) of every run."""
     import matplotlib.pyplot as plt
 
-    runs = [r for g in ("approach", "init") for r in _ok(report, g)]
+    runs = [r for g in ("approach", "init") for r in finished(report, g)]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     labels = [f"{r['group']}: {_label(r, report)}" for r in runs]
     values = [r["images_per_s"] or 0.0 for r in runs]
@@ -120,12 +115,8 @@ def plot_init_histograms(report: Dict[str, Any], max_layers: int = 4, bins: int 
     import matplotlib.pyplot as plt
     import torch
 
-    runs = [r for r in _ok(report, "init") if r["seed"] == report["seeds"][0]]
-    hists = {}
-    for r in runs:
-        p = Path(r["dir"]) / "weights_init.json"
-        if p.exists():
-            hists[r["name"]] = json.loads(p.read_text())
+    runs = [r for r in finished(report, "init") if r["seed"] == report["seeds"][0]]
+    hists = {r["name"]: r["weights_init"] for r in runs if r.get("weights_init")}
     names = _init_layers(next(iter(hists.values()))) if hists else []
     names = names[:max_layers]
     fig, axes = plt.subplots(1, max(1, len(names)), figsize=(3.4 * max(1, len(names)), 3.0), squeeze=False)
@@ -158,14 +149,13 @@ def _init_layers(hist: Dict[str, Any]) -> List[str]:
 def plot_init_series(report: Dict[str, Any], key: str = "grad_std", max_layers: int = 8):
     """``grad_std`` (log scale) or ``weight_sum`` per layer over steps, one panel per init scheme."""
     import matplotlib.pyplot as plt
-    from .diagnostics import plot_grad_std, plot_weight_sum
 
-    runs = [r for r in _ok(report, "init") if r["seed"] == report["seeds"][0]]
+    runs = [r for r in finished(report, "init") if r["seed"] == report["seeds"][0]]
     fig, axes = plt.subplots(1, max(1, len(runs)), figsize=(3.6 * max(1, len(runs)), 3.4), squeeze=False,
                              sharey=key == "grad_std")
     fn = plot_grad_std if key == "grad_std" else plot_weight_sum
     for ax, r in zip(axes[0], runs):
-        recs = _read_jsonl(Path(r["dir"]) / "diagnostics.jsonl")
+        recs = r.get("diagnostics", [])
         if recs:   # the same layers in every panel: the transformer and heads, not the backbone
             keep = [n for n in recs[0][key] if not n.startswith("backbone.")]
             recs = [{"step": x["step"], key: {n: x[key][n] for n in keep}} for x in recs]
@@ -184,57 +174,3 @@ def plot_init_series(report: Dict[str, Any], key: str = "grad_std", max_layers: 
     if handles:
         fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=7, frameon=False)
     return fig
-
-
-def plot_run_predictions(spec: Dict[str, Any], n: int = 4, threshold: float = 0.5, device: str = "auto"):
-    """Predictions of run ``spec`` (an entry of :func:`~detr_nb.engine.compare.run_specs`) on its first ``n``
-    validation images, from its final checkpoint (``checkpoints/last.pth``): boxes scoring >= ``threshold``
-    (solid) over the ground truth (dashed). None when the run has no checkpoint."""
-    from .build import build_datasets, model_from_checkpoint
-    from .checkpoint import load_checkpoint
-    from .evaluate import draw_predictions, scoring_for
-    from .precision import resolve_device
-
-    t, path = spec["train_config"], Path(spec["dir"]) / "checkpoints" / "last.pth"
-    if not path.exists():
-        return None
-    state = load_checkpoint(path)
-    dev = resolve_device(device if device != "auto" else t.device)
-    model = model_from_checkpoint(state, device=dev)
-    val = build_datasets(t, splits=("val",))["val"]
-    fig = draw_predictions(model, val, range(min(n, len(val))), dev, threshold=threshold,
-                           **scoring_for(t.loss_type))
-    ev = Path(spec["dir"]) / "eval.json"
-    ap = f", AP {json.loads(ev.read_text())['AP']:.3f}" if ev.exists() else ""
-    fig.suptitle(f"{spec['group']}: {spec['name']} ({t.model}, {t.impl} layers) after {state['step']} steps"
-                 f"{ap}; boxes with score >= {threshold:g}", fontsize=9)
-    fig.tight_layout()
-    return fig
-
-
-def draw_comparison(out, dpi: int = 90) -> Dict[str, Path]:
-    """Draw every comparison figure of ``out/summary.json`` into ``out``; returns ``{name: path}``."""
-    import matplotlib
-    if "matplotlib.pyplot" not in sys.modules:
-        matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(out)
-    report = json.loads((out / "summary.json").read_text())
-    figs = {}
-    todo = []
-    if _ok(report, "approach"):
-        todo += [("approaches_loss", lambda: plot_loss_comparison(report, "approach"))]
-    if any(r["status"] == "ok" for r in report["runs"]):
-        todo += [("map", lambda: plot_map_comparison(report)), ("images_per_s", lambda: plot_speed(report))]
-    if _ok(report, "init"):
-        todo += [("init_loss", lambda: plot_loss_comparison(report, "init")),
-                 ("init_histograms", lambda: plot_init_histograms(report)),
-                 ("init_grad_std", lambda: plot_init_series(report, "grad_std")),
-                 ("init_weight_sum", lambda: plot_init_series(report, "weight_sum"))]
-    for name, make in todo:
-        fig = make()
-        figs[name] = out / f"{name}.png"
-        fig.savefig(figs[name], dpi=dpi)
-        plt.close(fig)
-    return figs

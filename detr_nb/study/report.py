@@ -11,14 +11,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-LOSS_TERMS = ("loss", "loss_ce", "loss_bbox", "loss_giou")
+from ..figures.study import finished
+from ..figures.training import LOSS_TERMS
 
 
 def _read_jsonl(path: Path) -> List[Dict]:
-    if not path.exists():
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    from ..engine.diagnostics import read_records
+    return read_records(path) if path.exists() else []
 
 
 def run_result(spec: Dict[str, Any], status: str = "ok") -> Dict[str, Any]:
@@ -27,7 +26,7 @@ def run_result(spec: Dict[str, Any], status: str = "ok") -> Dict[str, Any]:
     res = {k: spec[k] for k in ("group", "name", "seed", "dir")}
     res["status"] = status
     cfg = spec["train_config"]
-    res.update(model=cfg.model, impl=cfg.impl, init=cfg.init or "official")
+    res.update(model=cfg.model, impl=cfg.impl, init=cfg.model_config().init)
     if status != "ok":
         return res
     steps = [r for r in _read_jsonl(d / "metrics.jsonl") if r.get("kind") == "step"]
@@ -54,10 +53,8 @@ def result_line(r: Dict[str, Any]) -> str:
 
 def starting_point(spec: Dict[str, Any]) -> Dict[str, str]:
     """What run ``spec`` starts from, in words: its weights at step 0, what is frozen, its learning rates."""
-    from ..configs import get_config
-
     t = spec["train_config"]
-    m = get_config(t.model, **t.model_overrides)
+    m = t.model_config()
     arch = m.backbone.replace("resnet", "ResNet-")
     if t.pretrained:
         weights = f"official DETR checkpoint {t.pretrained} (COCO); class head new for this dataset"
@@ -71,20 +68,12 @@ def starting_point(spec: Dict[str, Any]) -> Dict[str, str]:
         frozen.append("BatchNorm statistics")
     if m.frozen_stages >= 1:
         frozen.append("stem + layer1" if m.frozen_stages == 1 else f"stem + layer1-{m.frozen_stages}")
-    lr_bb = backbone_lr(t)
+    lr_bb = t.backbone_lr()
     if lr_bb == 0:
         frozen = ["the whole backbone"]
     return {"run": f"{spec['group']}: {spec['name']}", "model": f"{t.model} ({t.impl} layers)",
             "weights at step 0": weights, "frozen": ", ".join(frozen) or "nothing",
             "lr": f"{t.lr:g}", "lr backbone": f"{lr_bb:g}"}
-
-
-def backbone_lr(t) -> float:
-    """The backbone's learning rate of a run of TrainConfig ``t`` (the engine's rule, engine.build.make_optimizer:
-    ``lr_backbone``, else lr/10 with pretrained weights and lr with random ones; 0 freezes the backbone)."""
-    if t.lr_backbone is not None:
-        return float(t.lr_backbone)
-    return t.lr / 10 if (t.pretrained_backbone or t.pretrained) else float(t.lr)
 
 
 def starting_points_table(specs) -> str:
@@ -99,7 +88,7 @@ def starting_points_table(specs) -> str:
 def hardware(device: str = "auto", threads: Optional[int] = None) -> str:
     """One line naming the machine a run used: GPU name, or CPU model + threads + load."""
     import torch
-    from .precision import resolve_device
+    from ..engine.precision import resolve_device
 
     dev = resolve_device(device)
     if dev.type == "cuda":
@@ -123,10 +112,6 @@ def loadavg() -> Optional[List[float]]:
 
 def _fmt(v, digits=3) -> str:
     return "-" if v is None else f"{v:.{digits}f}"
-
-
-def _ok(report, group) -> List[Dict]:
-    return [r for r in report["runs"] if r["group"] == group and r["status"] == "ok"]
 
 
 def results_table(report: Dict[str, Any]) -> str:
@@ -157,7 +142,7 @@ def results_table(report: Dict[str, Any]) -> str:
 def curve_agreement(report: Dict[str, Any]) -> List[Dict[str, Any]]:
     """Per seed where both ran: relative difference of the scratch and torch total-loss curves."""
     out = []
-    runs = {(r["name"], r["seed"]): r for r in _ok(report, "approach")}
+    runs = {(r["name"], r["seed"]): r for r in finished(report, "approach")}
     for seed in report["seeds"]:
         if ("scratch", seed) not in runs or ("torch", seed) not in runs:
             continue
@@ -173,3 +158,76 @@ def curve_agreement(report: Dict[str, Any]) -> List[Dict[str, Any]]:
         out.append({"seed": seed, "points": len(steps), "first_step": steps[0], "last_step": steps[-1],
                     "first_rel": rel[0], "max_rel": rel[i], "max_rel_step": steps[i], "last_rel": rel[-1]})
     return out
+
+
+# ----------------------------------------------------------------------------- figures
+def with_records(report: Dict[str, Any]) -> Dict[str, Any]:
+    """``report`` with every finished run's ``metrics`` (metrics.jsonl), ``diagnostics`` (diagnostics.jsonl) and
+    ``weights_init`` (weights_init.json, or None), read from its folder: what ``detr_nb.figures.study`` draws."""
+    runs = []
+    for r in report["runs"]:
+        if r["status"] == "ok":
+            d = Path(r["dir"])
+            init = d / "weights_init.json"
+            r = {**r, "metrics": _read_jsonl(d / "metrics.jsonl"), "diagnostics": _read_jsonl(d / "diagnostics.jsonl"),
+                 "weights_init": json.loads(init.read_text()) if init.exists() else None}
+        runs.append(r)
+    return {**report, "runs": runs}
+
+
+def draw_comparison(out, dpi: int = 90) -> Dict[str, Path]:
+    """Draw every comparison figure of ``out/summary.json`` into ``out``; returns ``{name: path}``."""
+    from ..figures import study as F
+    from ..figures.run import headless, save_figure
+
+    headless()
+    out = Path(out)
+    report = with_records(json.loads((out / "summary.json").read_text()))
+    todo = []
+    if finished(report, "approach"):
+        todo += [("approaches_loss", lambda: F.plot_loss_comparison(report, "approach"))]
+    if any(r["status"] == "ok" for r in report["runs"]):
+        todo += [("map", lambda: F.plot_map_comparison(report)), ("images_per_s", lambda: F.plot_speed(report))]
+    if finished(report, "init"):
+        todo += [("init_loss", lambda: F.plot_loss_comparison(report, "init")),
+                 ("init_histograms", lambda: F.plot_init_histograms(report)),
+                 ("init_grad_std", lambda: F.plot_init_series(report, "grad_std")),
+                 ("init_weight_sum", lambda: F.plot_init_series(report, "weight_sum"))]
+    return {name: save_figure(make(), out / f"{name}.png", dpi=dpi) for name, make in todo}
+
+
+def redraw(out) -> Dict[str, Any]:
+    """Rewrite ``table.md`` and the figures of a finished comparison from its recorded files (no training)."""
+    out = Path(out)
+    report = json.loads((out / "summary.json").read_text())
+    (out / "table.md").write_text(results_table(report))
+    report["figures"] = {k: str(v) for k, v in draw_comparison(out).items()}
+    return report
+
+
+def run_predictions(spec: Dict[str, Any], n: int = 4, threshold: float = 0.5, device: str = "auto"):
+    """A figure of run ``spec``'s predictions (an entry of :func:`~detr_nb.study.compare.run_specs`) on its first
+    ``n`` validation images, from its final checkpoint (``checkpoints/last.pth``): boxes scoring >= ``threshold``
+    (solid) over the ground truth (dashed). None when the run has no checkpoint."""
+    from ..aids import scoring_for
+    from ..engine.build import build_datasets, model_from_checkpoint
+    from ..engine.checkpoint import load_checkpoint
+    from ..engine.precision import resolve_device
+    from ..figures.detections import draw_predictions
+    from ..inference.evaluate import category_names, sample_predictions
+
+    t, path = spec["train_config"], Path(spec["dir"]) / "checkpoints" / "last.pth"
+    if not path.exists():
+        return None
+    state = load_checkpoint(path)
+    dev = resolve_device(device if device != "auto" else t.device)
+    model = model_from_checkpoint(state, device=dev)
+    val = build_datasets(t, splits=("val",))["val"]
+    samples = sample_predictions(model, val, range(min(n, len(val))), dev, scoring=scoring_for(t.loss_type))
+    fig = draw_predictions(samples, threshold, category_names(val))
+    ev = Path(spec["dir"]) / "eval.json"
+    ap = f", AP {json.loads(ev.read_text())['AP']:.3f}" if ev.exists() else ""
+    fig.suptitle(f"{spec['group']}: {spec['name']} ({t.model}, {t.impl} layers) after {state['step']} steps"
+                 f"{ap}; boxes with score >= {threshold:g}", fontsize=9)
+    fig.tight_layout()
+    return fig
