@@ -39,11 +39,11 @@ from .setpred.postprocess import postprocess  # noqa: E402
 from .configs import DETRConfig, apply_init, build_model, get_config  # noqa: E402
 
 _LAZY_NAMES = {
-    "Trainer": "engine.trainer", "TrainConfig": "engine.config", "train": "engine.trainer",
+    "Trainer": "engine.trainer", "TrainConfig": "engine.config", "train": "engine.run",
     "NonFiniteLossError": "engine.metrics", "model_from_checkpoint": "engine.build",
     "CheckpointError": "engine.checkpoint", "draw_boxes": "figures.boxes", "in_colab": "paths",
     "workdir": "paths", "CompareConfig": "study.compare", "run_comparison": "study.compare",
-    "draw_comparison": "figures.study",
+    "draw_comparison": "study.report",
 }
 
 

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import teach
+from detr_nb import figures, teach
 from detr_nb.nn import layers
 from detr_nb.model.backbone import Backbone, Bottleneck
 
@@ -76,7 +76,7 @@ print(inspect.getsource(teach.im2col_loops))
 # %%
 x_small = torch.randint(0, 10, (5, 5)).float()
 sobel_x = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])   # a horizontal-gradient kernel
-fig = teach.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
+fig = figures.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
 plt.show()
 
 # %% [markdown]
@@ -204,7 +204,7 @@ for name, f in feats.items():
 # DETR's transformer reads.
 
 # %%
-fig = teach.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
+fig = figures.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
 fig.savefig(WORK / "feature_maps.png", dpi=80)
 plt.show()
 print("saved", WORK / "feature_maps.png")
@@ -229,7 +229,7 @@ assert (total.total, total.trainable) == (23_454_912, 23_232_512)
 # 1x1 convolutions at the widest stage are the expensive ones.
 
 # %%
-fig = teach.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
+fig = figures.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
 plt.show()
 
 # %% [markdown]

@@ -38,7 +38,7 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import teach
+from detr_nb import figures, teach
 from detr_nb.nn import attention
 from detr_nb.model.backbone import Joiner
 from detr_nb.model.position_encoding import PositionEmbeddingSine
@@ -231,7 +231,7 @@ plt.show()
 # %% [markdown]
 # ## 4. Pick a pixel: its code and its similarity to every other pixel
 #
-# `teach.plot_pixel_encoding` draws the 256 numbers of pixel $(y, x)$ (the $y$ half, then the $x$
+# `figures.plot_pixel_encoding` draws the 256 numbers of pixel $(y, x)$ (the $y$ half, then the $x$
 # half) and the cosine similarity
 # $\frac{\mathrm{pos}(y,x)^\top \mathrm{pos}(y',x')}{\lVert\cdot\rVert\,\lVert\cdot\rVert}$ to every pixel $(y', x')$.
 # The map peaks (= 1) at the chosen pixel and falls off with distance, separately along $y$ and $x$
@@ -244,7 +244,7 @@ import ipywidgets as widgets
 
 
 def show_pixel(y=GRID_H // 2, x=GRID_W // 3):
-    teach.plot_pixel_encoding(grid_pos, y, x)
+    figures.plot_pixel_encoding(grid_pos, y, x, teach.position_similarity(grid_pos, y, x))
     plt.show()
 
 

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import teach
+from detr_nb import figures, teach
 from detr_nb.nn import attention, layers
 
 torch.manual_seed(0)
@@ -207,7 +207,7 @@ print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).
 toy, tokens = teach.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
 _, toy_w = teach.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
 print("tokens", tuple(tokens.shape), "| weights", tuple(toy_w.shape))
-fig = teach.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
+fig = figures.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
 plt.show()
 
 # %% [markdown]
@@ -224,7 +224,7 @@ def show_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):
     if padded_keys:
         kpm[0, NUM_TOKENS - padded_keys:] = True
     _, w = teach.attention_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
-    teach.plot_attention_query(w, head=head, query=query)
+    figures.plot_attention_query(w, head=head, query=query)
     plt.show()
     return w
 

@@ -50,7 +50,7 @@ import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import teach
+from detr_nb import figures, teach
 from detr_nb.model.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
 torch.manual_seed(0)
@@ -157,7 +157,7 @@ print(detr_nb.format_parameter_table(rows))
 total = next(r for r in rows if r.component == "total")
 assert (total.total, total.trainable) == (41_524_768, 41_302_368)
 print("\nstate-dict tensors:", len(model.state_dict()))
-fig = teach.plot_parameter_table(rows, title="detr_r50, num_classes=91")
+fig = figures.plot_parameter_table(rows, title="detr_r50, num_classes=91")
 plt.show()
 
 # %% [markdown]
@@ -220,7 +220,7 @@ else:
     print("SMOKE: random weights, no download - the boxes below are meaningless")
 
 fig, ax = plt.subplots(figsize=(6, 6 * image.shape[-2] / image.shape[-1]))
-kept = teach.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},
+kept = figures.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},
                                threshold=THRESHOLD, top_k=None if LOAD_OFFICIAL else 5, ax=ax)
 plt.show()
 for s, l, b in zip(kept["scores"].tolist(), kept["labels"].tolist(), kept["boxes"].tolist()):

@@ -47,7 +47,8 @@ from detr_nb import box_ops
 from detr_nb.teach import lessons
 from detr_nb.setpred.criterion import SetCriterion
 from detr_nb.setpred.matcher import HungarianMatcher
-from detr_nb.teach.matching import explain_matching, plot_cost_terms, plot_matching
+from detr_nb.figures.matching import plot_cost_terms, plot_matching
+from detr_nb.teach.matching import explain_matching
 from detr_nb.setpred.postprocess import postprocess
 
 torch.set_printoptions(precision=3, sci_mode=False)

@@ -48,7 +48,8 @@ import detr_nb
 from detr_nb import workdir
 from detr_nb.teach import lessons
 from detr_nb.data import Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset, collate_fn, make_transforms, render_sample
-from detr_nb.teach.data_viz import dataset_stats, plot_dataset_stats, show_batch, show_samples
+from detr_nb.figures.data import plot_augmentations, plot_dataset_stats, show_batch, show_samples
+from detr_nb.teach.data_viz import dataset_stats
 from detr_nb.data import synthetic
 from detr_nb.data.transforms import hflip
 
@@ -133,7 +134,7 @@ if USE_REAL:
     print(real_train)
     fig = show_samples(real_train, n=8, ncols=4, raw=True)
     plt.show()
-    fig = plot_dataset_stats(real_train, title=f"{REAL_DATASET} (train)")
+    fig = plot_dataset_stats(dataset_stats(real_train), title=f"{REAL_DATASET} (train)")
     plt.show()
 else:
     real_train = None
@@ -157,7 +158,7 @@ else:
 print(inspect.getsource(hflip))
 
 # %% [markdown]
-# `lessons.plot_augmentations` applies each transform to the same raw sample (seeded, so it is
+# `lessons.augmentations` applies each transform to the same raw sample (seeded, so it is
 # reproducible) and draws the boxes it returns. If the boxes were not moved correctly you would see them
 # drift off their shapes.
 
@@ -168,7 +169,7 @@ demo_transforms = {
     "crop 64..110 px": RandomSizeCrop(64, 110),
     "flip + crop + resize": Compose([RandomHorizontalFlip(p=1.0), RandomSizeCrop(64, 110), RandomResize([224])]),
 }
-fig = lessons.plot_augmentations(train_raw, 0, demo_transforms, seed=1)
+fig = plot_augmentations(lessons.augmentations(train_raw, 0, demo_transforms, seed=1), names=train_raw.categories)
 plt.show()
 
 # Check the flip rule on numbers.
@@ -182,7 +183,7 @@ print("flip rule holds for", len(expected), "boxes")
 
 # %% [markdown]
 # **Try it.** Pick a transform and a seed; every seed is a different random draw (crop position and size,
-# resize scale). The function behind the widget is `lessons.plot_augmentations`.
+# resize scale). The functions behind the widget are `lessons.augmentations` and `plot_augmentations`.
 
 # %%
 import ipywidgets as widgets
@@ -190,7 +191,8 @@ import ipywidgets as widgets
 
 def show_augmentation(transform="crop 64..110 px", seed=0, index=0):
     plt.close("all")
-    lessons.plot_augmentations(train_raw, index, {transform: demo_transforms[transform]}, seed=seed)
+    plot_augmentations(lessons.augmentations(train_raw, index, {transform: demo_transforms[transform]}, seed=seed),
+                       names=train_raw.categories)
     plt.show()
 
 

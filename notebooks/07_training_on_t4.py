@@ -61,9 +61,12 @@ import detr_nb
 from detr_nb import workdir
 from detr_nb.engine import TrainConfig, Trainer
 from detr_nb.engine.checkpoint import load_checkpoint
-from detr_nb.engine.diagnostics import plot_grad_std, plot_histograms, plot_weight_sum, read_records, weight_histograms
-from detr_nb.engine.evaluate import draw_predictions, scoring_for
+from detr_nb.aids import scoring_for
+from detr_nb.engine.diagnostics import read_records, weight_histograms
 from detr_nb.engine.precision import resolve_device, resolve_precision
+from detr_nb.figures import (LiveLossPlot, draw_predictions, loss_figure, plot_grad_std, plot_histograms,
+                             plot_weight_sum)
+from detr_nb.inference.evaluate import category_names, sample_predictions
 from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
 from detr_nb.teach import lessons
 
@@ -125,7 +128,7 @@ out = runs / RUN_NAME
 print("run folder :", out)
 print("data folder:", workdir("data"))
 
-data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64)) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
+data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64), max_objects=3) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
 tiny = dict(backbone_width=0.125, hidden_dim=32, nheads=2, dim_feedforward=64, num_queries=8)
 config = TrainConfig(
     data_root=str(workdir("data") / ("synthetic-07" if SMOKE else "synthetic")), data_kwargs=data,
@@ -133,7 +136,8 @@ config = TrainConfig(
     amp="auto",                             # fp16 + GradScaler on a T4, bf16 on A100+, fp32 on CPU
     time_budget_s=TRAIN_MINUTES * 60, max_steps=FIRST_STEPS, batch_size=4 if SMOKE else 16,
     log_every=LOG_EVERY, diag_every=DIAG_EVERY, checkpoint_every_s=300,
-    workers=0 if SMOKE else 2, out=str(out), resume=True, progress=True,
+    # data workers feed a GPU; on a CPU they would take cores from the model (2 workers halved the steps)
+    workers=2 if device.type == "cuda" and not SMOKE else 0, out=str(out), resume=True, progress=True,
 )
 print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
     "recipe", "model", "dataset", "loss_type", "batch_size", "lr", "warmup_steps", "schedule", "amp",
@@ -150,7 +154,7 @@ print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
 # convolutions (Kaiming normal).
 
 # %%
-live = lessons.LiveLossPlot(every=PLOT_EVERY)
+live = LiveLossPlot(every=PLOT_EVERY)
 trainer = Trainer(config, callbacks=[live])
 print("precision:", trainer.precision.describe(), "| resumed from:", trainer.resumed_from)
 # Written when the run was created, so it shows the initial weights even after a resume.
@@ -208,10 +212,10 @@ trainer = Trainer(config, callbacks=[live], max_steps=MAX_STEPS)
 print("resumed from", trainer.resumed_from, "at step", trainer.step,
       f"with {trainer.train_time_s():.0f} s of the budget already spent")
 reason = trainer.fit()
-print(f"stopped by {reason!r} at step {trainer.step} ({trainer.skipped_steps} fp16 steps skipped)")
+print(f"stopped by {reason!r} at step {trainer.step} ({trainer.state.skipped_steps} fp16 steps skipped)")
 assert trainer.resumed_from is not None
 
-fig = lessons.loss_figure(read_records(out / "metrics.jsonl"), resumes=live.resumes,
+fig = loss_figure(read_records(out / "metrics.jsonl"), resumes=live.resumes,
                           title=f"{config.model}: {trainer.step} steps in 3 sessions")
 plt.show()
 
@@ -269,8 +273,9 @@ plt.show()
 
 # %%
 stats = trainer.evaluate(verbose=True)
-fig = draw_predictions(trainer.eval_model, trainer.val_set, range(min(8, len(trainer.val_set))), trainer.device,
-                       threshold=0.5, precision=trainer.precision, **scoring_for(config.loss_type))
+samples = sample_predictions(trainer.model, trainer.val_set, range(min(8, len(trainer.val_set))), trainer.device,
+                             trainer.precision.autocast, scoring_for(config.loss_type))
+fig = draw_predictions(samples, threshold=0.5, names=category_names(trainer.val_set))
 fig.savefig(out / "predictions.png", dpi=90)
 plt.show()
 

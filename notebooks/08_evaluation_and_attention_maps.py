@@ -31,7 +31,7 @@ OFFICIAL = not SMOKE                     # also look inside the official DETR-R5
 #
 # 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise the same recipe trained
 #    here with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
-# 2. computes COCO mAP with pycocotools through `detr_nb.engine.evaluate`, step by step, and shows why DETR
+# 2. computes COCO mAP with pycocotools through `detr_nb.inference.evaluate`, step by step, and shows why DETR
 #    keeps every query's box;
 # 3. draws predictions next to the ground truth;
 # 4. opens the transformer: the **encoder self-attention** of a chosen pixel and the **decoder
@@ -44,8 +44,12 @@ import torch
 
 import detr_nb
 from detr_nb import workdir
-from detr_nb.engine import evaluate as E
-from detr_nb import teach
+from detr_nb import figures, teach
+from detr_nb.aids import scoring_for
+from detr_nb.aids.focal import sigmoid_scores
+from detr_nb.data import collate_fn
+from detr_nb.inference import evaluate as E
+from detr_nb.setpred.postprocess import softmax_scores
 from detr_nb.teach import lessons
 from detr_nb.engine.trainer import Trainer
 from detr_nb.engine.config import TrainConfig
@@ -78,7 +82,7 @@ if found is not None:
     val_set = build_datasets(config, splits=("val",))["val"]
     print(f"loaded notebook 07's checkpoint: {found} (step {state['step']})")
 else:
-    data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64)) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
+    data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64), max_objects=3) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
     tiny = dict(backbone_width=0.125, hidden_dim=32, nheads=2, dim_feedforward=64, num_queries=8)
     config = TrainConfig(                   # the aided recipe (TrainConfig's default), as in notebook 07
         data_root=str(workdir("data") / ("synthetic-07" if SMOKE else "synthetic")), data_kwargs=data,
@@ -93,9 +97,9 @@ else:
     model, val_set = trainer.model, trainer.val_set
     print(f"stopped by {reason!r} after {trainer.step} steps; checkpoint {trainer.last_good}")
 model = model.to(device).eval()
-scoring = E.scoring_for(config.loss_type)   # focal loss: sigmoid scores, the 100 best (query, class) pairs
+scoring = scoring_for(config.loss_type)   # focal loss: sigmoid scores, the 100 best (query, class) pairs
 names = E.category_names(val_set)
-print("model:", config.model, "| loss:", config.loss_type, "| scoring:", scoring)
+print("model:", config.model, "| loss:", config.loss_type, "| scoring:", scoring.__name__)
 print("classes:", names, "| validation images:", len(val_set))
 
 # %% [markdown]
@@ -103,7 +107,7 @@ print("classes:", names, "| validation images:", len(val_set))
 #
 # **From outputs to COCO results.** `postprocess` turns the outputs into (score, label, box) triples, with
 # boxes from normalised $(c_x, c_y, w, h)$ to pixels of the image's *original* size. How a score is made
-# depends on the loss the model was trained with (`E.scoring_for(loss_type)`, the one rule that training,
+# depends on the loss the model was trained with (`scoring_for(loss_type)`, the one rule that training,
 # the CLI and the pictures share):
 #
 # * the paper's cross-entropy: softmax over the classes, drop "no object", keep the best class: one
@@ -112,12 +116,12 @@ print("classes:", names, "| validation images:", len(val_set))
 #   "no object" class), and each image keeps its 100 best pairs, as in Deformable DETR, so a query unsure
 #   between two classes gives both.
 #
-# `to_coco_results` writes one dict per triple in COCO's format (`bbox` = $[x, y, w, h]$). `predict` does
+# `to_coco_results` writes one dict per triple in COCO's format (`bbox` = $[x, y, w, h]$). `detections` does
 # both over a data loader:
 
 # %%
-loader = E.make_eval_loader(val_set, batch_size=8)
-detections = E.predict(model, loader, device, progress=True, **scoring)
+loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate_fn)
+detections = E.detections(model, loader, device, progress=True, scoring=scoring)
 print(len(detections), "detections for", len(val_set), "images; the first two:")
 for d in detections[:2]:
     print({k: (round(v, 3) if isinstance(v, float) else [round(x, 1) for x in v] if isinstance(v, list) else v)
@@ -158,7 +162,7 @@ print(f"score > {THRESHOLD} ({len(kept)} kept): AP {stats_thr['AP']:.3f}  AR100 
 assert stats_thr["AP"] <= stats["AP"] + 1e-6
 
 # %% [markdown]
-# `E.evaluate(model, val_set, **scoring)` is all of the above in one call (the trainer and the CLI run it
+# `E.evaluate(model, val_set, scoring=scoring)` is all of the above in one call (the trainer and the CLI run it
 # through `engine.build.evaluate_run`, which also applies the run's evaluation settings).
 #
 # ## 3. Predictions drawn
@@ -167,8 +171,8 @@ assert stats_thr["AP"] <= stats["AP"] + 1e-6
 # model saw.
 
 # %%
-fig = E.draw_predictions(model, val_set, indices=range(min(4, len(val_set))), device=device,
-                         threshold=THRESHOLD, names=names, **scoring)
+samples = E.sample_predictions(model, val_set, range(min(4, len(val_set))), device, scoring=scoring)
+fig = figures.draw_predictions(samples, threshold=THRESHOLD, names=names)
 plt.show()
 
 # %% [markdown]
@@ -193,7 +197,7 @@ print("feature grid", maps["feature_size"], "| encoder layers", len(maps["encode
       "| decoder layers", len(maps["decoder"]), tuple(maps["decoder"][0].shape))
 H, W = image.shape[-2:]
 points = [(H // 4, W // 4), (H // 2, W // 2), (3 * H // 4, 3 * W // 4)]
-fig = teach.plot_encoder_attention(image, maps, points)
+fig = teach.encoder_attention_figure(image, maps, points)
 plt.show()
 
 # %% [markdown]
@@ -201,11 +205,11 @@ plt.show()
 # the box it predicts.
 
 # %%
-sigmoid = scoring["use_sigmoid"]
-scores = teach.query_predictions(maps, sigmoid)["scores"]      # (Q,) each query's best real-class score
+per_query = sigmoid_scores if config.loss_type == "focal" else softmax_scores   # one result per query
+scores = teach.query_predictions(maps, per_query)["scores"]      # (Q,) each query's best real-class score
 top = scores.argsort(descending=True)[:4].tolist()
 print("top queries:", top, "scores", [round(float(scores[q]), 2) for q in top])
-fig = teach.plot_decoder_attention(image, maps, top, names=names, use_sigmoid=sigmoid)
+fig = teach.decoder_attention_figure(image, maps, top, names=names, scoring=per_query)
 plt.show()
 
 # %% [markdown]
@@ -225,7 +229,7 @@ if OFFICIAL:
     photo_maps = teach.attention_maps(official, photo[None].to(device))
     del official
     pH, pW = photo.shape[-2:]
-    fig = teach.plot_encoder_attention(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
+    fig = teach.encoder_attention_figure(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
                                                              (int(pH * 0.1), int(pW * 0.5)),
                                                              (int(pH * 0.8), int(pW * 0.5)),
                                                              (int(pH * 0.3), int(pW * 0.1))])
@@ -233,12 +237,12 @@ if OFFICIAL:
     p_scores = teach.query_predictions(photo_maps)["scores"]      # the paper's softmax scores
     ranked = p_scores.argsort(descending=True).tolist()
     confident = [q for q in ranked if p_scores[q] > 0.7][:4] or ranked[:2]
-    fig = teach.plot_decoder_attention(photo, photo_maps, confident, names=teach.COCO_CLASSES)
+    fig = teach.decoder_attention_figure(photo, photo_maps, confident, names=teach.COCO_CLASSES)
     plt.show()
-    w_image, w_maps, w_names, w_sigmoid = photo, photo_maps, teach.COCO_CLASSES, False
+    w_image, w_maps, w_names, w_scoring = photo, photo_maps, teach.COCO_CLASSES, softmax_scores
 else:
     print("SMOKE: official checkpoint not downloaded; the widgets use the small model trained above")
-    w_image, w_maps, w_names, w_sigmoid = image, maps, names, sigmoid
+    w_image, w_maps, w_names, w_scoring = image, maps, names, per_query
 
 # %% [markdown]
 # ### Explore: encoder self-attention at a chosen pixel
@@ -255,12 +259,12 @@ n_enc, n_dec = len(w_maps["encoder"]), len(w_maps["decoder"])
 
 
 def show_encoder(y=wH // 2, x=wW // 2, layer=n_enc - 1):
-    teach.plot_encoder_attention(w_image, w_maps, [(y, x)], layer=layer)
+    teach.encoder_attention_figure(w_image, w_maps, [(y, x)], layer=layer)
     plt.show()
 
 
 def show_decoder(query=0, layer=n_dec - 1):
-    teach.plot_decoder_attention(w_image, w_maps, [query], layer=layer, names=w_names, use_sigmoid=w_sigmoid)
+    teach.decoder_attention_figure(w_image, w_maps, [query], layer=layer, names=w_names, scoring=w_scoring)
     plt.show()
 
 
@@ -276,7 +280,7 @@ widgets.interact(show_encoder,
 # ones concentrate on the object, mostly on its borders.
 
 # %%
-w_scores = teach.query_predictions(w_maps, w_sigmoid)["scores"]
+w_scores = teach.query_predictions(w_maps, w_scoring)["scores"]
 order = w_scores.argsort(descending=True).tolist()
 widgets.interact(show_decoder,
                  query=widgets.Dropdown(options=[(f"query {q} (score {w_scores[q]:.2f})", q) for q in order],
@@ -298,7 +302,7 @@ assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.iscl
 #
 # ## Exercises
 #
-# Predict first, then check with a cell (`E.evaluate`, `E.draw_predictions`).
+# Predict first, then check with a cell (`E.evaluate`, `figures.draw_predictions`).
 #
 # 1. Keep only each image's 10 best-scoring detections before COCO evaluation. Which of AP, AP50, AR10
 #    and AR100 can change, and in which direction?

@@ -77,8 +77,10 @@ import torch
 from IPython.display import Markdown, display
 
 from detr_nb import workdir
-from detr_nb.engine import compare, compare_figures, compare_report
-from detr_nb.engine.compare import CompareConfig
+from detr_nb.figures import study as compare_figures
+from detr_nb.study import compare
+from detr_nb.study import report as compare_report
+from detr_nb.study.compare import CompareConfig
 from detr_nb.teach import lessons
 
 if SMOKE:
@@ -152,7 +154,7 @@ compare.prepare(cfg)   # downloads now, so that no run's budget pays for one
 # %%
 for spec in compare.select(specs, "approach", "scratch"):
     print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_figures.plot_run_predictions(spec)
+    fig = compare_report.run_predictions(spec)
     plt.show()
 
 # %% [markdown]
@@ -167,7 +169,7 @@ for spec in compare.select(specs, "approach", "scratch"):
 # %%
 for spec in compare.select(specs, "approach", "torch"):
     print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_figures.plot_run_predictions(spec)
+    fig = compare_report.run_predictions(spec)
     plt.show()
 
 # %% [markdown]
@@ -179,7 +181,7 @@ for spec in compare.select(specs, "approach", "torch"):
 # %%
 for spec in compare.select(specs, "approach", "pretrained"):
     print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_figures.plot_run_predictions(spec)
+    fig = compare_report.run_predictions(spec)
     plt.show()
 
 # %% [markdown]
@@ -202,7 +204,7 @@ for spec in compare.select(specs, "init"):
 # clock: setup and training steps, without evaluations or checkpoint writes.
 
 # %%
-report = compare.report_comparison(cfg)
+report = compare_report.with_records(compare.report_comparison(cfg))
 display(Markdown((out / "table.md").read_text()))
 
 # %%

@@ -54,7 +54,7 @@ from detr_nb.aids import denoising_attention_mask, group_attention_mask, noise_t
 from detr_nb.configs import build_model
 from detr_nb.data.synthetic import render_sample, synthetic_params
 from detr_nb.setpred.matcher import HungarianMatcher
-from detr_nb.engine.plotting import show_attention_mask
+from detr_nb.figures.attention import show_attention_mask
 from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
 from detr_nb.engine.config import TrainConfig
 from detr_nb.engine.trainer import Trainer
@@ -73,7 +73,8 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # variant; 540 s, the main job's budget, for vanilla and three combinations). Nothing is downloaded.
 
 # %%
-from detr_nb.teach.convergence import load_convergence, plot_convergence
+from detr_nb.figures.convergence import plot_convergence
+from detr_nb.teach.convergence import STUDY, group_runs, load_convergence
 
 results = load_convergence()
 runs = {k: r for k, r in results["runs"].items() if not r.get("study")}   # the first study (issue 8)
@@ -83,7 +84,7 @@ for key, r in sorted(runs.items(), key=lambda kv: (kv[1].get("budget_s") or 0, k
           f"box GIoU loss {f['loss_giou']:.3f}   {r['description']}")
 
 # %%
-plot_convergence(results, study=8)
+plot_convergence(group_runs(results, study=8))
 plt.show()
 
 # %% [markdown]
@@ -243,8 +244,6 @@ plt.show()
 # steps (AP at a step does not depend on the machine), on three seeds where it mattered:
 
 # %%
-from detr_nb.teach.convergence import group_runs
-
 round_two = group_runs(results)            # the issue-16 runs: one group per (variant, steps), one run per seed
 for label, group in round_two.items():
     ap = np.array([r["final"]["AP"] for r in group])
@@ -254,7 +253,7 @@ for label, group in round_two.items():
 
 # %%
 three_seeds = [label for label, group in round_two.items() if len(group) == 3]
-plot_convergence(results, groups=three_seeds, figsize=(12, 6.5))
+plot_convergence({k: round_two[k] for k in three_seeds}, current=STUDY, figsize=(12, 6.5))
 plt.show()
 
 # %% [markdown]

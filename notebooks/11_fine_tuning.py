@@ -55,13 +55,13 @@ import detr_nb
 from detr_nb import postprocess, teach, workdir
 from detr_nb.data import build_dataset, make_transforms
 from detr_nb.engine import TrainConfig, Trainer
-from detr_nb.engine.evaluate import draw_predictions, scoring_for
-from detr_nb.engine.plotting import draw_boxes
+from detr_nb.aids import scoring_for
 from detr_nb.engine.precision import resolve_device
-from detr_nb.engine.predict import detect, open_input
+from detr_nb.figures import LiveLossPlot, draw_boxes, draw_predictions, show_samples
+from detr_nb.inference.evaluate import category_names, sample_predictions
+from detr_nb.inference.predict import detect, open_input
 from detr_nb.model.pretrained import COCO_CLASSES
 from detr_nb.teach import lessons
-from detr_nb.teach.data_viz import show_samples
 from detr_nb.teach.uploads import image_from_bytes, uploaded_files
 
 if SMOKE:
@@ -137,7 +137,7 @@ print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
     "clip_max_norm", "loss_type", "preset", "amp", "out")}, indent=1))
 
 # %%
-live = lessons.LiveLossPlot(every=1 if SMOKE else 30)
+live = LiveLossPlot(every=1 if SMOKE else 30)
 trainer = Trainer(config, callbacks=[live])
 reason = trainer.fit()
 print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.train_time_s():.0f} s); checkpoint {trainer.last_good}")
@@ -152,8 +152,9 @@ print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.train_time_s(
 # %%
 stats = trainer.evaluate(verbose=True)
 model = trainer.model.eval()
-fig = draw_predictions(model, val_set, range(min(4, len(val_set))), device, threshold=THRESHOLD,
-                       precision=trainer.precision, **scoring_for(config.loss_type))
+samples = sample_predictions(model, val_set, range(min(4, len(val_set))), device, trainer.precision.autocast,
+                             scoring_for(config.loss_type))
+fig = draw_predictions(samples, threshold=THRESHOLD, names=category_names(val_set))
 plt.show()
 
 # %% [markdown]
@@ -224,7 +225,7 @@ else:
 # %%
 print("checkpoint:", trainer.last_good)
 print(f"python -m detr_nb predict your_photo.jpg --run {trainer.out}")
-from detr_nb.engine.export import OnnxDetector, export_onnx, parity
+from detr_nb.inference.export import OnnxDetector, export_onnx, parity
 
 model = model.cpu().eval()
 onnx_path = export_onnx(model, trainer.out / "model.onnx")

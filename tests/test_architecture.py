@@ -22,8 +22,20 @@ def test_every_module_belongs_to_a_known_layer():
 
 def test_layers_import_downward_only():
     assert A.violations() == []
-    core = {"nn", "model", "setpred"}      # the teaching core never reaches up into the machinery
-    assert not {(a, b) for a, b in A.component_edges() if a in core and b in ("engine", "teach", "cli")}
+
+
+def test_the_core_is_the_paper():
+    """nn/, model/ and setpred/ import nothing but each other: no aid, no engine, no teaching helper; and no core
+    signature or docstring names an aid's options (the aids plug in through the class term and the refine hook)."""
+    core = {"nn", "model", "setpred"}
+    assert {(a, b) for a, b in A.component_edges() if a in core and b not in core | {"errors"}} == set()
+    for dotted, path in A.modules():
+        if A.component(dotted) in core:
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.FunctionDef):
+                    args = [a.arg for a in node.args.args + node.args.kwonlyargs]
+                    assert not set(args) & {"loss_type", "focal_alpha", "focal_gamma", "dn_groups", "use_sigmoid",
+                                            "topk", "iou_aware", "iou_power", "query_pos_hook"}, (dotted, node.name)
 
 
 def test_no_import_cycles():
@@ -34,8 +46,10 @@ def test_the_rule_can_fail(monkeypatch):
     """The checks see a real violation and a real cycle (so the two tests above can fail)."""
     real = A.imports_of
     monkeypatch.setattr(A, "imports_of", lambda name, path: real(name, path) | (
-        {"engine.trainer"} if name == "model.detr" else {"model.detr"} if name == "engine.trainer" else set()))
+        {"engine.trainer"} if name == "model.detr" else {"model.detr"} if name == "engine.trainer" else
+        {"aids.focal"} if name == "setpred.criterion" else set()))
     assert "model.detr imports engine.trainer" in A.violations()
+    assert "setpred.criterion imports aids.focal" in A.violations()
     assert any({"model.detr", "engine.trainer"} <= set(c) for c in A.cycles())
 
 

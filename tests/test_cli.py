@@ -12,7 +12,7 @@ import pytest
 from detr_nb.engine import checkpoint as ck
 from detr_nb.cli import build_parser, main
 from detr_nb.cli.options import config_from_args
-from detr_nb.engine.evaluate import STAT_NAMES
+from detr_nb.inference.evaluate import STAT_NAMES
 from engine_utils import REPO, SYN, TINY, cli_env, run_cli
 
 
@@ -27,8 +27,8 @@ def test_defaults_are_the_main_job():
     assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny_aided" and cfg.loss_type == "focal" and cfg.device == "auto"
     assert cfg.time_budget_s is not None and cfg.time_budget_s <= 540 and cfg.eval_at_end
     cfg = config_from_args(build_parser().parse_args(["train", "--time-budget", "none", "--no-resume",
-                                                      "--set", "lr_drop=5", "--set", "init=\"xavier\""]))
-    assert cfg.time_budget_s is None and not cfg.resume and cfg.lr_drop == 5 and cfg.init == "xavier"
+                                                      "--set", "lr_drop=5", "--set", "model_overrides.init=xavier"]))
+    assert cfg.time_budget_s is None and not cfg.resume and cfg.lr_drop == 5 and cfg.model_overrides == {"init": "xavier"}
 
 
 def test_train_evaluate_predict(tmp_path, data_root, capsys):
@@ -100,6 +100,31 @@ def test_recipes_resolve_and_explicit_options_win():
     assert TrainConfig(recipe="paper").replace(recipe="aided", lr=0.5).lr == 0.5
     assert TrainConfig(recipe="paper", lr=0.5).replace(recipe="aided").lr == 0.5   # explicit values survive
     assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 2e-3
+
+
+def test_chained_replaces_equal_one_fresh_config():
+    """The recipe is resolved from the options given, whatever the path: a chain of replace() calls gives what a
+    fresh config of the same options gives (a replace used to mark every field as given, so a later recipe
+    changed nothing: recipe paper, then out, then recipe aided kept the paper's lr, loss and model)."""
+    import dataclasses
+    from detr_nb.engine.config import TrainConfig
+    from detr_nb.engine.recipes import RECIPES
+
+    chained = TrainConfig(recipe="paper").replace(out="x").replace(recipe="aided")
+    assert chained.to_dict() == TrainConfig(recipe="aided", out="x").to_dict()
+    assert (chained.lr, chained.loss_type, chained.model) == (2e-3, "focal", "detr_tiny_aided")
+    for start in RECIPES:
+        for end in RECIPES:
+            a = TrainConfig(recipe=start, seed=3).replace(batch_size=2).replace(recipe=end).replace(out="y")
+            assert a.to_dict() == TrainConfig(recipe=end, seed=3, batch_size=2, out="y").to_dict(), (start, end)
+    # another dataset drops the data parameters given for the old one (and a dataset's own stay)
+    moved = TrainConfig(data_kwargs={"num_train": 9}).replace(dataset="balloon")
+    assert moved.data_kwargs == {} and moved.replace(dataset="synthetic").data_kwargs == RECIPES["aided"]["data_kwargs"]
+    # the paper's recipe is the fields' defaults: a recipe holds only its differences
+    defaults = {f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                for f in dataclasses.fields(TrainConfig)}
+    assert TrainConfig(recipe="paper").to_dict() == {**defaults, "recipe": "paper"}
+    assert all(r[k] != defaults[k] for r in RECIPES.values() for k in r)
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -185,7 +210,7 @@ def test_open_input_reads_files_and_urls_like_predict(tmp_path, data_root):
     """The notebooks' photo reader: a path and its file:// URL give the same upright pixels; bad inputs
     give predict's one-line errors."""
     import numpy as np
-    from detr_nb.engine.predict import open_input
+    from detr_nb.inference.predict import open_input
     from detr_nb.errors import UserError
     image = next((data_root / "val").glob("*.png"))
     a, b = open_input(str(image)), open_input(image.as_uri())

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from detr_nb.engine import compare
-from detr_nb.engine.compare import CompareConfig, compare_train_config, pretrained_unavailable, run_specs
-from detr_nb.engine.compare_figures import figure_subtitle
+from detr_nb.study import compare
+from detr_nb.study.compare import CompareConfig, compare_train_config, pretrained_unavailable, run_specs
+from detr_nb.figures.study import figure_subtitle
 from engine_utils import SYN, TINY
 
 FIGURES = ("approaches_loss", "map", "images_per_s", "init_loss", "init_histograms", "init_grad_std",
@@ -132,7 +132,7 @@ def test_scratch_and_torch_give_the_same_loss_curve(compared):
 
 def test_curve_agreement_known_answer(tmp_path):
     """curve_agreement and its table line on hand-built metrics files with a known answer."""
-    from detr_nb.engine.compare_report import curve_agreement, results_table
+    from detr_nb.study.report import curve_agreement, results_table
 
     def run(name, seed, losses, status="ok", extra=()):
         d = tmp_path / f"{name}-{seed}"
@@ -293,10 +293,10 @@ def test_specs_share_data_seed_and_budget():
         tcs = [s["train_config"] for s in specs if s["seed"] == seed]
         assert {(t.dataset, t.max_steps, t.time_budget_s, t.batch_size, t.lr, t.seed) for t in tcs} == {
             ("synthetic", 50, None, 4, 1e-4, seed)}
-    for s in specs:   # the paper's recipe, whatever TrainConfig's defaults are
+    for s in specs:   # the paper's recipe, at a constant lr
         t = s["train_config"]
-        assert (t.loss_type, t.weight_dict, t.warmup_steps, t.schedule) == (
-            "ce", {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, 0, "constant")
+        assert (t.loss_type, t.weight_dict, t.eos_coef, t.warmup_steps, t.schedule) == (
+            "ce", {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, 0.1, 0, "constant")
     pre = [s["train_config"] for s in specs if s["name"] == "pretrained"][0]
     assert pre.model == "detr_r50" and pre.pretrained == "detr_r50"
     assert len({s["dir"] for s in specs}) == len(specs)
@@ -325,19 +325,20 @@ def test_every_run_starts_from_the_weights_it_says():
     """detr_small (frozen-BN ResNet-18): ImageNet backbone in approaches 1-2 and the init study, lr/10 on it;
     approach 3: the official checkpoint; a GroupNorm model (detr_tiny): random backbone at the full lr."""
     from detr_nb.engine.build import make_optimizer
-    from detr_nb.engine.compare_report import backbone_lr, starting_point, starting_points_table
+    from detr_nb.study.report import starting_point, starting_points_table
 
     small = run_specs(CompareConfig(compare_train_config(dataset="pennfudan", model="detr_small", max_steps=5)))
     assert len(small) == 7
     for s in small:
         t = s["train_config"]
         if s["name"] == "pretrained":
-            assert (t.model, t.pretrained, t.pretrained_backbone, t.init) == ("detr_r50", "detr_r50", None, None)
+            assert (t.model, t.pretrained, t.pretrained_backbone) == ("detr_r50", "detr_r50", None)
+            assert t.model_config().init == "official"
             assert "official DETR checkpoint detr_r50" in starting_point(s)["weights at step 0"]
         else:
             assert t.pretrained_backbone is True and t.model == "detr_small", s["name"]
             assert "ImageNet weights (IMAGENET1K_V1)" in starting_point(s)["weights at step 0"]
-        assert (t.lr, backbone_lr(t)) == (1e-4, 1e-5)
+        assert (t.lr, t.backbone_lr()) == (1e-4, 1e-5)
         assert starting_point(s)["frozen"] == "BatchNorm statistics, stem + layer1"
     assert small[3]["name"] == "default" and "init default" in starting_point(small[3])["weights at step 0"]
     table = starting_points_table(small)
@@ -346,17 +347,17 @@ def test_every_run_starts_from_the_weights_it_says():
     tiny = run_specs(CompareConfig(compare_train_config(model_overrides=TINY, max_steps=5), approaches=("torch",),
                                    inits=()))
     (t,) = [s["train_config"] for s in tiny]
-    assert t.pretrained_backbone is False and backbone_lr(t) == t.lr
+    assert t.pretrained_backbone is False and t.backbone_lr() == t.lr
     assert starting_point(tiny[0])["frozen"] == "nothing"
     assert starting_point(tiny[0])["weights at step 0"].startswith("random ResNet-18 (width 0.125, gn)")
     frozen = run_specs(CompareConfig(compare_train_config(model_overrides=TINY, max_steps=5, lr_backbone=0.0),
                                      approaches=("torch",), inits=()))
     assert starting_point(frozen[0])["frozen"] == "the whole backbone"
-    # backbone_lr is the engine's rule: what the optimizer of such a run really uses
+    # backbone_lr() is the engine's rule: what the optimizer of such a run really uses (0: no backbone group)
     from detr_nb.configs import build_model
     for tc in (t, t.replace(pretrained_backbone=True, model="detr_small", model_overrides={}), t.replace(lr_backbone=0.0)):
         model = build_model(tc.model, num_classes=3, **tc.model_overrides)
-        assert make_optimizer(model, tc, torch.device("cpu"))[2] == backbone_lr(tc)
+        assert make_optimizer(model, tc, torch.device("cpu"))[0].param_groups[-1]["lr"] == (tc.backbone_lr() or tc.lr)
 
 
 # ----------------------------------------------------------------------------- rerun: skip, resume, afresh
@@ -467,7 +468,7 @@ def test_the_budget_leaves_out_evaluations_and_checkpoint_writes(tmp_path, monke
 
 
 def test_predictions_of_a_run_are_drawn_from_its_checkpoint(compared):
-    from detr_nb.engine.compare_figures import plot_run_predictions
+    from detr_nb.study.report import run_predictions as plot_run_predictions
 
     cfg = CompareConfig(compare_train_config(model_overrides=TINY, max_steps=STEPS, out=str(compared)))
     specs = run_specs(cfg)

@@ -5,8 +5,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torchvision import ops
 
+from detr_nb.aids.focal import FocalClasses, focal_cost, sigmoid_focal_loss
 from detr_nb.setpred.criterion import SetCriterion
-from detr_nb.setpred.losses import sigmoid_focal_loss
 from detr_nb.setpred.matcher import HungarianMatcher
 
 C = 4  # real classes
@@ -184,26 +184,31 @@ def test_num_boxes_all_reduce_with_one_process_group(tmp_path):
         torch.testing.assert_close(got[key], expected[key])
 
 
-def test_group_matching_box_losses_average_the_groups():
+def test_group_detr_folds_the_groups_into_the_batch():
+    """AidedCriterion's Group DETR: each group of queries is matched and scored as a DETR of its own; the box
+    terms are the groups' mean (num_boxes x K), the class term the weighted CE over every query."""
+    from detr_nb.aids.criterion import AidedCriterion
     K, Qg = 3, 4
-    outputs, targets = make_batch([3, 2], Q=K * Qg, seed=10, num_layers=1)
-    del outputs["aux_outputs"]
-    grouped = SetCriterion(C, matcher=HungarianMatcher(num_groups=K))(outputs, targets)
-    per_group = [SetCriterion(C)({k: v[:, g * Qg:(g + 1) * Qg] for k, v in outputs.items()}, targets)
-                 for g in range(K)]
-    for key in ("loss_bbox", "loss_giou"):  # num_boxes is multiplied by K
+    outputs, targets = make_batch([3, 2], Q=K * Qg, seed=10, num_layers=2)
+    grouped = AidedCriterion(C, num_queries=Qg, num_groups=K)(outputs, targets)
+    part = lambda o, g: {k: v[:, g * Qg:(g + 1) * Qg] for k, v in o.items() if k != "aux_outputs"}
+    per_group = [SetCriterion(C)({**part(outputs, g), "aux_outputs": [part(a, g) for a in outputs["aux_outputs"]]},
+                                 targets) for g in range(K)]
+    for key in ("loss_bbox", "loss_giou", "loss_ce", "loss_bbox_0", "loss_ce_0", "cardinality_error", "loss"):
         torch.testing.assert_close(grouped[key], sum(p[key] for p in per_group) / K)
-    torch.testing.assert_close(grouped["cardinality_error"],
-                               ((outputs["pred_logits"].argmax(-1) != C).sum(1).float() / K
-                                - torch.tensor([3.0, 2.0])).abs().mean())
+    # eval mode (one group of Q queries): the plain criterion
+    one = {k: v for k, v in part(outputs, 0).items()}
+    torch.testing.assert_close(AidedCriterion(C, num_queries=Qg, num_groups=K)(one, targets)["loss"],
+                               SetCriterion(C)(one, targets)["loss"])
 
 
-def test_focal_loss_option():
+def test_focal_class_term():
     logits, onehot = torch.randn(3, 5, C), (torch.rand(3, 5, C) > 0.7).float()
     torch.testing.assert_close(sigmoid_focal_loss(logits, onehot),
                                ops.sigmoid_focal_loss(logits, onehot, alpha=0.25, gamma=2.0))
     outputs, targets = make_batch([3, 2], seed=11, num_layers=1)
-    criterion = SetCriterion(C, loss_type="focal")
+    term = FocalClasses(C)
+    criterion = SetCriterion(C, HungarianMatcher(class_cost=focal_cost), class_term=term)
     result = criterion(outputs, targets)
     indices = criterion.matcher(outputs, targets)
     target = torch.zeros(2, 6, C)
@@ -211,17 +216,19 @@ def test_focal_loss_option():
         target[i, rows, targets[i]["labels"][cols]] = 1.0
     expected = ops.sigmoid_focal_loss(outputs["pred_logits"][..., :C], target, reduction="sum") / 5
     torch.testing.assert_close(result["loss_ce"], expected)
+    # logged: a query predicts an object when its best sigmoid passes 0.5
+    scores = outputs["pred_logits"][..., :C].sigmoid()
+    card = ((scores.amax(-1) > 0.5).sum(1).float() - torch.tensor([3.0, 2.0])).abs().mean()
+    torch.testing.assert_close(result["cardinality_error"], card)
 
 
-def test_weights_and_loss_subsets():
+def test_weights():
     outputs, targets = make_batch([2, 2], seed=12)
     weights = {"loss_ce": 2.0, "loss_bbox": 1.0, "loss_giou": 0.5, "loss_giou_1": 0.0}
     r = SetCriterion(C, weight_dict=weights)(outputs, targets)
     base = list(weights.items())[:3]
     expected = sum(w * r[k + s] for k, w in base for s in ("", "_0", "_1")) - 0.5 * r["loss_giou_1"]
     torch.testing.assert_close(r["loss"], expected)
-    r = SetCriterion(C, losses=("boxes",))(outputs, targets)
-    assert set(r) == {"loss_bbox", "loss_giou", "loss_bbox_0", "loss_giou_0", "loss_bbox_1", "loss_giou_1", "loss"}
 
 
 def test_bad_input_raises_value_error():
@@ -231,28 +238,33 @@ def test_bad_input_raises_value_error():
     targets[1]["labels"][2] = C
     with pytest.raises(ValueError, match="image 1, target box 2"):
         SetCriterion(C)(outputs, targets)
-    with pytest.raises(ValueError, match="loss_type"):
-        SetCriterion(C, loss_type="l2")
 
 
-@pytest.mark.parametrize("loss_type", ["ce", "focal"])
-def test_stacked_criterion_equals_the_papers_loss_layer_by_layer(loss_type):
-    """SetCriterion's fast path (every layer at once, flat indices) == setpred.losses.set_losses per layer."""
+@pytest.mark.parametrize("class_term", ["paper", "focal"])
+def test_stacked_criterion_equals_the_papers_loss_layer_by_layer(class_term):
+    """SetCriterion's fast path (every layer at once, flat indices) == setpred.losses.set_losses per layer, and
+    with the focal class term == a per-layer sum of torchvision's focal loss."""
     from detr_nb.setpred.losses import set_losses
     from detr_nb.setpred.matching import hungarian_match
     torch.manual_seed(5)
     B, Q, C = 3, 10, 4
-    cols = C + 1
-    layers = [{"pred_logits": torch.randn(B, Q, cols), "pred_boxes": torch.rand(B, Q, 4) * 0.5 + 0.1}
+    layers = [{"pred_logits": torch.randn(B, Q, C + 1), "pred_boxes": torch.rand(B, Q, 4) * 0.5 + 0.1}
               for _ in range(3)]
     outputs = {**layers[-1], "aux_outputs": layers[:-1]}
     targets = [{"labels": torch.randint(0, C, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.1} for n in (2, 0, 4)]
-    crit = SetCriterion(C, eos_coef=0.1, loss_type=loss_type)
+    focal = class_term == "focal"
+    cost = focal_cost if focal else None
+    crit = SetCriterion(C, HungarianMatcher(class_cost=cost) if focal else None, eos_coef=0.1,
+                        class_term=FocalClasses(C) if focal else None)
     got = crit(outputs, targets)
     num_boxes = torch.tensor(6.0)
-    class_cost = "focal" if loss_type == "focal" else "softmax"
     for layer, suffix in zip(layers, ["_0", "_1", ""]):
-        indices = hungarian_match(layer, targets, 1.0, 5.0, 2.0, class_cost)
-        want = set_losses(layer, targets, indices, C, num_boxes, loss_type, eos_coef=0.1)
+        indices = hungarian_match(layer, targets, 1.0, 5.0, 2.0, **({"class_cost": cost} if focal else {}))
+        want = set_losses(layer, targets, indices, C, num_boxes, eos_coef=0.1)
+        if focal:
+            onehot = torch.zeros(B, Q, C)
+            for i, (rows, cols) in enumerate(indices):
+                onehot[i, rows, targets[i]["labels"][cols]] = 1.0
+            want["loss_ce"] = ops.sigmoid_focal_loss(layer["pred_logits"][..., :C], onehot, reduction="sum") / 6
         for k, v in want.items():
             torch.testing.assert_close(got[k + suffix], v, rtol=1e-5, atol=1e-6)

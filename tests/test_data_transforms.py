@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from detr_nb.data import transforms as T
-from detr_nb.engine.plotting import IMAGENET_MEAN, IMAGENET_STD
+from detr_nb.figures.boxes import IMAGENET_MEAN, IMAGENET_STD
 
 RECT = (40, 30, 121, 91)  # x0, y0, x1, y1 (exclusive) of the white rectangle
 

@@ -6,7 +6,8 @@ matplotlib.use("Agg")
 import numpy as np  # noqa: E402
 
 from detr_nb.data import build_dataset, collate_fn  # noqa: E402
-from detr_nb.teach.data_viz import dataset_stats, plot_dataset_stats, show_batch, show_samples  # noqa: E402
+from detr_nb.figures.data import plot_dataset_stats, show_batch, show_samples  # noqa: E402
+from detr_nb.teach.data_viz import dataset_stats  # noqa: E402
 from detr_nb.data.synthetic import CLASSES  # noqa: E402
 
 
@@ -25,6 +26,6 @@ def test_figures(tmp_path):
     assert s["num_images"] == 8 and s["num_objects"] == int(np.sum(s["objects_per_image"]))
     assert sum(s["class_counts"].values()) == s["num_objects"] and set(s["class_counts"]) <= set(CLASSES)
     assert (s["box_rel_size"] > 0).all() and (s["box_rel_size"] <= 1).all()
-    fig = plot_dataset_stats(ds, title="synthetic")
+    fig = plot_dataset_stats(dataset_stats(ds), title="synthetic")
     fig.savefig(tmp_path / "stats.png")
     assert len(fig.axes) == 4

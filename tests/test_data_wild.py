@@ -233,7 +233,7 @@ def perfect_detections(ds):
 
 
 def test_degenerate_box_leaves_training_and_evaluation_alike(tmp_path):
-    from detr_nb.engine.evaluate import coco_evaluate
+    from detr_nb.inference.evaluate import coco_evaluate
 
     anns = [{"id": 1, "image_id": 5, "bbox": [4, 3, 10, 6], "category_id": 1},
             {"id": 2, "image_id": 5, "bbox": [30, 20, 20, 20], "category_id": 1},   # clamped to 10x10
@@ -252,7 +252,7 @@ def test_degenerate_box_leaves_training_and_evaluation_alike(tmp_path):
 
 def test_annotation_id_0_still_counts_as_matched(tmp_path):
     """COCOeval reads a match to annotation id 0 as no match: ids are shifted to start at 1."""
-    from detr_nb.engine.evaluate import coco_evaluate
+    from detr_nb.inference.evaluate import coco_evaluate
 
     folder, ann = one_image(tmp_path, anns=[{"id": 0, "image_id": 5, "bbox": [4, 3, 10, 6], "category_id": 1},
                                             {"id": 1, "image_id": 5, "bbox": [20, 10, 10, 10], "category_id": 1}])

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from detr_nb.engine import checkpoint as ck
-from detr_nb.engine.diagnostics import GradientStats, plot_grad_std, plot_histograms, plot_weight_std, plot_weight_sum, read_records, weight_histograms
+from detr_nb.engine.diagnostics import GradientStats, read_records, weight_histograms
+from detr_nb.figures.training import plot_grad_std, plot_histograms, plot_weight_sum
 
 
 def _model():
@@ -30,7 +31,7 @@ def test_records_at_interval_match_torch(tmp_path):
     assert [r["step"] for r in stats.records] == [2, 4]
     assert [r["step"] for r in read_records(tmp_path / "d.jsonl")] == [2, 4]
     assert set(stats.records[0]["grad_std"]) == {"0.weight", "2.weight"}  # weights only (dim >= 2)
-    for fn in (plot_grad_std, plot_weight_sum, plot_weight_std):
+    for fn in (plot_grad_std, plot_weight_sum):
         assert fn(stats.records).axes
 
 

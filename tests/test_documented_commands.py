@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from detr_nb.engine.evaluate import STAT_NAMES
+from detr_nb.inference.evaluate import STAT_NAMES
 from engine_utils import REPO, SYN, TINY, run_cli
 
 README = REPO / "README.md"
@@ -380,7 +380,7 @@ BENCH_RUNNERS = {
     "python bench/notebook_times.py 07 11": run_notebook_times,
     "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times,
     "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
-    "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+vfl best+ema":
+    "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+groups best+enccontent":
         run_bench_convergence,
     "python bench/convergence.py --steps 1500 --eval-every 250 --seeds 0 1 2 --variants best aided":
         run_bench_convergence,

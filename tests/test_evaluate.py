@@ -5,10 +5,12 @@ import io
 
 import pytest
 import torch
+
+from detr_nb.aids.focal import focal_scores
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_nb.engine.evaluate import STAT_NAMES, coco_evaluate, coco_gt_from_targets, format_stats, to_coco_results
+from detr_nb.inference.evaluate import STAT_NAMES, coco_evaluate, coco_gt_from_targets, format_stats, to_coco_results
 
 
 def _gt():
@@ -84,7 +86,7 @@ def test_no_detections_give_zeros():
 
 # ----------------------------------------------------------------------------- the whole path, known answer
 # model outputs -> postprocess (sigmoid scores without the "no object" column, top-k pairs, boxes scaled to
-# each image's orig_size) -> COCO results -> COCOeval, through detr_nb.engine.evaluate.evaluate, on a dataset read
+# each image's orig_size) -> COCO results -> COCOeval, through detr_nb.inference.evaluate.evaluate, on a dataset read
 # from image files, whose AP is worked out by hand below.
 import json  # noqa: E402
 import math  # noqa: E402
@@ -149,7 +151,7 @@ class FixedOutputs(nn.Module):
         self.seen = []
 
     def forward(self, images, mask=None):
-        from detr_nb.engine.plotting import IMAGENET_MEAN, IMAGENET_STD
+        from detr_nb.figures.boxes import IMAGENET_MEAN, IMAGENET_STD
 
         assert tuple(images.shape[-2:]) == INPUT_HW
         grey = [round((float(v) * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255) for v in images[:, 0, 0, 0]]
@@ -202,11 +204,11 @@ AR1 = (1 / 3 + 1) / 2
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_evaluate_known_answer_through_postprocess_and_coco(tmp_path, batch_size):
-    from detr_nb.engine.evaluate import evaluate
+    from detr_nb.inference.evaluate import evaluate
 
     ds = _dataset(tmp_path)
     model = FixedOutputs(_designed_outputs())
-    stats = evaluate(model, ds, batch_size=batch_size, use_sigmoid=True, topk=100, verbose=False)
+    stats = evaluate(model, ds, batch_size=batch_size, scoring=focal_scores, verbose=False)
     assert sorted(model.seen) == [40, 200]                     # each image went through the model once
     assert AP_A == pytest.approx(0.756435643)
     for key in ("AP", "AP50", "AP75"):
@@ -220,11 +222,13 @@ def test_evaluate_known_answer_through_postprocess_and_coco(tmp_path, batch_size
 def test_predict_keeps_the_100_best_pairs_in_original_pixels(tmp_path):
     """predict's detections of each image == the 100 best (query, class) pairs over the real classes,
     found by sorting every pair's sigmoid score by hand; boxes in the image's own pixels, xywh."""
-    from detr_nb.engine.evaluate import make_eval_loader, predict
+    from torch.utils.data import DataLoader
+    from detr_nb.data import collate_fn
+    from detr_nb.inference.evaluate import detections
 
     outputs = _designed_outputs()
-    dets = predict(FixedOutputs(outputs), make_eval_loader(_dataset(tmp_path), batch_size=2), torch.device("cpu"),
-                   use_sigmoid=True, topk=100)
+    loader = DataLoader(_dataset(tmp_path), batch_size=2, collate_fn=collate_fn)
+    dets = detections(FixedOutputs(outputs), loader, torch.device("cpu"), scoring=focal_scores)
     for image_id, (logits, boxes) in outputs.items():
         (w, h), _ = IMAGES[image_id]
         pairs = []

@@ -11,6 +11,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from detr_nb import build_model, parameter_table  # noqa: E402
+from detr_nb import figures as F_
 from detr_nb import teach as E
 from detr_nb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from detr_nb.model.backbone import Backbone, ResNet  # noqa: E402
@@ -60,7 +61,7 @@ def test_im2col_loops_matches_unfold_and_conv(k, stride, pad):
 def test_plot_im2col_output_is_the_convolution():
     x = torch.arange(25.0).reshape(5, 5)
     w = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])
-    fig = E.plot_im2col(x, w, (1, 2), padding=1)
+    fig = F_.plot_im2col(x, w, (1, 2), padding=1)
     shown = fig.axes[3].images[0].get_array()
     ref = F.conv2d(x[None, None], w[None, None], padding=1)[0, 0]
     assert shown.shape == (5, 5)
@@ -77,7 +78,7 @@ def test_stage_features_strides_and_last_equals_body():
     assert strides == [4, 4, 8, 16, 32]
     with torch.no_grad():
         torch.testing.assert_close(feats["layer4"], body(x))
-    fig = E.plot_feature_maps(feats, image=x[0], channels=3)
+    fig = F_.plot_feature_maps(feats, image=x[0], channels=3)
     assert len(fig.axes) == 5 * 4
 
 
@@ -90,7 +91,7 @@ def test_grouped_parameter_table_resnet50_backbone():
     assert rows["conv1"].trainable == 0 and rows["layer1"].trainable == 0
     assert rows["layer4"].frozen == 0
     assert rows["buffers"].total == 106_240
-    fig = E.plot_parameter_table(list(rows.values()))
+    fig = F_.plot_parameter_table(list(rows.values()))
     assert len(fig.axes[0].patches) == 2 * sum(1 for r in rows.values() if r.component not in ("total", "buffers"))
 
 
@@ -144,7 +145,7 @@ def test_similarity_map_peaks_at_the_chosen_pixel(yx):
 
 def test_plot_pixel_encoding_runs():
     pos = PositionEmbeddingSine()(torch.zeros(1, 6, 8, dtype=torch.bool))
-    fig = E.plot_pixel_encoding(pos, 2, 5)
+    fig = F_.plot_pixel_encoding(pos, 2, 5, E.position_similarity(pos, 2, 5))
     torch.testing.assert_close(torch.as_tensor(fig.axes[2].images[0].get_array().data), E.position_similarity(pos, 2, 5))
 
 
@@ -191,9 +192,9 @@ def test_key_padding_and_attn_mask_vs_torch(impl):
 def test_attention_plots_show_the_weights():
     mha, x = E.positional_toy_attention(num_tokens=8, embed_dim=16, num_heads=2)
     _, w = E.attention_weights(mha, x, x, x)
-    fig = E.plot_attention_heads(w)
+    fig = F_.plot_attention_heads(w)
     assert len(fig.axes) == 2
-    fig = E.plot_attention_query(w, head=1, query=3)
+    fig = F_.plot_attention_query(w, head=1, query=3)
     heights = torch.tensor([p.get_height() for p in fig.axes[1].patches], dtype=torch.float32)
     torch.testing.assert_close(heights, w[0, 1, 3])
 
@@ -229,14 +230,14 @@ def test_plot_detections_threshold_and_top_k(tiny):
     with torch.no_grad():
         out = tiny(img[None])
     fig, ax = plt.subplots()
-    kept = E.plot_detections(img, out, top_k=3, ax=ax)
+    kept = F_.plot_detections(img, out, top_k=3, ax=ax)
     assert kept["boxes"].shape == (3, 4) and len(ax.patches) == 3
     assert bool((kept["scores"][:-1] >= kept["scores"][1:]).all())
-    kept = E.plot_detections(img, out, threshold=1.1, ax=ax)
+    kept = F_.plot_detections(img, out, threshold=1.1, ax=ax)
     assert kept["scores"].numel() == 0
     # boxes are in the pixels of the image shown
     assert float(kept["boxes"].numel()) == 0
-    kept = E.plot_detections(img, out, threshold=0.0)
+    kept = F_.plot_detections(img, out, threshold=0.0)
     assert bool((kept["boxes"][:, 2] <= 80 + 1e-4).all()) and bool((kept["boxes"][:, 3] <= 64 + 1e-4).all())
 
 
@@ -274,9 +275,11 @@ def test_attention_maps_shapes_and_normalisation(tiny):
 def test_attention_map_plots(tiny):
     img = torch.randn(3, 64, 64)
     maps = E.attention_maps(tiny, img[None])
-    fig = E.plot_encoder_attention(img, maps, [(10, 10), (40, 50)])
+    points = [(10, 10), (40, 50)]
+    fig = F_.plot_encoder_attention(img, points, [E.encoder_attention_at(maps, y, x) for y, x in points])
     assert len(fig.axes) == 3
-    fig = E.plot_decoder_attention(img, maps, [0, 4], names={1: "a"})
+    fig = F_.plot_decoder_attention(img, [0, 4], [E.decoder_attention_of(maps, q) for q in (0, 4)],
+                                    E.query_predictions(maps), names={1: "a"})
     assert len(fig.axes) == 2 and len(fig.axes[0].patches) == 1
 
 
@@ -287,7 +290,8 @@ def test_query_predictions_score_each_query_as_its_loss_does(tiny):
     logits, boxes = maps["outputs"]["pred_logits"][0], maps["outputs"]["pred_boxes"][0]    # (Q, C+1), (Q, 4)
     soft = E.query_predictions(maps)
     torch.testing.assert_close(soft["scores"], logits.softmax(-1)[:, :-1].max(-1).values)
-    sig = E.query_predictions(maps, use_sigmoid=True)
+    from detr_nb.aids.focal import sigmoid_scores
+    sig = E.query_predictions(maps, scoring=sigmoid_scores)
     torch.testing.assert_close(sig["scores"], logits[:, :-1].sigmoid().max(-1).values)
     assert torch.equal(sig["labels"], logits[:, :-1].argmax(-1))
     cx, cy, w, h = boxes.unbind(-1)

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from detr_nb import build_model, set_impl
-from detr_nb.engine.export import has_dynamo_exporter
+from detr_nb.inference.export import has_dynamo_exporter
 from detr_nb.errors import UserError
 from engine_utils import SYN, TINY, run_cli
 
@@ -36,7 +36,7 @@ def _images(b, h, w, seed=1):
 
 def _check(model, detector, sizes, mask=None, label=""):
     """max |delta| per size (printed with -s); every one within TOL."""
-    from detr_nb.engine.export import parity
+    from detr_nb.inference.export import parity
     for b, h, w in sizes:
         delta = parity(model, detector, _images(b, h, w), None if mask is None else mask(b, h, w))
         print(f"{label} {b}x3x{h}x{w}: max |delta| logits {delta['pred_logits']:.1e}, boxes {delta['pred_boxes']:.1e}")
@@ -47,7 +47,7 @@ def _check(model, detector, sizes, mask=None, label=""):
 @pytest.mark.parametrize("name", ["detr_tiny", "detr_tiny_aided"])
 def test_one_file_runs_at_every_size(name, tmp_path):
     """64x96 and 80x64 (and a batch of two, and a map with fewer cells than queries) through ONE file."""
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
     model = _tiny(name)
     path = export_onnx(model, tmp_path / "m.onnx")
     detector = OnnxDetector(path)
@@ -63,13 +63,11 @@ def test_one_file_runs_at_every_size(name, tmp_path):
 @needs_onnx
 def test_the_model_is_left_as_it_was(tmp_path):
     """A scratch-impl model in training mode exports (on the fused ops) and comes back unchanged."""
-    import detr_nb.aids.model as aided
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
     model = set_impl(_tiny("detr_tiny_aided"), "scratch")
     model.train()
-    select = aided.select_queries
     export_onnx(model, tmp_path / "m.onnx")
-    assert model.training and aided.select_queries is select
+    assert model.training
     assert {m.impl for m in model.modules() if hasattr(m, "impl")} == {"scratch"}
     _check(model, OnnxDetector(tmp_path / "m.onnx"), [(1, 64, 96)], label="detr_tiny_aided (scratch impl)")
 
@@ -77,7 +75,7 @@ def test_the_model_is_left_as_it_was(tmp_path):
 @needs_onnx
 def test_padding_mask_input(tmp_path):
     """With mask=True a padded batch gives the model's own outputs; without it a padded batch is refused."""
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
 
     def padded(b, h, w):
         m = torch.zeros(b, h, w, dtype=torch.bool)
@@ -97,7 +95,7 @@ def test_padding_mask_input(tmp_path):
 @needs_onnx
 def test_official_detr_r50_architecture(tmp_path):
     """The official DETR-R50 (random weights, 41M parameters): one file, two sizes."""
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
     torch.manual_seed(0)
     model = build_model("detr_r50", num_classes=91)
     detector = OnnxDetector(export_onnx(model, tmp_path / "r50.onnx"))
@@ -109,7 +107,7 @@ def test_official_detr_r50_architecture(tmp_path):
                     reason="the dynamo exporter needs torch >= 2.5 and onnxscript")
 def test_dynamo_exporter(tmp_path):
     """The exporter "auto" falls back to where torch drops the TorchScript one: the aided model, every size."""
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
     model = _tiny("detr_tiny_aided")
     detector = OnnxDetector(export_onnx(model, tmp_path / "m.onnx", exporter="dynamo", mask=True))
     _check(model, detector, [(1, 64, 96), (1, 80, 64), (2, 48, 40), (1, 16, 16)], label="dynamo detr_tiny_aided")
@@ -121,9 +119,9 @@ def test_postprocess_and_detect_take_its_outputs(tmp_path):
     from PIL import Image
     import numpy as np
     from detr_nb.data import make_transforms
-    from detr_nb.engine.evaluate import scoring_for
-    from detr_nb.engine.export import OnnxDetector, export_onnx
-    from detr_nb.engine.predict import detect
+    from detr_nb.aids import scoring_for
+    from detr_nb.inference.export import OnnxDetector, export_onnx
+    from detr_nb.inference.predict import detect
     model = _tiny("detr_tiny_aided").eval()
     detector = OnnxDetector(export_onnx(model, tmp_path / "m.onnx"))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (70, 90, 3), dtype=np.uint8))
@@ -136,7 +134,7 @@ def test_postprocess_and_detect_take_its_outputs(tmp_path):
 @needs_onnx
 def test_export_command_end_to_end(tmp_path):
     """``export --run R -o model.onnx`` on a tiny trained run: the file, the inputs line and the parity line."""
-    from detr_nb.engine.export import OnnxDetector
+    from detr_nb.inference.export import OnnxDetector
     run = tmp_path / "runs" / "r"
     run_cli(["train", "--data-root", tmp_path / "syn", "--data-kwargs", json.dumps(SYN), "--model", "detr_tiny_aided",
              "--model-overrides", json.dumps(TINY), "--batch-size", "4", "--time-budget", "none", "--max-steps", "2",
@@ -153,7 +151,7 @@ def test_export_command_end_to_end(tmp_path):
 def test_missing_optional_package_is_one_line(missing, monkeypatch, capsys, tmp_path):
     """Without onnxruntime (or onnx) the API and the command say how to install it, in one line."""
     from detr_nb.cli import main
-    from detr_nb.engine.export import OnnxDetector, export_onnx
+    from detr_nb.inference.export import OnnxDetector, export_onnx
     monkeypatch.setitem(sys.modules, missing, None)      # import fails as if not installed
     with pytest.raises(UserError, match=re.escape('pip install "detr_nb[export]"')):
         if missing == "onnxruntime":

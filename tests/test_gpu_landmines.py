@@ -84,7 +84,7 @@ def test_an_fp16_overflow_skips_the_step_and_training_goes_on(tmp_path, data_roo
     # parameters (the forward pass itself still moves BatchNorm's running statistics, as under GradScaler)
     tr.callbacks.append(lambda t: weights.append({k: v.detach().clone() for k, v in t.model.named_parameters()}))
     assert tr.fit() == "max_steps" and tr.step == 6
-    assert tr.skipped_steps == 1
+    assert tr.state.skipped_steps == 1
     for k in weights[1]:                       # step 3 left the weights as step 2 had them; step 4 moved on
         assert torch.equal(weights[1][k], weights[2][k]), k
     assert any(not torch.equal(weights[2][k], weights[3][k]) for k in weights[2])

@@ -10,6 +10,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from scipy.optimize import linear_sum_assignment  # noqa: E402
 
+from detr_nb import figures  # noqa: E402
 from detr_nb.teach import lessons  # noqa: E402
 from detr_nb.teach.matching import explain_matching  # noqa: E402
 
@@ -113,7 +114,8 @@ def test_plot_augmentations_draws_every_box(tiny_synthetic):
     from detr_nb.data import RandomHorizontalFlip, RandomSizeCrop
 
     ds = tiny_synthetic
-    fig = lessons.plot_augmentations(ds, 0, {"flip": RandomHorizontalFlip(1.0), "crop": RandomSizeCrop(20, 40)}, seed=2)
+    panels = lessons.augmentations(ds, 0, {"flip": RandomHorizontalFlip(1.0), "crop": RandomSizeCrop(20, 40)}, seed=2)
+    fig = figures.plot_augmentations(panels, names=ds.categories)
     assert len(fig.axes) == 3
     n_raw = len(ds.get_raw(0)[1]["boxes"])
     n_crop = len(lessons.augment(ds, 0, RandomSizeCrop(20, 40), seed=2)[1]["boxes"])
@@ -149,7 +151,7 @@ class _FakeTrainer:
 
 
 def test_live_loss_plot_redraws_on_schedule_and_marks_resumes():
-    live = lessons.LiveLossPlot(every=2, display=False)
+    live = figures.LiveLossPlot(every=2, display=False)
     t = _FakeTrainer()
     for k in range(5):
         t.advance(10.0 - k)
@@ -172,10 +174,10 @@ def test_live_loss_plot_redraws_on_schedule_and_marks_resumes():
 def test_loss_figure_ignores_non_step_lines():
     hist = [{"kind": "step", "step": 1, "loss": 3.0}, {"kind": "epoch", "step": 1, "loss": 2.0},
             {"kind": "step", "step": 2, "loss": 2.5}]
-    fig = lessons.loss_figure(hist)
+    fig = figures.loss_figure(hist)
     (line,) = [ln for ln in fig.axes[0].get_lines() if ln.get_label() == "loss"]
     assert list(line.get_ydata()) == [3.0, 2.5]
-    assert "no steps" in lessons.loss_figure([]).axes[0].get_title()
+    assert "no steps" in figures.loss_figure([]).axes[0].get_title()
     plt.close("all")
 
 
@@ -191,7 +193,7 @@ def _disconnect_config(tmp_path, out):
                        data_kwargs={"num_train": 4, "num_val": 2, "image_size": (48, 56), "workers": 1,
                                     "progress": False},
                        preset="cpu",                    # random flips: per-sample augmentation seeds matter
-                       model="detr_tiny_aided", impl="torch", init=None, pretrained=None,
+                       model="detr_tiny_aided", impl="torch", pretrained=None,
                        pretrained_backbone=False,
                        model_overrides={"dropout": 0.1},   # dropout on: the restored RNG state matters too
                        loss_type="focal", eos_coef=0.1, cost_class=2.0,

@@ -18,7 +18,9 @@ from torchvision import ops
 from detr_nb.nn.box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 from detr_nb.setpred.matcher import HungarianMatcher
 from detr_nb.setpred.matching import pairwise_costs
-from detr_nb.teach.matching import drag_prediction, explain_matching, move_box, plot_cost_terms, plot_matching
+from detr_nb.aids.focal import FocalClasses, focal_cost
+from detr_nb.figures.matching import plot_cost_terms, plot_matching
+from detr_nb.teach.matching import drag_prediction, explain_matching, move_box
 
 C = 4  # real classes; logits have C + 1 columns
 
@@ -132,23 +134,22 @@ def test_match_layers_equals_per_layer_calls_with_one_host_copy(monkeypatch):
             assert torch.equal(p1, p2) and torch.equal(t1, t2)
 
 
-def test_group_matching_each_group_is_a_valid_one_to_one_match():
+def test_group_detr_matches_each_group_on_its_own():
+    """Group DETR folded into the batch (aids.groups.fold_groups): the plain matcher then gives every group a
+    valid one-to-one match of all objects, the one that group's queries alone would get."""
+    from detr_nb.aids.groups import fold_groups
     K, Qg = 3, 4
     outputs, targets = make_batch([2, 4, 0], Q=K * Qg, seed=12)
-    result = HungarianMatcher(num_groups=K)(outputs, targets)
-    for i, ((pred, tgt), target) in enumerate(zip(result, targets)):
-        N = len(target["labels"])
-        assert len(pred) == K * N
-        assert pred.tolist() == sorted(pred.tolist())
-        for g in range(K):
-            in_group = (pred >= g * Qg) & (pred < (g + 1) * Qg)
-            assert_valid(pred[in_group] - g * Qg, tgt[in_group], Qg, N)
-            # ... and it is the ordinary matching of that group's queries alone
+    folded, folded_targets = fold_groups(outputs, targets, K)
+    result = HungarianMatcher()(folded, folded_targets)
+    assert len(result) == K * len(targets)
+    for g in range(K):
+        for i, target in enumerate(targets):
+            pred, tgt = result[g * len(targets) + i]
+            assert_valid(pred, tgt, Qg, len(target["labels"]))
             sub = {k: v[i:i + 1, g * Qg:(g + 1) * Qg] for k, v in outputs.items()}
             (sp, st), = HungarianMatcher()(sub, [target])
-            assert (pred[in_group] - g * Qg).tolist() == sp.tolist() and tgt[in_group].tolist() == st.tolist()
-    with pytest.raises(ValueError, match="groups"):
-        HungarianMatcher(num_groups=5)(outputs, targets)
+            assert pred.tolist() == sp.tolist() and tgt.tolist() == st.tolist()
 
 
 def test_autocast_bf16_gives_float32_matching():
@@ -168,7 +169,7 @@ def test_autocast_bf16_gives_float32_matching():
     assert terms["bbox"].dtype == torch.float32
 
 
-# ---- the focal matching cost (the main job's class_cost="focal"), pair by pair -----------------------
+# ---- the focal matching cost (the main job's class_cost=focal_cost), pair by pair -----------------------
 
 def _sigmoid(x):
     return 1.0 / (1.0 + math.exp(-x))
@@ -225,7 +226,7 @@ def test_focal_class_cost_matches_deformable_detr_pair_by_pair():
     for i, t in enumerate(targets):
         logits = outputs["pred_logits"][i]
         # float64 in, float64 arithmetic: agreement to ~1e-12 shows the formula, eps included
-        terms = pairwise_costs(logits, outputs["pred_boxes"][i], t["labels"], t["boxes"], class_cost="focal")
+        terms = pairwise_costs(logits, outputs["pred_boxes"][i], t["labels"], t["boxes"], class_cost=focal_cost)
         assert terms["class"].dtype == torch.float64 and terms["class"].shape == (6, len(t["labels"]))
         for q in range(6):
             for n, lab in enumerate(t["labels"].tolist()):
@@ -239,12 +240,12 @@ def test_focal_class_cost_matches_deformable_detr_pair_by_pair():
 @pytest.mark.parametrize("seed,Q,sizes", [(32, 6, [3, 5]), (33, 5, [5, 0, 2]), (34, 7, [4])])
 def test_focal_matcher_cost_matrix_and_assignment_match_brute_force(seed, Q, sizes):
     outputs, targets = focal_matching_case(seed, Q, sizes)
-    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, class_cost="focal")
+    matcher = HungarianMatcher(cost_class=2.0, cost_bbox=5.0, cost_giou=2.0, class_cost=focal_cost)
     seen = []
     real_cost = matcher._cost
     matcher._cost = lambda *a: seen.append(real_cost(*a)) or seen[-1]   # the weighted (L, B, Q, n_max) matrix
     # as SetCriterion calls it: logits have C + 1 columns, labels index the C real classes
-    (result,) = matcher.match_layers([outputs], targets, num_classes=4)
+    (result,) = matcher.match_layers([outputs], targets)
     (cost,) = seen
     for i, ((pred, tgt), t) in enumerate(zip(result, targets)):
         N = len(t["labels"])
@@ -314,15 +315,15 @@ def test_matcher_and_criterion_compute_in_float32_under_bf16_autocast():
     outputs = {**layers[0], "aux_outputs": layers[1:]}
     outputs_fp32 = {**upcast[0], "aux_outputs": upcast[1:]}
 
-    matcher = HungarianMatcher(cost_class=2.0, class_cost="focal")
+    matcher = HungarianMatcher(cost_class=2.0, class_cost=focal_cost)
     ref_log, log = [], []
     _spy(matcher, "_cost", ref_log)
-    ref_indices = matcher.match_layers(upcast, targets, num_classes=4)
-    matcher = HungarianMatcher(cost_class=2.0, class_cost="focal")
+    ref_indices = matcher.match_layers(upcast, targets)
+    matcher = HungarianMatcher(cost_class=2.0, class_cost=focal_cost)
     _spy(matcher, "_cost", log)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert _cpu_autocast_on()
-        indices = matcher.match_layers(layers, targets, num_classes=4)
+        indices = matcher.match_layers(layers, targets)
     ((autocast_on, cost),), ((_, ref_cost),) = log, ref_log
     assert not autocast_on, "the matcher's costs were computed with autocast on"
     assert cost.dtype == torch.float32
@@ -350,10 +351,11 @@ def test_matcher_and_criterion_compute_in_float32_under_bf16_autocast():
 
     # the criterion: losses of bf16 outputs under autocast == losses of the upcast outputs without it
     weights = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
-    crit = SetCriterion(4, HungarianMatcher(cost_class=2.0, class_cost="focal"), weight_dict=weights, loss_type="focal")
+    crit = SetCriterion(4, HungarianMatcher(cost_class=2.0, class_cost=focal_cost), weight_dict=weights,
+                         class_term=FocalClasses(4))
     ref = crit(outputs_fp32, targets)
     crit_log = []
-    _spy(crit, "_layer_losses", crit_log)
+    _spy(crit, "layer_losses", crit_log)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         got = crit(outputs, targets)
     assert [on for on, _ in crit_log] == [False], "the criterion's losses were computed with autocast on"
@@ -448,7 +450,7 @@ def test_figures_draw():
     plt.close("all")
 
 
-@pytest.mark.parametrize("class_cost", ["softmax", "focal"])
+@pytest.mark.parametrize("class_cost", ["paper", "focal"])
 def test_batched_matcher_equals_the_papers_matching_image_by_image(class_cost):
     """HungarianMatcher (one batched cost, one host copy, every layer) == setpred.matching.hungarian_match."""
     from detr_nb.setpred.matching import hungarian_match
@@ -457,8 +459,9 @@ def test_batched_matcher_equals_the_papers_matching_image_by_image(class_cost):
     layers = [{"pred_logits": torch.randn(B, Q, C), "pred_boxes": torch.rand(B, Q, 4) * 0.5 + 0.1} for _ in range(3)]
     sizes = [3, 0, 5, 1]
     targets = [{"labels": torch.randint(0, C - 1, (n,)), "boxes": torch.rand(n, 4) * 0.4 + 0.1} for n in sizes]
-    fast = HungarianMatcher(2.0, 5.0, 2.0, class_cost=class_cost).match_layers(layers, targets)
+    cost = {"class_cost": focal_cost} if class_cost == "focal" else {}
+    fast = HungarianMatcher(2.0, 5.0, 2.0, **cost).match_layers(layers, targets)
     for layer, got in zip(layers, fast):
-        want = hungarian_match(layer, targets, 2.0, 5.0, 2.0, class_cost)
+        want = hungarian_match(layer, targets, 2.0, 5.0, 2.0, **cost)
         for (r1, c1), (r2, c2) in zip(got, want):
             assert torch.equal(r1, r2) and torch.equal(c1, c2)

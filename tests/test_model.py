@@ -220,19 +220,22 @@ def test_frozen_parameters_get_no_gradient():
 
 
 def test_tgt_mask_reaches_decoder_self_attention():
-    """Group DETR style: two query groups with a block-diagonal mask act as two separate models."""
+    """Group DETR style, through the decoder the aids use (``Transformer.encode`` / ``decode``): two query groups
+    with a block-diagonal mask act as two separate models."""
     m = _tiny().eval()
     x = torch.randn(1, 3, 48, 48)
-    q = m.query_embed.weight
-    q2 = torch.randn_like(q)
-    Q = q.shape[0]
+    feat, fmask, pos = m.backbone(x, torch.zeros(1, 48, 48, dtype=torch.bool))
+    memory, kpm, pos = m.transformer.encode(m.input_proj(feat), fmask, pos)
+    q = m.queries(1)                                                            # (1, Q, C)
+    Q = q.shape[1]
+    both_q = torch.cat([q, torch.randn_like(q)], 1)
     blocked = torch.ones(2 * Q, 2 * Q, dtype=torch.bool)
     blocked[:Q, :Q] = blocked[Q:, Q:] = False
-    both = m(x, query_pos=torch.cat([q, q2])[None], tgt_mask=blocked)
-    alone = m(x)
-    torch.testing.assert_close(both["pred_logits"][:, :Q], alone["pred_logits"], rtol=1e-5, atol=1e-5)
-    unmasked = m(x, query_pos=torch.cat([q, q2])[None])
-    assert not torch.allclose(unmasked["pred_logits"][:, :Q], alone["pred_logits"], atol=1e-4)
+    decode = lambda queries, mask=None: m.transformer.decode(torch.zeros_like(queries), memory, kpm, pos, queries, mask)
+    alone = decode(q)
+    torch.testing.assert_close(decode(both_q, blocked)[:, :, :Q], alone, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(decode(both_q)[:, :, :Q], alone, atol=1e-4)
+    torch.testing.assert_close(m.heads(alone)["pred_logits"], m(x)["pred_logits"], rtol=1e-5, atol=1e-5)
 
 
 def test_record_attention_on_model():

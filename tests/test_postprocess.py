@@ -44,10 +44,12 @@ def test_threshold_keeps_confident_queries_only():
         assert torch.equal(s["scores"], f["scores"][keep]) and torch.equal(s["boxes"], f["boxes"][keep])
 
 
-def test_sigmoid_scores_and_bad_shapes():
+def test_another_scoring_and_bad_shapes():
+    """A focal-loss model's scoring plugs in: its sigmoid per class (no "no object" column), one per query."""
+    from detr_nb.aids.focal import sigmoid_scores
     outputs = make_outputs(seed=2)
-    r = postprocess({**outputs, "pred_logits": outputs["pred_logits"][..., :4]}, [(1, 1)] * 2, use_sigmoid=True)
-    torch.testing.assert_close(r[0]["scores"], outputs["pred_logits"][0, :, :4].sigmoid().max(-1).values)
+    r = postprocess(outputs, [(1, 1)] * 2, scoring=sigmoid_scores)
+    torch.testing.assert_close(r[0]["scores"], outputs["pred_logits"][0, :, :-1].sigmoid().max(-1).values)
     with pytest.raises(ValueError, match="target_sizes"):
         postprocess(outputs, [(1, 1)])
     with pytest.raises(ValueError, match="pred_boxes"):
@@ -58,9 +60,3 @@ def test_bf16_outputs_give_float32_results():
     outputs = {k: v.bfloat16() for k, v in make_outputs(seed=3).items()}
     r = postprocess(outputs, torch.tensor([[50, 60], [70, 80]]))
     assert r[0]["scores"].dtype == torch.float32 and r[0]["boxes"].dtype == torch.float32
-
-
-def test_topk_needs_sigmoid_scores():
-    out = {"pred_logits": torch.randn(1, 4, 3), "pred_boxes": torch.rand(1, 4, 4)}
-    with pytest.raises(ValueError, match="use_sigmoid"):
-        postprocess(out, [[10, 10]], topk=2)

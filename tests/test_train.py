@@ -139,7 +139,7 @@ def test_time_budget_and_max_steps(tmp_path, data_root):
     assert tr.fit() == "time_budget" and tr.step == 0
     assert ck.load_checkpoint(tmp_path / "t" / "checkpoints" / "last.pth")["step"] == 0
     tr = Trainer(tiny_config(tmp_path / "m", data_root, max_steps=2, accum_steps=2, batch_size=2))
-    assert tr.steps_per_epoch == 3 and tr.fit() == "max_steps" and tr.batch_in_epoch == 4
+    assert tr.steps_per_epoch == 3 and tr.fit() == "max_steps" and tr.state.batch_in_epoch == 4
 
 
 def test_lr_schedules():

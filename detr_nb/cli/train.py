@@ -21,7 +21,7 @@ def cmd_train(args) -> int:
     from ..engine import distributed as D
     from ..engine.config import check_config
     from ..engine.metrics import NonFiniteLossError
-    from ..engine.trainer import train
+    from ..engine.run import train
 
     cfg = config_from_args(args)
     if args.dry_run:

@@ -2,6 +2,7 @@
 precision, DDP, speed options (notebook 07; ``python -m detr_nb train``). Evaluation, prediction and export
 are ``detr_nb.inference``; notebook 09's study is ``detr_nb.study``."""
 from .config import TrainConfig, check_config
-from .trainer import Trainer, train
+from .run import train
+from .trainer import Trainer
 
 __all__ = ["TrainConfig", "Trainer", "check_config", "train"]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
+from ..setpred.criterion import DEFAULT_WEIGHTS
 from .recipes import DATA_FIELDS, DEFAULT_RECIPE, resolve
 
 
@@ -59,7 +60,8 @@ class TrainConfig:
     # --- loss and matching
     loss_type: str = _opt("ce (the paper's softmax cross-entropy) | focal (sigmoid focal loss, an aid)", "ce")
     eos_coef: float = _opt("weight of the 'no object' class in the cross-entropy", 0.1)
-    weight_dict: Optional[Dict[str, float]] = _opt("loss weights as JSON (none = the paper's ce 1, bbox 5, giou 2)")
+    weight_dict: Optional[Dict[str, float]] = _opt("loss weights as JSON (the paper's: ce 1, bbox 5, giou 2)",
+                                                   factory=lambda: dict(DEFAULT_WEIGHTS))
     cost_class: float = _opt("matching cost weight of the class term", 1.0)
     cost_bbox: float = _opt("matching cost weight of the L1 box term", 5.0)
     cost_giou: float = _opt("matching cost weight of the GIoU term", 2.0)
@@ -163,7 +165,7 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     """Refuse settings that cannot work, before anything is built: :class:`~detr_nb.errors.ConfigError`
     with one line naming the option (``--batch-size 0``, an unknown model, a random frozen backbone...)."""
     from ..aids import LOSS_TYPES
-    from ..configs import CONFIGS, check_model_config
+    from ..configs import CONFIGS
     from ..data.build import REAL_DATASETS
     from ..data.transforms import PRESETS
     from .precision import AMP_CHOICES, resolve_device
@@ -203,6 +205,15 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data_kwargs and cfg.dataset not in ("synthetic",) + REAL_DATASETS:
         raise ConfigError(f"--data-kwargs {json.dumps(cfg.data_kwargs)} does not apply to a COCO folder "
                           f"({cfg.dataset}): it takes no parameters")
+    _check_model(cfg)
+    resolve_device(cfg.device)     # --device cuda without CUDA: one line, now
+    return cfg
+
+
+def _check_model(cfg: TrainConfig) -> None:
+    """The model options: ``model_overrides`` that build a model, and a frozen-BatchNorm ResNet with weights."""
+    from ..configs import check_model_config
+
     if not isinstance(cfg.model_overrides, dict):
         raise ConfigError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r}")
     try:
@@ -219,5 +230,3 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
             f"and its stem and layer1 stay frozen at random values. Add --pretrained-backbone (torchvision's "
             f"ImageNet weights), or --pretrained NAME (official DETR weights), or --no-pretrained-backbone to "
             f"train it from random weights anyway")
-    resolve_device(cfg.device)     # --device cuda without CUDA: one line, now
-    return cfg

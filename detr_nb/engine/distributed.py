@@ -10,6 +10,8 @@ process group is initialised.
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -82,10 +84,6 @@ def rank() -> int:
     return dist.get_rank() if is_initialized() else 0
 
 
-def is_main_process() -> bool:
-    return rank() == 0
-
-
 def barrier() -> None:
     if is_initialized():
         dist.barrier()
@@ -124,6 +122,14 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return box[0]
 
 
-def cleanup() -> None:
-    if is_initialized():
-        dist.destroy_process_group()
+@contextlib.contextmanager
+def ends_together():
+    """Run a training inside; on the way out (whatever ends it) destroy the process group, after the objects that
+    use it: a rank whose gloo group went while its DDP reducer still referred to it aborted at exit in CI
+    ("terminate called without an active exception"). A no-op for one process."""
+    try:
+        yield
+    finally:
+        if is_initialized():
+            gc.collect()            # the trainer (reference cycles) and its DDP reducer first
+            dist.destroy_process_group()

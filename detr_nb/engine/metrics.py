@@ -142,9 +142,13 @@ class MetricsLog:
         return means
 
     def trim(self, step: Optional[int]) -> None:
-        """Keep only the lines up to ``step`` (the resume point; None: a new run keeps none)."""
+        """Keep only the lines up to ``step`` (the resume point) in ``metrics.jsonl`` and ``diagnostics.jsonl``
+        beside it: a killed run may have logged past its checkpoint. None (a new run): no line, no ``eval.json``."""
         if self.path is not None:
             self.history = trim_jsonl(self.path, step)
+            trim_jsonl(self.path.with_name("diagnostics.jsonl"), step)
+            if step is None:
+                self.path.with_name("eval.json").unlink(missing_ok=True)
 
 
 def trim_jsonl(path: Path, step: Optional[int]) -> List[Dict]:

@@ -28,13 +28,13 @@ MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_siz
                                           max_objects=10, object_size=(0.085, 0.42), min_object_px=8)
 
 RECIPES: Dict[str, Dict[str, Any]] = {
-    "paper": {},
     "aided": dict(
         dataset="synthetic", data_kwargs=dict(MAIN_JOB_SYNTHETIC), preset="cpu", model="detr_tiny_aided",
         pretrained_backbone=None, loss_type="focal",
         weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}, cost_class=2.0,   # Deformable DETR's
         epochs=1000, time_budget_s=540.0, batch_size=16, lr=2e-3, lr_backbone=None, schedule="cosine",
         lr_drop=None, warmup_steps=100),
+    "paper": {},
     "finetune": dict(dataset="balloon", pretrained="detr_r50", pretrained_backbone=None, epochs=50, lr_drop=None),
     "study": dict(
         dataset="synthetic", data_kwargs={"num_train": 200, "num_val": 50}, preset="cpu", model="detr_tiny",

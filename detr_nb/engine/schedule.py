@@ -27,11 +27,3 @@ def lr_factor(step: int, cfg, steps_per_epoch: int, time_fraction: Optional[floa
             t = min(1.0, max(0.0, time_fraction))
         return warm * 0.5 * (1 + math.cos(math.pi * t))
     raise ValueError(f"schedule must be 'step', 'cosine' or 'constant', got {cfg.schedule!r}")
-
-
-def schedule_fraction(step: int, cfg, steps_per_epoch: int, time_fraction: Optional[float] = None) -> float:
-    """Fraction of the run done after ``step`` steps: of the time budget when there is one, else of
-    ``max_steps``, else of the epochs (what ``mosaic_stop`` is compared with)."""
-    if time_fraction is not None and not cfg.max_steps:
-        return time_fraction
-    return step / (cfg.max_steps or cfg.epochs * steps_per_epoch)

@@ -50,6 +50,17 @@ def make_adamw(params: Iterable, device: torch.device, kind: str = "auto", **kwa
     return torch.optim.AdamW(params, **kwargs, **adamw_flags(device, kind))
 
 
+def load_optimizer(optimizer: torch.optim.Optimizer, state: Dict, flags: Dict[str, bool]) -> None:
+    """``optimizer.load_state_dict(state)``, keeping this run's implementation ``flags`` (:func:`adamw_flags`):
+    a checkpoint written on another device (fused on CUDA, foreach on an old torch's CPU) resumes on this one."""
+    optimizer.load_state_dict(state)
+    for g in optimizer.param_groups:
+        g.update(flags)
+        for k in ("fused", "foreach"):
+            if k not in flags and k in g:
+                g[k] = None if k == "foreach" else False
+
+
 class EagerFallback:
     """Call a compiled module; on the first failure log it and call the eager module from then on.
 

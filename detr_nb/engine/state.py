@@ -90,6 +90,7 @@ REMOVED_OPTIONS = {"iou_aware": None, "cost_iou_power": 0.0, "enc_repeat": 1, "e
                    "mosaic_prob": 0.0, "mosaic_stop": 1.0, "cache_images": False}
 
 
-def removed_options(saved_config: Dict) -> Dict[str, Any]:
-    """The removed options a checkpoint was trained with (switched on), which a resumed run continues without."""
-    return {k: saved_config[k] for k, off in REMOVED_OPTIONS.items() if saved_config.get(k, off) != off}
+def removed_options(saved_config: Dict) -> str:
+    """The removed options a checkpoint was trained with (switched on), which a resumed run continues without:
+    ``"ema_decay=0.9, iou_aware='vfl'"``, or ``""``."""
+    return ", ".join(f"{k}={saved_config[k]!r}" for k, off in REMOVED_OPTIONS.items() if saved_config.get(k, off) != off)

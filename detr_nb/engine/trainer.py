@@ -1,4 +1,5 @@
-"""The training loop: ``Trainer(TrainConfig(...)).run()`` in a notebook, ``train()`` (``python -m detr_nb train``).
+"""The training loop: ``Trainer(TrainConfig(...)).fit()`` in a notebook; ``engine.run.train()`` around it is the
+whole run (``python -m detr_nb train``).
 
 One optimisation step (notebook 07), its values kept on the device until a metrics line (engine.metrics):
 
@@ -18,11 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import gc
 import random
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
@@ -32,22 +32,22 @@ from torch.profiler import record_function
 from ..setpred.matcher import NonFinitePredictionError
 from . import checkpoint as ckpt
 from . import distributed as D
-from . import report
 from .build import (build_datasets, build_model_from, describe_recipe, evaluate_run, make_criterion, make_loader,
                     make_optimizer, make_runtime, num_classes_of, preflight, stop_workers)
 from .config import TrainConfig, check_config
 from .host import memory_mb, say, stop_requests
-from .metrics import MetricsLog, NonFiniteLossError, trim_jsonl
+from .metrics import MetricsLog, NonFiniteLossError
 from .precision import skip_overflowed_step
 from .progress import ProgressBar
 from .runlock import RunLock
 from .schedule import lr_factor
-from .speed import fixed_input_size, maybe_compile
+from .speed import fixed_input_size, load_optimizer, maybe_compile
 from .state import RunState, check_resumable, check_same_model, removed_options
 
 
 class Trainer:
-    """Holds a run's model, data, optimizer and position; :meth:`run` = fit, evaluate, draw.
+    """Holds a run's model, data, optimizer and position: :meth:`fit`, :meth:`evaluate` (``engine.run.run`` does
+    both, then draws and writes what a run leaves behind).
 
     ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, tests).
     Useful attributes: ``model`` (unwrapped), ``state`` (step, epoch, clock...), ``step``, ``epoch``, ``out``,
@@ -79,12 +79,7 @@ class Trainer:
             self._resume()
         elif self.is_main and ckpt.candidates(self.ckpt.directory):
             self.log(f"--no-resume: starting afresh; checkpoints in {self.ckpt.directory} will be replaced")
-        if self.is_main:
-            kept = self.state.step if self.resumed_from else None     # a new run keeps no line
-            self.metrics.trim(kept)
-            trim_jsonl(self.out / "diagnostics.jsonl", kept)
-            if self.resumed_from is None and (self.out / "eval.json").exists():
-                (self.out / "eval.json").unlink()
+        self.metrics.trim(self.state.step if self.resumed_from else None)
         D.barrier()
 
     # ------------------------------------------------------------------ setup
@@ -149,7 +144,6 @@ class Trainer:
     step = property(lambda self: self.state.step, doc="optimizer steps done")
     epoch = property(lambda self: self.state.epoch, doc="the current epoch")
     history = property(lambda self: self.metrics.history, doc="the metrics.jsonl lines of the run")
-    skipped_steps = property(lambda self: self.state.skipped_steps, doc="fp16 steps skipped over the run")
     last_good = property(lambda self: self.ckpt.last_good[0] if self.ckpt.last_good else None,
                          doc="the newest complete checkpoint of the run (written or resumed from)")
 
@@ -186,17 +180,10 @@ class Trainer:
         settings that the data order or the model depend on."""
         check_resumable(self.cfg.to_dict(), self.env.world_size, saved, path, self.out)
         check_same_model(self.model.config, saved, path, self.out)
-        gone = removed_options(saved["config"])
-        if gone:
-            self.log(f"note: the checkpoint was trained with options this version no longer has "
-                     f"({', '.join(f'{k}={v!r}' for k, v in gone.items())}); the run continues without them")
+        if removed_options(saved["config"]):
+            self.log(f"note: {removed_options(saved['config'])}: the run continues without these removed options")
         self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        for g in self.optimizer.param_groups:  # device-specific flags follow this run, not the file
-            g.update(self.opt_flags)
-            for k in ("fused", "foreach"):
-                if k not in self.opt_flags and k in g:
-                    g[k] = None if k == "foreach" else False
+        load_optimizer(self.optimizer, saved["optimizer"], self.opt_flags)
         self.scheduler.load_state_dict(saved["scheduler"])
         if saved.get("scaler"):
             self.scaler.load_state_dict(saved["scaler"])
@@ -402,66 +389,3 @@ class Trainer:
             result = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.precision, verbose=verbose)
         D.barrier()
         return result
-
-    def draw(self) -> Dict[str, Path]:
-        """predictions.png on the first ``num_pictures`` validation images, loss.png, diagnostics figures (rank 0)."""
-        if not self.is_main:
-            return {}
-        from ..aids import scoring_for
-        from ..figures.run import draw_run
-        from ..inference.evaluate import category_names, sample_predictions
-        from .diagnostics import read_records
-
-        samples = sample_predictions(self.model, self.val_set, range(min(self.cfg.num_pictures, len(self.val_set))),
-                                     self.device, self.precision.autocast, scoring_for(self.cfg.loss_type))
-        diag = self.out / "diagnostics.jsonl"
-        return draw_run(self.out, samples, self.history, read_records(diag) if self.diag and diag.exists() else None,
-                        names=category_names(self.val_set), title=f"{self.cfg.model} on {self.cfg.dataset}")
-
-    def run(self) -> Dict[str, Any]:
-        """fit -> evaluate (eval.json) -> figures -> summary (summary.json); prints where everything is.
-        The output directory is released at the end."""
-        try:
-            reason = self.fit()
-            summary = report.summary(self.state, reason, self.history, self.last_good, self.out)
-            if reason == "signal":
-                self.log(f"stopped by a signal at step {self.step}; checkpoint {self.last_good}. Run the same "
-                         f"command again to resume.")
-                return summary
-            if self.cfg.eval_at_end:
-                self.log(f"evaluating on {self.cfg.eval_images(len(self.val_set))} validation images "
-                         f"(COCO mAP, pycocotools)")
-                stats = self.evaluate(verbose=True)
-                if stats is not None:
-                    report.write_eval(stats, self.out, self.state, self.cfg)
-                    self.metrics.write({"kind": "eval", "step": self.step, "epoch": self.epoch, **stats})
-                    summary["eval"] = stats
-            summary["figures"] = {k: str(v) for k, v in self.draw().items()}
-            if self.is_main:
-                report.write_summary(summary, self.out)
-                self.log(f"outputs: {self.out.resolve()}")
-            return summary
-        finally:
-            self.close()
-
-
-def train(config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (), **overrides) -> Dict[str, Any]:
-    """Train (or resume) a run and evaluate it; returns its summary (``out``, ``eval``, ``step``...).
-
-    ``train()`` is the main job; ``train(TrainConfig(recipe="paper", dataset="coco2017"))`` or
-    ``train(epochs=5, out="runs/x")`` change it. Under ``torchrun`` every process calls it; they end together,
-    each one's DistributedDataParallel released before the process group it uses.
-    """
-    trainer = None
-    try:
-        trainer = Trainer(config, callbacks=callbacks, **overrides)
-        summary = trainer.run()
-        D.barrier()       # rank 0 still evaluates and draws when the others are done
-        return summary
-    finally:
-        # A rank whose gloo group went while its DDP reducer still referred to it aborted at exit in CI
-        # ("terminate called without an active exception"): the trainer goes first.
-        trainer = None
-        if D.is_initialized():
-            gc.collect()
-        D.cleanup()

@@ -85,3 +85,19 @@ def plot_cost_terms(explanation: Dict, axes=None):
         ax.figure.colorbar(im, ax=ax, fraction=0.046)
     axes[0].set_ylabel("query")
     return axes[0].figure
+
+
+def plot_matching_view(scene: Dict, pred_boxes: Tensor, explanation: Dict, query: int):
+    """Notebook 05's widget: the boxes of ``scene`` (``teach.lessons.toy_scene``) with query ``query`` moved to
+    ``pred_boxes[query]`` and the chosen pairs (left), and the weighted cost matrices with the assignment
+    outlined (right); ``explanation``: ``teach.matching.drag_prediction``'s dict."""
+    import matplotlib.pyplot as plt
+
+    fig = plt.figure(figsize=(15, 3.8), constrained_layout=True)
+    grid = fig.add_gridspec(1, 5, width_ratios=[1.1, 1, 1, 1, 1])
+    ax0 = fig.add_subplot(grid[0])
+    plot_matching(pred_boxes, scene["tgt_boxes"], explanation["pred_idx"], explanation["tgt_idx"], scene["tgt_labels"],
+                  image_size=scene["image_size"], ax=ax0, names=scene.get("names"))
+    ax0.set_title(f"query {query} moved; matched cost {explanation['matched_cost']:.2f}", fontsize=9)
+    plot_cost_terms(explanation, axes=[fig.add_subplot(grid[i]) for i in range(1, 5)])
+    return fig

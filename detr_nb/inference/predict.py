@@ -127,7 +127,7 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Sco
     with tempfile.TemporaryDirectory() as tmp:
         inputs, skipped = resolve_inputs(items, tmp)
         if skipped:
-            log(f"left out {skipped} non-image file(s) in the given folder(s)")
+            log(f"skipped {skipped} non-image file(s) in the given folder(s)")
         pictures = []                                       # every input is opened before any is run
         for shown, path, named in inputs:
             try:

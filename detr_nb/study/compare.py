@@ -56,6 +56,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from ..engine.config import TrainConfig
 from ..engine.runlock import RunLock
+from ..engine.run import run
 from ..engine.trainer import Trainer
 from .report import curve_agreement, hardware, loadavg, results_table, run_result
 
@@ -203,7 +204,7 @@ def run_one(spec: Dict[str, Any], log: Callable = print, callbacks: Sequence[Cal
             return run_result(spec, status=f"not run: {reason}")
         how = f"resuming at step {trainer.step}" if trainer.resumed_from else "training"
         log(f"[compare] {label}: {how} in {d}")
-        summary = trainer.run()
+        summary = run(trainer)
         del trainer
     finally:
         lock.release()

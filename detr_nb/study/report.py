@@ -61,7 +61,7 @@ def starting_point(spec: Dict[str, Any]) -> Dict[str, str]:
     else:
         bb = (f"{arch} with torchvision's ImageNet weights (IMAGENET1K_V1)" if t.pretrained_backbone
               else f"random {arch} (width {m.backbone_width:g}, {m.backbone_norm})")
-        head = f"init {t.init}" if t.init else "official init (Xavier)"
+        head = "official init (Xavier)" if m.init == "official" else f"init {m.init}"
         weights = f"{bb}; transformer, input_proj and heads: {head}"
     frozen = []
     if m.backbone_norm == "frozen_bn":

@@ -10,12 +10,14 @@ By notebook: :mod:`.images` (a photograph as a tensor), 01 :mod:`.cnn`, 02 :mod:
 from .images import (image_to_tensor, sample_image)
 from .cnn import grouped_parameter_table, im2col_loops, stage_features
 from .positions import normalized_coordinates, position_similarity, sine_encoding_1d
-from .attention_viz import (attention_maps, attention_weights, decoder_attention_of, encoder_attention_at,
-                            positional_toy_attention, query_predictions, to_torch_mha)
+from .attention_viz import (attention_maps, attention_weights, decoder_attention_figure, decoder_attention_of,
+                            encoder_attention_at, encoder_attention_figure, positional_toy_attention,
+                            query_predictions, to_torch_mha)
 from .detections import COCO_CLASSES, naive_parameter_counts
 
 __all__ = [
-    "COCO_CLASSES", "attention_maps", "attention_weights", "decoder_attention_of", "encoder_attention_at",
+    "COCO_CLASSES", "attention_maps", "attention_weights", "decoder_attention_figure", "decoder_attention_of",
+    "encoder_attention_at", "encoder_attention_figure",
     "grouped_parameter_table", "im2col_loops", "image_to_tensor", "naive_parameter_counts",
     "normalized_coordinates", "position_similarity", "positional_toy_attention", "query_predictions",
     "sample_image", "sine_encoding_1d", "stage_features", "to_torch_mha"

@@ -140,3 +140,19 @@ def query_predictions(maps: Mapping, scoring: Scoring = softmax_scores, batch: i
     logits = maps["outputs"]["pred_logits"][batch:batch + 1].float()      # (1, Q, C+1)
     boxes = maps["outputs"]["pred_boxes"][batch:batch + 1]                # (1, Q, 4)
     return postprocess({"pred_logits": logits, "pred_boxes": boxes}, [[H, W]], scoring=scoring)[0]
+
+
+def encoder_attention_figure(image: Tensor, maps: Mapping, points, layer: int = -1, batch: int = 0):
+    """The paper's encoder figure for ``points`` (image pixels (y, x)): each one's map from :func:`encoder_attention_at`,
+    drawn by ``detr_nb.figures.plot_encoder_attention``."""
+    from ..figures.attention import plot_encoder_attention
+    return plot_encoder_attention(image, points, [encoder_attention_at(maps, y, x, layer, batch) for y, x in points])
+
+
+def decoder_attention_figure(image: Tensor, maps: Mapping, queries, layer: int = -1, batch: int = 0,
+                             names: Optional[Mapping[int, str]] = None, scoring: Scoring = softmax_scores):
+    """The decoder cross-attention of ``queries`` (:func:`decoder_attention_of`) with the box each predicts
+    (:func:`query_predictions` with ``scoring``), drawn by ``detr_nb.figures.plot_decoder_attention``."""
+    from ..figures.attention import plot_decoder_attention
+    return plot_decoder_attention(image, queries, [decoder_attention_of(maps, q, layer, batch) for q in queries],
+                                  query_predictions(maps, scoring, batch), names=names)

@@ -133,7 +133,7 @@ def duplicate_penalty(confidences: Sequence[float], scene: Optional[Dict] = None
     sharp = sharp / sharp.sum(-1, keepdim=True)  # confident, correct copies of the targets
     dup_box = boxes[duplicate_of].clone()
     dup_box[0] += offset
-    crit = SetCriterion(C, eos_coef=eos_coef, losses=("labels", "boxes"))
+    crit = SetCriterion(C, eos_coef=eos_coef)
     out: Dict[str, List] = {k: [] for k in ("confidence", "set_ce", "set_total", "naive_ce", "duplicate_matched")}
     for p in confidences:
         dup = torch.full((C + 1,), 1e-4)
@@ -160,20 +160,12 @@ def matching_view(scene: Dict, query: int, cx: float, cy: float, w: float, h: fl
     dict; the figure shows the boxes with the chosen pairs (left) and the weighted cost matrices with
     the assignment outlined (right).
     """
-    import matplotlib.pyplot as plt
-
-    from .matching import drag_prediction, move_box, plot_cost_terms, plot_matching
+    from ..figures.matching import plot_matching_view
+    from .matching import drag_prediction, move_box
 
     e = drag_prediction(scene["pred_logits"], scene["pred_boxes"], scene["tgt_labels"], scene["tgt_boxes"],
                         query, (cx, cy, w, h), cost_class=weights[0], cost_bbox=weights[1], cost_giou=weights[2])
-    fig = plt.figure(figsize=(15, 3.8), constrained_layout=True)
-    grid = fig.add_gridspec(1, 5, width_ratios=[1.1, 1, 1, 1, 1])
-    ax0 = fig.add_subplot(grid[0])
-    plot_matching(move_box(scene["pred_boxes"], query, cx, cy, w, h), scene["tgt_boxes"], e["pred_idx"], e["tgt_idx"],
-                  scene["tgt_labels"], image_size=scene["image_size"], ax=ax0, names=scene.get("names"))
-    ax0.set_title(f"query {query} moved; matched cost {e['matched_cost']:.2f}", fontsize=9)
-    plot_cost_terms(e, axes=[fig.add_subplot(grid[i]) for i in range(1, 5)])
-    return e, fig
+    return e, plot_matching_view(scene, move_box(scene["pred_boxes"], query, cx, cy, w, h), e, query)
 
 
 # ============================================================================ notebook 06
