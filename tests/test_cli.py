@@ -136,24 +136,33 @@ def test_chained_replaces_equal_one_fresh_config():
     (["train", "--set", "bogus=1"], "--set expects FIELD=VALUE"),
     (["predict", "missing.jpg", "--run", "."], "no checkpoint found"),
 ])
-def test_user_errors_are_one_line(tmp_path, argv, message):
-    proc = run_cli(argv, cwd=tmp_path, check=False)
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], proc.stderr
+def test_user_errors_are_one_line(tmp_path, argv, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
-def test_device_cuda_without_cuda_is_one_line(tmp_path):
+def test_a_user_error_ends_the_process_with_status_2_and_one_line(tmp_path):
+    """The same, as a process: ``python -m detr_nb`` exits with main's status and prints no traceback."""
+    proc = run_cli(["train", "--batch-size", "0"], cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        "error: --batch-size must be an integer >= 1, got 0"], proc.stderr
+
+
+def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
-    proc = run_cli(["train", "--device", "cuda"], cwd=tmp_path, check=False)
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+    assert main(["train", "--device", "cuda", "--out", str(tmp_path / "run")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
         f"error: --device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch {torch.__version__}); "
         "use --device cpu or --device auto"]
 
 
-def test_predict_errors_name_the_input(tmp_path, data_root):
+def test_predict_errors_name_the_input(tmp_path, data_root, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
     assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end",
                            "--num-pictures", "0")) == 0
@@ -163,9 +172,10 @@ def test_predict_errors_name_the_input(tmp_path, data_root):
                           ("notes.jpg", "notes.jpg: not an image that PIL can read"),
                           ("empty", "empty: the folder holds no image"),
                           ("http://127.0.0.1:9/x.jpg", "cannot download http://127.0.0.1:9/x.jpg")):
-        proc = run_cli(["predict", item, "--run", str(out), "--device", "cpu"], cwd=tmp_path, check=False)
-        lines = proc.stderr.strip().splitlines()
-        assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (item, proc.stderr)
+        capsys.readouterr()
+        assert main(["predict", item, "--run", str(out), "--device", "cpu"]) == 2, item
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and message in lines[0], (item, lines)
 
 
 def test_predict_reads_a_url(tmp_path, data_root):
@@ -191,7 +201,7 @@ def test_predict_reads_a_url(tmp_path, data_root):
     assert len({a["annotated"], b["annotated"], c["annotated"]}) == 3      # one picture each, none overwritten
 
 
-def test_a_coco_folder_trains_and_evaluates(tmp_path):
+def test_a_coco_folder_trains_and_evaluates(tmp_path, capsys):
     """--dataset <folder>: no synthetic parameters leak into it (this crashed with a TypeError)."""
     from engine_utils import write_coco_folder
     sizes = [(64, 48), (48, 64), (56, 56), (64, 64)]
@@ -199,10 +209,11 @@ def test_a_coco_folder_trains_and_evaluates(tmp_path):
     for split in ("train", "val"):
         write_coco_folder(tmp_path / "coco", sizes, boxes, split=split, categories=("box", "bar"))
     out = tmp_path / "run"
-    proc = run_cli(["train", "--dataset", str(tmp_path / "coco"), "--model-overrides", json.dumps(TINY),
-                    "--batch-size", "2", "--max-steps", "2", "--time-budget", "none", "--out", str(out),
-                    "--device", "cpu", "--no-progress", "--num-pictures", "2"], cwd=tmp_path)
-    assert "2 classes" not in proc.stdout and "3 classes" in proc.stdout      # ids 1, 2 -> num_classes 3
+    assert main(["train", "--dataset", str(tmp_path / "coco"), "--model-overrides", json.dumps(TINY),
+                 "--batch-size", "2", "--max-steps", "2", "--time-budget", "none", "--out", str(out),
+                 "--device", "cpu", "--no-progress", "--num-pictures", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 classes" not in printed and "3 classes" in printed      # ids 1, 2 -> num_classes 3
     assert set(STAT_NAMES) <= set(json.load(open(out / "eval.json")))
 
 
@@ -224,10 +235,11 @@ def test_open_input_reads_files_and_urls_like_predict(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("command", ["evaluate", "predict x.jpg", "export -o m.onnx"])
-def test_unknown_pretrained_name_is_one_line(tmp_path, command):
+def test_unknown_pretrained_name_is_one_line(tmp_path, command, capsys, monkeypatch):
     """--pretrained with a name that was never released: one line naming the choices (was a traceback)."""
-    proc = run_cli(command.split() + ["--pretrained", "detr_r18", "--device", "cpu"], cwd=tmp_path, check=False)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and lines == [
+    monkeypatch.chdir(tmp_path)
+    assert main(command.split() + ["--pretrained", "detr_r18", "--device", "cpu"]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines == [
         "error: --pretrained detr_r18: not a released DETR; one of detr_r50, detr_r50_dc5, detr_r101, detr_r101_dc5"], \
-        proc.stderr
+        lines

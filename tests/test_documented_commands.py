@@ -18,7 +18,8 @@ from engine_utils import REPO, SYN, TINY, run_cli
 
 README = REPO / "README.md"
 # The main job's shortening: the options the README names for a quick try.
-SHORT = ["--time-budget", "10", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
+SHORT = ["--time-budget", "6", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
+_RUNS = {}    # command -> (process, run folder): the README shows the main command twice (with pip, without)
 
 
 def documented_commands():
@@ -73,16 +74,21 @@ def _eval_numbers(path):
 
 # ----------------------------------------------------------------------------- runners, one per command
 def run_main_job(cmd, work, **_):
-    """The README's main command, with only the budget and the data size shortened."""
-    cwd = work / "main"
-    cwd.mkdir()
-    proc = run_cli(shlex.split(cmd.split("&&")[-1]) + SHORT + ["--no-progress"], cwd=cwd)
-    out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
-    assert out.parent == (cwd / "runs").resolve()
+    """The README's main command, with only the budget and the data size shortened (run once for both of the
+    README's spellings: ``pip install`` is CI's own step)."""
+    train = cmd.split("&&")[-1].strip()
+    if train not in _RUNS:
+        cwd = work / "main"
+        cwd.mkdir()
+        proc = run_cli(shlex.split(train) + SHORT + ["--no-progress"], cwd=cwd)
+        out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
+        assert out.parent == (cwd / "runs").resolve()
+        _RUNS[train] = proc, out
+    proc, out = _RUNS[train]
     numbers = _eval_numbers(out / "eval.json")
     assert all(0 <= numbers[k] <= 1 or numbers[k] == -1 for k in STAT_NAMES)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 10 + 10
+    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 6 + 10
     assert (out / "predictions.png").stat().st_size > 0 and (out / "checkpoints" / "last.pth").exists()
     assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in proc.stdout
 
@@ -91,12 +97,12 @@ def run_quick_try(cmd, work, **_):
     cwd = work / "quick"
     cwd.mkdir()
     argv = shlex.split(cmd)
-    argv[argv.index("--time-budget") + 1] = "10"
+    argv[argv.index("--time-budget") + 1] = "6"
     argv += ["--set", "data_kwargs.num_train=120", "--set", "data_kwargs.num_val=16", "--no-progress"]
     proc = run_cli(argv, cwd=cwd)
     out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
     _eval_numbers(out / "eval.json")
-    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 10 + 10
+    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 6 + 10
 
 
 def run_help(cmd, work, **_):
@@ -143,8 +149,9 @@ def run_finetune(cmd, work, **_):
     weights = build_model("detr_r50", num_classes=91).state_dict()
     torch.save({"model": weights}, hub / "hub" / "checkpoints" / "detr-r50-e632da11.pth")
     out = work / "finetune"
-    proc = run_cli(shlex.split(cmd) + ["--epochs", "1", "--out", out, "--no-progress", "--device", "cpu"], cwd=work,
-                   env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
+    # shortened: one epoch, and the 40 x 30 px photos kept at their size (DETR-R50 at 800 px takes a CPU 20 s)
+    proc = run_cli(shlex.split(cmd) + ["--epochs", "1", "--preset", "cpu", "--out", out, "--no-progress",
+                                       "--device", "cpu"], cwd=work, env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
     assert "loaded pretrained weights detr_r50" in proc.stdout + proc.stderr
     _eval_numbers(out / "eval.json")
     state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)

@@ -173,13 +173,13 @@ def test_a_full_disk_while_checkpointing_loses_nothing_and_says_so_in_one_line(t
 
 
 # ----------------------------------------------------------------------------- predict
-@pytest.fixture
-def tiny_run(tmp_path, data_root):
-    cfg = tiny_config(tmp_path / "run", data_root, max_steps=1)
-    tr = Trainer(cfg)
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, data_root):
+    out = tmp_path_factory.mktemp("faults") / "run"
+    tr = Trainer(tiny_config(out, data_root, max_steps=1))
     tr.fit()
     tr.close()
-    return tmp_path / "run"
+    return out
 
 
 def test_predict_on_a_folder_skips_an_unreadable_file_and_counts_it(tmp_path, data_root, tiny_run, capsys):
