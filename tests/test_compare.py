@@ -435,14 +435,14 @@ def test_the_budget_leaves_out_evaluations_and_checkpoint_writes(tmp_path, monke
 
     def slow_eval(*a, **kw):
         slept["eval"] += 1
-        slept["total"] += 1.5
-        time.sleep(1.5)
+        slept["total"] += 0.6
+        time.sleep(0.6)
         return real_eval(*a, **kw)
 
     def slow_save(self, *a, **kw):
         slept["save"] += 1
-        slept["total"] += 0.5
-        time.sleep(0.5)
+        slept["total"] += 0.25
+        time.sleep(0.25)
         return real_save(self, *a, **kw)
     monkeypatch.setattr(trainer_module, "evaluate_run", slow_eval)
     monkeypatch.setattr(ck.CheckpointManager, "save", slow_save)

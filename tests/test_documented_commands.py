@@ -352,7 +352,7 @@ def run_bench_convergence(cmd, work, **_):
     """The convergence study, shortened (a few steps or seconds of a small set, 4 evaluation images), writing
     its JSON, table and figure into a scratch folder: the table and the JSON hold every variant and seed run."""
     short = cmd
-    for flag, value in (("--steps", "3"), ("--eval-every", "2"), ("--budget-s", "5"), ("--eval-every-s", "3"),
+    for flag, value in (("--steps", "3"), ("--eval-every", "2"), ("--budget-s", "3"), ("--eval-every-s", "2"),
                         ("--speed", "1"), ("--rounds", "1")):
         short = re.sub(rf"{flag} \S+", f"{flag} {value}", short)
     out = work / "docs"
