@@ -14,7 +14,7 @@ from typing import Any, Callable, Dict, Optional
 
 from ..errors import ConfigError
 from ..setpred.criterion import DEFAULT_WEIGHTS
-from .recipes import DATA_FIELDS, DEFAULT_RECIPE, resolve
+from .recipes import DEFAULT_RECIPE, own_data, resolve
 
 
 def _opt(help: str, default: Any = None, factory: Optional[Callable] = None):
@@ -122,10 +122,7 @@ class TrainConfig:
         """A copy with ``changes``: the options given so far and these, the recipe resolved again (a new
         ``recipe`` gives its own values to every field not given). A new ``dataset`` drops the data
         parameters given for the old one, unless given with it."""
-        given = dict(self._given)
-        if changes.get("dataset", self.dataset) != self.dataset:
-            for k in DATA_FIELDS:
-                given.pop(k, None)
+        given = own_data(self._given, self.dataset, changes.get("dataset", self.dataset))
         return TrainConfig(**{"recipe": self.recipe, **given, **changes})
 
     def to_dict(self) -> Dict[str, Any]:

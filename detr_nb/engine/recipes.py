@@ -47,6 +47,12 @@ RECIPE_FIELDS = tuple(sorted({k for r in RECIPES.values() for k in r}))   # fiel
 DATA_FIELDS = ("data_kwargs", "data_root")     # parameters of one dataset: another dataset starts without them
 
 
+def own_data(values: Dict[str, Any], their_dataset: str, dataset: str) -> Dict[str, Any]:
+    """``values`` without the data parameters (:data:`DATA_FIELDS`) when they were set for ``their_dataset`` and
+    the run's is another ``dataset``: the one rule that keeps a synthetic set's size off a COCO folder."""
+    return dict(values) if their_dataset == dataset else {k: v for k, v in values.items() if k not in DATA_FIELDS}
+
+
 def resolve(name: str, given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[str, Any]:
     """Every value of a run: ``defaults``, then recipe ``name``'s differences, then the options ``given``.
 
@@ -58,11 +64,9 @@ def resolve(name: str, given: Dict[str, Any], defaults: Dict[str, Any]) -> Dict[
 
     if name not in RECIPES:
         raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {name!r}")
-    recipe = dict(RECIPES[name])
+    recipe = RECIPES[name]
     dataset = recipe.get("dataset", defaults["dataset"])
-    if given.get("dataset", dataset) != dataset:
-        for k in DATA_FIELDS:
-            recipe.pop(k, None)
+    recipe = own_data(recipe, dataset, given.get("dataset", dataset))
     if recipe.get("pretrained") is not None and recipe["pretrained"] == recipe.get("model", defaults["model"]) \
             and "model" in given:
         recipe["pretrained"] = given["model"]
