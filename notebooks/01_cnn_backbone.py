@@ -11,7 +11,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -57,6 +63,10 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 #
 # $$y_{o,i,j} = b_o + \sum_{c=1}^{C_\text{in}} \sum_{u=0}^{k_h-1} \sum_{v=0}^{k_w-1} W_{o,c,u,v}\; x_{c,\; s i + u - p,\; s j + v - p},
 # \qquad H_\text{out} = \left\lfloor \frac{H + 2p - k_h}{s} \right\rfloor + 1 .$$
+#
+# (What deep learning calls convolution is, strictly, *cross-correlation*: the kernel is not flipped. A true
+# convolution would read $x_{c,\,si - u + p,\,sj - v + p}$; with learned kernels the two are the same
+# family, and every framework computes the formula above.)
 #
 # The triple sum is a dot product between the flattened kernel and the flattened patch under
 # $(i, j)$. *im2col* copies every patch into one column of a matrix
@@ -225,8 +235,10 @@ total = rows[-2]
 assert (total.total, total.trainable) == (23_454_912, 23_232_512)
 
 # %% [markdown]
-# Almost two thirds of the weights sit in `layer4` alone (three blocks with 2048-channel outputs): the
-# 1x1 convolutions at the widest stage are the expensive ones.
+# Almost two thirds of the weights sit in `layer4` alone (three blocks with 2048-channel outputs): 14.94M
+# parameters. Its 1x1 convolutions (each block's `conv1` and `conv3`, and the `downsample` shortcut) hold
+# 7.86M of them, its three 3x3 convolutions 7.08M; but the 3x3s are the largest single tensors
+# (512 x 512 x 3 x 3 = 2.36M each), and they cost the most per output pixel.
 
 # %%
 fig = figures.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")

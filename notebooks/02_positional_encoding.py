@@ -11,7 +11,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -120,7 +126,12 @@ print("pairs turning more than half a turn across the image (omega * 2pi > pi):"
 # $$\mathrm{PE}(a)^\top \mathrm{PE}(b) = \sum_{j} \cos\big((a - b)\,\omega_j\big),$$
 #
 # largest ($= d/2$) at $a = b$ and falling with $|a - b|$. A query that carries $\mathrm{PE}(a)$ therefore
-# scores nearby keys higher, whatever $a$ is. Check the identity and plot the dot product against the offset:
+# scores nearby keys higher, whatever $a$ is. (That holds for the codes themselves. In DETR the code is
+# added to the features *before* the projections: the score is $(W_q(x_a + \mathrm{PE}(a)))^\top
+# W_k(x_b + \mathrm{PE}(b))$, whose position-position term $\mathrm{PE}(a)^\top W_q^\top W_k \mathrm{PE}(b)$
+# mixes the channels, plus content-position cross terms: it is not a function of $a - b$ alone, and the
+# network learns how much of the offset structure to keep.) Check the identity and plot the dot product
+# against the offset:
 
 # %%
 a, b = torch.tensor([1.0]), torch.tensor([2.5])
@@ -286,7 +297,9 @@ assert peak == (2, GRID_W - 3)
 #
 # 1. y runs 1..20 and x 1..30 (counts of unpadded pixels). The last pair has frequency $1/T^{126/128}$,
 #    about $1.2 \cdot 10^{-4}$: over 30 positions its angle moves by 0.004 rad, so sin stays ~0 and cos ~1:
-#    nearly constant, which is why DETR normalises the coordinates to $[0, 2\pi]$ first.
+#    nearly constant. Normalising to $(0, 2\pi]$ makes such slow channels flatter still (every position is at
+#    most $2\pi$); that is not why DETR does it. It does it so that a position means the same thing in images
+#    of any size and under any padding: the right edge of the unpadded image is always $2\pi$.
 # 2. With `normalize=True`, yes: x is divided by the count of unpadded pixels in the row, so the unpadded
 #    part spans $(0, 2\pi]$ on its own. That is the point: an image's encoding does not depend on how much
 #    padding its batch needed.

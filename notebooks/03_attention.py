@@ -11,7 +11,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -196,7 +202,9 @@ print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).
 # ## 4. What the heads look at: a readable toy
 #
 # Random weights make random-looking heads. `teach.positional_toy_attention` builds a multi-head attention
-# whose heads can be read: the tokens are 1-D sine position codes (notebook 02), $W^Q = W^K = \sqrt{s}\,I$ and
+# whose heads can be read: the tokens are 1-D sine position codes (notebook 02's formula, with temperature
+# $T = 100$ instead of DETR's 10000, so that 32 channels span frequencies a 16-token toy can show),
+# $W^Q = W^K = \sqrt{s}\,I$ and
 # $W^V = W^O = I$. Each head then sees one band of frequencies (channels $[i d, (i+1) d)$), and since
 # $\sin a \sin b + \cos a \cos b = \cos(a - b)$ its score between tokens $a$ and $b$ is
 # $s \sum_{j \in \text{head}} \cos\big((a - b)\,\omega_j\big) / \sqrt d$: the high-frequency head attends sharply

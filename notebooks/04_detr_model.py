@@ -12,7 +12,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -33,7 +39,9 @@ THRESHOLD = 0.7
 # \xrightarrow[\text{100 object queries}]{\text{decoder}} (100, 256) \xrightarrow{\text{heads}}
 # 100 \times (\text{class}, \text{box}).$$
 #
-# Each of the 100 outputs is one candidate object: a distribution over 91 COCO classes plus "no object",
+# Each of the 100 outputs is one candidate object: a distribution over 91 class ids plus "no object" (COCO
+# has 80 categories, but their ids run up to 90: `num_classes` is the largest id + 1, and the unused ids
+# simply never occur as targets),
 # and a box. There are no anchors and no non-maximum suppression; notebook 05 shows how training makes the
 # queries divide the objects among themselves. Here we:
 #

@@ -18,14 +18,20 @@
 #
 # This notebook builds that up from boxes: box formats → IoU and GIoU → the three cost matrices →
 # the assignment → the set loss, and ends with a widget where you drag a predicted box and watch the
-# assignment change. Everything that runs is `detr_nb`'s code (`box_ops`, `matcher`, `criterion`,
-# `matching_viz`); the cells re-derive the formulas by hand only to check them.
+# assignment change. Everything that runs is `detr_nb`'s code (`box_ops`, `setpred.matching`,
+# `setpred.criterion`, `teach.matching`); the cells re-derive the formulas by hand only to check them.
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -165,7 +171,7 @@ print(scene["pred_logits"].softmax(-1))
 # $1-\mathrm{GIoU}$ only shifts every entry by a constant, which does not change the best assignment.)
 # Note the class term is the **probability**, not its log: it stays bounded, commensurate with the box terms.
 #
-# `matcher.pairwise_costs` computes each term as a `(Q, N)` matrix; `matching_viz.explain_matching`
+# `setpred.matching.pairwise_costs` computes each term as a `(Q, N)` matrix; `teach.matching.explain_matching`
 # weights and sums them and solves the assignment.
 
 # %%
@@ -326,7 +332,7 @@ assert np.all(np.diff(dup["set_ce"]) > 0) and np.all(np.diff(dup["naive_ce"]) < 
 # * shrink query 0 until the dog query 1 takes the cat;
 # * move query 3 away from the bottom object and see who has to cover it.
 #
-# The widget calls `lessons.matching_view`, which calls `matching_viz.drag_prediction`; the next
+# The widget calls `lessons.matching_view`, which calls `teach.matching.drag_prediction`; the next
 # cell but one calls the same function once without widgets (that is what the tests run).
 
 # %%
@@ -421,10 +427,13 @@ for q in range(Q):
 # 1. One of them (the solver breaks the tie; with equal costs `linear_sum_assignment` takes the first
 #    optimal assignment it finds). The other is unmatched, so its target is ∅: the cross-entropy pushes it
 #    to "no object". That is how the set loss removes duplicates without non-maximum suppression.
-# 2. Only `loss_ce` (the matching and the box losses do not see `eos_coef`). Every unmatched query's ∅ term
-#    now weighs 10x more in the weighted mean, and most queries are unmatched, so the loss is dominated by
-#    "say nothing": such a model predicts ∅ more readily and finds fewer objects (lower recall). 0.1 balances
-#    the many unmatched queries against the few matched ones.
+# 2. Only `loss_ce` (the matching and the box losses do not see `eos_coef`), and here it goes **up**, from
+#    0.394 to 0.652 (and `loss` from 2.208 to 2.466): the weighted mean moves towards the unmatched queries'
+#    own cross-entropy, and in this scene they are less sure of ∅ than the matched queries are of their
+#    classes. (With unmatched queries already confident of ∅, it would go down: the direction depends on the
+#    outputs; what does not is that ∅ now weighs 10x more.) Most queries are unmatched, so the loss becomes
+#    dominated by "say nothing": a model trained that way predicts ∅ more readily and finds fewer objects
+#    (lower recall). 0.1 balances the many unmatched queries against the few matched ones.
 # 3. $-\hat p = -0.001$ barely differs from an impossible class (0), while $-\log \hat p = 6.9$ would
 #    outweigh the box terms ($5 L_1$ is at most 20 and usually below 2). With probabilities the class term
 #    stays on the scale of the box terms, so matching follows both; the paper (sec. 3.1) reports that this

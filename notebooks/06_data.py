@@ -5,7 +5,7 @@
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.5 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install, drawing 1,200 synthetic
-# images (19 s on one busy CPU core, measured with `ensure_synthetic`), and the 53 MB Penn-Fudan download.
+# images (19 s on one busy CPU core, measured with `ensure_synthetic`), and the Penn-Fudan download (about 53 MB, 51 MiB).
 #
 # Notebook 05 took the targets as given: per image a dict with `labels (N,)` and `boxes (N, 4)` in
 # normalised `(cx, cy, w, h)`. This notebook shows where they come from and what the model receives:
@@ -24,7 +24,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -122,7 +128,7 @@ plt.show()
 # %% [markdown]
 # ## 2. A real dataset: Penn-Fudan pedestrians
 #
-# 170 street photographs with 423 pedestrians, each with a segmentation mask. `build_dataset("pennfudan")`
+# 170 street photographs with 345 labelled pedestrians (the dataset's own count), each with a segmentation mask. `build_dataset("pennfudan")`
 # downloads the archive once (resumable; its sha256 is recorded on first use and checked afterwards),
 # converts the masks to COCO boxes, and keeps the last 50 images for validation. In Colab the files go to
 # `/content/detr_nb_cache` (local disk, fast; copy to Drive yourself if you want to keep them).

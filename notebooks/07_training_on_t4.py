@@ -33,7 +33,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -150,8 +156,10 @@ print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
 # scheduler, and resumes if the run folder has a checkpoint. With `diag_every > 0` it also saves
 # histograms of the initial weights (`weights_init.json`, from `diagnostics.weight_histograms`). In the
 # grid below (12 of the tensors), look at shapes and spreads (std in each title): uniform for the
-# transformer's matrices (Xavier) and the heads (PyTorch's `Linear` default), bell-shaped for the ResNet's
-# convolutions (Kaiming normal).
+# transformer's matrices (Xavier) and the class head (PyTorch's `Linear` default), a single spike at zero for
+# the box head's last layer (it starts at zero, so every query's first box is its reference box),
+# bell-shaped for the ResNet's convolutions (Kaiming normal). The class biases, not drawn (only tensors of
+# two or more dimensions are), start at the focal loss's prior, $-\log(99) \approx -4.6$.
 
 # %%
 live = LiveLossPlot(every=PLOT_EVERY)
@@ -231,10 +239,11 @@ plt.show()
 #   change (frozen, or its gradient vanished), a runaway means the learning rate is too high for it.
 # * **Histograms now vs at initialisation** show how far training has moved each tensor.
 #
-# A classic finding for the paper's DETR: its decoder's input starts as zeros, so in the first decoder
-# layer every value vector of the self-attention equals the value bias, and that layer's query/key/value
-# projection matrices never get a gradient. `detr_tiny_aided` starts the decoder from learned content
-# queries instead, so no curve here should sit at zero.
+# In the paper's DETR the decoder's input starts as zeros, so in the first decoder layer every value vector
+# of the self-attention is the value bias: $W_v$ gets no gradient there. Its $W_q$ and $W_k$ see the object
+# queries and do get one, through attention dropout (0.1 in the paper): without dropout the weights sum to 1
+# and the output is that bias whatever they are. `detr_tiny_aided` takes its decoder's content queries from
+# the encoder (the features of the selected cells), so no curve here should sit at zero.
 
 # %%
 records = read_records(out / "diagnostics.jsonl")

@@ -12,7 +12,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os

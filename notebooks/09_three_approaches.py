@@ -25,7 +25,7 @@
 #
 # * Training: 7 runs × `BUDGET_S` = 210 s = 24.5 minutes, held by each run's budget clock (setup included):
 #   a slower GPU gives fewer steps, not a longer notebook.
-# * Around it, about 6 minutes: installing and downloading (Penn-Fudan about 51 MB, ResNet-18 45 MB, DETR-R50
+# * Around it, about 6 minutes: installing and downloading (Penn-Fudan about 53 MB (51 MiB), ResNet-18 45 MB, DETR-R50
 #   159 MB), about 2 minutes; per run about 35 s that the budget does not count (evaluations every 4 epochs,
 #   checkpoint writes, the final evaluation, the predictions figure), about 4 minutes for the seven.
 # * How those seconds were estimated (no T4 was at hand): the official DETR-R50 trained at about 6-8.5
@@ -48,7 +48,13 @@
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
-    get_ipython().run_line_magic("pip", 'install -q "git+https://github.com/detr-nb/detr_nb@main"')
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
 
 # %% tags=["parameters"]
 import os
@@ -295,8 +301,10 @@ print(json.dumps({f"{r['group']}-{r['name']}": r["status"] for r in report["runs
 #    time is no longer bounded by the budget. Under a time budget the scratch run stops after fewer steps, so
 #    its final loss is usually higher: the gap you saw then was speed, not math.
 # 3. **Xavier's std is sqrt(2 / (fan_in + fan_out)), so uniform ±0.02 falls furthest below it in the narrowest
-#    layers**: the heads and the 256 × 256 projections (Xavier 0.06-0.09, five to eight times more), least in
-#    the 256 ↔ 1024 feed-forward layers (0.040, 3.4 times). The gradients shrink most in between: a weight's
+#    layers** (its std is 0.02/√3 = 0.0115): the heads (Xavier 0.06-0.09, five to eight times more) and the
+#    attention's 256 × 256 output projection (0.0625, 5.4 times); less in the attention's q/k/v projection,
+#    one packed (768, 256) tensor (0.044, 3.8 times), and least in the 256 ↔ 1024 feed-forward layers (0.040,
+#    3.4 times). The gradients shrink most in between: a weight's
 #    gradient is its input times the gradient arriving from the layers above, and both pass through these small
 #    weights, so the encoder's and decoder's attention and feed-forward weights start with the smallest
 #    gradients (about ten times smaller than the other schemes' in the CPU run of docs/results.md). The box

@@ -316,3 +316,22 @@ def test_uploaded_files_read_ipywidgets_7_and_8_values(tmp_path):
     assert uploaded_files(()) == [] and uploaded_files({}) == []
     image = image_from_bytes(uploaded_files(v8)[0][1])
     assert image.mode == "RGB" and image.size == (20, 40)          # EXIF orientation 6 applied
+
+
+def test_first_photo_says_in_one_line_why_nothing_can_be_shown():
+    """Colab's widget delivers a phone photo (1 MB or more) empty: one line naming that, not a traceback."""
+    import io
+    from PIL import Image
+    from detr_nb.teach.uploads import first_photo
+
+    said = []
+    assert first_photo([], log=said.append) is None and "no photo arrived" in said[-1]
+    assert first_photo([("IMG_1234.JPG", b"")], log=said.append) is None
+    assert "IMG_1234.JPG arrived empty" in said[-1] and "1 MB" in said[-1] and "file picker" in said[-1]
+    assert first_photo([("notes.jpg", b"not a picture")], log=said.append) is None
+    assert said[-1].startswith("notes.jpg is not an image")
+    buf = io.BytesIO()
+    Image.new("RGB", (30, 10)).save(buf, "PNG")
+    name, image = first_photo([("a.png", buf.getvalue())], log=said.append)
+    assert name == "a.png" and image.size == (30, 10) and len(said) == 3
+    assert all("\n" not in line for line in said)

@@ -25,11 +25,24 @@ BADGE_END = "<!-- notebooks:end -->"
 NAME_RE = re.compile(r"^\d\d_[a-z0-9_]+\.py$")
 
 COLAB_METADATA = {
-    "accelerator": "GPU",
-    "colab": {"provenance": [], "gpuType": "T4", "toc_visible": True},
+    "colab": {"provenance": [], "toc_visible": True},
     "kernelspec": {"display_name": "Python 3", "name": "python3"},
     "language_info": {"name": "python"},
 }
+# The notebooks whose full mode is more than twice as slow without a GPU: only they ask Colab for a T4 (a GPU
+# runtime spends the learner's free quota).
+GPU_NOTEBOOKS = ("07", "09", "11")
+# What a notebook cell keeps of its metadata: tags (parameters, solution...), a hidden source (Jupyter) and
+# Colab's form view, which shows a solution cell's title and hides its code.
+CELL_METADATA = ("tags", "jupyter", "cellView")
+
+
+def colab_metadata(py_path: Path) -> Dict:
+    meta = json.loads(json.dumps(COLAB_METADATA))
+    if py_path.name[:2] in GPU_NOTEBOOKS:
+        meta["accelerator"] = "GPU"
+        meta["colab"]["gpuType"] = "T4"
+    return meta
 
 
 def repo_slug(url: str = detr_nb.REPO_URL) -> str:
@@ -51,9 +64,20 @@ def badge_markdown(notebook_name: str) -> str:
             f"({colab_url(notebook_name)})")
 
 
-def install_line() -> str:
-    """The pip line every notebook's setup cell runs in Colab only (never touches torch)."""
-    return f'install -q "git+{detr_nb.REPO_URL}@{detr_nb.REPO_BRANCH}"'
+def setup_cell() -> str:
+    """The first code cell of every notebook: in Colab only, install detr_nb from REPO_URL (never touching
+    torch), and when that fails, one line naming the URL and where it is set."""
+    url = f"{detr_nb.REPO_URL}@{detr_nb.REPO_BRANCH}"
+    return f"""# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+import sys
+if "google.colab" in sys.modules:
+    import subprocess
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{url}"],
+                         capture_output=True, text=True)
+    if pip.returncode:
+        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
+        raise SystemExit(f"cannot install detr_nb from {detr_nb.REPO_URL} ({{why}}): is the repository reachable? "
+                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")"""
 
 
 def sources() -> List[Path]:
@@ -66,13 +90,13 @@ def build_notebook(py_path: Path):
     import nbformat
 
     nb = jupytext.read(py_path, fmt="py:percent")
-    nb.metadata = json.loads(json.dumps(COLAB_METADATA))
+    nb.metadata = colab_metadata(py_path)
     for i, cell in enumerate(nb.cells):
         cell.id = f"cell-{i:03d}"  # ids fixed by position: regeneration is byte-stable
         if cell.cell_type == "code":
             cell.outputs = []
             cell.execution_count = None
-        cell.metadata = {k: v for k, v in cell.metadata.items() if k == "tags"}
+        cell.metadata = {k: v for k, v in cell.metadata.items() if k in CELL_METADATA}
     nbformat.validate(nb)
     return nb
 

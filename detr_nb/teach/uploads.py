@@ -1,12 +1,15 @@
-"""Your own photo in a notebook: the bytes of ``ipywidgets.FileUpload``, whatever the ipywidgets version.
+"""Your own photo in a notebook: Colab's file picker, or the bytes of ``ipywidgets.FileUpload`` elsewhere.
 
-Colab ships ipywidgets 7.7, where ``FileUpload.value`` is a dict ``{file name: {"metadata": {...}, "content":
-bytes}}``; ipywidgets 8 (a local Jupyter) made it a tuple of dicts ``{"name", "type", "size", "content":
-memoryview, ...}``. :func:`uploaded_files` reads both.
+In Colab, :func:`colab_upload` opens ``google.colab.files.upload()``: Colab's runtime delivers the value of an
+``ipywidgets.FileUpload`` empty for files of 1 MB or more (ipywidgets issue 3452, open), which covers most phone
+photos. Elsewhere (a local Jupyter) the widget works: ipywidgets 7 gives ``FileUpload.value`` as a dict
+``{file name: {"metadata": {...}, "content": bytes}}``, ipywidgets 8 as a tuple of dicts ``{"name", "type",
+"size", "content": memoryview, ...}``; :func:`uploaded_files` reads both. :func:`first_photo` turns what
+arrived into an image, or says in one line why there is none.
 """
 from __future__ import annotations
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 
 def uploaded_files(upload) -> List[Tuple[str, bytes]]:
@@ -30,3 +33,30 @@ def image_from_bytes(data: bytes):
         image.load()
         return image.copy()
 
+
+
+def colab_upload() -> List[Tuple[str, bytes]]:
+    """``[(file name, bytes)]`` chosen in Colab's file picker (opens below the running cell)."""
+    from google.colab import files
+    return [(name, bytes(data)) for name, data in files.upload().items()]
+
+
+def first_photo(files: List[Tuple[str, bytes]], log=print) -> Optional[Tuple[str, object]]:
+    """``(name, upright RGB PIL image)`` of the first uploaded file, or None after one line saying why: no
+    file chosen, a file that arrived empty (the widget in Colab, for files of 1 MB or more), or a file that is
+    not an image."""
+    from ..errors import UserError
+
+    if not files:
+        log("no photo arrived: choose a file (or give a URL) and run the cell again")
+        return None
+    name, data = files[0]
+    if not data:
+        log(f"{name} arrived empty: in Colab the upload widget drops files of 1 MB or more; use the Colab file "
+            f"picker (the cell above) or a URL")
+        return None
+    try:
+        return name, image_from_bytes(data)
+    except (OSError, ValueError, UserError) as e:
+        log(f"{name} is not an image this notebook can read ({e})")
+        return None
