@@ -42,12 +42,18 @@ def encoder_proposals(model, memory: Tensor, fmask: Tensor, with_features: bool 
     return (logits, boxes, feats) if with_features else (logits, boxes)
 
 
+def cell_scores(enc_logits: Tensor, fmask: Tensor, num_classes: int) -> Tensor:
+    """Each cell's ranking score: its best class logit (the "no object" column left out), -inf on padding.
+    enc_logits (B, hw, C+1), fmask (B, h, w) True = padding -> (B, hw)."""
+    return enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))
+
+
 def select_cells(enc_logits: Tensor, fmask: Tensor, num_classes: int, num_queries: int) -> Tensor:
     """The cells whose proposals become the decoder's queries: the top-Q by best class score (padding never
     chosen), ``(B, Q)`` indices into the hw cells. Every cell is ranked and the ranking repeated, so a map of
     fewer than Q cells gives each of its cells to several queries, with no branch on the map's size (the ONNX
     export traces one graph for every image size)."""
-    score = enc_logits[..., :num_classes].amax(-1).masked_fill(fmask.flatten(1), float("-inf"))   # (B, hw)
+    score = cell_scores(enc_logits, fmask, num_classes)                                            # (B, hw)
     order = score.topk(score.shape[1], dim=1).indices                                              # (B, hw)
     return order.repeat(1, num_queries)[:, :num_queries]                                           # (B, Q)
 

@@ -1,7 +1,7 @@
 """Figures of notebook 05: the matching drawn between predictions and objects, and its cost terms."""
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Tuple
+from typing import Dict, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -101,3 +101,49 @@ def plot_matching_view(scene: Dict, pred_boxes: Tensor, explanation: Dict, query
     ax0.set_title(f"query {query} moved; matched cost {explanation['matched_cost']:.2f}", fontsize=9)
     plot_cost_terms(explanation, axes=[fig.add_subplot(grid[i]) for i in range(1, 5)])
     return fig
+
+
+def plot_matching_graph(cost: Tensor, pred_idx: Tensor, tgt_idx: Tensor, labels: Optional[Sequence] = None,
+                        ax=None):
+    """The matching as a bipartite graph: predictions (rows of ``cost (Q, N)``) on the left, objects on the right,
+    one line per pair. Unmatched pairs are thin and grey, darker when cheaper; the matched pairs
+    ``(pred_idx[i], tgt_idx[i])`` are bold with their cost printed; an unmatched prediction is "no object".
+    ``labels`` (N,) names the objects (class ids or names). Returns the figure."""
+    import matplotlib.pyplot as plt
+
+    cost = torch.as_tensor(cost, dtype=torch.float32).cpu()
+    Q, N = cost.shape
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5, max(3.0, 0.32 * Q)))
+    labels = labels.tolist() if isinstance(labels, Tensor) else labels
+    pairs = dict(zip(torch.as_tensor(pred_idx).tolist(), torch.as_tensor(tgt_idx).tolist()))   # query -> object
+    y_pred = np.linspace(Q - 1, 0, Q)                                       # top to bottom
+    y_obj = np.linspace(Q - 1, 0, N + 2)[1:-1] if N else np.zeros(0)        # spread over the same height
+    lo, hi = (float(cost.min()), float(cost.max())) if cost.numel() else (0.0, 0.0)
+    cheapness = 1 - (cost - lo) / (hi - lo) if hi > lo else torch.ones_like(cost)   # 1 = the cheapest pair
+    for q in range(Q):
+        for n in range(N):
+            if pairs.get(q) == n:
+                continue
+            ax.plot([0, 1], [y_pred[q], y_obj[n]], color="0.35", linewidth=0.6,
+                    alpha=0.08 + 0.6 * float(cheapness[q, n]), zorder=1)
+    for i, (q, n) in enumerate(sorted(pairs.items())):
+        named = labels is not None and not isinstance(labels[n], str)
+        color = class_color(int(labels[n]) if named else n)                  # a class keeps its colour
+        ax.plot([0, 1], [y_pred[q], y_obj[n]], color=color, linewidth=2.5, zorder=2)
+        t = 0.15 + 0.7 * i / max(len(pairs) - 1, 1)                          # staggered, so the costs do not overlap
+        ax.text(t, y_pred[q] + t * (y_obj[n] - y_pred[q]), f"{float(cost[q, n]):.2f}", fontsize=7, ha="center",
+                va="center", zorder=3, bbox=dict(facecolor="white", edgecolor=color, pad=1, linewidth=0.8))
+    ax.scatter(np.zeros(Q), y_pred, s=30, color="0.2", zorder=4)
+    ax.scatter(np.ones(N), y_obj, s=40, color="0.2", marker="s", zorder=4)
+    for q in range(Q):
+        ax.text(-0.04, y_pred[q], f"q{q}" + ("" if q in pairs else "  no object"), ha="right", va="center",
+                fontsize=7, color="k" if q in pairs else "0.55")
+    for n in range(N):
+        name = f"object {n}" + ("" if labels is None else f" ({labels[n]})")
+        ax.text(1.04, y_obj[n], name, ha="left", va="center", fontsize=7)
+    ax.set_xlim(-0.45, 1.45)
+    ax.set_ylim(-0.7, Q - 0.3)
+    ax.set_axis_off()
+    ax.set_title(f"{Q} predictions x {N} objects: {len(pairs)} matched (bold), cheaper = darker", fontsize=9)
+    return ax.figure

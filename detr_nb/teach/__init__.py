@@ -3,7 +3,8 @@ checks of a learner's own code; ``detr_nb.figures`` draws. Each notebook cell th
 one function here, so what a reader sees is tested (tests/test_explain.py) without a browser.
 
 By notebook: :mod:`.images` (a photograph as a tensor), 01 :mod:`.cnn`, 02 :mod:`.positions`, 03 and 08
-:mod:`.attention_viz`, 04 :mod:`.detections`; 05-07 :mod:`.lessons` and :mod:`.matching`; 06 :mod:`.data_viz`;
+:mod:`.attention_viz`, 04 :mod:`.detections`, 04 and 10 :mod:`.architecture` (the tensors of Figure 2 and of
+two-stage query selection); 05-07 :mod:`.lessons` and :mod:`.matching`; 06 :mod:`.data_viz`;
 10 :mod:`.convergence`. ``from detr_nb import teach`` gives the names of the first five (``teach.im2col_loops``).
 :mod:`.nbtools` keeps the notebooks' ``.ipynb`` in step with their ``.py`` sources.
 """
