@@ -107,6 +107,17 @@ print("step by step == model(images):", torch.equal(out["pred_logits"], ref["pre
       and torch.equal(out["pred_boxes"], ref["pred_boxes"]))
 
 # %% [markdown]
+# The paper's Figure 2, drawn from this model: `teach.architecture.tensor_shapes` runs it once on an image of
+# this size and records the shape of every tensor on the path, and `figures.plot_detr_architecture` writes
+# them on the arrows. Change `IMAGE_SHORT_SIDE` and the shapes follow (the grid is the image / 32).
+
+# %%
+from detr_nb.teach.architecture import tensor_shapes
+
+fig = figures.plot_detr_architecture(tensor_shapes(model, tuple(image.shape[-2:])))
+plt.show()
+
+# %% [markdown]
 # ## 2. Encoder and decoder layers
 #
 # **Encoder layer** (post-norm, as the official model). The tokens $x \in \mathbb{R}^{hw \times 256}$ attend to

@@ -242,6 +242,16 @@ plt.show()
 # Solid boxes are targets, dashed ones the matched predictions (same colour, joined by a line), dotted
 # grey ones the unmatched queries. Queries 1 and 4 are unmatched: the loss will ask them for ∅.
 #
+# The same assignment as a bipartite graph: every query on the left can take every object on the right, each
+# edge weighs its cost (darker = cheaper); the Hungarian algorithm keeps the N edges, no two sharing a node,
+# of least total weight (bold), and the queries left without an edge answer ∅.
+
+# %%
+from detr_nb.figures.matching import plot_matching_graph
+
+fig = plot_matching_graph(e["total"], e["pred_idx"], e["tgt_idx"], labels=[scene["names"][int(l)] for l in scene["tgt_labels"]])
+plt.show()
+#
 # ## 6. The set loss
 #
 # Given $\hat\sigma$, the loss over all Q queries ($y$ padded with ∅ up to Q) is

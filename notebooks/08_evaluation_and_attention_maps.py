@@ -30,6 +30,8 @@ RUN_NAME = "aided-synthetic-t4"          # notebook 07's run, evaluated here if 
 TRAIN_MINUTES = 0.3 if SMOKE else 10     # only when no checkpoint of notebook 07 is found
 THRESHOLD = 0.5                          # for drawing only; COCO AP uses every detection
 OFFICIAL = not SMOKE                     # also look inside the official DETR-R50 on a real photo
+COCO_ANALYSES = False                    # section 6 on the official DETR-R50 too: downloads COCO val2017 (1 GB)
+CROWD = dict(counts=(5, 8), images_per_count=1, image_size=(64, 64)) if SMOKE else {}   # section 6's crowds
 
 # %% [markdown]
 # A detector is judged by COCO's mean average precision (mAP), and understood by looking at what it
@@ -53,7 +55,7 @@ from detr_nb import workdir
 from detr_nb import figures, teach
 from detr_nb.aids import scoring_for
 from detr_nb.aids.focal import sigmoid_scores
-from detr_nb.data import collate_fn
+from detr_nb.data import collate_fn, make_transforms
 from detr_nb.inference import evaluate as E
 from detr_nb.setpred.postprocess import softmax_scores
 from detr_nb.teach import lessons
@@ -107,6 +109,19 @@ scoring = scoring_for(config.loss_type)   # focal loss: sigmoid scores, the 100 
 names = E.category_names(val_set)
 print("model:", config.model, "| loss:", config.loss_type, "| scoring:", scoring.__name__)
 print("classes:", names, "| validation images:", len(val_set))
+
+# %% [markdown]
+# Notebook 04 drew the paper's Figure 2 for DETR-R50. The model evaluated here is the main job's
+# `detr_tiny_aided`: the same backbone -> encoder -> decoder -> heads, and, in orange, what its convergence
+# aids add: a dense head on the encoder's cells proposes a box per cell, the best `Q` cells become the
+# decoder's reference boxes (and, detached, their features its content queries), and every decoder layer
+# refines the box of the layer before (notebook 10 explains each).
+
+# %%
+from detr_nb.teach.architecture import tensor_shapes
+
+fig = figures.plot_detr_architecture(tensor_shapes(model, tuple(val_set[0][0].shape[-2:])))
+plt.show()
 
 # %% [markdown]
 # ## 2. COCO mAP, step by step
@@ -302,6 +317,66 @@ dec_map = teach.decoder_attention_of(w_maps, order[0])
 print("encoder map", tuple(enc_map.shape), f"sum {enc_map.sum().item():.3f} | decoder map", tuple(dec_map.shape),
       f"sum {dec_map.sum().item():.3f}")
 assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.isclose(dec_map.sum(), torch.tensor(1.0), atol=1e-4)
+
+# %% [markdown]
+# ## 6. The paper's analyses, on the model you trained
+#
+# Section 4.2 of the paper looks inside a trained DETR three ways. Each runs here on the model of section 1
+# (and, with `COCO_ANALYSES` in Colab, on the official DETR-R50 and COCO's validation images).
+#
+# **AP after each decoder layer, with and without NMS** (the paper's Figure 4). Every decoder layer's output
+# goes through the same heads (the auxiliary losses train them all), so each layer's predictions can be
+# scored on their own. In the paper, AP rises at every layer; non-maximum suppression helps the first layers,
+# whose queries have not yet seen each other enough to avoid predicting one object twice, and slightly lowers
+# AP at the last, where it can only remove true positives: the reason DETR needs no NMS.
+
+# %%
+from detr_nb.figures.analysis import plot_crowd, plot_layer_ap, plot_slots
+from detr_nb.inference.analysis import crowd_summary, crowd_test, layer_ap, slot_predictions
+
+rows = layer_ap(model, val_set, device, scoring=scoring, max_images=None if not SMOKE else 4)
+for r in rows:
+    print(f"layer {r['layer']}: AP {r['AP']:.3f} (with NMS {r['AP_nms']:.3f})  AP50 {r['AP50']:.3f} "
+          f"(with NMS {r['AP50_nms']:.3f})")
+fig = plot_layer_ap(rows, title=f"{config.model}: AP after each decoder layer")
+plt.show()
+
+# %% [markdown]
+# **What each query slot predicts** (the paper's Figure 7): the centre of every box a query predicts over the
+# validation images, one panel per query, green for small boxes, red for large horizontal ones, blue for large
+# vertical ones. In the paper's DETR each slot is a learned query and specialises in a region and a size. In
+# this model the queries are the encoder's best cells in rank order, so panel k shows what the k-th best
+# proposal predicts: its position follows the objects of each image rather than a fixed region.
+
+# %%
+slots = slot_predictions(model, val_set, device, scoring=scoring, max_images=None if not SMOKE else 4)
+fig = plot_slots(slots, n=min(20, slots["centers"].shape[0]))
+plt.show()
+
+# %% [markdown]
+# **More objects than any training image had** (the paper's Figure 5: no COCO training image has more than 13
+# giraffes, yet DETR finds 24 in a synthetic one; the limit is the number of queries). The main job's images
+# hold at most 10 shapes; these hold 20 to 30, of the same sizes.
+
+# %%
+crowd = crowd_test(model, scoring, transforms=make_transforms(config.preset, train=False), device=device, **CROWD)
+for n, r in crowd_summary(crowd).items():
+    print(f"{n} shapes asked: {r['objects']:.1f} drawn, {r['found']:.1f} found ({r['queries']} queries)")
+fig = plot_crowd(crowd, image=crowd[-1]["image"], detections=crowd[-1]["detections"],
+                 train_max=config.data_kwargs.get("max_objects"), names=names)
+plt.show()
+
+# %%
+if COCO_ANALYSES and not SMOKE:      # Colab: the official DETR-R50 on COCO val2017 (1 GB download, 159 MB weights)
+    coco_val = detr_nb.data.build_dataset("coco2017", "val", "official")
+    official = detr_nb.build_model("detr_r50", num_classes=91)
+    detr_nb.load_pretrained(official, "detr_r50")
+    official = official.to(device).eval()
+    fig = plot_layer_ap(layer_ap(official, coco_val, device, max_images=500), title="DETR-R50 on 500 COCO images")
+    plt.show()
+    fig = plot_slots(slot_predictions(official, coco_val, device, max_images=500), n=20)
+    plt.show()
+    del official
 
 # %% [markdown]
 # **Next:** notebook 09 compares training approaches on a real dataset in Colab.
