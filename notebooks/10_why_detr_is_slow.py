@@ -62,7 +62,9 @@ from detr_nb.aids import denoising_attention_mask, group_attention_mask, noise_t
 from detr_nb.configs import build_model
 from detr_nb.data.synthetic import render_sample, synthetic_params
 from detr_nb.setpred.matcher import HungarianMatcher
+from detr_nb.figures.architecture import plot_query_selection
 from detr_nb.figures.attention import show_attention_mask
+from detr_nb.teach.architecture import query_selection
 from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
 from detr_nb.engine.config import TrainConfig
 from detr_nb.engine.trainer import Trainer
@@ -242,15 +244,30 @@ plt.legend()
 plt.show()
 
 # %% [markdown]
+# The `aided` model just trained selects its queries in two stages (section 3). On a validation image:
+# every encoder cell's best class score, the top-Q cells on the feature grid, and the proposal boxes that
+# become the decoder's reference boxes. Most of the selected cells sit on the objects; the decoder then
+# only has to refine boxes that already start there.
+
+# %%
+image, _ = trainer.val_set[0]
+selection = query_selection(trainer.model, image)
+print(f"{selection['grid'][0]}x{selection['grid'][1]} cells -> {selection['num_queries']} queries;",
+      "best cells (row-major index):", selection["cells"][:5].tolist())
+plot_query_selection(image, selection)
+plt.show()
+
+# %% [markdown]
 # ## 5. Round two: the same detector in fewer steps
 #
 # The aids above made the model learn; the next question is how many steps it needs. Later DETRs found
-# cheap changes that each claim a few AP, and `detr_nb` has each as an option (off in every recipe unless
-# named below): IoU-aware classification (VarifocalNet/RT-DETR's varifocal loss, DEIM's matchability-aware
+# cheap changes that each claim a few AP, and `detr_nb` had each as an option: IoU-aware classification (VarifocalNet/RT-DETR's varifocal loss, DEIM's matchability-aware
 # loss, Align-DETR's IA-BCE), Stable-DINO's position-modulated matching cost, DINO's "look forward twice",
 # DEIM's mosaics, an EMA of the weights, and RT-DETR's content queries taken from the encoder instead of
 # learned. `bench/convergence.py` trained each on the main job's data and model for a fixed number of
-# steps (AP at a step does not depend on the machine), on three seeds where it mattered:
+# steps (AP at a step does not depend on the machine), on three seeds where it mattered. Only the last one
+# paid and stayed; the others were removed from the package to keep it thin (`git checkout 1422181` has
+# them, to reproduce a row):
 
 # %%
 round_two = group_runs(results)            # the issue-16 runs: one group per (variant, steps), one run per seed
