@@ -46,6 +46,22 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, dr
     return out, None
 
 
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
+    """x (B, L, C) -> (B, h, L, C/h): head i takes the channels i*d ... (i+1)*d - 1 of every token. Notebook 03.
+
+    The reshape cuts each token's channels into h blocks of d; the transpose then puts the heads before
+    the tokens, so that attention (over the last two axes) runs per head.
+    """
+    B, L, C = x.shape
+    return x.reshape(B, L, num_heads, C // num_heads).transpose(1, 2)     # (B, h, L, d)
+
+
+def merge_heads(x: Tensor) -> Tensor:
+    """x (B, h, L, d) -> (B, L, h*d), the inverse of :func:`split_heads`: each token's heads side by side."""
+    B, h, L, d = x.shape
+    return x.transpose(1, 2).reshape(B, L, h * d)                        # (B, L, C)
+
+
 class MultiheadAttention(Switchable, nn.Module):
     """Multi-head attention, batch first, with nn.MultiheadAttention's parameters and names. Notebook 03.
 
@@ -77,22 +93,22 @@ class MultiheadAttention(Switchable, nn.Module):
                 attn_mask: Optional[Tensor] = None) -> Tensor:
         """query (B, Lq, C), key/value (B, Lk, C); key_padding_mask (B, Lk) bool True = padding;
         attn_mask bool True = blocked, (Lq, Lk) or (B*nheads, Lq, Lk). Returns (B, Lq, C)."""
-        B, Lq, C = query.shape
+        B, Lq = query.shape[:2]
         Lk = key.shape[1]
         h = self.num_heads
         lin = linear if self.impl == "scratch" else F.linear
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
         b_q, b_k, b_v = self.in_proj_bias.chunk(3)
-        q = lin(query, w_q, b_q).reshape(B, Lq, h, C // h).transpose(1, 2)   # (B, h, Lq, d)
-        k = lin(key, w_k, b_k).reshape(B, Lk, h, C // h).transpose(1, 2)     # (B, h, Lk, d)
-        v = lin(value, w_v, b_v).reshape(B, Lk, h, C // h).transpose(1, 2)   # (B, h, Lk, d)
+        q = split_heads(lin(query, w_q, b_q), h)                              # (B, h, Lq, d)
+        k = split_heads(lin(key, w_k, b_k), h)                                # (B, h, Lk, d)
+        v = split_heads(lin(value, w_v, b_v), h)                              # (B, h, Lk, d)
         mask = self._merge_masks(key_padding_mask, attn_mask, B, Lq, Lk, query.device)  # (B|1, h|1, Lq|1, Lk)
         out, w = attention(q, k, v, mask, self.dropout, self.training, self.impl,
                            need_weights=self._record is not None)
         if w is not None:
             store, name, average = self._record
             store[name] = (w.mean(dim=1) if average else w).detach()           # (B, [h,] Lq, Lk)
-        out = out.transpose(1, 2).reshape(B, Lq, C)                            # (B, Lq, C)
+        out = merge_heads(out)                                                 # (B, Lq, C)
         return self.out_proj(out)
 
     def _merge_masks(self, key_padding_mask, attn_mask, B, Lq, Lk, device) -> Optional[Tensor]:

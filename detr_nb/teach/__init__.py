@@ -6,7 +6,8 @@ By notebook: :mod:`.images` (a photograph as a tensor), 01 :mod:`.cnn`, 02 :mod:
 :mod:`.attention_viz`, 04 :mod:`.detections`, 04 and 10 :mod:`.architecture` (the tensors of Figure 2 and of
 two-stage query selection); 05-07 :mod:`.lessons` and :mod:`.matching`; 06 :mod:`.data_viz`;
 10 :mod:`.convergence`. ``from detr_nb import teach`` gives the names of the first five (``teach.im2col_loops``).
-:mod:`.nbtools` keeps the notebooks' ``.ipynb`` in step with their ``.py`` sources.
+:mod:`.nbtools` keeps the notebooks' ``.ipynb`` in step with their ``.py`` sources. :mod:`.checks` holds the checks
+of the "Your turn" cells (``from detr_nb.teach.checks import check_attention``), notebooks 01-08.
 """
 from .images import (image_to_tensor, sample_image)
 from .cnn import grouped_parameter_table, im2col_loops, stage_features

@@ -1,0 +1,263 @@
+"""Notebook 03's "Your turn" checks: scaled dot-product attention, splitting and merging heads, layer norm and the
+post-norm encoder block (see :mod:`detr_nb.teach.checks`)."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import List
+
+import torch
+
+from ..model.transformer import TransformerEncoderLayer
+from ..nn.attention import attention, merge_heads, split_heads
+from ..nn.layers import layer_norm, softmax
+from .checks_base import Case, Piece, randn, rng, run_check
+
+
+# ============================================================================ scaled dot-product attention
+
+def attention_with_padding(q, k, v, key_padding_mask=None):
+    """The reference: :func:`detr_nb.nn.attention.attention` with the padding mask (B, Lk) as (B, 1, 1, Lk)."""
+    mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
+    return attention(q, k, v, mask)[0]                                        # (B, h, Lq, dv)
+
+
+def _naive_softmax(x, dim):
+    """exp / sum without subtracting the max: overflows for large scores."""
+    e = x.exp()
+    return e / e.sum(dim, keepdim=True)
+
+
+def _attention_variant(q, k, v, key_padding_mask=None, scale=True, dim=-1, after=False, invert=False,
+                       fill=float("-inf"), soft=softmax):
+    """Attention with one classic change: no scaling, softmax over ``dim``, the mask applied ``after`` the
+    softmax or ``invert``-ed, padded scores set to ``fill``, or another softmax ``soft``."""
+    scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)     # (B, h, Lq, Lk)
+    mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]   # (B, 1, 1, Lk)
+    if mask is not None and invert:
+        mask = ~mask
+    if mask is not None and not after:
+        scores = scores.masked_fill(mask, fill)
+    w = soft(scores, dim)
+    if mask is not None and after:
+        w = w.masked_fill(mask, 0.0)
+    return w @ v
+
+
+def _variant(**change):
+    return lambda q, k, v, m=None: _attention_variant(q, k, v, m, **change)
+
+
+WRONG_AXIS = "softmax over the wrong axis: the weights of one query sum to 1 over the keys (the last axis)"
+OVERFLOW = "exp overflowed: subtract each row's max before exp (softmax is unchanged by the shift)"
+INVERTED = "mask inverted: True in key_padding_mask means padding, the keys to block"
+ATTENTION_MISTAKES = (
+    ("no 1/sqrt(d) scaling: divide the scores q.k by sqrt(d), d = q.shape[-1]", _variant(scale=False)),
+    ("mask applied after the softmax: zeroed weights no longer sum to 1; set the padded scores to -inf "
+     "before the softmax", _variant(after=True)),
+    (WRONG_AXIS, _variant(dim=-2)), (WRONG_AXIS, _variant(dim=-2, soft=torch.softmax)),
+    (INVERTED, _variant(invert=True)), (INVERTED, _variant(invert=True, soft=torch.softmax)),
+    ("NaN for a query whose keys are all padding (the softmax of a row of -inf): give it 0, as the package's "
+     "softmax does", _variant(soft=torch.softmax)),
+    ("padded scores set to a large negative number: a query whose keys are all padding then averages them; "
+     "use -inf and give such a query 0", _variant(fill=-1e9)),
+    (OVERFLOW, _variant(soft=_naive_softmax)),
+    (OVERFLOW, _variant(soft=lambda s, dim: torch.nan_to_num(_naive_softmax(s, dim)))),
+)
+
+ATTENTION = Piece("scaled dot-product attention", attention_with_padding, "detr_nb.nn.attention.attention",
+                  arg_names=("q", "k", "v", "key_padding_mask"), grad_args=(0, 1, 2),
+                  mistakes=ATTENTION_MISTAKES, shape_doc="(B, h, Lq, dv)")
+
+
+def attention_cases() -> List[Case]:
+    g = rng(4)
+
+    def case(name, B, h, Lq, Lk, d, dv, padded=None, scale=1.0):
+        mask = None
+        if padded is not None:
+            mask = torch.zeros(B, Lk, dtype=torch.bool)
+            for b, keys in padded.items():
+                mask[b, keys] = True
+        return Case(name, (randn(g, B, h, Lq, d, scale=scale), randn(g, B, h, Lk, d, scale=scale),
+                           randn(g, B, h, Lk, dv), mask))
+
+    return [case("no mask", 2, 2, 3, 4, 5, 3),
+            case("key padding: the last two keys of batch element 1", 2, 2, 3, 5, 4, 3, {1: [3, 4]}),
+            case("key padding, one head, Lq != Lk", 2, 1, 6, 4, 3, 2, {0: [1], 1: [0, 3]}),
+            case("key padding, batch element 1 fully padded (its output is 0)", 2, 2, 3, 4, 4, 3,
+                 {0: [3], 1: [0, 1, 2, 3]}),
+            case("a mask with nothing padded", 1, 3, 2, 3, 2, 4, {}),
+            case("large scores (the softmax must subtract the max)", 1, 2, 3, 4, 4, 2, scale=50.0)]
+
+
+def check_attention(fn) -> bool:
+    """``fn(q (B, h, Lq, d), k (B, h, Lk, d), v (B, h, Lk, dv), key_padding_mask (B, Lk) bool or None)`` ->
+    ``(B, h, Lq, dv)``, against :func:`detr_nb.nn.attention.attention` (mask as (B, 1, 1, Lk))."""
+    return run_check(ATTENTION.title, [(ATTENTION, fn, attention_cases())])
+
+
+check_attention.reference = attention_with_padding
+
+
+# ============================================================================ heads
+
+SPLIT = Piece("split heads", split_heads, "detr_nb.nn.attention.split_heads", arg_names=("x", "num_heads"),
+              grad_args=(0,), shape_doc="(B, h, L, C/h)", mistakes=(
+                  ("reshaped to (B, h, L, d) without the transpose: that mixes tokens; reshape to (B, L, h, d), "
+                   "then swap axes 1 and 2", lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1)),
+                  ("head i takes the channels i*d ... (i+1)*d - 1, one block: reshape to (B, L, h, d), not "
+                   "(B, L, d, h)", lambda x, h: x.reshape(*x.shape[:2], -1, h).permute(0, 3, 1, 2))))
+MERGE = Piece("merge heads", merge_heads, "detr_nb.nn.attention.merge_heads", arg_names=("x",),
+              grad_args=(0,), shape_doc="(B, L, h*d)", mistakes=(
+                  ("reshaped to (B, L, h*d) without the transpose back: that mixes tokens; swap axes 1 and 2 "
+                   "first", lambda x: x.reshape(x.shape[0], x.shape[2], -1)),
+                  ("heads interleaved: put each token's heads side by side, head i in channels i*d ... "
+                   "(i+1)*d - 1", lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1))))
+
+
+def heads_cases():
+    g = rng(5)
+    split = [Case(f"split x ({B}, {L}, {C}) into {h} heads", (randn(g, B, L, C), h))
+             for B, L, C, h in ((2, 3, 8, 2), (1, 4, 6, 3), (2, 5, 4, 1), (1, 2, 6, 6))]
+    merge = [Case(f"merge x ({B}, {h}, {L}, {d})", (randn(g, B, h, L, d),))
+             for B, h, L, d in ((2, 2, 3, 4), (1, 3, 4, 2), (2, 1, 5, 4), (1, 4, 2, 1))]
+    return split, merge
+
+
+def check_heads(split, merge) -> bool:
+    """``split(x (B, L, C), h)`` -> ``(B, h, L, C/h)`` and ``merge(x (B, h, L, d))`` -> ``(B, L, h*d)``, against
+    :func:`~detr_nb.nn.attention.split_heads` and :func:`~detr_nb.nn.attention.merge_heads`."""
+    split_cases, merge_cases = heads_cases()
+    return run_check("split and merge heads", [(SPLIT, split, split_cases), (MERGE, merge, merge_cases)])
+
+
+check_heads.reference = (split_heads, merge_heads)
+
+
+# ============================================================================ layer norm
+
+def _layer_norm_variant(x, weight, bias, eps=1e-5, dims=(-1,), correction=0, eps_inside=True, affine=(1, 1)):
+    """Layer norm with one classic change: other ``dims``, the unbiased variance, eps outside the square root,
+    the weight and/or the bias left out (``affine``)."""
+    var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=correction)
+    y = (x - mean) / ((var + eps).sqrt() if eps_inside else var.sqrt() + eps)
+    return y * (weight if affine[0] else 1) + (bias if affine[1] else 0)
+
+
+def _ln(**change):
+    return lambda x, w, b, eps=1e-5: _layer_norm_variant(x, w, b, eps, **change)
+
+
+WRONG_DIMS = "normalised over the wrong axis: mean and variance are over the last axis (each token's channels)"
+NO_AFFINE = "the affine map forgotten: multiply by weight, then add bias"
+LN_MISTAKES = (
+    ("unbiased variance: layer norm divides by C, not C - 1 (var(correction=0) or unbiased=False)",
+     _ln(correction=1)),
+    (WRONG_DIMS, _ln(dims=(0,))), (WRONG_DIMS, _ln(dims=(-2,))),
+    (WRONG_DIMS, lambda x, w, b, eps=1e-5: _layer_norm_variant(x, w, b, eps, dims=tuple(range(x.dim())))),
+    ("eps outside the square root: divide by sqrt(var + eps), not sqrt(var) + eps", _ln(eps_inside=False)),
+    (NO_AFFINE, _ln(affine=(0, 0))), (NO_AFFINE, _ln(affine=(1, 0))), (NO_AFFINE, _ln(affine=(0, 1))),
+)
+
+LAYER_NORM = Piece("layer norm", layer_norm, "detr_nb.nn.layers.layer_norm",
+                   arg_names=("x", "weight", "bias", "eps"), grad_args=(0, 1, 2), mistakes=LN_MISTAKES,
+                   shape_doc="(..., C), the shape of x")
+
+
+def layer_norm_cases() -> List[Case]:
+    g = rng(6)
+
+    def case(name, *shape, scale=1.0, eps=()):
+        x = randn(g, *shape, scale=scale) + randn(g, shape[-1])           # each channel its own offset
+        return Case(name, (x, randn(g, shape[-1]), randn(g, shape[-1]), *eps))
+
+    constant = case("a constant token (variance 0: the output is bias)", 3, 4)
+    constant.args[0][1] = 2.5
+    return [case("4 tokens of 6 channels", 4, 6), case("a batch of sequences (2, 3, 5)", 2, 3, 5),
+            case("eps = 1e-3", 3, 4, eps=(1e-3,)), case("tokens with a tiny variance (eps matters)", 2, 3, 4,
+                                                         scale=1e-4), constant]
+
+
+def check_layer_norm(fn) -> bool:
+    """``fn(x (..., C), weight (C,), bias (C,), eps=1e-5)`` -> ``x``'s shape, normalised over the last axis,
+    against :func:`detr_nb.nn.layers.layer_norm`."""
+    return run_check(LAYER_NORM.title, [(LAYER_NORM, fn, layer_norm_cases())])
+
+
+check_layer_norm.reference = layer_norm
+
+
+# ============================================================================ post-norm encoder block
+
+def post_norm_block(layer, src, pos, key_padding_mask):
+    """The reference: the layer's own forward, ``layer(src, key_padding_mask=..., pos=pos)``."""
+    return layer(src, key_padding_mask=key_padding_mask, pos=pos)
+
+
+def _block_variant(layer, src, pos, mask, value_pos=False, residual=(1, 1), use_mask=True):
+    """The post-norm block with one classic change: positions in the values too, a residual forgotten, or the
+    padding mask not passed to the attention."""
+    q = k = src + pos
+    a = layer.self_attn(q, k, q if value_pos else src, key_padding_mask=mask if use_mask else None)
+    x = layer.norm1(src * residual[0] + a)                                     # (B, S, C)
+    f = layer.linear2(layer.activation(layer.linear1(x)))
+    return layer.norm2(x * residual[1] + f)
+
+
+def _pre_norm(layer, src, pos, mask):
+    pre = copy.deepcopy(layer)
+    pre.normalize_before = True
+    return pre(src, key_padding_mask=mask, pos=pos)
+
+
+def _block(**change):
+    return lambda layer, src, pos, mask: _block_variant(layer, src, pos, mask, **change)
+
+
+RESIDUAL = "a residual forgotten: each sub-layer's input is added back before its LayerNorm"
+BLOCK_MISTAKES = (
+    ("pre-norm instead of post-norm: DETR's block normalises after each residual sum: "
+     "norm1(src + attention), then norm2(x + ffn(x))", _pre_norm),
+    ("positions added to the values too: they go into the queries and keys only", _block(value_pos=True)),
+    ("positions added to src itself: they then flow into the values and the residual; add them to the "
+     "queries and keys only", lambda layer, src, pos, mask: post_norm_block(layer, src + pos, None, mask)),
+    (RESIDUAL, _block(residual=(0, 1))), (RESIDUAL, _block(residual=(1, 0))),
+    ("key_padding_mask not passed to layer.self_attn: padded tokens are attended to", _block(use_mask=False)),
+)
+
+POST_NORM = Piece("post-norm encoder block", post_norm_block, "detr_nb.model.transformer.TransformerEncoderLayer",
+                  arg_names=("layer", "src", "pos", "key_padding_mask"), grad_args=(1, 2),
+                  mistakes=BLOCK_MISTAKES, shape_doc="(B, S, C), the shape of src")
+
+
+def encoder_layer(seed: int = 7) -> TransformerEncoderLayer:
+    """A small post-norm layer in float64 and eval mode (no dropout), every parameter random (the norms too)."""
+    g = rng(seed)
+    layer = TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.1).double().eval()
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(randn(g, *p.shape, scale=0.5))
+    return layer
+
+
+def post_norm_cases() -> List[Case]:
+    g, layer = rng(8), encoder_layer()
+
+    def case(name, B, S, padded):
+        mask = torch.zeros(B, S, dtype=torch.bool)
+        for b, tokens in padded.items():
+            mask[b, tokens] = True
+        return Case(name, (layer, randn(g, B, S, 8), randn(g, B, S, 8), mask))
+
+    return [case("no padding", 2, 5, {}), case("the last two tokens of sequence 1 padded", 2, 5, {1: [3, 4]}),
+            case("3 sequences, the second half of one padded", 3, 6, {0: [5], 2: [3, 4, 5]})]
+
+
+def check_post_norm_block(fn) -> bool:
+    """``fn(layer, src (B, S, C), pos (B, S, C), key_padding_mask (B, S))`` -> ``(B, S, C)``: what the
+    ``TransformerEncoderLayer`` ``layer`` (post-norm, eval mode) gives, computed from its submodules."""
+    return run_check(POST_NORM.title, [(POST_NORM, fn, post_norm_cases())])
+
+
+check_post_norm_block.reference = post_norm_block
