@@ -49,6 +49,7 @@ import torch.nn.functional as F
 import detr_nb
 from detr_nb import figures, teach
 from detr_nb.nn import layers
+from detr_nb.teach import checks
 from detr_nb.model.backbone import Backbone, Bottleneck
 
 torch.manual_seed(0)
@@ -123,6 +124,43 @@ for name, a, r in zip(("x", "W", "b"), grads_pkg, grads_ref):
 # backbone and the transformer, and ResNet's bottleneck blocks use it to shrink and re-expand channels.
 
 # %% [markdown]
+# ### Your turn: convolution as unfold + one matrix product
+#
+# Write `my_conv2d` with `F.unfold` (PyTorch's im2col, as above) and one matrix product, no loops over
+# pixels. The check below runs it against `detr_nb.nn.layers.conv2d` on several cases (stride 1 and 2,
+# padding 0 and 1, a 1x1 kernel, no bias) and compares values and gradients. If it is wrong, the check names
+# the case, the first differing element and the likely mistake. The solution is in the collapsed cell under
+# the skeleton: try first.
+
+# %%
+def my_conv2d(x, weight, bias=None, stride=1, padding=0):
+    """x (B, C_in, H, W), weight (C_out, C_in, k_h, k_w), bias (C_out,) or None -> (B, C_out, H_out, W_out)."""
+    # 1. every patch as a column: F.unfold(x, (k_h, k_w), stride=stride, padding=padding)   (B, C_in*k_h*k_w, L)
+    # 2. the kernel read as rows, times the columns                                          (B, C_out, L)
+    # 3. the bias per output channel, then L back to (H_out, W_out) with the formula of section 1
+    raise NotImplementedError("your turn: write my_conv2d")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def conv2d_solution(x, weight, bias=None, stride=1, padding=0):
+    B, _, H, W = x.shape
+    C_out, _, k_h, k_w = weight.shape
+    cols = F.unfold(x, (k_h, k_w), stride=stride, padding=padding)          # (B, C_in*k_h*k_w, L)
+    y = weight.reshape(C_out, -1) @ cols                                     # (B, C_out, L)
+    if bias is not None:
+        y = y + bias[:, None]                                                # one bias per output channel
+    H_out = (H + 2 * padding - k_h) // stride + 1
+    W_out = (W + 2 * padding - k_w) // stride + 1
+    return y.reshape(B, C_out, H_out, W_out)                                # L runs row by row
+
+
+if SMOKE:                    # the tests run the solution through the check
+    my_conv2d = conv2d_solution
+
+# %%
+checks.check_conv2d(my_conv2d)
+
+# %% [markdown]
 # ## 2. Frozen batch norm is an affine map
 #
 # Batch norm normalises each channel with statistics $\mu_c, \sigma_c^2$ and rescales:
@@ -131,6 +169,35 @@ for name, a, r in zip(("x", "W", "b"), grads_pkg, grads_ref):
 # images per GPU is far too few for batch statistics, so DETR *freezes* the ImageNet values: $\gamma, \beta,
 # \mu, \sigma^2$ become constants (buffers, not parameters) and the layer collapses to
 # $y = a_c x + d_c$ with $a_c = \gamma_c / \sqrt{\sigma_c^2 + \epsilon}$ and $d_c = \beta_c - \mu_c a_c$.
+
+# %% [markdown]
+# ### Your turn: frozen batch norm
+#
+# Write `my_frozen_batch_norm` from the two formulas above: compute $a_c$ and $d_c$ from the four buffers,
+# then apply $y = a_c x + d_c$ to every pixel of channel $c$ (broadcast over $B$, $H$, $W$). The check compares
+# it with `detr_nb.nn.layers.frozen_batch_norm`, values and gradients.
+
+# %%
+def my_frozen_batch_norm(x, weight, bias, running_mean, running_var, eps=1e-5):
+    """x (B, C, H, W); weight, bias, running_mean, running_var (C,) -> (B, C, H, W)."""
+    raise NotImplementedError("your turn: write my_frozen_batch_norm")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def frozen_batch_norm_solution(x, weight, bias, running_mean, running_var, eps=1e-5):
+    a = weight / torch.sqrt(running_var + eps)                               # (C,) scale
+    d = bias - running_mean * a                                              # (C,) shift
+    return x * a[None, :, None, None] + d[None, :, None, None]              # broadcast over B, H, W
+
+
+if SMOKE:
+    my_frozen_batch_norm = frozen_batch_norm_solution
+
+# %%
+checks.check_frozen_batch_norm(my_frozen_batch_norm)
+
+# %% [markdown]
+# The package's version, and the same numbers as PyTorch's `F.batch_norm` in eval mode:
 
 # %%
 print(inspect.getsource(layers.frozen_batch_norm))

@@ -46,6 +46,7 @@ import torch.nn.functional as F
 import detr_nb
 from detr_nb import figures, teach
 from detr_nb.nn import attention
+from detr_nb.teach import checks
 from detr_nb.model.backbone import Joiner
 from detr_nb.model.position_encoding import PositionEmbeddingSine
 
@@ -207,6 +208,47 @@ plt.show()
 # Padding does not change the code of B's real pixels: same as encoding B alone, unpadded.
 pos_b_alone = PositionEmbeddingSine(128)(torch.zeros(1, 4, 6, dtype=torch.bool))
 print("B's real pixels, padded batch vs alone:", torch.allclose(pos[1, :, :4, :6], pos_b_alone[0]))
+
+# %% [markdown]
+# ### Your turn: the 2-D sine encoding with a padding mask
+#
+# Write DETR's 2-D encoding yourself, from the mask alone: the normalised coordinates $\hat y, \hat x$ of
+# this section, then section 2's frequencies, $\hat y / T^{2\lfloor i/2 \rfloor / F}$ for $i = 0 \dots F-1$, with
+# sine on the even channels and cosine on the odd ones, interleaved; the $y$ half first. The check runs it
+# against `PositionEmbeddingSine(F, T, normalize=True)` on masks with and without padding (one image's right
+# half padded among them) and names the likely mistake.
+
+# %%
+def my_sine_encoding(mask, num_pos_feats=128, temperature=10000):
+    """mask (B, H, W) bool, True = padding -> (B, 2 * num_pos_feats, H, W)."""
+    # 1. y, x: cumulative sums of ~mask down the columns and along the rows    (B, H, W) each
+    # 2. divide by the last value (+ 1e-6) and multiply by 2 pi
+    # 3. divide by temperature ** (2 * (i // 2) / num_pos_feats), sin on even i, cos on odd i
+    raise NotImplementedError("your turn: write my_sine_encoding")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def sine_encoding_solution(mask, num_pos_feats=128, temperature=10000):
+    real = (~mask).float()                                                   # (B, H, W)
+    y = real.cumsum(1)                                                       # rows of real pixels so far
+    x = real.cumsum(2)
+    y = y / (y[:, -1:, :] + 1e-6) * 2 * math.pi                              # each image's own height -> 2 pi
+    x = x / (x[:, :, -1:] + 1e-6) * 2 * math.pi
+    i = torch.arange(num_pos_feats, dtype=torch.float32, device=mask.device)
+    dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / num_pos_feats)   # (F,)
+
+    def encode(c):                                                           # (B, H, W) -> (B, H, W, F)
+        a = c[..., None] / dim_t
+        return torch.stack((a[..., 0::2].sin(), a[..., 1::2].cos()), dim=4).flatten(3)   # interleaved
+
+    return torch.cat((encode(y), encode(x)), dim=3).permute(0, 3, 1, 2)      # (B, 2F, H, W)
+
+
+if SMOKE:
+    my_sine_encoding = sine_encoding_solution
+
+# %%
+checks.check_sine_encoding(my_sine_encoding)
 
 # %% [markdown]
 # Where does the feature-level mask come from? The data pipeline gives an *image* mask $(B, H, W)$;

@@ -34,7 +34,11 @@ NUM_TOKENS = 12 if SMOKE else 24
 # 2. multi-head attention with packed projections, the way `nn.MultiheadAttention` (and DETR's
 #    checkpoint) stores them;
 # 3. key-padding masks, which keep padded pixels out of every softmax;
-# 4. a widget to explore the weights of each head on a toy input.
+# 4. a widget to explore the weights of each head on a toy input;
+# 5. the rest of a transformer layer: LayerNorm, residuals, dropout, and the post-norm block DETR uses.
+#
+# You write five pieces yourself ("Your turn"): the head split and merge, attention with a padding mask,
+# LayerNorm and the whole encoder layer; a check compares each with the package's.
 
 # %%
 import inspect
@@ -47,6 +51,7 @@ import torch.nn.functional as F
 import detr_nb
 from detr_nb import figures, teach
 from detr_nb.nn import attention, layers
+from detr_nb.teach import checks
 
 torch.manual_seed(0)
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE)
@@ -119,7 +124,47 @@ for dim in (4, 32, 256):
 # PyTorch (and DETR's checkpoint) store the three input projections *packed*: `in_proj_weight` of shape
 # $(3C, C)$ is $[W^Q; W^K; W^V]$ stacked, `in_proj_bias` $(3C,)$, then `out_proj` is a $C \times C$ linear
 # layer. The heads are not separate matrices: head $i$ is rows $[i d, (i+1) d)$ of each projection. Here is
-# the whole computation by hand, shapes on the right, with `detr_nb.nn.attention.MultiheadAttention`'s weights:
+# the whole computation by hand, shapes on the right, with `detr_nb.nn.attention.MultiheadAttention`'s weights.
+
+# %% [markdown]
+# ### Your turn: split the channels into heads, and merge them back
+#
+# Before the by-hand computation below, write the two reshapes it needs. `my_split_heads` turns $(B, L, C)$
+# into $(B, h, L, d)$ so that head $i$ holds channels $[i d, (i+1) d)$ of every token; `my_merge_heads` undoes
+# it, $(B, h, L, d) \to (B, L, h d)$, the heads side by side. The check compares both with
+# `detr_nb.nn.attention.split_heads` / `merge_heads`. (A reshape alone gives the right shape and the wrong
+# numbers: it is the classic mistake, and the check names it.)
+
+# %%
+def my_split_heads(x, num_heads):
+    """(B, L, C) -> (B, h, L, C // h)."""
+    raise NotImplementedError("your turn: write my_split_heads")
+
+
+def my_merge_heads(x):
+    """(B, h, L, d) -> (B, L, h * d)."""
+    raise NotImplementedError("your turn: write my_merge_heads")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def split_heads_solution(x, num_heads):
+    B, L, C = x.shape
+    return x.reshape(B, L, num_heads, C // num_heads).transpose(1, 2)       # (B, h, L, d)
+
+
+def merge_heads_solution(x):
+    B, h, L, d = x.shape
+    return x.transpose(1, 2).reshape(B, L, h * d)                            # (B, L, C)
+
+
+if SMOKE:
+    my_split_heads, my_merge_heads = split_heads_solution, merge_heads_solution
+
+# %%
+checks.check_heads(my_split_heads, my_merge_heads)
+
+# %% [markdown]
+# The whole multi-head computation by hand, with these reshapes:
 
 # %%
 B, L, C, h = 2, 5, 16, 4
@@ -193,6 +238,37 @@ alone, _ = teach.attention_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
 print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).abs().max().item():.2e}")
 
 # %% [markdown]
+# ### Your turn: scaled dot-product attention with a key-padding mask
+#
+# Write `my_attention` for tensors that already have their heads: $(B, h, L, d)$. Scores, then the mask as
+# $-\infty$ on padded keys *before* the softmax, then the weighted average of the values. A query whose keys
+# are all padding must get 0: `F.softmax` gives NaN on a row of $-\infty$, section 1's `layers.softmax` gives 0.
+# The check compares values and gradients (w.r.t. q, k and v) with `detr_nb.nn.attention.attention`,
+# one batch element fully padded among the cases.
+
+# %%
+def my_attention(q, k, v, key_padding_mask=None):
+    """q (B, h, Lq, d), k (B, h, Lk, d), v (B, h, Lk, dv), key_padding_mask (B, Lk) True = padding or None
+    -> (B, h, Lq, dv)."""
+    raise NotImplementedError("your turn: write my_attention")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def attention_solution(q, k, v, key_padding_mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])                # (B, h, Lq, Lk)
+    if key_padding_mask is not None:                                         # (B, Lk) -> (B, 1, 1, Lk)
+        scores = scores.masked_fill(key_padding_mask[:, None, None, :], float("-inf"))
+    weights = layers.softmax(scores, dim=-1)                                 # rows of -inf give 0, not NaN
+    return weights @ v                                                       # (B, h, Lq, dv)
+
+
+if SMOKE:
+    my_attention = attention_solution
+
+# %%
+checks.check_attention(my_attention)
+
+# %% [markdown]
 # The outputs at padded *query* positions (rows 3, 4 of sequence 1) are computed but meaningless; later
 # layers mask them as keys again and the loss never looks at them. In DETR's encoder the mask comes from
 # the feature-level padding mask flattened to $(B, hw)$; the decoder's cross-attention uses the same mask
@@ -252,6 +328,96 @@ widgets.interact(draw_head,
 w = show_head(head=1, query=3, padded_keys=4)
 print("row sums:", w[0, 1].sum(-1)[:4], "| weight on the 4 padded keys:", w[0, :, :, -4:].abs().max().item())
 assert torch.allclose(w.sum(-1), torch.ones(1, 4, NUM_TOKENS)) and w[0, :, :, -4:].abs().max() == 0
+
+# %% [markdown]
+# ## 5. The rest of a transformer layer: LayerNorm, residuals, dropout
+#
+# Attention is one of two sub-layers; a DETR encoder layer is
+#
+# $$x' = \mathrm{LN}_1\bigl(x + \mathrm{Dropout}(\mathrm{MHA}(q = k = x + \mathrm{pos},\ v = x))\bigr), \qquad
+# y = \mathrm{LN}_2\bigl(x' + \mathrm{Dropout}(W_2\, \mathrm{ReLU}(W_1 x'))\bigr).$$
+#
+# * **Residual** ($x + \dots$): each sub-layer adds a correction to its input instead of replacing it. The
+#   identity path carries the gradient straight down through all six layers, so a deep stack trains.
+# * **LayerNorm** normalises every token's $C$ channels to mean 0 and variance 1 (the biased variance,
+#   over the last axis only, independently per token), then applies a learned scale $\gamma$ and shift
+#   $\beta$: $\mathrm{LN}(x) = \gamma \odot (x - \mu) / \sqrt{\sigma^2 + \epsilon} + \beta$. Unlike batch norm
+#   it does not depend on the batch, so it is the same in training and at inference.
+# * **Dropout** ($p = 0.1$ in DETR) zeroes each activation with probability $p$ in training and scales the
+#   survivors by $1 / (1 - p)$, so the expected value is unchanged; in eval mode it is the identity.
+# * **Post-norm**: DETR, like the original Transformer, normalises *after* each residual sum. Pre-norm
+#   ($x + \mathrm{MHA}(\mathrm{LN}(x))$) trains more easily at depth; the official code has it as an option,
+#   off, and so does `detr_nb` (`normalize_before`).
+# * The positions go into the queries and keys only: the values, and so the residual stream, carry content.
+#
+# LayerNorm and dropout, on numbers:
+
+# %%
+tokens = torch.randn(2, 3, 8) * 4 + 2                                   # (B, L, C), far from mean 0, var 1
+ln = layers.LayerNorm(8, impl="scratch")
+normed = ln(tokens)
+print("per-token mean before", tokens.mean(-1)[0].round(decimals=2).tolist(),
+      "after", normed.mean(-1)[0].abs().max().item() < 1e-6)
+print("per-token std (biased) after:", normed.std(-1, unbiased=False)[0].round(decimals=3).tolist())
+drop = layers.Dropout(0.5, impl="scratch").train()
+ones = torch.ones(10_000)
+kept = drop(ones)
+print(f"dropout p=0.5 in training: {(kept == 0).float().mean().item():.3f} zeroed, survivors = {kept.max().item()}, "
+      f"mean {kept.mean().item():.3f}; in eval: {torch.equal(drop.eval()(ones), ones)}")
+
+# %% [markdown]
+# ### Your turn: LayerNorm
+#
+# Write `my_layer_norm` over the last axis (any number of leading axes). The check compares values and
+# gradients with `detr_nb.nn.layers.layer_norm`.
+
+# %%
+def my_layer_norm(x, weight, bias, eps=1e-5):
+    """x (..., C), weight (C,), bias (C,) -> (..., C)."""
+    raise NotImplementedError("your turn: write my_layer_norm")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def layer_norm_solution(x, weight, bias, eps=1e-5):
+    mean = x.mean(-1, keepdim=True)                                          # (..., 1)
+    var = ((x - mean) ** 2).mean(-1, keepdim=True)                           # biased: divide by C
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+if SMOKE:
+    my_layer_norm = layer_norm_solution
+
+# %%
+checks.check_layer_norm(my_layer_norm)
+
+# %% [markdown]
+# ### Your turn: the post-norm encoder layer
+#
+# Now the whole layer, the formula above, written with the parts of a real
+# `detr_nb.model.transformer.TransformerEncoderLayer`: `layer.self_attn` (a `MultiheadAttention`, called as
+# `layer.self_attn(q, k, v, key_padding_mask=...)`), `layer.norm1`, `layer.linear1`, `layer.activation`,
+# `layer.linear2`, `layer.norm2`. The check puts the layer in eval mode, so leave dropout out, and compares
+# with the layer's own `forward`, gradients w.r.t. `src` and `pos` included.
+
+# %%
+def my_post_norm_block(layer, src, pos, key_padding_mask):
+    """src, pos (B, S, C), key_padding_mask (B, S) True = padding -> (B, S, C)."""
+    raise NotImplementedError("your turn: write my_post_norm_block")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def post_norm_block_solution(layer, src, pos, key_padding_mask):
+    q = k = src + pos                                                        # positions: queries and keys only
+    x = layer.norm1(src + layer.self_attn(q, k, src, key_padding_mask=key_padding_mask))   # (B, S, C)
+    ffn = layer.linear2(layer.activation(layer.linear1(x)))                  # (B, S, C)
+    return layer.norm2(x + ffn)
+
+
+if SMOKE:
+    my_post_norm_block = post_norm_block_solution
+
+# %%
+checks.check_post_norm_block(my_post_norm_block)
 
 # %% [markdown]
 # **Next:** notebook 04 stacks these attentions into DETR's encoder and decoder, adds the object queries

@@ -53,6 +53,7 @@ from scipy.optimize import linear_sum_assignment
 import detr_nb
 from detr_nb import box_ops, workdir
 from detr_nb.teach import lessons
+from detr_nb.teach import checks
 from detr_nb.setpred.criterion import SetCriterion
 from detr_nb.setpred.matcher import HungarianMatcher
 from detr_nb.figures.matching import plot_cost_terms, plot_matching
@@ -141,6 +142,40 @@ far = sweep["shift"].abs() > 0.2 + 1e-9
 assert (sweep["d_iou"][far] == 0).all() and (sweep["d_giou"][far] != 0).all()
 
 # %% [markdown]
+# ### Your turn: generalized IoU of every pair
+#
+# Write `my_giou` for corner boxes: the `(N, M)` matrix of GIoU between every box of `boxes1` and every box
+# of `boxes2`, by broadcasting `(N, 1, 2)` against `(1, M, 2)`. You need the intersection (clamped at 0 when
+# the boxes do not overlap), the union $|A| + |B| - |A \cap B|$ and the smallest enclosing box. The check
+# compares values and gradients with `box_ops.generalized_box_iou` on overlapping, disjoint, identical and
+# nested boxes, zero-area boxes and an empty set of targets.
+
+# %%
+def my_giou(boxes1, boxes2):
+    """boxes1 (N, 4), boxes2 (M, 4) as (x0, y0, x1, y1) -> (N, M)."""
+    raise NotImplementedError("your turn: write my_giou")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def giou_solution(boxes1, boxes2):
+    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])       # (N,)
+    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])       # (M,)
+    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])              # (N, M, 2)
+    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(-1)                     # (N, M)
+    union = area1[:, None] + area2[None, :] - inter
+    enclosing = (torch.max(boxes1[:, None, 2:], boxes2[None, :, 2:])
+                 - torch.min(boxes1[:, None, :2], boxes2[None, :, :2])).prod(-1)  # (N, M) area of C
+    return inter / union - (enclosing - union) / enclosing
+
+
+if SMOKE:
+    my_giou = giou_solution
+
+# %%
+checks.check_giou(my_giou)
+
+# %% [markdown]
 # ## 3. A toy image: 3 objects, 5 predictions
 #
 # `lessons.toy_scene()` is a hand-made example with `num_classes = 3` (ids 0..2, 1 = cat, 2 = dog) plus
@@ -175,6 +210,41 @@ print(scene["pred_logits"].softmax(-1))
 #
 # `setpred.matching.pairwise_costs` computes each term as a `(Q, N)` matrix; `teach.matching.explain_matching`
 # weights and sums them and solves the assignment.
+
+# %% [markdown]
+# ### Your turn: the matching cost of Eq. 1
+#
+# Write the total cost matrix of one image with the weights 1, 5 and 2: the class term from the softmax
+# probabilities, the L1 distance of the `(cx, cy, w, h)` boxes, and $-\mathrm{GIoU}$ of the corner boxes
+# (`box_ops.box_cxcywh_to_xyxy` and `box_ops.generalized_box_iou`, or your `my_giou`). The check compares
+# it with the weighted sum of `setpred.matching.pairwise_costs`, an image without objects (a `(Q, 0)`
+# matrix) among the cases.
+
+# %%
+def my_matching_cost(pred_logits, pred_boxes, tgt_labels, tgt_boxes):
+    """pred_logits (Q, C+1), pred_boxes (Q, 4) cxcywh, tgt_labels (N,), tgt_boxes (N, 4) cxcywh -> (Q, N)."""
+    raise NotImplementedError("your turn: write my_matching_cost")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def matching_cost_solution(pred_logits, pred_boxes, tgt_labels, tgt_boxes):
+    prob = pred_logits.softmax(-1)                                               # (Q, C+1)
+    cost_class = -prob[:, tgt_labels]                                            # (Q, N): the probability, not its log
+    cost_l1 = (pred_boxes[:, None, :] - tgt_boxes[None, :, :]).abs().sum(-1)     # (Q, N)
+    cost_giou = -box_ops.generalized_box_iou(box_ops.box_cxcywh_to_xyxy(pred_boxes),
+                                             box_ops.box_cxcywh_to_xyxy(tgt_boxes))   # (Q, N)
+    return 1 * cost_class + 5 * cost_l1 + 2 * cost_giou
+
+
+if SMOKE:
+    my_matching_cost = matching_cost_solution
+
+# %%
+checks.check_matching_cost(my_matching_cost)
+
+# %% [markdown]
+# The package computes the three terms in `setpred.matching.pairwise_costs` (the L1 term with `torch.cdist`);
+# the matcher weights and sums them:
 
 # %%
 print(inspect.getsource(detr_nb.setpred.matching.pairwise_costs))

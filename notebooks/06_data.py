@@ -53,6 +53,7 @@ from torch.utils.data import DataLoader
 import detr_nb
 from detr_nb import workdir
 from detr_nb.teach import lessons
+from detr_nb.teach import checks
 from detr_nb.data import Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset, collate_fn, make_transforms, render_sample
 from detr_nb.figures.data import plot_augmentations, plot_dataset_stats, show_batch, show_samples
 from detr_nb.teach.data_viz import dataset_stats
@@ -158,7 +159,36 @@ else:
 # * crop of the region starting at $(l, t)$ with size $(w, h)$: subtract $(l, t)$, clip to $[0,w]\times[0,h]$,
 #   and drop boxes that lost all their area (with their labels).
 #
-# The flip, for instance:
+# The flip, your turn first.
+
+# %% [markdown]
+# ### Your turn: the horizontal flip
+#
+# Write the flip for an image tensor $(3, H, W)$ and its boxes in absolute corners: mirror the pixels
+# left-right and apply the rule above to the boxes (the labels do not change). The check compares with
+# `detr_nb.data.transforms.hflip`, boxes that touch the image's edges and an image without boxes included.
+
+# %%
+def my_hflip(image, boxes):
+    """image (3, H, W), boxes (N, 4) absolute (x0, y0, x1, y1) -> (flipped image, flipped boxes)."""
+    raise NotImplementedError("your turn: write my_hflip")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def hflip_solution(image, boxes):
+    W = image.shape[-1]
+    x0, y0, x1, y1 = boxes.unbind(-1)                                        # (N,) each
+    return image.flip(-1), torch.stack([W - x1, y0, W - x0, y1], dim=-1)     # the new left edge is the old right
+
+
+if SMOKE:
+    my_hflip = hflip_solution
+
+# %%
+checks.check_hflip(my_hflip)
+
+# %% [markdown]
+# The package's flip works on a PIL image or a tensor and on the whole target (masks too, when there are):
 
 # %%
 print(inspect.getsource(hflip))

@@ -48,6 +48,7 @@ CROWD = dict(counts=(5, 8), images_per_count=1, image_size=(64, 64)) if SMOKE el
 
 # %%
 import matplotlib.pyplot as plt
+import numpy as np
 import torch
 
 import detr_nb
@@ -59,6 +60,7 @@ from detr_nb.data import collate_fn, make_transforms
 from detr_nb.inference import evaluate as E
 from detr_nb.setpred.postprocess import softmax_scores
 from detr_nb.teach import lessons
+from detr_nb.teach import checks
 from detr_nb.engine.trainer import Trainer
 from detr_nb.engine.config import TrainConfig
 from detr_nb.engine.build import build_datasets, model_from_checkpoint
@@ -168,6 +170,45 @@ print(E.format_stats(stats))
 print("(-1 = no ground-truth object of that size in the validation set)")
 if SMOKE:
     print("\n(smoke mode: a few training steps on 8 images - AP near 0 is expected)")
+
+# %% [markdown]
+# ### Your turn: AP from a precision-recall curve
+#
+# Write COCO's AP of one class at one IoU threshold, given each detection's score and whether it was a
+# true positive: sort by score (best first; equal scores keep their order), cumulative precision and recall
+# after each detection, the **envelope** (each precision replaced by the best one at this recall or beyond),
+# read at the 101 recall points $0, 0.01, \dots, 1$ (0 beyond the last recall reached), averaged. No
+# detections give 0; `num_gt = 0` gives -1, COCO's "undefined". The check compares with
+# `detr_nb.inference.evaluate.average_precision`, which is itself tested against pycocotools.
+
+# %%
+def my_average_precision(scores, is_tp, num_gt):
+    """scores (D,), is_tp (D,) bool, num_gt objects of this class -> AP, a float."""
+    raise NotImplementedError("your turn: write my_average_precision")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def average_precision_solution(scores, is_tp, num_gt):
+    if num_gt == 0:
+        return -1.0
+    if len(scores) == 0:
+        return 0.0
+    order = torch.sort(torch.as_tensor(scores, dtype=torch.float64), descending=True, stable=True).indices
+    hit = torch.as_tensor(is_tp, dtype=torch.bool)[order]                        # (D,) best score first
+    tp, fp = hit.double().cumsum(0), (~hit).double().cumsum(0)
+    precision, recall = tp / (tp + fp), tp / num_gt                              # (D,) each
+    envelope = precision.flip(0).cummax(0).values.flip(0)                        # monotone from the right
+    points = torch.as_tensor(np.linspace(0.0, 1.0, 101))                         # COCO's recall points
+    first = torch.searchsorted(recall, points)                                   # first detection reaching each
+    sampled = torch.where(first < len(recall), envelope[first.clamp(max=len(recall) - 1)], torch.zeros(()))
+    return float(sampled.mean())
+
+
+if SMOKE:
+    my_average_precision = average_precision_solution
+
+# %%
+checks.check_average_precision(my_average_precision)
 
 # %% [markdown]
 # **Why keep every query?** Low-score boxes sit at the end of the sorted list: they can only add recall

@@ -156,8 +156,55 @@ def test_notebook_runs_in_smoke_mode(py, tmp_path, monkeypatch, notebook_hangs):
         client = NotebookClient(nb, timeout=300, startup_timeout=120, kernel_name="python3",
                                 resources={"metadata": {"path": str(nbtools.NOTEBOOK_DIR)}})
         client.execute()
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        # smoke mode fills every "Your turn" from its solution: each check must have run, and passed
+        assert "not written yet" not in printed, f"{py.name}: a Your turn check ran on the skeleton"
+        assert printed.count("✓") >= len(your_turn_checks(py)), f"{py.name}: a Your turn check printed no ✓ line"
 
     execute_with_one_retry(py.stem, run_once, notebook_hangs)
+
+
+def your_turn_checks(py):
+    """The check calls of ``py``'s "Your turn" cells, in order, after checking each one's layout: a skeleton
+    cell that raises NotImplementedError, a hidden solution cell that smoke mode substitutes, a check cell."""
+    import jupytext
+    cells = [c for c in jupytext.read(py, fmt="py:percent").cells if c.cell_type == "code"]
+    calls = []
+    for i, cell in enumerate(cells):
+        if 'raise NotImplementedError("your turn' not in cell.source:
+            continue
+        solution, check = cells[i + 1], cells[i + 2]
+        assert "solution" in solution.metadata.get("tags", []), f"{py.name}: no solution cell after {cell.source[:60]!r}"
+        assert solution.metadata.get("jupyter", {}).get("source_hidden") and solution.metadata.get("cellView") == "form"
+        assert "if SMOKE:" in solution.source, f"{py.name}: the solution cell does not fill the skeleton in smoke mode"
+        assert check.source.startswith("checks.check_"), f"{py.name}: no check cell after the solution"
+        calls.append(check.source.split("(")[0].split(".")[1])
+    return calls
+
+
+def test_every_check_has_a_your_turn_cell():
+    """Each check of detr_nb.teach.checks is used by exactly one "Your turn" cell, in the notebook its
+    docstring names; the skeletons of 01-06 and 08 all have a hidden solution and a check."""
+    from detr_nb.teach import checks
+    used = {py.name[:2]: your_turn_checks(py) for py in SOURCES}
+    flat = sorted(c for calls in used.values() for c in calls)
+    assert flat == sorted(checks.__all__)
+    assert {k for k, v in used.items() if v} == {"01", "02", "03", "05", "06", "08"}
+    for nb, calls in used.items():
+        for name in calls:
+            assert any(item.startswith(f"* {nb} ") and f":func:`{name}`" in item
+                       for item in _doc_items(checks.__doc__)), (nb, name)
+
+
+def _doc_items(doc):
+    """The module docstring's bullet items, continuation lines joined."""
+    items = []
+    for line in doc.splitlines():
+        if line.startswith("* "):
+            items.append(line)
+        elif line.startswith("  ") and items:
+            items[-1] += line
+    return items
 
 
 def test_the_setup_cell_names_the_repository_when_it_cannot_install(monkeypatch):

@@ -6,8 +6,8 @@ from typing import List
 
 import torch
 
-from ..model.position_encoding import PositionEmbeddingSine, pixel_coordinates, sine_embed
-from .checks_base import Case, Piece, rng, run_check
+from ...model.position_encoding import PositionEmbeddingSine, pixel_coordinates, sine_embed
+from .base import Case, Piece, rng, run_check
 
 
 def sine_encoding(mask, num_pos_feats: int, temperature: float):

@@ -8,10 +8,10 @@ from typing import List
 
 import torch
 
-from ..model.transformer import TransformerEncoderLayer
-from ..nn.attention import attention, merge_heads, split_heads
-from ..nn.layers import layer_norm, softmax
-from .checks_base import Case, Piece, randn, rng, run_check
+from ...model.transformer import TransformerEncoderLayer
+from ...nn.attention import attention, merge_heads, split_heads
+from ...nn.layers import layer_norm, softmax
+from .base import Case, Piece, randn, rng, run_check
 
 
 # ============================================================================ scaled dot-product attention

@@ -1,40 +1,13 @@
-"""The checks of the notebooks' "Your turn" cells: the learner writes a key piece of DETR, a check compares it
-with the package's own function.
-
-Each ``check_<piece>(fn)`` runs ``fn`` and the reference on several inputs (edge cases included), compares the
-values and, where the piece is differentiable, the gradients. It prints one line starting with "✓" and returns
-True when they match; prints "… not written yet" and returns False while ``fn`` still raises
-``NotImplementedError`` (the skeleton), so that "Run all" goes on; otherwise raises an ``AssertionError`` of
-one line naming the case, the first differing element and the likely mistake (how: :mod:`.checks_base`).
-``check_<piece>.reference`` is the package function it compares with.
-
-By notebook:
-
-* 01 (CNN backbone): :func:`check_conv2d`, :func:`check_frozen_batch_norm` (here)
-* 02 (positional encoding): :func:`check_sine_encoding` (:mod:`.checks_positions`)
-* 03 (attention, encoder): :func:`check_attention`, :func:`check_heads`, :func:`check_layer_norm`,
-  :func:`check_post_norm_block` (:mod:`.checks_attention`)
-* 05 (matching & loss): :func:`check_giou`, :func:`check_matching_cost` (:mod:`.checks_matching`)
-* 06 (data): :func:`check_hflip` (:mod:`.checks_data`)
-* 08 (evaluation): :func:`check_average_precision` (:mod:`.checks_evaluation`)
-"""
+"""Notebook 01's "Your turn" checks: convolution as unfold + matmul, and frozen batch norm (see
+:mod:`detr_nb.teach.checks`)."""
 from __future__ import annotations
 
 from typing import List
 
 import torch
 
-from ..nn.layers import conv2d, frozen_batch_norm
-from .checks_attention import check_attention, check_heads, check_layer_norm, check_post_norm_block
-from .checks_base import Case, Piece, randn, rng, run_check
-from .checks_data import check_hflip
-from .checks_evaluation import check_average_precision
-from .checks_matching import check_giou, check_matching_cost
-from .checks_positions import check_sine_encoding
-
-__all__ = ["check_attention", "check_average_precision", "check_conv2d", "check_frozen_batch_norm",
-           "check_giou", "check_heads", "check_hflip", "check_layer_norm", "check_matching_cost",
-           "check_post_norm_block", "check_sine_encoding"]
+from ...nn.layers import conv2d, frozen_batch_norm
+from .base import Case, Piece, randn, rng, run_check
 
 
 # ============================================================================ notebook 01: convolution

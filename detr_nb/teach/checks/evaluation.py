@@ -7,9 +7,9 @@ from typing import List
 import numpy as np
 import torch
 
-from ..inference.evaluate import (average_precision, precision_envelope, precision_recall,
+from ...inference.evaluate import (average_precision, precision_envelope, precision_recall,
                                   sampled_precision)
-from .checks_base import Case, Piece, rng, run_check
+from .base import Case, Piece, rng, run_check
 
 
 def _ap_variant(scores, is_tp, num_gt, order=True, envelope=True, by_detections=False, points=101,

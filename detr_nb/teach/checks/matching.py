@@ -6,9 +6,9 @@ from typing import List
 
 import torch
 
-from ..nn.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, generalized_box_iou
-from ..setpred.matching import pairwise_costs
-from .checks_base import Case, Piece, randn, rng, run_check
+from ...nn.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, generalized_box_iou
+from ...setpred.matching import pairwise_costs
+from .base import Case, Piece, randn, rng, run_check
 
 
 # ============================================================================ generalized IoU

@@ -6,8 +6,8 @@ from typing import List
 
 import torch
 
-from ..data.transforms import hflip
-from .checks_base import Case, Piece, randn, rng, run_check
+from ...data.transforms import hflip
+from .base import Case, Piece, randn, rng, run_check
 
 
 def flip_image_and_boxes(image, boxes):
