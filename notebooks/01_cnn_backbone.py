@@ -6,6 +6,12 @@
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.4 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install (about a minute), torchvision's
 # 98 MB ResNet-50 weights, and a few ResNet-50 forward passes at 480 px, each well under a second on a GPU.
+#
+# **Key figure** of a full run (section 1; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): convolution as im2col: the patch under one output pixel becomes one column of a
+# matrix.
+#
+# ![convolution as im2col: the patch under one output pixel becomes one column of a matrix](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/01_cnn_backbone.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -84,7 +90,7 @@ print(inspect.getsource(teach.im2col_loops))
 # padding 1: its patch in the input becomes one column of the im2col matrix, and the kernel, read as
 # a row, times that column is the output value.
 
-# %%
+# %% tags=["key-figure"]
 x_small = torch.randint(0, 10, (5, 5)).float()
 sobel_x = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])   # a horizontal-gradient kernel
 fig = figures.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)

@@ -6,6 +6,11 @@
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.5 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation
 # (256-d encodings of a 25 x 34 grid and their pairwise similarities) takes milliseconds on any device.
+#
+# **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): one pixel's 256-number position code and its similarity to every other pixel.
+#
+# ![one pixel's 256-number position code and its similarity to every other pixel](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/02_positional_encoding.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -305,7 +310,7 @@ widgets.interact(show_pixel,
                  y=widgets.IntSlider(value=GRID_H // 2, min=0, max=GRID_H - 1, description="y", continuous_update=False),
                  x=widgets.IntSlider(value=GRID_W // 3, min=0, max=GRID_W - 1, description="x", continuous_update=False));
 
-# %%
+# %% tags=["key-figure"]
 # The widget's function, called directly (this is what runs without a browser), plus the checks.
 show_pixel(2, GRID_W - 3)
 sim = teach.position_similarity(grid_pos, 2, GRID_W - 3)

@@ -6,6 +6,11 @@
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.1 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about a minute, an estimate: the install; attention over 24 tokens
 # takes milliseconds on any device.
+#
+# **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): what each head of a readable toy attention looks at.
+#
+# ![what each head of a readable toy attention looks at](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/03_attention.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -287,7 +292,7 @@ checks.check_attention(my_attention)
 # to close neighbours, the lowest-frequency head almost uniformly. Different heads, different ranges - the
 # reason to have several.
 
-# %%
+# %% tags=["key-figure"]
 toy, tokens = teach.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
 _, toy_w = teach.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
 print("tokens", tuple(tokens.shape), "| weights", tuple(toy_w.shape))

@@ -7,6 +7,11 @@
 # Full mode on a Colab T4: about 3 minutes, an estimate: the install, the 159 MB DETR-R50
 # checkpoint, and a few forward passes at 800 px (86 GFLOPs per image, the paper's Table 1: a fraction of a
 # second each on a T4).
+#
+# **Key figure** of a full run (section 1; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): the paper's Figure 2, drawn from the model with the real shapes of an 800 px image.
+#
+# ![the paper's Figure 2, drawn from the model with the real shapes of an 800 px image](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/04_detr_model.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -111,7 +116,7 @@ print("step by step == model(images):", torch.equal(out["pred_logits"], ref["pre
 # this size and records the shape of every tensor on the path, and `figures.plot_detr_architecture` writes
 # them on the arrows. Change `IMAGE_SHORT_SIDE` and the shapes follow (the grid is the image / 32).
 
-# %%
+# %% tags=["key-figure"]
 from detr_nb.teach.architecture import tensor_shapes
 
 fig = figures.plot_detr_architecture(tensor_shapes(model, tuple(image.shape[-2:])))

@@ -7,6 +7,12 @@
 # Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation (a
 # sweep of 201 matchings of a few boxes) runs on the CPU in about a second.
 #
+# **Key figure** of a full run (section 9; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): the paper's DETR overfits one batch: the set loss falls and the boxes move onto the
+# objects.
+#
+# ![the paper's DETR overfits one batch: the set loss falls and the boxes move onto the objects](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/05_matching_and_loss.png)
+#
 # DETR outputs a fixed-size **set** of Q predictions (class + box) per image, in no particular order.
 # The image holds N ≤ Q objects, also in no order. Before any loss can be computed we must decide
 # *which prediction answers for which object*. DETR's answer (Carion et al. 2020, §3.1):
@@ -494,7 +500,7 @@ from detr_nb.teach.overfit import overfit_one_batch
 
 print(inspect.getsource(overfit_one_batch).split('"""')[-1])    # the loop without its docstring
 
-# %%
+# %% tags=["key-figure"]
 size = (64, 64) if SMOKE else (96, 96)
 few = dict(num_train=OVERFIT_IMAGES, num_val=1, image_size=size, min_objects=1, max_objects=4, progress=False)
 shapes = build_dataset("synthetic", "train", "none", root=str(workdir("data") / "synthetic-05"), **few)

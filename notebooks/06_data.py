@@ -7,6 +7,11 @@
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install, drawing 1,200 synthetic
 # images (19 s on one busy CPU core, measured with `ensure_synthetic`), and the Penn-Fudan download (about 53 MB, 51 MiB).
 #
+# **Key figure** of a full run (section 3; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): each augmentation moves the boxes with the pixels.
+#
+# ![each augmentation moves the boxes with the pixels](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/06_data.png)
+#
 # Notebook 05 took the targets as given: per image a dict with `labels (N,)` and `boxes (N, 4)` in
 # normalised `(cx, cy, w, h)`. This notebook shows where they come from and what the model receives:
 #
@@ -198,7 +203,7 @@ print(inspect.getsource(hflip))
 # reproducible) and draws the boxes it returns. If the boxes were not moved correctly you would see them
 # drift off their shapes.
 
-# %%
+# %% tags=["key-figure"]
 demo_transforms = {
     "flip": RandomHorizontalFlip(p=1.0),
     "resize (short side 224)": RandomResize([224]),

@@ -8,6 +8,11 @@
 # `TRAIN_MINUTES = 10` time budget that counts the data drawing and the setup (the engine stops on it), plus
 # the evaluation of 300 validation images and the install (under a minute each).
 #
+# **Key figure** of a full run (section 5; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): the training losses over three sessions, two of them resumed from a checkpoint.
+#
+# ![the training losses over three sessions, two of them resumed from a checkpoint](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/07_training_on_t4.png)
+#
 # Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.engine.Trainer`, the
 # engine that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/engine/recipes.py`):
 # `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection that gives the decoder
@@ -215,7 +220,7 @@ del trainer
 # continuous. The dotted lines in the live plot mark where a session resumed. This session trains until the
 # time budget is spent.
 
-# %%
+# %% tags=["key-figure"]
 trainer = Trainer(config, callbacks=[live], max_steps=MAX_STEPS)
 print("resumed from", trainer.resumed_from, "at step", trainer.step,
       f"with {trainer.train_time_s():.0f} s of the budget already spent")

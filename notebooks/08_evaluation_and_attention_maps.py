@@ -7,6 +7,11 @@
 # Full mode on a Colab T4: about 3 minutes with notebook 07's checkpoint, an estimate: the install,
 # the 159 MB DETR-R50 checkpoint, the evaluation of 300 small images; without that checkpoint, 10 more
 # minutes of training (`TRAIN_MINUTES`, a time budget the engine stops on).
+#
+# **Key figure** of a full run (section 6; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): AP after each decoder layer of the model 07 trained, with and without NMS.
+#
+# ![AP after each decoder layer of the model 07 trained, with and without NMS](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/08_evaluation_and_attention_maps.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -371,7 +376,7 @@ assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.iscl
 # whose queries have not yet seen each other enough to avoid predicting one object twice, and slightly lowers
 # AP at the last, where it can only remove true positives: the reason DETR needs no NMS.
 
-# %%
+# %% tags=["key-figure"]
 from detr_nb.figures.analysis import plot_crowd, plot_layer_ap, plot_slots
 from detr_nb.inference.analysis import crowd_summary, crowd_test, layer_ap, slot_predictions
 

@@ -10,6 +10,10 @@
 # 210 s of training each, by construction (the engine stops on each run's time budget), plus downloads,
 # evaluations and checkpoints.
 #
+# **Key figure:** the comparison of the three approaches on Penn-Fudan, which needs the dataset and the
+# official weights. It waits for a run where they can be downloaded (docs/figures/README.md says how to make
+# it).
+#
 # The comparison this project was started for. On one dataset (Penn-Fudan pedestrians: 120 training and 50
 # validation photos, one class), with the same seed, the same data order and the same time budget:
 #
@@ -217,7 +221,7 @@ display(Markdown((out / "table.md").read_text()))
 fig = compare_figures.plot_loss_comparison(report, "approach")
 plt.show()
 
-# %%
+# %% tags=["key-figure"]
 fig = compare_figures.plot_map_comparison(report)
 plt.show()
 

@@ -8,6 +8,12 @@
 # Full mode on a Colab T4: about 3 minutes, at most 5, an estimate: section 4 trains two 1.3 M-parameter
 # models for 300 steps each, which take about 80 s each on 2 idle CPU cores (docs/convergence.md: 3.6-4 steps/s),
 # plus drawing 2,000 synthetic images (about 10 s); the rest reads committed measurements.
+#
+# **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
+# docs/figures/README.md): the box loss of the paper's DETR against the aided recipe, recomputed on the same
+# data.
+#
+# ![the box loss of the paper's DETR against the aided recipe, recomputed on the same data](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/10_why_detr_is_slow.png)
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -233,7 +239,7 @@ for name, (model_over, loss) in variants.items():
     print(f"{name}: {trainer.step} steps, AP {stats['AP']:.4f}, AP50 {stats['AP50']:.4f}, "
           f"box GIoU loss {giou[0]:.3f} -> {giou[-1]:.3f}; run in {trainer.out}")
 
-# %%
+# %% tags=["key-figure"]
 plt.figure(figsize=(5, 3.2))
 for name, r in recomputed.items():
     plt.plot(np.arange(1, len(r["loss_giou"]) + 1) * trainer.cfg.log_every, r["loss_giou"], marker="o", ms=3, label=name)

@@ -11,6 +11,9 @@
 # Colab's two CPU cores; plus the downloads (38 MB of images, the 159 MB checkpoint), the evaluation and the
 # ONNX export, a minute or two each).
 #
+# **Key figure:** the fine-tuned detector's boxes on validation photos, which needs the official weights and
+# the balloons. It waits for a run where they can be downloaded (docs/figures/README.md says how to make it).
+#
 # Notebooks 01-10 built DETR and trained small ones. Training a DETR-R50 from scratch takes 300-500 epochs
 # of COCO on 16 GPUs; nobody does that for their own data. What everyone does is **fine-tune**: start from
 # the released COCO weights, replace the class head for the new classes, and train briefly with small
@@ -164,7 +167,7 @@ print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.train_time_s(
 # measured here (this project's machines cannot download the released weights): run it and see; small or
 # overlapping balloons should be the hard cases.
 
-# %%
+# %% tags=["key-figure"]
 stats = trainer.evaluate(verbose=True)
 model = trainer.model.eval()
 samples = sample_predictions(model, val_set, range(min(4, len(val_set))), device, trainer.precision.autocast,

@@ -348,6 +348,15 @@ def run_notebook_times(cmd, work, **_):
         assert any(c.get("outputs") for c in kept["cells"] if c["cell_type"] == "code")
 
 
+def run_key_figures(cmd, work, **_):
+    """The key figures, shortened to notebook 03 and written to a scratch folder: its PNG and its run's facts."""
+    proc = run_shell(f"{cmd} --figures {work / 'figs'} 03")
+    assert re.search(r"^03_attention\s+[\d.]+ s\s+key figure -> ", proc.stdout, re.M), proc.stdout
+    assert (work / "figs" / "03_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    run = json.loads((work / "figs" / "runs.json").read_text())["03_attention"]
+    assert run["seconds"] > 0 and run["cores"] >= 1 and run["set"] == []
+
+
 def run_bench_convergence(cmd, work, **_):
     """The convergence study, shortened (a few steps or seconds of a small set, 4 evaluation images), writing
     its JSON, table and figure into a scratch folder: the table and the JSON hold every variant and seed run."""
@@ -386,6 +395,7 @@ BENCH_RUNNERS = {
     "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
     "python bench/notebook_times.py 07 11": run_notebook_times,
     "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times,
+    "python bench/notebook_times.py --key-figures": run_key_figures,
     "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
     "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+groups best+enccontent":
         run_bench_convergence,

@@ -207,6 +207,31 @@ def _doc_items(doc):
     return items
 
 
+# Notebooks whose full mode needs no download and takes under a minute on 2 CPU cores (docs/figures/runs.json):
+# CI runs them in full mode too, since smoke mode alone can hide what only the real sizes reach.
+FULL_IN_CI = ("02", "03", "05", "06")
+
+
+@pytest.mark.notebook
+@pytest.mark.parametrize("py", [p for p in SOURCES if p.name[:2] in FULL_IN_CI], ids=lambda p: p.stem)
+def test_fast_notebook_runs_in_full_mode(py, tmp_path, monkeypatch, notebook_hangs):
+    from nbclient import NotebookClient
+
+    monkeypatch.delenv("DETR_NB_SMOKE", raising=False)
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(nbtools.ROOT), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("DETR_NB_WORKDIR", str(tmp_path))
+
+    def run_once():
+        nb = nbtools.build_notebook(py)
+        NotebookClient(nb, timeout=300, startup_timeout=120, kernel_name="python3",
+                       resources={"metadata": {"path": str(nbtools.NOTEBOOK_DIR)}}).execute()
+        printed = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+        assert "not written yet" in printed    # full mode: the skeletons are left to the learner
+
+    execute_with_one_retry(py.stem, run_once, notebook_hangs)
+
+
 def test_the_setup_cell_names_the_repository_when_it_cannot_install(monkeypatch):
     """Colab without access to REPO_URL: one line naming it (was pip's long error, then an ImportError)."""
     import subprocess
@@ -223,3 +248,54 @@ def test_the_setup_cell_names_the_repository_when_it_cannot_install(monkeypatch)
     assert calls and calls[0][-1] == f"git+{detr_nb.REPO_URL}@{detr_nb.REPO_BRANCH}"
     message = str(e.value)
     assert "\n" not in message and detr_nb.REPO_URL in message and "REPO_URL" in message and "not found" in message
+
+
+def notebook_times():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("notebook_times", nbtools.ROOT / "bench" / "notebook_times.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_notebook_parameters_are_set_after_the_parameters_cell_and_the_key_figure_is_read_back():
+    import base64
+    import nbformat
+    nt = notebook_times()
+    nb = nbtools.build_notebook(SOURCES[7])
+    at = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])][0]
+    nt.with_parameters(nb, ["OFFICIAL=False", "THRESHOLD = 0.5"])
+    assert nb.cells[at + 1].source == "OFFICIAL = False\nTHRESHOLD = 0.5"
+    assert nt.parse_sets(["08:OFFICIAL=False", "08:X=1", "01:PRETRAINED=False"]) == \
+        {"08": ["OFFICIAL=False", "X=1"], "01": ["PRETRAINED=False"]}
+    for bad in ("OFFICIAL=False", "08:OFFICIAL", "08:1x=2"):
+        with pytest.raises(SystemExit, match="expected NN:NAME=VALUE"):
+            nt.parse_sets([bad])
+    # the last image the cell tagged key-figure showed; none when it showed none
+    png = b"\x89PNG\r\n\x1a\nfake"
+    cell = nbformat.v4.new_code_cell("plot()", metadata={"tags": ["key-figure"]})
+    assert nt.key_figure(nbformat.v4.new_notebook(cells=[cell])) is None
+    cell.outputs = [nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(b"first").decode()}),
+                    nbformat.v4.new_output("display_data", data={"image/png": base64.b64encode(png).decode()})]
+    assert nt.key_figure(nbformat.v4.new_notebook(cells=[cell])) == png
+
+
+@pytest.mark.parametrize("py", SOURCES, ids=IDS)
+def test_the_first_cell_shows_the_key_figure_or_says_why_not(py):
+    """One cell is tagged key-figure; the title cell shows the committed figure of a full run of it, or says
+    that it waits for the downloads (09 and 11), and bench/notebook_times.py --key-figures makes exactly these."""
+    import jupytext
+    nt = notebook_times()
+    cells = jupytext.read(py, fmt="py:percent").cells
+    assert sum("key-figure" in c.metadata.get("tags", []) for c in cells) == 1
+    first = cells[0].source
+    url = f"https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/{py.stem}.png"
+    if py.name[:2] in nt.KEY_FIGURE_NOTEBOOKS:
+        assert f"]({url})" in first, first
+        png = nbtools.ROOT / "docs" / "figures" / f"{py.stem}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        runs = json.loads((png.parent / "runs.json").read_text())
+        assert sorted(runs[py.stem]["set"]) == sorted(nt.OFFLINE.get(py.name[:2], []))
+    else:
+        assert "It waits for a run where they can be downloaded" in " ".join(first.split())
+        assert not (nbtools.ROOT / "docs" / "figures" / f"{py.stem}.png").exists()
