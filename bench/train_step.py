@@ -53,6 +53,7 @@ from detr_nb.engine.speed import OPTIMIZER_KINDS, adamw_flags, make_adamw, maybe
 
 NUM_CLASSES = 91
 TARGETS = {"images_per_s": 250.0, "of_backbone": 0.75, "of_hf": 3.8}   # issue 9, H100/H200, batch 8 800x1088
+PAPER_FPS = 28.0   # the paper's DETR-R50 inference speed (V100, batch 1), the inference rows' reference
 # Issue 9's measured anchor for HF DETR-R50 (H200, torch 2.11, batch 8 at 800x1088, fp32; bf16 was 56.7).
 # Used only to print a labelled reference ratio when transformers cannot be imported on a GPU machine.
 HF_ANCHOR_H200_FP32 = 65.2
@@ -430,7 +431,7 @@ def run(args, device: torch.device, work: Path):
         for b in args.infer_batches:
             ips = inference(args, device, precs[0], channels_last, b, infer_size, compiled)
             print(f"[{precs[0].name}{' compiled' if compiled else ''}] inference batch {b} at "
-                  f"{infer_size[0]}x{infer_size[1]}: {ips:8.2f} images/s (paper: 28 FPS on a V100, batch 1)",
+                  f"{infer_size[0]}x{infer_size[1]}: {ips:8.2f} images/s (paper: {PAPER_FPS:.0f} FPS on a V100, batch 1)",
                   flush=True)
         summary(rows, gpu, batch, size)
 

@@ -386,6 +386,42 @@ def run_bench_convergence(cmd, work, **_):
     assert all(r["curve"] and r["study"] == 16 for r in results["runs"].values())
 
 
+def run_gpu_check(cmd, work, **_):
+    """The prepared GPU run. Without CUDA its default command stops at once with one line (status 2, nothing
+    written; with CUDA it runs with --quick); the CPU command runs every part at tiny sizes, each recorded in
+    summary.json: part 1's tests skipped, part 2's runs measured, part 3's rows parsed, part 4 skipped."""
+    import torch
+    out, on_cpu = work / "gpu", "--device cpu" in cmd
+    cmd = re.sub(r"--out \S+", f"--out {out}", cmd)
+    if not on_cpu and not torch.cuda.is_available():
+        proc = run_shell(cmd, check=False)
+        assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"error: --device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch "
+            f"{torch.__version__}); use --device cpu or --device auto"], proc.stderr
+        assert not out.exists()
+        return
+    run_shell(cmd + ("" if on_cpu else " --quick"), env={"OMP_NUM_THREADS": "1"})
+    parts = json.loads((out / "summary.json").read_text())["parts"]
+    assert [parts[n]["status"] for n in "1234"] == ["ok", "ok", "ok", "skipped"], parts
+    n_tests = (REPO / "tests" / "test_cuda.py").read_text().count("\ndef test_")
+    tests = parts["1"]["tests"]
+    assert tests == {"skipped": n_tests} if on_cpu else (sum(tests.values()) == n_tests and tests.get("passed")), tests
+    runs = parts["2"]["runs"]
+    assert all(r["steps_per_s"] > 0 for r in runs) and all(0 <= r["AP"] <= 1 for r in runs if "AP" in r)
+    if on_cpu:     # the CPU is 1x itself, under 3x: the larger recipe ran too
+        assert [r["name"] for r in runs] == ["main job, fp16", "main job", "main job at 96x96, fp16"]
+        assert parts["2"]["gpu_over_cpu"] == 1.0 and all(r["steps"] == 3 and r["AP"] is not None for r in runs)
+        larger = json.loads((out / "part2" / "data-96" / "manifest.json").read_text())["params"]
+        assert larger["image_size"] == [96, 96]                                      # its own data, at its size
+    rows = parts["3"]["rows"]
+    assert rows and all(r["images_per_s"] > 0 for r in rows.values()) and parts["3"]["inference"][0]["batch"] == 1
+    assert not parts["3"]["targets_apply"] and parts["3"]["targets"][0]["needed"] == 250
+    assert parts["4"]["reason"].startswith("--quick")
+    md = (out / "summary.md").read_text()
+    assert f"torch {torch.__version__}" in md and "| 3. throughput" in md and "Skipped: --quick" in md
+
+
 BENCH_RUNNERS = {
     "python bench/layers.py": run_bench_layers,
     "python bench/layers.py --quick": run_bench_layers,
@@ -405,6 +441,8 @@ BENCH_RUNNERS = {
         run_bench_convergence,
     "python bench/convergence.py --speed 20 --rounds 5 --variants best aided": run_bench_convergence,
     "python bench/convergence.py --plot-only": run_bench_convergence,
+    "python bench/gpu_check.py --out runs/gpu": run_gpu_check,
+    "python bench/gpu_check.py --device cpu --quick --out runs/gpu-cpu": run_gpu_check,
 }
 
 
