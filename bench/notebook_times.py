@@ -89,6 +89,18 @@ def time_notebook(py: Path, keep: Optional[Path] = None, timeout: int = 600, ass
                 nbformat.write(nb, str(keep / f"{py.stem}.ipynb"))
 
 
+def run_with_one_retry(py: Path, args, assignments: List[str], workdir: Optional[Path]):
+    """:func:`time_notebook`, run once more in a fresh kernel when the first attempt hangs (a cell past
+    ``--cell-timeout`` or a dead kernel: a stall between client and kernel, seen on a loaded shared machine),
+    saying so in one line; a second hang, or a cell that raises, stops the script."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+    try:
+        return time_notebook(py, args.keep, args.cell_timeout, assignments, workdir)
+    except (CellTimeoutError, DeadKernelError) as e:
+        print(f"{py.stem}: {type(e).__name__} ({str(e).strip().splitlines()[0][:160]}); running it again", flush=True)
+        return time_notebook(py, args.keep, args.cell_timeout, assignments, workdir)
+
+
 def parse_sets(values: List[str]) -> Dict[str, List[str]]:
     """``["08:OFFICIAL=False", ...]`` -> ``{"08": ["OFFICIAL=False"], ...}``; one line for a malformed one."""
     sets: Dict[str, List[str]] = {}
@@ -122,7 +134,8 @@ def main(argv=None) -> int:
     parser.add_argument("only", nargs="*", help="notebook number prefixes (default: all)")
     parser.add_argument("--full", action="store_true", help="full mode (DETR_NB_SMOKE unset) instead of smoke mode")
     parser.add_argument("--keep", type=Path, default=None, help="write the executed notebooks to this folder")
-    parser.add_argument("--cell-timeout", type=int, default=3600, help="seconds one cell may take (default: 3600)")
+    parser.add_argument("--cell-timeout", type=int, default=1200,
+                        help="seconds one cell may take before the notebook counts as hung (default: 1200)")
     parser.add_argument("--set", action="append", default=[], metavar="NN:NAME=VALUE",
                         help="a parameter of notebook NN, e.g. 08:OFFICIAL=False (repeatable)")
     parser.add_argument("--workdir", type=Path, default=None, help="one work directory for all notebooks, kept")
@@ -158,7 +171,7 @@ def main(argv=None) -> int:
     workdir = Path(shared.name) if shared else args.workdir
     for py in sources:
         assignments = sets.get(py.name.split("_")[0], [])
-        seconds, nb = time_notebook(py, args.keep, args.cell_timeout, assignments, workdir)
+        seconds, nb = run_with_one_retry(py, args, assignments, workdir)
         note = write_figure(args.figures, py, nb, seconds, assignments) if args.figures else ""
         print(f"{py.stem:45s} {seconds:6.1f} s  {' '.join(assignments)}  {note}".rstrip(), flush=True)
     print(f"load average after: {os.getloadavg()[0]:.2f}")

@@ -229,8 +229,9 @@ _ = detr_nb.set_impl(model, "torch")
 # scores, labels and pixel boxes (softmax, drop "no object", best class per query); we draw the queries whose
 # score exceeds `THRESHOLD`, named with COCO's categories (`teach.COCO_CLASSES`).
 #
-# In smoke mode nothing is downloaded: the model keeps its random weights and we draw its 5 best-scoring
-# queries - meaningless boxes, shown only to exercise the code.
+# In smoke mode, or with `LOAD_OFFICIAL = False` where nothing can be downloaded, the model keeps its random
+# weights and we draw its 5 best-scoring queries: meaningless boxes, shown only to exercise the code. This
+# figure needs the official weights.
 
 # %%
 if LOAD_OFFICIAL:
@@ -241,7 +242,7 @@ if LOAD_OFFICIAL:
     print("official DETR-R50 weights loaded (COCO val AP 42.0)")
 else:
     detections_out = out                  # the random model's output on the same image (section 1)
-    print("SMOKE: random weights, no download - the boxes below are meaningless")
+    print("LOAD_OFFICIAL is off (smoke mode, or no download): random weights - the boxes below are meaningless")
 
 fig, ax = plt.subplots(figsize=(6, 6 * image.shape[-2] / image.shape[-1]))
 kept = figures.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},

@@ -337,6 +337,13 @@ def run_bench_train_step(cmd, **_):
         assert "phases (host time" in proc.stdout and "host reads of tensor values in one step" in proc.stdout
 
 
+def run_machine_speed(cmd, **_):
+    """One line: the main job's step time on this machine (shortened to 2 timed steps, 1 warm-up)."""
+    proc = run_shell(cmd + " --steps 2 --warmup 1")
+    assert re.search(r"^machine speed: \d+ ms per main-job step \(detr_tiny_aided, batch 16 at 96", proc.stdout,
+                     re.M), proc.stdout[-2000:]
+
+
 def run_notebook_times(cmd, work, **_):
     """Wall time per notebook, shortened to notebook 03; with --keep, the executed notebook has its outputs."""
     short = re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd).replace("runs/nb", str(work / "nb"))
@@ -429,6 +436,7 @@ BENCH_RUNNERS = {
     "python bench/train_step.py --device cuda --precision auto fp16 --compile both --profile": run_bench_train_step,
     "python bench/train_step.py --threads 1": run_bench_train_step,
     "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
+    "python bench/train_step.py --speed": run_machine_speed,
     "python bench/notebook_times.py 07 11": run_notebook_times,
     "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times,
     "python bench/notebook_times.py --key-figures": run_key_figures,

@@ -1,4 +1,4 @@
-"""ONNX export (detr_nb/engine/export.py, ``python -m detr_nb export``): onnxruntime against PyTorch.
+"""ONNX export (detr_nb/inference/export.py, ``python -m detr_nb export``): onnxruntime against PyTorch.
 
 One exported file runs at several image sizes (dynamic height and width) and batch sizes, for the vanilla
 DETR, the aided one (two-stage query selection + iterative refinement) and the official DETR-R50 architecture

@@ -8,7 +8,7 @@ same calls).
     torchrun --nproc_per_node=2 -m detr_nb train                  # DDP, one process per GPU
     python -m detr_nb evaluate --run runs/my-run               # COCO numbers of its newest checkpoint
     python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions
-    python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300   # engine/compare.py
+    python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300   # study/compare.py
     python -m detr_nb export --run runs/my-run -o model.onnx  # ONNX + onnxruntime check (the "export" extra)
 
 ``train`` has one option per field of :class:`detr_nb.engine.config.TrainConfig`; a ``--recipe`` sets the fields you

@@ -30,7 +30,7 @@ from .evaluate import coco_evaluate, coco_gt_of, to_coco_results
 
 NMS_IOU = 0.7                  # boxes of one class overlapping more than this are suppressed (layer_ap)
 MATCH_IOU = 0.5                # a detection finds an object when their IoU reaches this (crowd_test)
-CROWD_OBJECT_SIZE = (0.08, 0.25)   # shape diameters in crowd images, fractions of the shorter image side
+CROWD_OBJECT_SIZE = (0.085, 0.2)   # shape diameters in crowd images, fractions of the shorter image side
 
 
 # ----------------------------------------------------------------------------- shared pieces

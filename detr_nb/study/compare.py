@@ -36,7 +36,7 @@ the first run (:func:`prepare`), so no run's setup pays for one.
 
 Layout of ``train.out``: the run folders (the engine's ``metrics.jsonl``, ``eval.json``, ``diagnostics.jsonl``,
 ``weights_init.json``, ``checkpoints/``), ``summary.json`` (every run: status, steps, final loss terms, AP, AP50,
-images/s, training seconds), ``table.md`` and the figures of :mod:`.compare_figures`
+images/s, training seconds), ``table.md`` and the figures of :mod:`detr_nb.figures.study`
 (:func:`report_comparison`).
 """
 from __future__ import annotations
