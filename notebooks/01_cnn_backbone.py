@@ -3,9 +3,12 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/01_cnn_backbone.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.4 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.0 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install (about a minute), torchvision's
 # 98 MB ResNet-50 weights, and a few ResNet-50 forward passes at 480 px, each well under a second on a GPU.
+# Full mode on 2 CPU cores: 13 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`; `PRETRAINED = False`: no weights download, so the feature maps
+# come from a random ResNet).
 #
 # **Key figure** of a full run (section 1; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): convolution as im2col: the patch under one output pixel becomes one column of a

@@ -3,9 +3,11 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/02_positional_encoding.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.5 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.5 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation
 # (256-d encodings of a 25 x 34 grid and their pairwise similarities) takes milliseconds on any device.
+# Full mode on 2 CPU cores: 9 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`).
 #
 # **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): one pixel's 256-number position code and its similarity to every other pixel.

@@ -3,10 +3,12 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/04_detr_model.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.6 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 6.0 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 3 minutes, an estimate: the install, the 159 MB DETR-R50
 # checkpoint, and a few forward passes at 800 px (86 GFLOPs per image, the paper's Table 1: a fraction of a
 # second each on a T4).
+# Full mode on 2 CPU cores: 37 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`; `LOAD_OFFICIAL = False`: no checkpoint download).
 #
 # **Key figure** of a full run (section 1; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the paper's Figure 2, drawn from the model with the real shapes of an 800 px image.

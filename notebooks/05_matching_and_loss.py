@@ -3,9 +3,11 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/05_matching_and_loss.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 3.4 s on 2 CPU cores (`bench/notebook_times.py`).
-# Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation (a
-# sweep of 201 matchings of a few boxes) runs on the CPU in about a second.
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.1 s on 2 CPU cores (`bench/notebook_times.py`).
+# Full mode on a Colab T4: about a minute, an estimate: the install; the largest computation (section 9,
+# 500 steps of the paper's DETR on one batch of four 96 px images) is most of the CPU time below.
+# Full mode on 2 CPU cores: 40 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`; alone on the machine; 73 s while other work ran).
 #
 # **Key figure** of a full run (section 9; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the paper's DETR overfits one batch: the set loss falls and the boxes move onto the

@@ -3,9 +3,11 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/06_data.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.5 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.0 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 2 minutes, an estimate: the install, drawing 1,200 synthetic
 # images (19 s on one busy CPU core, measured with `ensure_synthetic`), and the Penn-Fudan download (about 53 MB, 51 MiB).
+# Full mode on 2 CPU cores: 14 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`; without the Penn-Fudan download, which only Colab does).
 #
 # **Key figure** of a full run (section 3; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): each augmentation moves the boxes with the pixels.

@@ -3,10 +3,13 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/07_training_on_t4.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.1 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.2 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 12 minutes by construction: the run has a
 # `TRAIN_MINUTES = 10` time budget that counts the data drawing and the setup (the engine stops on it), plus
 # the evaluation of 300 validation images and the install (under a minute each).
+# Full mode on 2 CPU cores: 10.7 minutes (643 s), measured (`bench/notebook_times.py --key-figures`, machine
+# speed 186 ms per main-job step, `bench/train_step.py --speed`): 2,688 steps in the three sessions, AP 0.544,
+# AP50 0.829 on the 300 validation images.
 #
 # **Key figure** of a full run (section 5; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the training losses over three sessions, two of them resumed from a checkpoint.

@@ -3,10 +3,13 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/08_evaluation_and_attention_maps.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.7 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.5 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 3 minutes with notebook 07's checkpoint, an estimate: the install,
 # the 159 MB DETR-R50 checkpoint, the evaluation of 300 small images; without that checkpoint, 10 more
 # minutes of training (`TRAIN_MINUTES`, a time budget the engine stops on).
+# Full mode on 2 CPU cores: 30 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
+# main-job step, `bench/train_step.py --speed`; with notebook 07's checkpoint, `OFFICIAL = False`: no DETR-R50
+# download).
 #
 # **Key figure** of a full run (section 6; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): AP after each decoder layer of the model 07 trained, with and without NMS.

@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/09_three_approaches.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 9.0 s on 2 CPU cores (`bench/notebook_times.py`; 27 s for
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 12.9 s on 2 CPU cores (`bench/notebook_times.py`; 27 s for
 # `time DETR_NB_SMOKE=1 python -m pytest tests/test_notebooks.py -k 09 -q`, kernel start included): a tiny
 # synthetic set, a tiny GroupNorm model, 4 steps per run, no downloads.
 # Full mode on a Colab T4: about 31 minutes, at most 40, an estimate (how it was made: below): seven runs of

@@ -3,11 +3,13 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/10_why_detr_is_slow.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.3 s on 2 CPU cores (`bench/notebook_times.py`, idle machine):
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.8 s on 2 CPU cores (`bench/notebook_times.py`, idle machine):
 # a few steps of a very small model on 64 px images, no downloads.
 # Full mode on a Colab T4: about 3 minutes, at most 5, an estimate: section 4 trains two 1.3 M-parameter
 # models for 300 steps each, which take about 80 s each on 2 idle CPU cores (docs/convergence.md: 3.6-4 steps/s),
 # plus drawing 2,000 synthetic images (about 10 s); the rest reads committed measurements.
+# Full mode on 2 CPU cores: 2.5 minutes (148 s), measured (`bench/notebook_times.py --key-figures`, machine
+# speed 186 ms per main-job step, `bench/train_step.py --speed`).
 #
 # **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the box loss of the paper's DETR against the aided recipe, recomputed on the same
@@ -200,8 +202,8 @@ plt.show()
 # %%
 example = [{"labels": torch.tensor([2, 5]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.7, 0.6, 0.3, 0.1]])}]
 labels_in, boxes_in, labels_true, boxes_true, valid = noise_targets(example, 2, 7, box_noise=0.4, label_noise=0.2)
-print("true boxes  ", boxes_true[0].numpy().round(2).tolist())
-print("noised boxes", boxes_in[0].numpy().round(2).tolist())
+print("true boxes  ", [[round(v, 2) for v in b] for b in boxes_true[0].tolist()])
+print("noised boxes", [[round(v, 2) for v in b] for b in boxes_in[0].tolist()])
 print("labels in", labels_in[0].tolist(), "-> to restore", labels_true[0].tolist())
 # 2 groups of 2 denoising queries, then 6 matching queries
 show_attention_mask(denoising_attention_mask(4, 2, 6), "allowed (black): 2 denoising groups\nof 2, then 6 matching queries")

@@ -3,7 +3,7 @@
 #
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/11_fine_tuning.ipynb)
 #
-# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 4.8 s on 2 CPU cores (`bench/notebook_times.py`).
+# **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 8.1 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 15 minutes (estimate: 40 epochs of the balloon
 # set's 61 images are 600 steps of batch 4 at DETR's 480-800 px scales; the paper's 28 images/s for DETR-R50
 # inference on a V100 puts a training step, about three forward passes' work, near 0.1 s per image, and a T4
@@ -46,7 +46,7 @@ import os
 SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
 DATASET = "balloon"          # or "pennfudan" (pedestrians), or a folder in COCO format
 EPOCHS = 1 if SMOKE else 40
-CPU_S_PER_IMAGE = 20.0                     # one DETR-R50 training image at 800 x 1066 on 2 CPU cores (measured)
+CPU_S_PER_IMAGE = 3.8    # one DETR-R50 training step, batch 1 at 800 x 1066, on 2 CPU cores (bench/train_step.py)
 RUN_NAME = f"finetune-{DATASET}"
 # Keep the run on Google Drive (asks for permission once). Off: it stays in /content, and a recycled
 # runtime takes it with it (training starts again; the data and weights are downloaded again).
@@ -149,8 +149,8 @@ print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
 if device.type != "cuda" and not SMOKE:    # 40 epochs of DETR-R50 on a CPU: say what that costs before it starts
     steps = EPOCHS * len(train_set)        # one photo per image-step, at DETR's 480-800 px
     print(f"No GPU: {EPOCHS} epochs of DETR-R50 are about {steps} training images at 480-800 px; a 2-core CPU "
-          f"takes about {CPU_S_PER_IMAGE:.0f} s per image (measured at 800 x 1066), so about "
-          f"{steps * CPU_S_PER_IMAGE / 3600:.0f} hours, against about 15 minutes on a T4. Runtime -> Change "
+          f"takes about {CPU_S_PER_IMAGE:.1f} s per image (measured at 800 x 1066), so about "
+          f"{steps * CPU_S_PER_IMAGE / 3600:.1f} hours, against about 15 minutes on a T4. Runtime -> Change "
           f"runtime type -> T4 GPU, or set EPOCHS lower (the checkpoints keep what is trained).")
 
 # %%
