@@ -209,7 +209,7 @@ def _doc_items(doc):
 
 # Notebooks whose full mode needs no download and takes under a minute on 2 CPU cores (docs/figures/runs.json),
 # also beside the other test worker: CI runs them in full mode too, since smoke mode alone can hide what only the
-# real sizes reach. 05 is left out: 40 s alone, its one-batch overfit took 233 s beside the suite's other worker.
+# real sizes reach. 05 is left out: 40 s alone, its full mode took 233 s beside the suite's other worker.
 FULL_IN_CI = ("02", "03", "06")
 
 
