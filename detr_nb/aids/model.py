@@ -1,164 +1,123 @@
-"""``AidedDETR``: DETR with the convergence aids of this package, built from the paper's pieces.
+"""``AidedDETR``: the paper's DETR with two-stage query selection and iterative box refinement. Notebook 10.
 
-It uses the model's own backbone, encoder, decoder and heads (``Transformer.encode`` / ``decode`` and
-``DETR.heads``); the aids only change what enters the decoder (queries, reference boxes, an attention mask)
-and, through the decoder's ``refine`` hook, how each layer's box is formed.
+The backbone, encoder, decoder layers and heads are the paper's modules; what changes is what enters the
+decoder and how each layer's box is formed:
+
+* **two-stage query selection** (Deformable DETR's two-stage variant, DINO, RT-DETR): a dense head on every
+  encoder cell predicts a class and a box, an offset from the cell's own anchor box. The Q cells with the
+  best class score give the decoder its queries: their boxes as reference boxes, their features as content
+  (both detached). The dense head is trained with its own Hungarian loss (keys ``*_enc``, ``aids.loss``).
+* **iterative box refinement** (Deformable DETR; DAB-DETR's anchor queries): a query's positional embedding
+  is ``MLP(sine(reference box))``, and every decoder layer predicts an offset in logit space,
+  ``box_l = sigmoid(delta_l + logit(box_{l-1}))``; the next layer's reference is the detached refined box.
+* the class biases start at ``-log((1 - p) / p)``, p = 0.01, as RetinaNet does for the focal loss.
 """
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Dict, Optional
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..model.detr import DETR, MLP
-from ..nn import layers
-from .anchors import BoxRefinement, grid_init, inverse_sigmoid
-from .denoising import add_denoising_queries
-from .groups import group_attention_mask
-from .two_stage import encoder_proposals, gather_cells, select_cells
+from ..models import layers
+from ..models.detr import DETR, MLP, DETRConfig
+from ..models.position_encoding import sine_embed
+
+CLASS_PRIOR = 0.01     # the class biases' initial probability
+ANCHOR_WH = 0.15       # side of each encoder cell's anchor box, a fraction of the image
+
+CONFIGS = {
+    # The main job's model: a stride-8 half-width ResNet-18 cut at layer2 with trainable BatchNorm, 1 encoder
+    # and 3 decoder layers, 30 queries (docs/convergence.md).
+    "detr_tiny_aided": DETRConfig(backbone="resnet18", return_layer="layer2", backbone_norm="bn", backbone_width=0.5,
+                                  frozen_stages=0, hidden_dim=128, enc_layers=1, dec_layers=3, dim_feedforward=512,
+                                  dropout=0.0, num_queries=30),
+}
+
+
+def inverse_sigmoid(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """logit(x) = log(x / (1 - x)), clamped away from 0 and 1."""
+    x = x.clamp(eps, 1 - eps)
+    return torch.log(x / (1 - x))
+
+
+def box_sine_embedding(boxes: Tensor, dim: int) -> Tensor:
+    """Boxes (..., 4) cx, cy, w, h in [0, 1] -> (..., dim): DETR's sine encoding, dim/4 channels a coordinate."""
+    return sine_embed(boxes * (2 * math.pi), dim // 4).flatten(-2)
+
+
+def grid_anchors(mask: Tensor, size: float) -> Tensor:
+    """One anchor box per feature cell, centred on it in the image's own (unpadded) extent: mask (B, h, w)
+    True = padding -> (B, h*w, 4) cxcywh (padding cells lie past 1; they are never selected)."""
+    B, h, w = mask.shape
+    valid_h = (~mask[:, :, 0]).sum(1).clamp(min=1).float()                   # (B,) rows of the image
+    valid_w = (~mask[:, 0, :]).sum(1).clamp(min=1).float()                   # (B,) columns
+    ys = (torch.arange(h, device=mask.device) + 0.5)[None, :] / valid_h[:, None]     # (B, h)
+    xs = (torch.arange(w, device=mask.device) + 0.5)[None, :] / valid_w[:, None]     # (B, w)
+    cx, cy = xs[:, None, :].expand(B, h, w), ys[:, :, None].expand(B, h, w)
+    wh = torch.full_like(cx, size)
+    return torch.stack([cx, cy, wh, wh], -1).reshape(B, h * w, 4)
+
+
+def gather(values: Tensor, cells: Tensor) -> Tensor:
+    """values (B, hw, D) at cells (B, Q), detached -> (B, Q, D): no gradient through the selection."""
+    return torch.gather(values.detach(), 1, cells[..., None].expand(-1, -1, values.shape[-1]))
 
 
 class AidedDETR(DETR):
-    """DETR with optional convergence aids (see the module docstring for the papers).
+    """DETR whose queries come from the encoder and whose boxes are refined layer by layer (module doc).
 
-    Args (beyond :class:`DETR`'s):
-        num_groups: Group DETR, K query groups in training (1 = off); one group at inference.
-        box_refine: learned anchor boxes as queries (DAB-DETR) + iterative refinement (Deformable DETR).
-        two_stage: reference boxes from the top-Q cells of a dense encoder head (Deformable DETR two-stage,
-            DINO query selection); implies refinement. Adds ``outputs["enc_outputs"]``.
-        class_prior: initialise the class biases to the prior probability p (focal loss); None = default.
-        anchor_wh: side of each encoder cell's anchor box (normalised), two-stage only.
-        dn_groups: DN-DETR, groups of noised ground-truth queries in training (0 = off); implies box_refine.
-        dn_box_noise, dn_label_noise: DN-DETR's box noise scale (lambda) and label flip probability.
-        query_content: two-stage content queries: "learned" (DINO's mixed query selection) or "encoder" (the
-            selected cells' features, detached, as RT-DETR).
-
-    Output: the usual dict (``pred_logits`` (B, Q', C+1), ``pred_boxes``, ``aux_outputs``) with
-    Q' = K*Q in training and Q in eval mode, plus ``enc_outputs`` (B, h*w, .) with two-stage, plus
-    ``dn_outputs`` (same keys, (B, G*M, .)) and ``dn_meta`` (:func:`noise_targets`' answers) when denoising.
+    Returns the paper's output dict plus ``enc_outputs`` = ``{pred_logits (B, hw, C+1), pred_boxes (B, hw, 4)}``,
+    one proposal per encoder cell.
     """
 
-    needs_targets = property(lambda self: self.dn_groups > 0)   # the trainer passes targets= to forward
-
     def __init__(self, backbone: nn.Module, transformer: nn.Module, num_classes: int, num_queries: int,
-                 aux_loss: bool = True, *, num_groups: int = 1, box_refine: bool = False, two_stage: bool = False,
-                 class_prior: Optional[float] = None, anchor_wh: float = 0.15, dn_groups: int = 0,
-                 dn_box_noise: float = 0.4, dn_label_noise: float = 0.2, query_content: str = "learned"):
+                 aux_loss: bool = True):
         super().__init__(backbone, transformer, num_classes, num_queries, aux_loss)
-        if num_groups < 1:
-            raise ValueError(f"num_groups must be >= 1, got {num_groups}")
-        if dn_groups < 0:
-            raise ValueError(f"dn_groups must be >= 0, got {dn_groups}")
-        self.num_groups, self.two_stage, self.anchor_wh = num_groups, two_stage, anchor_wh
-        self.dn_groups, self.dn_box_noise, self.dn_label_noise = dn_groups, dn_box_noise, dn_label_noise
-        self.box_refine = box_refine or two_stage or dn_groups > 0
-        if query_content not in ("learned", "encoder") or (query_content == "encoder" and not two_stage):
-            raise ValueError(f"query_content must be 'learned', or 'encoder' with two_stage, got {query_content!r}")
-        self.query_content = query_content
+        del self.query_embed                                   # the queries come from the encoder
         d = transformer.d_model
-        n_all = num_queries * num_groups
-        del self.query_embed
-        if self.box_refine:
-            self.ref_point_head = MLP(d, d, d, 2)              # query_pos = MLP(sine(reference box))
-            if query_content == "learned":
-                self.tgt_embed = nn.Embedding(n_all, d)        # learned content queries
-            nn.init.zeros_(self.bbox_embed.layers[-1].weight)  # start at the reference box
-            nn.init.zeros_(self.bbox_embed.layers[-1].bias)
-            if not two_stage:
-                self.anchor_embed = nn.Embedding(n_all, 4)     # learned anchors, logit space
-                with torch.no_grad():
-                    self.anchor_embed.weight.copy_(inverse_sigmoid(grid_init(n_all, num_queries)))
-        else:
-            self.query_embed = nn.Embedding(n_all, d)
-        if two_stage:
-            self.enc_output = layers.Linear(d, d)
-            self.enc_output_norm = layers.LayerNorm(d)
-            self.enc_class_embed = layers.Linear(d, num_classes + 1)
-            self.enc_bbox_embed = MLP(d, d, 4, 3)
-            nn.init.zeros_(self.enc_bbox_embed.layers[-1].weight)   # start at the cell's anchor
-            nn.init.zeros_(self.enc_bbox_embed.layers[-1].bias)
-        if dn_groups:
-            self.label_enc = nn.Embedding(num_classes + 1, d)  # a denoising query's content: its noised label (last: padding)
-        if class_prior is not None:
-            bias = -math.log((1 - class_prior) / class_prior)
-            heads = [self.class_embed] + ([self.enc_class_embed] if two_stage else [])
-            for head in heads:
-                nn.init.constant_(head.bias, bias)
+        self.ref_point_head = MLP(d, d, d, 2)                  # query_pos = MLP(sine(reference box))
+        self.enc_output = layers.Linear(d, d)
+        self.enc_output_norm = layers.LayerNorm(d)
+        self.enc_class_embed = layers.Linear(d, num_classes + 1)
+        self.enc_bbox_embed = MLP(d, d, 4, 3)
+        for head in (self.bbox_embed, self.enc_bbox_embed):    # start every box at its reference / anchor
+            nn.init.zeros_(head.layers[-1].weight)
+            nn.init.zeros_(head.layers[-1].bias)
+        for head in (self.class_embed, self.enc_class_embed):
+            nn.init.constant_(head.bias, -math.log((1 - CLASS_PRIOR) / CLASS_PRIOR))
 
-    def active_groups(self) -> int:
-        return self.num_groups if self.training else 1
+    def forward(self, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, object]:
+        if mask is None:
+            mask = torch.zeros(images.shape[0], *images.shape[2:], dtype=torch.bool, device=images.device)
+        feat, fmask, pos = self.backbone(images, mask)                # (B, Cb, h, w), (B, h, w), (B, C, h, w)
+        src = self.input_proj(feat).flatten(2).transpose(1, 2)        # (B, hw, C)
+        pos, kpm = pos.flatten(2).transpose(1, 2), fmask.flatten(1)   # (B, hw, C), (B, hw)
+        memory = self.transformer.encoder(src, key_padding_mask=kpm, pos=pos)             # (B, hw, C)
 
-    def queries(self, batch_size: int) -> Tensor:
-        """Vanilla positional queries (B, K*Q, C) of the active groups (only when box_refine is off)."""
-        n = self.num_queries * self.active_groups()
-        return self.query_embed.weight[:n][None].expand(batch_size, -1, -1)
+        # Two-stage: a proposal per cell; the best Q cells by class score (padding never) become the queries.
+        feats = self.enc_output_norm(self.enc_output(memory))                              # (B, hw, C)
+        enc_logits = self.enc_class_embed(feats)                                           # (B, hw, C+1)
+        enc_boxes = (self.enc_bbox_embed(feats) + inverse_sigmoid(grid_anchors(fmask, ANCHOR_WH))).sigmoid()
+        score = enc_logits[..., :-1].amax(-1).masked_fill(kpm, float("-inf"))             # (B, hw)
+        # Every cell ranked, the ranking repeated: a map of fewer than Q cells gives each cell to several
+        # queries, with no branch on its size (the ONNX export traces one graph for every image size).
+        cells = score.topk(score.shape[1], dim=1).indices.repeat(1, self.num_queries)[:, :self.num_queries]
+        ref, tgt = gather(enc_boxes, cells), gather(feats, cells)                          # (B, Q, 4), (B, Q, C)
 
-    def forward(self, images: Tensor, mask: Optional[Tensor] = None,
-                targets: Optional[Sequence[dict]] = None) -> Dict[str, object]:
-        """images (B, 3, H, W), mask (B, H, W) True = padding -> outputs dict (see class doc).
-
-        ``targets`` (training only, DN-DETR) are the usual per-image dicts with ``labels`` and normalised
-        cxcywh ``boxes``; without them, or in eval mode, no denoising queries are built.
-        """
-        mask = self.check_inputs(images, mask)
-        feat, fmask, pos = self.backbone(images, mask)             # (B, Cb, h, w), (B, h, w), (B, C, h, w)
-        memory, kpm, pos = self.transformer.encode(self.input_proj(feat), fmask, pos)   # (B, hw, C) ...
-        B, C = memory.shape[0], memory.shape[2]
-        K, Q = self.active_groups(), self.num_queries
-        n = K * Q
-        extra: Dict[str, object] = {}
-        ref = query_pos = None
-        content = None
-        if self.two_stage:
-            enc_logits, enc_boxes, feats = encoder_proposals(self, memory, fmask, with_features=True)
-            extra["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
-            cells = select_cells(enc_logits, fmask, self.num_classes, Q)                               # (B, Q)
-            ref = gather_cells(enc_boxes, cells).repeat(1, K, 1)                                        # (B, K*Q, 4)
-            if self.query_content == "encoder":
-                content = gather_cells(feats, cells).repeat(1, K, 1)                                    # (B, K*Q, C)
-        elif self.box_refine:
-            ref = self.anchor_embed.weight[:n].sigmoid()[None].expand(B, -1, -1)                     # (B, K*Q, 4)
-        if content is not None:
-            tgt = content
-        elif ref is not None:
-            tgt = self.tgt_embed.weight[:n][None].expand(B, -1, -1)                                 # (B, K*Q, C)
-        else:
-            tgt = torch.zeros(B, n, C, device=memory.device, dtype=memory.dtype)
-            query_pos = self.queries(B)
-        tgt_mask = group_attention_mask(Q, K, memory.device) if K > 1 else None
-        n_dn = 0
-        if self.training and self.dn_groups:
-            tgt, ref, tgt_mask, n_dn, meta = add_denoising_queries(
-                self.label_enc, targets, tgt, ref, tgt_mask, self.dn_groups, self.num_classes, self.dn_box_noise,
-                self.dn_label_noise)
-            if meta is not None:
-                extra["dn_meta"] = meta
-        refine = None if ref is None else BoxRefinement(ref, self.ref_point_head, self.bbox_embed, C)
-        hs = self.transformer.decode(tgt, memory, kpm, pos, query_pos, tgt_mask, refine=refine)  # (L, B, n_dn+n, C)
-        boxes = None if refine is None else torch.stack(refine.boxes[-hs.shape[0]:])           # (L, B, n_dn+n, 4)
-        out = self.heads(hs[:, :, n_dn:], None if boxes is None else boxes[:, :, n_dn:])
-        if n_dn:   # denoising queries first, matching queries after
-            extra["dn_outputs"] = self.heads(hs[:, :, :n_dn], boxes[:, :, :n_dn])
-        out.update(extra)
+        # The decoder, each layer refining the boxes of the one before.
+        logits, boxes = [], []
+        decoder = self.transformer.decoder
+        for layer in decoder.layers:
+            query_pos = self.ref_point_head(box_sine_embedding(ref, tgt.shape[-1]))       # (B, Q, C)
+            tgt = layer(tgt, memory, memory_key_padding_mask=kpm, pos=pos, query_pos=query_pos)
+            hs = decoder.norm(tgt)
+            box = (self.bbox_embed(hs) + inverse_sigmoid(ref)).sigmoid()                   # (B, Q, 4)
+            logits.append(self.class_embed(hs))
+            boxes.append(box)
+            ref = box.detach()
+        out = self.outputs(torch.stack(logits), torch.stack(boxes))
+        out["enc_outputs"] = {"pred_logits": enc_logits, "pred_boxes": enc_boxes}
         return out
-
-
-def aids_of(model: nn.Module) -> Dict[str, object]:
-    """The aids switched on in ``model`` (empty for a vanilla DETR)."""
-    if not isinstance(model, AidedDETR):
-        return {}
-    on: Dict[str, object] = {}
-    if model.two_stage:
-        on["two_stage"] = True
-    if model.box_refine:
-        on["box_refine"] = True
-    if model.num_groups > 1:
-        on["num_groups"] = model.num_groups
-    if model.dn_groups:
-        on["dn_groups"] = model.dn_groups
-    if model.query_content != "learned":
-        on["query_content"] = model.query_content
-    return on

@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from ..nn import layers
-from ..nn.attention import MultiheadAttention
+from . import layers
+from .attention import MultiheadAttention
 
 
 def _with_pos(x: Tensor, pos: Optional[Tensor]) -> Tensor:
@@ -78,21 +78,19 @@ class TransformerDecoderLayer(nn.Module):
     def _ffn(self, x: Tensor) -> Tensor:
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
-    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
-                memory_key_padding_mask: Optional[Tensor] = None, pos: Optional[Tensor] = None,
-                query_pos: Optional[Tensor] = None) -> Tensor:
-        """tgt, query_pos (B, Q, C); memory, pos (B, S, C); tgt_mask bool True = blocked
-        ((Q, Q) or (B*nheads, Q, Q)); memory_key_padding_mask (B, S). Returns (B, Q, C)."""
+    def forward(self, tgt: Tensor, memory: Tensor, memory_key_padding_mask: Optional[Tensor] = None,
+                pos: Optional[Tensor] = None, query_pos: Optional[Tensor] = None) -> Tensor:
+        """tgt, query_pos (B, Q, C); memory, pos (B, S, C); memory_key_padding_mask (B, S) -> (B, Q, C)."""
         if self.normalize_before:
             t = self.norm1(tgt)
             q = k = _with_pos(t, query_pos)
-            tgt = tgt + self.dropout1(self.self_attn(q, k, t, attn_mask=tgt_mask))
+            tgt = tgt + self.dropout1(self.self_attn(q, k, t))
             t = self.norm2(tgt)
             tgt = tgt + self.dropout2(self.multihead_attn(_with_pos(t, query_pos), _with_pos(memory, pos), memory,
                                                           key_padding_mask=memory_key_padding_mask))
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
-        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt, attn_mask=tgt_mask)))
+        tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)))
         t2 = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
                                  key_padding_mask=memory_key_padding_mask)
         tgt = self.norm2(tgt + self.dropout2(t2))
@@ -112,32 +110,20 @@ class TransformerEncoder(nn.Module):
 
 
 class TransformerDecoder(nn.Module):
-    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module,
-                 return_intermediate: bool = True):
+    def __init__(self, layer: TransformerDecoderLayer, num_layers: int, norm: nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = norm
-        self.return_intermediate = return_intermediate
 
-    def forward(self, tgt: Tensor, memory: Tensor, tgt_mask: Optional[Tensor] = None,
-                memory_key_padding_mask: Optional[Tensor] = None, pos: Optional[Tensor] = None,
-                query_pos: Optional[Tensor] = None, refine=None) -> Tensor:
-        """Returns (L, B, Q, C): every layer's output through the final norm (only the last one, L = 1, if not
-        return_intermediate), so the heads can supervise each layer (auxiliary losses).
-
-        ``refine``, the decoder's one hook (box refinement, detr_nb.aids.anchors.BoxRefinement): before each
-        layer ``refine.query_pos()`` gives that layer's query_pos, after it ``refine.update(out)`` sees the
-        layer's normalised output (B, Q, C)."""
+    def forward(self, tgt: Tensor, memory: Tensor, memory_key_padding_mask: Optional[Tensor] = None,
+                pos: Optional[Tensor] = None, query_pos: Optional[Tensor] = None) -> Tensor:
+        """Returns (L, B, Q, C): every layer's output through the final norm, so that the heads can supervise
+        each layer (the auxiliary losses)."""
         outs = []
         for layer in self.layers:
-            if refine is not None:
-                query_pos = refine.query_pos()
-            tgt = layer(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=memory_key_padding_mask,
-                        pos=pos, query_pos=query_pos)
+            tgt = layer(tgt, memory, memory_key_padding_mask=memory_key_padding_mask, pos=pos, query_pos=query_pos)
             outs.append(self.norm(tgt))
-            if refine is not None:
-                refine.update(outs[-1])
-        return torch.stack(outs if self.return_intermediate else outs[-1:])
+        return torch.stack(outs)
 
 
 class Transformer(nn.Module):
@@ -145,40 +131,26 @@ class Transformer(nn.Module):
 
     def __init__(self, d_model: int = 256, nhead: int = 8, num_encoder_layers: int = 6,
                  num_decoder_layers: int = 6, dim_feedforward: int = 2048, dropout: float = 0.1,
-                 normalize_before: bool = False, return_intermediate_dec: bool = True):
+                 normalize_before: bool = False):
         super().__init__()
         enc = TransformerEncoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
         self.encoder = TransformerEncoder(enc, num_encoder_layers, layers.LayerNorm(d_model) if normalize_before else None)
         dec = TransformerDecoderLayer(d_model, nhead, dim_feedforward, dropout, normalize_before)
-        self.decoder = TransformerDecoder(dec, num_decoder_layers, layers.LayerNorm(d_model), return_intermediate_dec)
+        self.decoder = TransformerDecoder(dec, num_decoder_layers, layers.LayerNorm(d_model))
         self.d_model, self.nhead = d_model, nhead
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        """Official init: xavier-uniform on every parameter with more than one dim."""
-        for p in self.parameters():
+        for p in self.parameters():   # the official init: xavier-uniform on every matrix
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def encode(self, src: Tensor, mask: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
-        """src, pos (B, C, h, w), mask (B, h, w) -> memory (B, hw, C) and the flattened mask (B, hw), pos (B, hw, C)."""
-        src = src.flatten(2).transpose(1, 2)      # (B, hw, C)
-        pos = pos.flatten(2).transpose(1, 2)      # (B, hw, C)
-        mask = mask.flatten(1)                    # (B, hw)
-        return self.encoder(src, key_padding_mask=mask, pos=pos), mask, pos
-
-    def decode(self, tgt: Tensor, memory: Tensor, mask: Tensor, pos: Tensor, query_pos: Optional[Tensor] = None,
-               tgt_mask: Optional[Tensor] = None, refine=None) -> Tensor:
-        """The decoder over ``encode``'s outputs: tgt, query_pos (B, Q, C) -> hs (L, B, Q, C)."""
-        return self.decoder(tgt, memory, tgt_mask=tgt_mask, memory_key_padding_mask=mask, pos=pos,
-                            query_pos=query_pos, refine=refine)
-
-    def forward(self, src: Tensor, mask: Tensor, query_pos: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor]:
-        """src, pos (B, C, h, w); mask (B, h, w) True = padding; query_pos (B, Q, C) or (Q, C): the object queries.
+    def forward(self, src: Tensor, mask: Tensor, query_embed: Tensor, pos: Tensor) -> Tuple[Tensor, Tensor]:
+        """src, pos (B, C, h, w); mask (B, h, w) True = padding; query_embed (Q, C): the object queries.
         The decoder's input starts at zero. Returns hs (L, B, Q, C) and memory (B, C, h, w)."""
         B, C, h, w = src.shape
-        if query_pos.dim() == 2:
-            query_pos = query_pos[None].expand(B, -1, -1)   # (B, Q, C)
-        memory, flat_mask, flat_pos = self.encode(src, mask, pos)                         # (B, hw, C)
-        hs = self.decode(torch.zeros_like(query_pos), memory, flat_mask, flat_pos, query_pos)   # (L, B, Q, C)
+        src = src.flatten(2).transpose(1, 2)                     # (B, hw, C)
+        pos = pos.flatten(2).transpose(1, 2)                     # (B, hw, C)
+        mask = mask.flatten(1)                                   # (B, hw)
+        query_pos = query_embed[None].expand(B, -1, -1)          # (B, Q, C)
+        memory = self.encoder(src, key_padding_mask=mask, pos=pos)
+        hs = self.decoder(torch.zeros_like(query_pos), memory, memory_key_padding_mask=mask, pos=pos,
+                          query_pos=query_pos)
         return hs, memory.transpose(1, 2).reshape(B, C, h, w)

@@ -1,7 +1,7 @@
-"""2-D position encodings for the feature map. Notebook 02.
+"""The 2-D sine position encoding of the feature map. Notebook 02.
 
 Attention is permutation invariant: without positions the encoder cannot tell where a pixel is.
-Both encodings map a padding mask (B, h, w) to positions (B, D, h, w), D = hidden_dim.
+:class:`PositionEmbeddingSine` maps a padding mask (B, h, w) to positions (B, D, h, w), D = hidden_dim.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor
 def sine_embed(x: Tensor, num_feats: int, temperature: float = 10000.0) -> Tensor:
     """The sine encoding of scalars: x (...) -> (..., num_feats). Channel 2j is sin(x / T^(2j/n)), channel
     2j+1 the cos of the same angle: each (sin, cos) pair is one frequency, from 1 down to 1/T.
-    Positions of pixels (below), of reference boxes (detr_nb.aids) and notebook 02 all use this one."""
+    Positions of pixels (below) and of reference boxes (detr_nb.aids) both use this one."""
     i = torch.arange(num_feats, dtype=torch.float32, device=x.device)
     dim_t = temperature ** (2 * torch.div(i, 2, rounding_mode="floor") / num_feats)   # (n,)
     angle = x[..., None] / dim_t                                                     # (..., n)
@@ -55,44 +55,3 @@ class PositionEmbeddingSine(nn.Module):
         pos_y = sine_embed(y, self.num_pos_feats, self.temperature)                      # (B, h, w, n)
         pos_x = sine_embed(x, self.num_pos_feats, self.temperature)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2)                       # (B, 2n, h, w)
-
-    def extra_repr(self) -> str:
-        return f"num_pos_feats={self.num_pos_feats}, temperature={self.temperature}, normalize={self.normalize}"
-
-
-class PositionEmbeddingLearned(nn.Module):
-    """Learned absolute encoding: a row and a column embedding table (50 entries each). Notebook 02.
-
-    Output = concat(col_embed[x], row_embed[y]) on channels; ignores padding (like the official).
-    """
-
-    def __init__(self, num_pos_feats: int = 128, max_size: int = 50):
-        super().__init__()
-        self.row_embed = nn.Embedding(max_size, num_pos_feats)
-        self.col_embed = nn.Embedding(max_size, num_pos_feats)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        nn.init.uniform_(self.row_embed.weight)
-        nn.init.uniform_(self.col_embed.weight)
-
-    def forward(self, mask: Tensor) -> Tensor:
-        """mask (B, h, w) -> pos (B, 2*num_pos_feats, h, w)."""
-        B, h, w = mask.shape
-        n = self.row_embed.num_embeddings
-        if h > n or w > n:
-            raise ValueError(f"feature map {h}x{w} exceeds the learned table size {n}")
-        x_emb = self.col_embed.weight[:w]                         # (w, n)
-        y_emb = self.row_embed.weight[:h]                         # (h, n)
-        pos = torch.cat([x_emb[None].expand(h, w, -1), y_emb[:, None].expand(h, w, -1)], dim=-1)  # (h, w, 2n)
-        return pos.permute(2, 0, 1)[None].expand(B, -1, -1, -1)  # (B, 2n, h, w)
-
-
-def build_position_encoding(kind: str, hidden_dim: int) -> nn.Module:
-    if hidden_dim % 2:
-        raise ValueError(f"hidden_dim must be even for a 2-D position encoding, got {hidden_dim}")
-    if kind == "sine":
-        return PositionEmbeddingSine(hidden_dim // 2, normalize=True)
-    if kind == "learned":
-        return PositionEmbeddingLearned(hidden_dim // 2)
-    raise ValueError(f"position_embedding must be 'sine' or 'learned', got {kind!r}")

@@ -12,7 +12,7 @@ Parameters, buffers and state-dict names are identical either way (the classes s
 switched in place with :func:`set_impl` and loads the official DETR checkpoint either way.
 
 Notebook 01 introduces linear/conv/batch norm/ReLU; notebook 03 softmax, layer norm and dropout.
-Attention, built from these, is in :mod:`detr_nb.nn.attention`.
+Attention, built from these, is in :mod:`.attention`.
 """
 from __future__ import annotations
 
@@ -119,26 +119,6 @@ def layer_norm(x: Tensor, weight: Optional[Tensor], bias: Optional[Tensor], eps:
     return y
 
 
-def group_norm(x: Tensor, num_groups: int, weight: Optional[Tensor], bias: Optional[Tensor],
-               eps: float = 1e-5) -> Tensor:
-    """Layer norm over groups of channels (and all pixels), per sample. x (B, C, H, W). Notebook 01.
-
-    Once the group statistics are known, normalising + the affine map is one per-(sample, channel)
-    scale and shift, applied in a single pass like frozen batch norm.
-    """
-    B, C = x.shape[:2]
-    var, mean = torch.var_mean(x.reshape(B, num_groups, -1), dim=-1, correction=0)   # (B, G)
-    rstd = (var + eps).rsqrt()
-    scale = rstd.repeat_interleave(C // num_groups, dim=1)                            # (B, C)
-    shift = -mean.repeat_interleave(C // num_groups, dim=1) * scale                   # (B, C)
-    if weight is not None:
-        scale, shift = scale * weight, shift * weight
-    if bias is not None:
-        shift = shift + bias
-    extra = (1,) * (x.dim() - 2)
-    return x * scale.reshape(B, C, *extra) + shift.reshape(B, C, *extra)
-
-
 def dropout(x: Tensor, p: float, training: bool) -> Tensor:
     """Zero each element with probability p and scale the rest by 1/(1-p) (inverted dropout). Notebook 03."""
     if not training or p == 0.0:
@@ -215,14 +195,11 @@ class FrozenBatchNorm2d(Switchable, nn.Module):
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                             training=False, eps=self.eps)
 
-    def extra_repr(self) -> str:
-        return f"{self.num_features}, eps={self.eps}"
-
 
 class BatchNorm2d(Switchable, nn.BatchNorm2d):
     """nn.BatchNorm2d with a scratch path (batch statistics in training, running ones in eval).
 
-    Not used by the official DETR (frozen), offered for small from-scratch backbones. Notebook 01.
+    Not used by the official DETR (frozen): the small from-scratch backbones train their own. Notebook 01.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1, impl: str = "torch"):
@@ -243,19 +220,6 @@ class BatchNorm2d(Switchable, nn.BatchNorm2d):
         else:
             mean, var = self.running_mean, self.running_var
         return frozen_batch_norm(x, self.weight, self.bias, mean, var, self.eps)
-
-
-class GroupNorm(Switchable, nn.GroupNorm):
-    """nn.GroupNorm with a scratch path: batch-size independent, for small-batch training. Notebook 01."""
-
-    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, impl: str = "torch"):
-        super().__init__(num_groups, num_channels, eps=eps)
-        self.impl = check_impl(impl)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.impl == "scratch":
-            return group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
-        return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
 
 
 class ReLU(Switchable, nn.Module):
