@@ -1,4 +1,4 @@
-"""``python -m detr_nb train|evaluate|predict|compare|export`` (see detr_nb/cli/__init__.py)."""
+"""``python -m detr_nb train | evaluate | predict | export`` (see detr_nb/cli.py)."""
 import sys
 
 from .cli import main

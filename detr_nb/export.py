@@ -1,6 +1,6 @@
 """Take a trained DETR home: export it to ONNX and run it with onnxruntime, without PyTorch's model code.
 
-    from detr_nb.inference.export import export_onnx, OnnxDetector
+    from detr_nb.export import export_onnx, OnnxDetector
     export_onnx(model, "model.onnx")                 # images (B, 3, H, W) -> pred_logits, pred_boxes
     detector = OnnxDetector("model.onnx")            # onnxruntime; called like the model
     outputs = detector(images)                       # {"pred_logits", "pred_boxes"} as torch tensors
@@ -9,7 +9,7 @@ The file takes ``images`` (B, 3, H, W) float32, normalised as ``detr_nb.data.mak
 train=False)`` makes them, with any batch size, height and width (and with ``mask=True`` a second input
 ``mask`` (B, H, W) bool, True on padding), and gives the last decoder layer's ``pred_logits`` (B, Q, C+1) and
 ``pred_boxes`` (B, Q, 4): no auxiliary outputs, no encoder proposals. ``OnnxDetector`` returns the model's
-dict, so ``detr_nb.setpred.postprocess`` and ``inference.predict.detect`` take it unchanged.
+dict, so the post-processing and ``detr_nb.predict.detect`` take it unchanged.
 
 ``onnx`` and ``onnxruntime`` (and ``onnxscript`` for the dynamo exporter) are optional: ``pip install
 "detr_nb[export]"``.
@@ -18,7 +18,7 @@ Which exporter: torch.onnx has two. The TorchScript exporter (``dynamo=False``) 
 dynamo exporter (torch.export, the default from torch 2.9, needs onnxscript) captures the program with
 symbolic shapes. Both export these models with dynamic height and width and match PyTorch to ~1e-6
 (tests/test_export.py): two-stage query selection has no Python-side branch on the number of feature cells
-(``aids.two_stage.select_cells``). The default, ``exporter="auto"``, is the TorchScript exporter
+(``aids.model.AidedDETR.forward``). The default, ``exporter="auto"``, is the TorchScript exporter
 wherever torch still has it, because it is the one that runs on every torch this package supports (torch 2.3
 has no ``torch.onnx.export(dynamo=True)``), it exports in 0.3 s (detr_tiny) to 2 s (DETR-R50) where the
 dynamo exporter takes 7 s to 17 s (2 CPU cores, torch 2.14), and it needs no onnxscript. Torch marks it
@@ -39,8 +39,10 @@ from typing import Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 from torch import Tensor
+from torch.export import Dim
 
-from ..errors import UserError
+from .errors import UserError
+from .models.layers import Switchable
 
 EXPORTERS = ("auto", "torchscript", "dynamo")
 DEFAULT_OPSET = 17        # LayerNormalization is one op from 17; torch 2.3's default; every onnxruntime >= 1.14
@@ -99,8 +101,6 @@ class InferenceOutputs(nn.Module):
 def inference_mode(model: nn.Module):
     """Inside the block ``model`` is in eval mode and on PyTorch's fused ops (``impl="torch"``: the same
     weights, ops the exporters know); both restored after."""
-    from ..nn.layers import Switchable
-
     impls = [(m, m.impl) for m in model.modules() if isinstance(m, Switchable)]
     training = model.training
     try:
@@ -143,7 +143,6 @@ def _export_torchscript(wrapper, args, path, opset, names) -> None:
 
 def _export_dynamo(wrapper, args, path, opset, names) -> None:
     require("onnxscript", "the dynamo ONNX exporter")
-    from torch.export import Dim
     batch, height, width = Dim("batch", min=1, max=1024), Dim("height", min=16), Dim("width", min=16)
     shapes = [{0: batch, 2: height, 3: width}, {0: batch, 1: height, 2: width}][:len(args)]
     quiet = logging.getLogger("onnxscript")   # "Skipping constant folding for op Split...", once per attention
@@ -191,8 +190,8 @@ def export_onnx(model: nn.Module, path: Union[str, Path], *, opset: Optional[int
 
 class OnnxDetector:
     """An exported DETR run by onnxruntime, called like the PyTorch model: ``detector(images, mask=None)`` ->
-    ``{"pred_logits", "pred_boxes"}`` torch tensors on the images' device, so ``setpred.postprocess`` and
-    ``inference.predict.detect`` work on it unchanged."""
+    ``{"pred_logits", "pred_boxes"}`` torch tensors on the images' device, so the post-processing and
+    ``detr_nb.predict.detect`` work on it unchanged."""
 
     def __init__(self, path: Union[str, Path], providers: Optional[list] = None):
         ort = require("onnxruntime", "running an ONNX model")
@@ -203,7 +202,7 @@ class OnnxDetector:
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.output_names = [o.name for o in self.session.get_outputs()]
 
-    def eval(self) -> "OnnxDetector":   # inference.predict.detect calls model.eval()
+    def eval(self) -> "OnnxDetector":   # detect() calls model.eval()
         return self
 
     def __call__(self, images: Tensor, mask: Optional[Tensor] = None) -> Dict[str, Tensor]:

@@ -1,6 +1,6 @@
 """Detections on your own pictures: files, folders or URLs in, annotated images and a JSON of boxes out.
 
-    from detr_nb.inference.predict import predict_paths
+    from detr_nb.predict import predict_paths
     found = predict_paths(model, ["photo.jpg", "my_folder/", "https://example.org/cat.jpg"], out="predictions",
                           preset="official", categories={1: "balloon"}, threshold=0.7)
 
@@ -19,8 +19,10 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from ..errors import UserError
-from ..setpred.postprocess import Scoring, postprocess, softmax_scores
+from .config import build_postprocess
+from .data import make_transforms, open_image
+from .errors import UserError
+from .figures import save_annotated
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
@@ -65,22 +67,21 @@ def resolve_inputs(items: Sequence[str], download_dir: str) -> Tuple[List[Tuple[
 
 
 @torch.no_grad()
-def detect(model, image, transforms, device, scoring: Scoring = softmax_scores,
-           threshold: Optional[float] = None) -> Dict:
+def detect(model, image, transforms, device="cpu", postprocess=None) -> Dict:
     """Boxes of one upright PIL image: ``{"scores", "labels", "boxes"}`` in the image's own pixels (xyxy),
-    clipped to the image (a predicted box may reach past the border)."""
+    clipped to the image (a predicted box may reach past the border). ``postprocess``: the model's own
+    (:func:`detr_nb.config.build_postprocess`) unless given (an ONNX file takes its PyTorch model's)."""
     w, h = image.size
     tensor, _ = transforms(image, None)                     # (3, H', W')
     model.eval()
     outputs = model(tensor[None].to(device))
-    res = postprocess(outputs, torch.tensor([[h, w]], device=device), threshold=threshold, scoring=scoring)[0]
+    res = (postprocess or build_postprocess(model))(outputs, torch.tensor([[h, w]], device=device))[0]
     res = {k: v.cpu() for k, v in res.items()}
     res["boxes"] = torch.minimum(res["boxes"].clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
     return res
 
 
 def _open(path: str):
-    from ..data.image_io import open_image
     try:
         return open_image(path)
     except (OSError, ValueError) as e:
@@ -105,9 +106,8 @@ def check_threshold(threshold: float) -> float:
     return float(threshold)
 
 
-def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Scoring = softmax_scores, device="cpu",
-                  threshold: float = 0.5, categories: Optional[Mapping[int, str]] = None,
-                  log=print) -> Dict:
+def predict_paths(model, items: Sequence[str], out, *, preset: str, device="cpu", threshold: float = 0.5,
+                  categories: Optional[Mapping[int, str]] = None, log=print) -> Dict:
     """Run ``model`` on every image of ``items``; write ``<out>/<name>.png`` (boxes with score >= ``threshold``
     drawn on the upright image) and ``<out>/predictions.json``; return the JSON (``threshold``, ``images``: one
     record per image, ``skipped``).
@@ -115,9 +115,6 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Sco
     A file named in ``items`` that cannot be read stops everything before any image is run (one-line
     :class:`UserError`); an unreadable file found in a folder is skipped with a warning and counted in the
     JSON's ``skipped`` list (the CLI then exits with status 1)."""
-    from ..data import make_transforms
-    from ..figures.detections import save_annotated
-
     threshold = check_threshold(threshold)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -139,7 +136,7 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, scoring: Sco
                 log(f"warning: skipping {e}")
         used = set()
         for shown, image in pictures:
-            res = detect(model, image, transforms, device, scoring)
+            res = detect(model, image, transforms, device)
             keep = res["scores"] >= threshold
             boxes, labels, scores = res["boxes"][keep], res["labels"][keep].tolist(), res["scores"][keep].tolist()
             stem = Path(urllib.parse.urlparse(shown).path).stem or "image"

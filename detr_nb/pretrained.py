@@ -1,4 +1,4 @@
-"""The official DETR checkpoints: where they are, how they are verified, how they load. Notebooks 04, 09."""
+"""The released DETR checkpoints: where they are, how they are verified, how they load. Notebooks 04, 09, 11."""
 from __future__ import annotations
 
 import re
