@@ -21,7 +21,7 @@ policy, which fp16 reproduces on an H100):
 
 On the CPU the defaults are small (detr_r50 at 256x320, batch 2; inference at 256x384) so that the run
 takes 1-2 minutes; ``--threads 1`` on a shared machine. Random images and targets (1..--max-boxes
-boxes per image), no data loading; the step is the engine's own, ``Trainer.train_step``.
+boxes per image), no data loading; the step is the trainer's own, ``Trainer.train_step``.
 
     python bench/train_step.py --threads 1                  # CPU
     python bench/train_step.py --threads 1 --profile        # CPU, with the profile of one step
@@ -34,22 +34,25 @@ every timing, since these shared machines differ by 2x.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import torch  # noqa: E402
+from PIL import Image  # noqa: E402
 from torch.profiler import record_function  # noqa: E402
 
-from detr_nb.configs import build_model  # noqa: E402
-from detr_nb.setpred.criterion import SetCriterion  # noqa: E402
-from detr_nb.setpred.postprocess import postprocess  # noqa: E402
-from detr_nb.engine.precision import resolve_precision  # noqa: E402
-from detr_nb.engine.speed import OPTIMIZER_KINDS, adamw_flags, make_adamw, maybe_compile  # noqa: E402
+from detr_nb.config import TrainConfig, amp_dtype, build_criterion, build_model, build_postprocess  # noqa: E402
+from detr_nb.config import resolve_device  # noqa: E402
+from detr_nb.errors import UserError  # noqa: E402
+from detr_nb.trainer import Trainer  # noqa: E402
 
 NUM_CLASSES = 91
 TARGETS = {"images_per_s": 250.0, "of_backbone": 0.75, "of_hf": 3.8}   # issue 9, H100/H200, batch 8 800x1088
@@ -57,6 +60,36 @@ PAPER_FPS = 28.0   # the paper's DETR-R50 inference speed (V100, batch 1), the i
 # Issue 9's measured anchor for HF DETR-R50 (H200, torch 2.11, batch 8 at 800x1088, fp32; bf16 was 56.7).
 # Used only to print a labelled reference ratio when transformers cannot be imported on a GPU machine.
 HF_ANCHOR_H200_FP32 = 65.2
+
+
+@dataclass
+class Precision:
+    """A precision policy of a row: its name, the autocast dtype (None: fp32) and whether fp16 needs a scaler."""
+
+    name: str
+    device: torch.device
+    dtype: object = None
+
+    @classmethod
+    def of(cls, device, amp):
+        dtype = amp_dtype(device, amp)
+        return cls({None: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}[dtype], device, dtype)
+
+    use_scaler = property(lambda self: self.dtype == torch.float16)
+
+    def autocast(self):
+        return torch.autocast(self.device.type, self.dtype) if self.dtype else contextlib.nullcontext()
+
+    def make_scaler(self):
+        return torch.amp.GradScaler(self.device.type, enabled=self.use_scaler)
+
+
+def adamw(params, device, lr):
+    return torch.optim.AdamW(params, lr=lr, weight_decay=1e-4, fused=True if device.type == "cuda" else None)
+
+
+def maybe_compile(module, enabled):
+    return torch.compile(module) if enabled else module
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -102,14 +135,12 @@ def build_detr(args, device, channels_last, seed=0):
     model = build_model(args.model, num_classes=NUM_CLASSES, impl=args.impl).to(device)
     if channels_last:
         model.backbone.to(memory_format=torch.channels_last)
-    return model, SetCriterion(NUM_CLASSES).to(device)
+    return model, build_criterion(model).to(device)
 
 
 def coco_ids_folder(root: Path) -> Path:
     """Two tiny images whose annotation file has COCO's category id 90: a Trainer on it builds the model with
     COCO's 91 class ids, the official head (the batches it trains on in this script are the random ones)."""
-    import json
-    from PIL import Image
     for split in ("train", "val"):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in range(2):
@@ -124,40 +155,37 @@ def coco_ids_folder(root: Path) -> Path:
 
 
 def train_step_fn(args, prec, images, mask, targets, compile_mode, device, channels_last, work: Path):
-    """The engine's own step, ``Trainer.train_step`` (forward, criterion, backward, clip, AdamW, schedule), on
-    the given batch; returns a closure that runs one step and returns its loss."""
-    from detr_nb.engine import TrainConfig, Trainer
-
+    """The trainer's own step, ``Trainer.train_step`` (forward, criterion, backward, clip, AdamW, schedule), on
+    the given batch; returns a closure that runs one step and returns its loss (NaN: a skipped fp16 step)."""
     torch.manual_seed(0)
     cfg = TrainConfig(recipe="aided" if args.speed else "paper", dataset=str(coco_ids_folder(work / "coco")),
-                      preset="none", model=args.model,
-                      impl=args.impl, amp=prec.name, channels_last=channels_last, compile=compile_mode,
-                      device=str(device), threads=args.threads, batch_size=1, pretrained_backbone=False,
+                      preset="none", model=args.model, impl=args.impl, amp=prec.name, compile=compile_mode,
+                      device=str(device), batch_size=1, pretrained_backbone=False,
                       out=str(work / f"run-{prec.name}-{compile_mode}"), resume=False, progress=False,
-                      eval_at_end=False, num_pictures=0)
+                      eval_at_end=False)
     trainer = Trainer(cfg)
     matcher = trainer.criterion.matcher
-    match_layers = matcher.match_layers
+    match = matcher.forward
 
     def labelled_match(*a, **k):  # a profiler label around the matcher, without touching the library
         with record_function("matcher"):
-            return match_layers(*a, **k)
-    matcher.match_layers = labelled_match
+            return match(*a, **k)
+    matcher.forward = labelled_match
 
     def step():
-        terms = trainer.train_step([(images, mask, targets)])
-        return terms["loss"] if terms is not None else torch.tensor(float("nan"))   # None: a skipped fp16 step
+        with record_function("step"):
+            return trainer.train_step([(images, mask, targets)])["loss"]
     step.trainer = trainer
     return step
 
 
-def backbone_step_fn(model, prec, images, optimizer_kind, compile_mode, device):
+def backbone_step_fn(model, prec, images, compile_mode, device):
     """ResNet body with DETR's freezing (as built in the model): forward + backward + AdamW."""
-    body = model.backbone[0]   # detr_nb.model.backbone.Backbone: frozen BN, conv1/layer1 frozen
+    body = model.backbone[0]   # detr_nb.models.backbone.Backbone: frozen BN, conv1/layer1 frozen
     params = [p for p in body.parameters() if p.requires_grad]
-    opt = make_adamw(params, device, optimizer_kind, lr=1e-5, weight_decay=1e-4)
+    opt = adamw(params, device, lr=1e-5)
     scaler = prec.make_scaler()
-    net = maybe_compile(body, compile_mode, log=lambda m: print("  " + m, flush=True))
+    net = maybe_compile(body, compile_mode)
     body.train()
 
     def step():
@@ -173,7 +201,7 @@ def backbone_step_fn(model, prec, images, optimizer_kind, compile_mode, device):
 
 
 # ---------------------------------------------------------------------------------------- HF peer
-def hf_step_fn(prec, images, mask, targets, optimizer_kind, device, channels_last):
+def hf_step_fn(prec, images, mask, targets, device, channels_last):
     """HF transformers' DETR-R50 (its ResNet, stages 2-4 trainable: 41,302,368 trainable parameters)."""
     from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig
 
@@ -186,7 +214,7 @@ def hf_step_fn(prec, images, mask, targets, optimizer_kind, device, channels_las
     if channels_last:
         model.model.backbone.to(memory_format=torch.channels_last)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_adamw(params, device, optimizer_kind, lr=1e-4, weight_decay=1e-4)
+    opt = adamw(params, device, lr=1e-4)
     scaler = prec.make_scaler()
     labels = [{"class_labels": t["labels"], "boxes": t["boxes"]} for t in targets]
     pixel_mask = (~mask).long()
@@ -214,7 +242,7 @@ def loss_check(args, device, channels_last, precs, size, batch):
                                          channels_last=channels_last)
     losses = {}
     with torch.no_grad():
-        for prec in [resolve_precision(device, "fp32")] + precs:
+        for prec in [Precision.of(device, "fp32")] + precs:
             with prec.autocast():
                 out = model(images, mask)
             losses[prec.name] = float(crit(out, targets)["loss"])
@@ -228,7 +256,7 @@ def loss_check(args, device, channels_last, precs, size, batch):
 def inference(args, device, prec, channels_last, batch, size, compile_mode):
     model, _ = build_detr(args, device, channels_last)
     model.eval()
-    net = maybe_compile(model, compile_mode, log=lambda m: print("  " + m, flush=True))
+    net, postprocess = maybe_compile(model, compile_mode), build_postprocess(model)
     images, mask, _ = random_batch(batch, *size, device, channels_last=channels_last)
     sizes = torch.tensor([list(size)] * batch, device=device)
 
@@ -310,10 +338,7 @@ def main(argv=None):
     p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto",
                    help="backbone + images in channels_last (auto: on for CUDA)")
     p.add_argument("--compile", choices=["off", "on", "both"], default="off",
-                   help="torch.compile the model (eager fallback on failure); both = eager and compiled rows")
-    p.add_argument("--optimizer", choices=OPTIMIZER_KINDS, default="auto",
-                   help="AdamW of the backbone-only and HF rows (the detr_nb row uses the engine's: fused where "
-                        "torch has it, else foreach)")
+                   help="torch.compile the model; both = eager and compiled rows")
     p.add_argument("--batch", type=int, default=None, help="default 8 on CUDA, 2 on the CPU")
     p.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"),
                    help="default 800 1088 on CUDA, 256 320 on the CPU")
@@ -336,8 +361,6 @@ def main(argv=None):
         args.model, args.size, args.batch, args.threads = "detr_tiny_aided", (96, 96), 16, args.threads or 2
         args.steps, args.warmup = args.steps or 20, args.warmup if args.warmup is not None else 3
         args.no_backbone, args.no_hf, args.infer_batches, args.max_boxes = True, True, [], 10
-    from detr_nb.errors import UserError
-    from detr_nb.engine.precision import resolve_device
     try:
         device = resolve_device(args.device)
     except UserError as e:                 # e.g. --device cuda on a machine without a GPU: one line, exit 2
@@ -362,16 +385,15 @@ def run(args, device: torch.device, work: Path):
     steps = args.steps or (20 if gpu else 3)
     args.warmup = args.warmup if args.warmup is not None else (5 if gpu else 1)
     channels_last = args.channels_last == "on" or (args.channels_last == "auto" and gpu)
-    precs = [resolve_precision(device, a) for a in (args.precision or (["auto"] if gpu else ["fp32"]))]
+    precs = [Precision.of(device, a) for a in (args.precision or (["auto"] if gpu else ["fp32"]))]
     compile_modes = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-    opt_name = args.optimizer if args.optimizer != "auto" else next(iter(adamw_flags(device, "auto")))
 
     where = (f"{torch.cuda.get_device_name(device)} (cc {'.'.join(map(str, torch.cuda.get_device_capability(device)))})"
              if gpu else f"CPU, {torch.get_num_threads()} torch thread(s), load average "
                          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"device: {where}; torch {torch.__version__}")
     print(f"setting: {args.model} impl={args.impl}, batch {batch} at {size[0]}x{size[1]}, 1..{args.max_boxes} boxes/image, "
-          f"channels_last={'on' if channels_last else 'off'}, AdamW {opt_name}, {steps} timed steps after "
+          f"channels_last={'on' if channels_last else 'off'}, {steps} timed steps after "
           f"{args.warmup} warm-up", flush=True)
 
     try:
@@ -403,7 +425,7 @@ def run(args, device: torch.device, work: Path):
             del step
             if not args.no_backbone:
                 model, _ = build_detr(args, device, channels_last)
-                bstep = backbone_step_fn(model, prec, images, args.optimizer, compiled, device)
+                bstep = backbone_step_fn(model, prec, images, compiled, device)
                 row["backbone"], _ = timed(bstep, steps, args.warmup, device, batch)
                 del bstep, model
                 print(f"[{tag}] backbone-only limit:   {row['backbone']:8.2f} images/s   "
@@ -411,7 +433,7 @@ def run(args, device: torch.device, work: Path):
                       flush=True)
             if hf_ok and not compiled:
                 try:
-                    hstep, n_train = hf_step_fn(prec, images, mask, targets, args.optimizer, device, channels_last)
+                    hstep, n_train = hf_step_fn(prec, images, mask, targets, device, channels_last)
                     row["hf"], hloss = timed(hstep, steps, args.warmup, device, batch)
                     del hstep
                     print(f"[{tag}] HF DETR train step:    {row['hf']:8.2f} images/s   (loss {hloss:.3f}, "

@@ -1,7 +1,9 @@
 """COCO-format dataset: targets, contract, bad input (notebook 06, data)."""
+import ast
 import json
 import os
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -106,3 +108,19 @@ def test_missing_and_corrupt_images(tmp_path):
     with pytest.warns(UserWarning, match="b.png"):
         image, t = ds[0]  # b.png is corrupt: the next readable image comes instead
     assert t["image_id"].item() == 3 and ds.num_skipped == 2
+
+
+def test_data_imports_at_the_top_and_only_errors_and_box_ops_of_the_package():
+    """detr_nb.data stands alone: it imports nothing of the package but its errors and the box arithmetic."""
+    folder = Path(__file__).resolve().parents[1] / "detr_nb" / "data"
+    for path in folder.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{path.name}: import inside {node.name}"
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                assert node.module in ("errors", "models.box_ops"), f"{path.name} imports ..{node.module}"
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                names = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                assert not any(n.startswith("detr_nb") for n in names), f"{path.name} imports {names}"

@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from detr_nb.data.download import DownloadError, cache_dir, download, extract
+from detr_nb.data.datasets import DownloadError, cache_dir, download, extract
 
 PAYLOAD = bytes(range(256)) * 1000  # 256 kB
 
@@ -120,12 +120,12 @@ def test_http_404(server, tmp_path):
         download(server + "/missing", str(tmp_path / "m"), retries=0, progress=False)
 
 
-def test_file_url_resume_and_tofu(tmp_path, capsys):
+def test_file_url_and_tofu(tmp_path, capsys):
     src = tmp_path / "src.bin"
     src.write_bytes(PAYLOAD)
     dest = tmp_path / "out" / "x.bin"
     dest.parent.mkdir()
-    (tmp_path / "out" / "x.bin.part").write_bytes(PAYLOAD[:777])
+    (tmp_path / "out" / "x.bin.part").write_bytes(b"x" * 777)  # a file:// URL is read from the start
     download(src.as_uri(), str(dest), progress=False)  # no hash: trust on first use
     assert dest.read_bytes() == PAYLOAD
     assert (tmp_path / "out" / "x.bin.sha256").read_text().split()[0] == SHA

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from detr_nb.data import build_dataset, real
-from detr_nb.data.real import Remote, coco_subset, pennfudan_to_coco, via_to_coco, voc_to_coco
+from detr_nb.data import build_dataset, datasets
+from detr_nb.data.datasets import Remote, coco_subset, pennfudan_to_coco, via_to_coco, voc_to_coco
 
 
 def png_bytes(arr, mode=None):
@@ -43,7 +43,7 @@ def make_tar(path, files):
 
 
 def point(monkeypatch, key, archive, **hashes):
-    monkeypatch.setitem(real.REMOTES, key, Remote(f"file://{archive}", real.REMOTES[key].filename, **hashes))
+    monkeypatch.setitem(datasets.REMOTES, key, Remote(f"file://{archive}", datasets.REMOTES[key].filename, **hashes))
 
 
 # ----------------------------------------------------------------------------- Penn-Fudan
@@ -76,7 +76,7 @@ def test_prepare_pennfudan_end_to_end(tmp_path, monkeypatch, capsys):
     archive = make_zip(tmp_path / "PennFudanPed.zip", pennfudan_files())
     point(monkeypatch, "pennfudan", archive)
     root = str(tmp_path / "cache")
-    img, ann = real.prepare("pennfudan", "val", root=root, num_val=1, progress=False)
+    img, ann = datasets.prepare("pennfudan", "val", root=root, num_val=1, progress=False)
     assert "trust on first use" in capsys.readouterr().out
     assert os.path.exists(os.path.join(root, "pennfudan", "PennFudanPed.zip.sha256"))
     assert [im["file_name"] for im in json.load(open(ann))["images"]] == ["FudanPed00003.png"]

@@ -7,9 +7,11 @@ import os
 import numpy as np
 import pytest
 from PIL import Image
+from pycocotools.coco import COCO
 
-from detr_nb.data import CocoDetection, collate_fn, make_transforms
-from detr_nb.data.synthetic import CLASSES, NUM_CLASSES, ensure_synthetic, render_sample, synthetic_params
+from detr_nb.data import CocoDetection, build_dataset, collate_fn, make_transforms
+from detr_nb.data.synthetic import (CLASSES, NUM_CLASSES, ensure_synthetic, render_sample, synthetic_params,
+                                    synthetic_root)
 
 SMALL = dict(num_train=16, num_val=4, image_size=(48, 80), progress=False)
 
@@ -40,8 +42,6 @@ def test_same_seed_byte_identical(synth, tmp_path):
 
 
 def test_loads_in_pycocotools(synth):
-    from pycocotools.coco import COCO
-
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(synth["train_ann"])
     assert len(coco.imgs) == 16 and [c["name"] for c in coco.loadCats(coco.getCatIds())] == list(CLASSES)
@@ -103,3 +103,15 @@ def test_cache_skip_and_regeneration(tmp_path):
     ensure_synthetic(root, seed=0, workers=1, **{**SMALL, "num_train": 5})  # params change -> regenerated
     assert len(os.listdir(os.path.join(root, "train"))) == 5
     assert json.load(open(paths["manifest"]))["num_train"] == 5
+
+
+def test_build_dataset_puts_each_parameter_set_in_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    kw = dict(num_train=4, num_val=2, image_size=(32, 48), workers=1, progress=False)
+    ds = build_dataset("synthetic", "val", **kw)
+    root = synthetic_root(kw)
+    assert root.startswith(os.path.join("data", "synthetic-")) and root == synthetic_root({**kw, "workers": 2})
+    assert ds.img_folder == os.path.join(root, "val") and len(ds) == 2
+    assert synthetic_root({}) == os.path.join("data", "synthetic") != synthetic_root({"seed": 1})
+    with pytest.raises(ValueError, match="splits 'train' and 'val'"):
+        build_dataset("synthetic", "test", **kw)

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from detr_nb.data import transforms as T
-from detr_nb.figures.boxes import IMAGENET_MEAN, IMAGENET_STD
+from detr_nb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 RECT = (40, 30, 121, 91)  # x0, y0, x1, y1 (exclusive) of the white rectangle
 
@@ -132,9 +132,11 @@ def test_images_without_objects_pass(preset):
         assert out.shape[0] == 3 and t["boxes"].shape == (0, 4) and t["labels"].dtype == torch.int64
 
 
-def test_resize_size_rule():
-    assert T.resize_size((200, 100), 50) == (50, 100)
-    assert T.resize_size((2000, 100), 50, max_size=400) == (20, 400)  # capped by the longest side
+def test_resize_rule():
+    image, _ = T.RandomResize([50])(Image.new("RGB", (200, 100)), None)
+    assert image.size == (100, 50)  # shortest side 50
+    image, _ = T.RandomResize([50], max_size=400)(Image.new("RGB", (2000, 100)), None)
+    assert image.size == (400, 20)  # capped by the longest side
 
 
 def test_unknown_preset():

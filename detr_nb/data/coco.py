@@ -1,43 +1,19 @@
-"""A COCO-format detection dataset on pycocotools (notebook 06, data).
-
-``CocoDetection(img_folder, ann_file, transforms)[i] -> (image, target)`` where, after the transforms,
-``image`` is ``(3, H, W)`` float32 and ``target`` follows docs/ARCHITECTURE.md:
-
-- ``boxes``    float32 ``(N, 4)`` normalised cx, cy, w, h relative to the transformed image,
-- ``labels``   int64 ``(N,)`` category ids exactly as in the file (num_classes = max id + 1),
-- ``image_id`` int64 scalar, ``orig_size`` / ``size`` int64 ``(2,)`` = (h, w) before / after transforms,
-- plus ``area`` and ``iscrowd`` (all zeros: crowd annotations are dropped), kept for evaluation.
-
-Files from the wild are checked when the dataset is built, so that they fail in one line before training,
-not after a long run:
-
-- :func:`load_coco_json`: structure, value types (integer ids, ``bbox`` of four finite numbers ...),
-  references and duplicate ids; :class:`AnnotationError` names the file, the entry and the field.
-- every image header is read (:mod:`.image_io`): the JSON's ``width``/``height`` must match the file as
-  displayed (EXIF orientation applied) and are filled in when absent.
-- :func:`clean_boxes`: boxes are clamped to their image and those with no area left are removed, once, for
-  the training targets and for ``dataset.coco`` (the ground truth of COCO evaluation) alike.
-
-Images are read with :func:`.image_io.open_image` (upright, 8-bit RGB). Before training, the engine calls
-:func:`check_split` (no images / no boxes) and :func:`check_images` (every file opens and decodes).
-"""
+"""A COCO-format detection dataset on pycocotools, and the checks of a split before training (notebook 06, data)."""
 from __future__ import annotations
 
-import logging
 import os
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from PIL import Image
+from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from .coco_json import (annotations_to_target, check_sizes, clean_boxes, coco_from_dict, ids_from_one,
-                        load_coco_json, scan_headers)
-from .image_io import ImageHeader, find_unreadable, open_image
+from .coco_json import check_sizes, clean_boxes, coco_from_dict, ids_from_one, load_coco_json
+from .image_io import find_unreadable, open_image
 from .transforms import make_transforms
 
-log = logging.getLogger(__name__)
 
 class EmptySplitError(UserError, ValueError):
     """A split with no images, or no boxes, to train or evaluate on."""
@@ -47,85 +23,55 @@ class UnreadableImagesError(UserError, OSError):
     """Image files of a split that are missing or cannot be decoded."""
 
 
-def _warn(msg: str) -> None:
-    warnings.warn(msg, stacklevel=3)
-    log.warning(msg)
+class CocoDetection(Dataset):
+    """``dataset[i] -> (image (3, H, W) float32, target)``, the images of ``img_folder`` with the annotations of
+    ``ann_file`` (checked when built, :mod:`.coco_json`). ``target``: ``boxes`` float32 ``(N, 4)`` normalised
+    cx, cy, w, h; ``labels`` int64 ``(N,)``, the file's category ids; ``image_id``; ``orig_size`` / ``size``
+    (h, w) before / after the transforms (default ToTensor + Normalize); ``area``; ``iscrowd`` (zeros: crowd
+    annotations are dropped). With ``skip_unreadable``, missing files are left out when the dataset is built,
+    corrupt ones skipped when read, with a warning, instead of raising (``num_skipped`` counts both).
 
-
-# ----------------------------------------------------------------------------- the dataset
-class CocoDetection(torch.utils.data.Dataset):
-    """COCO-format detection dataset: an image folder and an annotation JSON.
-
-    Args:
-        img_folder: folder the images' ``file_name`` entries are relative to.
-        ann_file: COCO JSON with ``images``, ``annotations``, ``categories``.
-        transforms: ``(PIL image, target) -> (image, target)``; None means ``make_transforms("none")``
-            (ToTensor + Normalize), so the output always follows the data contract.
-        skip_unreadable: skip missing or corrupt images with a warning (count in ``num_skipped``)
-            instead of raising: missing files are left out when the dataset is built (from ``coco`` too),
-            corrupt ones when they are first read.
-
-    Raises :class:`AnnotationError` when the file is malformed or a ``width``/``height`` disagrees with
-    its image; a missing or corrupt image raises when read (``skip_unreadable=False``; see :func:`check_images`).
-
-    Attributes: ``coco`` (pycocotools COCO of the cleaned annotations: the evaluation ground truth), ``ids``
-    (image ids in order), ``image_sizes`` ((w, h) as displayed, per id; None if unreadable and not in the
-    JSON), ``categories`` (id -> name), ``num_classes`` (max id + 1), ``num_boxes`` (non-crowd boxes),
+    Attributes: ``coco`` (the cleaned annotations: the evaluation ground truth), ``ids``, ``image_sizes`` ((w, h)
+    as displayed, per id), ``categories`` (id -> name), ``num_classes`` (max id + 1), ``num_boxes`` (non-crowd),
     ``num_degenerate`` (boxes removed for having no area in their image), ``num_clamped``.
     """
 
     def __init__(self, img_folder: str, ann_file: str, transforms: Optional[Callable] = None,
                  skip_unreadable: bool = False):
-        self.img_folder = str(img_folder)
-        self.ann_file = str(ann_file)
+        self.img_folder, self.ann_file = str(img_folder), str(ann_file)
         self.transforms = make_transforms("none") if transforms is None else transforms
         self.skip_unreadable = skip_unreadable
+        self.num_skipped, self._bad = 0, set()
         data = load_coco_json(self.ann_file)
-        headers = scan_headers(data, self.img_folder)
-        check_sizes(data, headers, self.ann_file, self.img_folder)
-        self.num_skipped = 0
-        self._bad: set = set()
-        if skip_unreadable:
-            self._drop_missing(data, headers)
+        missing = check_sizes(data, self.img_folder, self.ann_file)
+        if skip_unreadable and missing:  # out of training and evaluation alike; broken files are skipped when read
+            gone = next(im["file_name"] for im in data["images"] if im["id"] in missing)
+            warnings.warn(f"{self.img_folder}: skipping {len(missing)} missing image file(s) of "
+                          f"{len(data['images'])}, e.g. {os.path.join(self.img_folder, gone)}", stacklevel=2)
+            data["images"] = [im for im in data["images"] if im["id"] not in missing]
+            data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in missing]
+            self.num_skipped = len(missing)
         removed, self.num_clamped = clean_boxes(data)
         self.num_degenerate = len(removed)
         if removed:
             first = removed[0]
             name = next(im["file_name"] for im in data["images"] if im["id"] == first["image_id"])
-            _warn(f"{self.ann_file}: removed {len(removed)} degenerate box(es) (no area once clamped to the image) "
-                  f"from the annotations used for training and for evaluation (dataset.coco), e.g. annotation "
-                  f"id {first['id']} on {name}; {self.num_clamped} other box(es) were clamped to their image")
-        elif self.num_clamped:
-            log.info("%s: %d box(es) clamped to their image", self.ann_file, self.num_clamped)
+            warnings.warn(f"{self.ann_file}: removed {len(removed)} degenerate box(es) (no area once clamped to the "
+                          f"image) from the annotations used for training and for evaluation (dataset.coco), e.g. "
+                          f"annotation id {first['id']} on {name}; {self.num_clamped} other box(es) were clamped to "
+                          f"their image", stacklevel=2)
         ids_from_one(data["annotations"])
         self.coco = coco_from_dict(data)
-        self.ids: List[int] = sorted(self.coco.imgs.keys())
-        self.image_sizes: List[Optional[Tuple[int, int]]] = [self._size(headers.get(i), self.coco.imgs[i])
-                                                             for i in self.ids]
+        self.ids: List[int] = sorted(self.coco.imgs)
+        # check_sizes filled in the size of every readable file; others keep the JSON's, if any
+        self.image_sizes: List[Optional[Tuple[int, int]]] = [
+            (im["width"], im["height"]) if im.get("width") and im.get("height") else None
+            for im in map(self.coco.imgs.get, self.ids)]
         self.num_boxes: int = sum(1 for a in data["annotations"] if not a["iscrowd"])
         self.categories: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in data["categories"]}
         self.num_classes: int = (max(self.categories) + 1) if self.categories else 1
 
-    @staticmethod
-    def _size(head, img: Dict) -> Optional[Tuple[int, int]]:
-        if isinstance(head, ImageHeader):
-            return head.size
-        return (img["width"], img["height"]) if img.get("width") and img.get("height") else None
-
-    def _drop_missing(self, data: Dict[str, Any], headers: Dict) -> None:
-        """Leave out images whose file is missing, and their annotations, with one warning (files that
-        exist but are broken are skipped when read, as before)."""
-        gone = [im for im in data["images"] if headers[im["id"]] == "missing"]
-        if not gone:
-            return
-        ids = {im["id"] for im in gone}
-        data["images"] = [im for im in data["images"] if im["id"] not in ids]
-        data["annotations"] = [a for a in data["annotations"] if a["image_id"] not in ids]
-        self.num_skipped += len(gone)
-        _warn(f"{self.img_folder}: skipping {len(gone)} missing image file(s) of {len(gone) + len(data['images'])}, "
-              f"e.g. {os.path.join(self.img_folder, gone[0]['file_name'])}")
-
-    def _path(self, image_id: int) -> str:
+    def path(self, image_id: int) -> str:
         return os.path.join(self.img_folder, self.coco.imgs[image_id]["file_name"])
 
     def __len__(self) -> int:
@@ -133,7 +79,7 @@ class CocoDetection(torch.utils.data.Dataset):
 
     def load_image(self, image_id: int) -> Image.Image:
         """The image as a viewer shows it (:func:`.image_io.open_image`: upright, 8-bit RGB)."""
-        path = self._path(image_id)
+        path = self.path(image_id)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"image file not found: {path} (image id {image_id}, field 'file_name' "
                                     f"in {self.ann_file})")
@@ -143,12 +89,25 @@ class CocoDetection(torch.utils.data.Dataset):
             raise OSError(f"cannot read image {path} (image id {image_id}): {e}") from e
 
     def get_raw(self, index: int) -> Tuple[Image.Image, Dict[str, torch.Tensor]]:
-        """The image as PIL and its target with absolute xyxy boxes, before any transform."""
+        """The PIL image and its target with absolute xyxy boxes, before the transforms."""
         image_id = self.ids[index]
         image = self.load_image(image_id)
         w, h = image.size
-        target = annotations_to_target(self.coco.imgToAnns.get(image_id, []), image_id, w, h)
-        return image, target
+        anns = [a for a in self.coco.imgToAnns.get(image_id, []) if not a["iscrowd"]]
+        boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)  # (N, 4) xywh
+        boxes[:, 2:] += boxes[:, :2]  # -> xyxy
+        # clean_boxes clamped them in float64: clamp again after the float32 sum, and drop what collapsed
+        boxes[:, 0::2].clamp_(min=0, max=w)
+        boxes[:, 1::2].clamp_(min=0, max=h)
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (N,)
+        return image, {
+            "boxes": boxes[keep],
+            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)[keep],
+            "area": torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32)[keep],
+            "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.int64),
+            "image_id": torch.tensor(image_id, dtype=torch.int64),
+            "orig_size": torch.tensor([h, w], dtype=torch.int64),
+        }
 
     def __getitem__(self, index: int):
         for attempt in range(len(self.ids)):
@@ -162,7 +121,7 @@ class CocoDetection(torch.utils.data.Dataset):
                 if self.ids[i] not in self._bad:
                     self._bad.add(self.ids[i])
                     self.num_skipped += 1
-                    _warn(f"skipping unreadable image ({self.num_skipped} so far): {e}")
+                    warnings.warn(f"skipping unreadable image ({self.num_skipped} so far): {e}", stacklevel=2)
         else:
             raise OSError(f"no readable image in {self.img_folder}")
         return self.transform(image, target)
@@ -179,14 +138,11 @@ class CocoDetection(torch.utils.data.Dataset):
                 f"{len(self.categories)} categories, num_classes={self.num_classes}, ann_file={self.ann_file!r})")
 
 
-# ----------------------------------------------------------------------------- checks before training
 _ROLES = {"train": ("training", "--train-split"), "val": ("validation", "--val-split")}
 
 
 def unwrap(dataset) -> Tuple[Any, List[int]]:
     """The dataset under ``Subset`` wrappers and the image ids the wrapped view holds, in its order."""
-    from torch.utils.data import Subset
-
     indices = None
     while isinstance(dataset, Subset):
         indices = list(dataset.indices) if indices is None else [dataset.indices[i] for i in indices]
@@ -208,10 +164,7 @@ def check_split(dataset, role: str = "train") -> None:
         why = f" ({skipped} skipped as unreadable)" if skipped else ""
         raise EmptySplitError(f"{where} has no images{why}; add images or choose another {flag}")
     coco = getattr(base, "coco", None)
-    if coco is None:
-        return
-    n = sum(1 for i in ids for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0))
-    if n == 0:
+    if coco is not None and most_objects(dataset)[0] == 0:
         why = "COCO AP would be -1" if role == "val" else "the model would learn only 'no object'"
         raise EmptySplitError(f"{where} has no boxes: {why}; add annotations or choose another {flag}")
 
@@ -225,22 +178,16 @@ def most_objects(dataset) -> Tuple[int, Optional[str]]:
         return 0, None
     counts = {i: sum(1 for a in coco.imgToAnns.get(i, []) if not a.get("iscrowd", 0)) for i in ids}
     busiest = max(ids, key=counts.__getitem__)
-    return counts[busiest], base._path(busiest)
+    return counts[busiest], base.path(busiest)
 
 
-def check_images(dataset, decode: bool = True, workers: Optional[int] = None, show: int = 3) -> int:
-    """Open (and with ``decode``, decode) every image of ``dataset`` (a :class:`CocoDetection` or a
-    ``Subset`` of one); raise :class:`UnreadableImagesError` listing the first ``show`` bad files and the count.
-
-    Returns the number of images checked. Cost, measured on a 2-core machine: the synthetic val split (500
-    PNGs of 128-160 px) 0.4 s, its train split (5000) 3-4 s; JPEGs decode at 1/8 scale, 1.9 ms per 640x480
-    JPEG of noise (the worst case), so COCO val2017 (5k images) takes seconds and train2017 (118k) minutes:
-    run it on the validation split and let ``skip_unreadable`` handle training images. ``decode=False``
-    reads headers only (0.05 ms per file).
-    """
+def check_images(dataset, decode: bool = True, show: int = 3) -> int:
+    """Open (and ``decode``) every image of ``dataset``; raise :class:`UnreadableImagesError` naming the first
+    ``show`` bad files; return the number checked. Decoding takes about 2 ms per 640x480 JPEG (seconds for COCO
+    val2017, minutes for train2017: let ``skip_unreadable`` handle training images); headers only, 0.05 ms."""
     base, ids = unwrap(dataset)
-    paths = [base._path(i) for i in ids]
-    bad = find_unreadable(paths, decode=decode, workers=workers)
+    paths = [base.path(i) for i in ids]
+    bad = find_unreadable(paths, decode=decode)
     if bad:
         listed = "; ".join(f"{os.path.relpath(p, base.img_folder)} ({r})" for p, r in bad[:show])
         more = f"; {len(bad) - show} more" if len(bad) > show else ""

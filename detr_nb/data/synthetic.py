@@ -1,19 +1,9 @@
 """An embedded synthetic detection dataset: coloured shapes on cluttered backgrounds (notebook 06, data).
 
-Why this task: DETR predicts a *set*. Here each image holds 0 to ``max_objects`` shapes of
-``len(CLASSES)`` classes, sizes spread over a decade, partial overlaps, textured backgrounds with
-distractor lines and pixel noise. A shape's colour is drawn independently of its class, so the class
-must come from the shape, not the colour. Shapes are stretched (aspect 0.6..1.67) and rotated, so box
-widths and heights vary independently. Each object stays recognisable: a new shape may hide at most
-``max_occlusion`` of any earlier one.
-
-``ensure_synthetic(root)`` writes PNG images and COCO JSON (train/val) on first use, deterministically
-from ``seed`` (same parameters -> byte-identical files, whatever the number of workers), with a manifest of
-parameters and sha256 hashes; later calls return at once when the files are present and match, and
-regenerate when a parameter changed or a file is missing or altered. Boxes are tight on the visible
-pixels of each shape: ``render_sample`` returns the masks the boxes come from.
-
-Category ids start at 1 (0 unused, like COCO), so ``num_classes = len(CLASSES) + 1``.
+Each image holds a *set* of 0 to ``max_objects`` shapes, sizes spread over a decade, partly overlapping (a new
+shape hides at most ``max_occlusion`` of an earlier one), on textured backgrounds with lines and noise. Colours
+are drawn independently of the class, and shapes stretched and rotated, so the class comes from the shape.
+Boxes are tight on the visible pixels. Category ids start at 1: ``num_classes = len(CLASSES) + 1``.
 """
 from __future__ import annotations
 
@@ -26,50 +16,45 @@ import math
 import multiprocessing as mp
 import os
 import shutil
-from typing import Any, Dict, List, Sequence, Tuple
+from pathlib import Path
+from typing import Any, Dict, List, Mapping
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
+
+try:
+    import fcntl
+except ImportError:  # Windows: generators writing the same root are not serialised
+    fcntl = None
 
 CLASSES = ("circle", "square", "triangle", "star", "cross", "ring")
 NUM_CLASSES = len(CLASSES) + 1  # ids 1..6, 0 unused
 
 GENERATOR_VERSION = 2
 DEFAULT_ROOT = os.path.join("data", "synthetic")
-DEFAULT_SEED = 0
-DEFAULT_NUM_TRAIN = 5000
-DEFAULT_NUM_VAL = 500
-DEFAULT_IMAGE_SIZE = (128, 160)      # each side drawn in [min, max] pixels
-DEFAULT_MIN_OBJECTS = 0
-DEFAULT_MAX_OBJECTS = 10
-DEFAULT_OBJECT_SIZE = (0.08, 0.6)    # shape diameter as a fraction of the shorter image side (log-uniform)
-DEFAULT_MIN_OBJECT_PX = 10           # ... but never below this many pixels
-DEFAULT_ASPECT = (0.6, 1.67)         # width/height stretch before rotation (log-uniform)
-DEFAULT_MAX_OCCLUSION = 0.3          # a later shape may hide at most this fraction of an earlier one
-DEFAULT_NOISE_STD = 3.0              # Gaussian pixel noise (0..255 scale)
-DEFAULT_MAX_LINES = 6                # distractor lines in the background
-DEFAULT_WORKERS = 2
-
+DEFAULT_COUNTS = {"seed": 0, "num_train": 5000, "num_val": 500}
+# The drawing parameters and their defaults, in the order the manifest lists them.
+PARAMS = {
+    "image_size": (128, 160),     # each side drawn in [min, max] pixels
+    "min_objects": 0,
+    "max_objects": 10,
+    "object_size": (0.08, 0.6),   # shape diameter as a fraction of the shorter image side (log-uniform)
+    "min_object_px": 10,          # ... but never below this many pixels
+    "aspect": (0.6, 1.67),        # width/height stretch before rotation (log-uniform)
+    "max_occlusion": 0.3,         # a later shape may hide at most this fraction of an earlier one
+    "noise_std": 3.0,             # Gaussian pixel noise (0..255 scale)
+    "max_lines": 6,               # distractor lines in the background
+}
 _PNG_LEVEL = 1  # fixed zlib level (fast; the noise barely compresses): same pixels -> same bytes
 
 
 def synthetic_params(**overrides) -> Dict[str, Any]:
-    """The generation parameters (defaults from the module constants), as a JSON-ready dict."""
-    p = dict(
-        image_size=list(DEFAULT_IMAGE_SIZE),
-        min_objects=DEFAULT_MIN_OBJECTS,
-        max_objects=DEFAULT_MAX_OBJECTS,
-        object_size=list(DEFAULT_OBJECT_SIZE),
-        min_object_px=DEFAULT_MIN_OBJECT_PX,
-        aspect=list(DEFAULT_ASPECT),
-        max_occlusion=DEFAULT_MAX_OCCLUSION,
-        noise_std=DEFAULT_NOISE_STD,
-        max_lines=DEFAULT_MAX_LINES,
-    )
-    unknown = set(overrides) - set(p)
+    """The drawing parameters (:data:`PARAMS` with ``overrides``), checked, as a JSON-ready dict."""
+    unknown = set(overrides) - set(PARAMS)
     if unknown:
         raise TypeError(f"unknown synthetic parameter(s): {sorted(unknown)}")
-    p.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
+    p = {k: list(v) if isinstance(v, tuple) else v for k, v in {**PARAMS, **overrides}.items()}
     lo, hi = p["image_size"]
     if not (16 <= lo <= hi):
         raise ValueError(f"image_size must be (min, max) with 16 <= min <= max, got {p['image_size']}")
@@ -78,7 +63,17 @@ def synthetic_params(**overrides) -> Dict[str, Any]:
     return p
 
 
-# ----------------------------------------------------------------------------- drawing
+def synthetic_root(data_kwargs: Mapping[str, Any]) -> str:
+    """Folder of a synthetic dataset: ``data/synthetic`` for the default parameters, else
+    ``data/synthetic-<hash of the parameters>``, so that two parameter sets never overwrite each other."""
+    kw = {k: v for k, v in dict(data_kwargs).items() if k not in ("workers", "progress")}
+    counts = {k: kw.pop(k, v) for k, v in DEFAULT_COUNTS.items()}
+    params = synthetic_params(**kw)
+    if params == synthetic_params() and counts == DEFAULT_COUNTS:
+        return DEFAULT_ROOT
+    key = hashlib.sha256(json.dumps([params, counts], sort_keys=True).encode()).hexdigest()[:8]
+    return f"{DEFAULT_ROOT}-{key}"
+
 
 def _hsv(rng, s_range, v_range) -> np.ndarray:
     r, g, b = colorsys.hsv_to_rgb(rng.random(), rng.uniform(*s_range), rng.uniform(*v_range))
@@ -116,29 +111,20 @@ def _background(rng, h: int, w: int, max_lines: int) -> np.ndarray:
     return bg
 
 
-def _unit_outline(kind: str) -> List[np.ndarray]:
-    """Polygons ``(K, 2)`` of a shape of radius 1 centred at 0; the first is filled, the others are holes."""
-    k = np.arange(48) * (2 * np.pi / 48)
-    circle = np.stack([np.cos(k), np.sin(k)], 1)
-    if kind == "circle":
-        return [circle]
-    if kind == "ring":
-        return [circle, 0.55 * circle]
-    if kind == "square":
-        k = np.pi / 4 + np.arange(4) * np.pi / 2
-    elif kind == "triangle":
-        k = np.arange(3) * 2 * np.pi / 3
-    elif kind == "star":
-        k = np.arange(10) * np.pi / 5
-        r = np.where(np.arange(10) % 2 == 0, 1.0, 0.42)
-        return [np.stack([r * np.cos(k), r * np.sin(k)], 1)]
-    elif kind == "cross":
-        a = 0.3
-        return [np.array([(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a),
-                          (-1, -a), (-a, -a)], dtype=float)]
-    else:
-        raise ValueError(kind)
-    return [np.stack([np.cos(k), np.sin(k)], 1)]
+# Regular polygons (K, 2) of radius 1 around 0: vertex angles and radii.
+_POLYGONS = {kind: np.stack([r * np.cos(k), r * np.sin(k)], 1) for kind, k, r in (
+    ("circle", np.arange(48) * (2 * np.pi / 48), 1.0),
+    ("square", np.pi / 4 + np.arange(4) * np.pi / 2, 1.0),
+    ("triangle", np.arange(3) * 2 * np.pi / 3, 1.0),
+    ("star", np.arange(10) * np.pi / 5, np.where(np.arange(10) % 2 == 0, 1.0, 0.42)))}
+_ARM = 0.3  # half the width of the cross's arms
+# shape -> its polygons: the first is filled, the others are holes
+OUTLINES = {
+    **{kind: [_POLYGONS[kind]] for kind in ("circle", "square", "triangle", "star")},
+    "cross": [np.array([(-_ARM, -1), (_ARM, -1), (_ARM, -_ARM), (1, -_ARM), (1, _ARM), (_ARM, _ARM), (_ARM, 1),
+                        (-_ARM, 1), (-_ARM, _ARM), (-1, _ARM), (-1, -_ARM), (-_ARM, -_ARM)], dtype=float)],
+    "ring": [_POLYGONS["circle"], 0.55 * _POLYGONS["circle"]],
+}
 
 
 def _shape_patch(kind: str, cx: float, cy: float, r: float, aspect: float, theta: float):
@@ -152,16 +138,10 @@ def _shape_patch(kind: str, cx: float, cy: float, r: float, aspect: float, theta
     size = int(math.ceil(2 * reach)) + 3
     im = Image.new("L", (size, size), 0)
     d = ImageDraw.Draw(im)
-    for i, poly in enumerate(_unit_outline(kind)):
+    for i, poly in enumerate(OUTLINES[kind]):
         pts = (poly * scale) @ rot.T + np.array([cx - x0, cy - y0])  # (K, 2) in patch coordinates
         d.polygon([tuple(p) for p in pts.tolist()], fill=255 if i == 0 else 0)
     return np.asarray(im) > 0, x0, y0
-
-
-def _mask_box(m: np.ndarray) -> Tuple[int, int, int, int]:
-    """Tight pixel box (x0, y0, x1, y1), x1/y1 exclusive, of a non-empty mask."""
-    ys, xs = np.nonzero(m.any(axis=1))[0], np.nonzero(m.any(axis=0))[0]
-    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 # long function: one sample's drawing, kept as one procedure because the order of its random draws is the
@@ -230,162 +210,85 @@ def render_sample(params: Dict[str, Any], seed: int, split: str, index: int) -> 
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(params["noise_std"])
     image = np.clip(np.rint(img), 0, 255).astype(np.uint8)
     masks = np.stack(vis) if vis else np.zeros((0, h, w), dtype=bool)
-    boxes = np.array([_mask_box(v) for v in vis], dtype=np.int64).reshape(-1, 4)
+    boxes = np.zeros((len(vis), 4), dtype=np.int64)  # tight pixel boxes, x1/y1 exclusive
+    for j, v in enumerate(vis):
+        ys, xs = np.nonzero(v.any(axis=1))[0], np.nonzero(v.any(axis=0))[0]
+        boxes[j] = xs[0], ys[0], xs[-1] + 1, ys[-1] + 1
     return {"image": image, "labels": np.array(labels, dtype=np.int64), "masks": masks, "boxes": boxes}
 
 
-def png_bytes(image: np.ndarray) -> bytes:
-    """Deterministic PNG encoding (fixed zlib level, no metadata)."""
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG", compress_level=_PNG_LEVEL)
-    return buf.getvalue()
-
-
-# ----------------------------------------------------------------------------- writing the dataset
 
 def _render_and_write(task) -> Dict[str, Any]:
+    """Draw one sample, write its PNG (fixed zlib level, no metadata: same pixels -> same bytes), and return
+    its COCO image entry, its annotations (without ids) and the PNG's sha256."""
     params, seed, split, index, path = task
     s = render_sample(params, seed, split, index)
-    data = png_bytes(s["image"])
+    buf = io.BytesIO()
+    Image.fromarray(s["image"]).save(buf, format="PNG", compress_level=_PNG_LEVEL)
     with open(path, "wb") as f:
-        f.write(data)
+        f.write(buf.getvalue())
     h, w = s["image"].shape[:2]
-    anns = [{"bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": int(c), "area": int(m.sum())}
-            for (x0, y0, x1, y1), c, m in zip(s["boxes"].tolist(), s["labels"].tolist(), s["masks"])]
-    return {"index": index, "width": w, "height": h, "anns": anns, "sha256": hashlib.sha256(data).hexdigest()}
+    image = {"id": index + 1, "file_name": f"{index:06d}.png", "width": w, "height": h}
+    anns = [{"image_id": index + 1, "bbox": [x0, y0, x1 - x0, y1 - y0], "category_id": int(c), "area": int(m.sum()),
+             "iscrowd": 0} for (x0, y0, x1, y1), c, m in zip(s["boxes"].tolist(), s["labels"].tolist(), s["masks"])]
+    return {"index": index, "image": image, "anns": anns, "sha256": hashlib.sha256(buf.getvalue()).hexdigest()}
 
 
-def _sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _paths(root: str) -> Dict[str, str]:
-    return {
-        "root": root,
-        "train_images": os.path.join(root, "train"),
-        "val_images": os.path.join(root, "val"),
-        "train_ann": os.path.join(root, "annotations", "instances_train.json"),
-        "val_ann": os.path.join(root, "annotations", "instances_val.json"),
-        "manifest": os.path.join(root, "manifest.json"),
-    }
-
-
-def _manifest_matches(root: str, expected: Dict[str, Any]) -> bool:
-    path = _paths(root)["manifest"]
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            man = json.load(f)
-    except (OSError, ValueError):
-        return False
-    if {k: man.get(k) for k in expected} != expected:
-        return False
-    files = man.get("files")
-    if not isinstance(files, dict) or not files:
-        return False
-    for rel, digest in files.items():
-        p = os.path.join(root, rel)
-        if not os.path.isfile(p) or _sha256_file(p) != digest:
-            return False
-    return True
-
-
-@contextlib.contextmanager
-def _lock(root: str):
-    """Serialise generators writing the same root (POSIX advisory lock; a no-op elsewhere)."""
-    os.makedirs(root, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # Windows
-        yield
-        return
-    with open(os.path.join(root, ".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _coco_json(results: List[Dict[str, Any]]) -> Dict[str, Any]:
-    images, anns = [], []
-    for r in sorted(results, key=lambda r: r["index"]):
-        image_id = r["index"] + 1
-        images.append({"id": image_id, "file_name": f"{r['index']:06d}.png", "width": r["width"], "height": r["height"]})
-        for a in r["anns"]:
-            anns.append({"id": len(anns) + 1, "image_id": image_id, **a, "iscrowd": 0})
-    return {
-        "info": {"description": "detr_nb synthetic shapes", "version": str(GENERATOR_VERSION)},
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)],
-    }
-
-
-def ensure_synthetic(root: str = DEFAULT_ROOT, *, seed: int = DEFAULT_SEED, num_train: int = DEFAULT_NUM_TRAIN,
-                     num_val: int = DEFAULT_NUM_VAL, image_size: Sequence[int] = DEFAULT_IMAGE_SIZE,
-                     min_objects: int = DEFAULT_MIN_OBJECTS, max_objects: int = DEFAULT_MAX_OBJECTS,
-                     object_size: Sequence[float] = DEFAULT_OBJECT_SIZE, min_object_px: int = DEFAULT_MIN_OBJECT_PX,
-                     aspect: Sequence[float] = DEFAULT_ASPECT,
-                     max_occlusion: float = DEFAULT_MAX_OCCLUSION, noise_std: float = DEFAULT_NOISE_STD,
-                     max_lines: int = DEFAULT_MAX_LINES, workers: int = DEFAULT_WORKERS,
-                     progress: bool = True) -> Dict[str, str]:
-    """Write the synthetic dataset under ``root`` unless it is already there and matches; return its paths.
-
-    Layout: ``root/train/000000.png ...``, ``root/val/...``, ``root/annotations/instances_{train,val}.json``,
-    ``root/manifest.json`` (parameters + sha256 of every file, written last). Returns a dict with keys
-    ``root, train_images, train_ann, val_images, val_ann, manifest``.
-    """
+def ensure_synthetic(root: str = DEFAULT_ROOT, *, seed: int = DEFAULT_COUNTS["seed"],
+                     num_train: int = DEFAULT_COUNTS["num_train"], num_val: int = DEFAULT_COUNTS["num_val"],
+                     workers: int = 2, progress: bool = True, **params) -> Dict[str, str]:
+    """Write the dataset under ``root`` (``params`` override :data:`PARAMS`) unless its manifest (parameters and
+    sha256 of every file, written last) matches; return its paths. The same parameters give the same bytes,
+    whatever the number of ``workers``."""
     root = str(root)
-    params = synthetic_params(image_size=tuple(image_size), min_objects=min_objects, max_objects=max_objects,
-                              object_size=tuple(object_size), min_object_px=min_object_px, aspect=tuple(aspect),
-                              max_occlusion=max_occlusion, noise_std=noise_std, max_lines=max_lines)
+    params = synthetic_params(**params)
     expected = {"generator": "detr_nb.data.synthetic", "version": GENERATOR_VERSION, "seed": int(seed),
                 "num_train": int(num_train), "num_val": int(num_val), "params": params}
-    paths = _paths(root)
-    with _lock(root):
-        if _manifest_matches(root, expected):
+    paths = {"root": root, "train_images": os.path.join(root, "train"), "val_images": os.path.join(root, "val"),
+             "train_ann": os.path.join(root, "annotations", "instances_train.json"),
+             "val_ann": os.path.join(root, "annotations", "instances_val.json"),
+             "manifest": os.path.join(root, "manifest.json")}
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, ".lock"), "w") as lock:
+        if fcntl is not None:  # serialise generators writing the same root; the lock goes with the file
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            with open(paths["manifest"], "r", encoding="utf-8") as f:
+                man = json.load(f)
+        except (OSError, ValueError):
+            man = {}
+        files = man.get("files")
+        if ({k: man.get(k) for k in expected} == expected and isinstance(files, dict) and files and all(
+                os.path.isfile(p := os.path.join(root, rel)) and hashlib.sha256(Path(p).read_bytes()).hexdigest() == d
+                for rel, d in files.items())):
             return paths
         # Remove only what this generator writes, then draw everything again.
         for sub in ("train", "val", "annotations"):
             shutil.rmtree(os.path.join(root, sub), ignore_errors=True)
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(paths["manifest"])
-        files: Dict[str, str] = {}
-        for split, n in (("train", int(num_train)), ("val", int(num_val))):
-            os.makedirs(paths[f"{split}_images"], exist_ok=True)
-            tasks = [(params, int(seed), split, i, os.path.join(paths[f"{split}_images"], f"{i:06d}.png"))
-                     for i in range(n)]
-            results = _run(tasks, workers, progress, desc=f"synthetic {split}")
-            for r in results:
-                files[f"{split}/{r['index']:06d}.png"] = r["sha256"]
-            os.makedirs(os.path.dirname(paths[f"{split}_ann"]), exist_ok=True)
-            text = json.dumps(_coco_json(results), separators=(",", ":"))
-            with open(paths[f"{split}_ann"], "w", encoding="utf-8") as f:
-                f.write(text)
-            files[f"annotations/instances_{split}.json"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-        with open(paths["manifest"], "w", encoding="utf-8") as f:
-            json.dump({**expected, "files": files}, f, indent=1)
-    return paths
-
-
-def _run(tasks, workers: int, progress: bool, desc: str) -> List[Dict[str, Any]]:
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(tasks), desc=desc, disable=not progress or len(tasks) < 200, leave=False)
-    out = []
-    if workers <= 1 or len(tasks) < 2 * workers:
-        for t in tasks:
-            out.append(_render_and_write(t))
-            bar.update()
-    else:
+        Path(paths["manifest"]).unlink(missing_ok=True)
+        files = {}
+        parallel = workers > 1 and int(num_train) + int(num_val) >= 2 * workers
         method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
-        with mp.get_context(method).Pool(workers) as pool:
-            for r in pool.imap_unordered(_render_and_write, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers)))):
-                out.append(r)
-                bar.update()
-    bar.close()
-    return sorted(out, key=lambda r: r["index"])
+        with (mp.get_context(method).Pool(workers) if parallel else contextlib.nullcontext()) as pool:
+            for split, n in (("train", int(num_train)), ("val", int(num_val))):
+                os.makedirs(paths[f"{split}_images"], exist_ok=True)
+                tasks = [(params, int(seed), split, i, os.path.join(paths[f"{split}_images"], f"{i:06d}.png"))
+                         for i in range(n)]
+                done = (pool.imap_unordered(_render_and_write, tasks, chunksize=max(1, min(16, n // (4 * workers))))
+                        if pool is not None else map(_render_and_write, tasks))
+                results = sorted(tqdm(done, total=n, desc=f"synthetic {split}", leave=False,
+                                      disable=not progress or n < 200), key=lambda r: r["index"])
+                files.update({f"{split}/{r['index']:06d}.png": r["sha256"] for r in results})
+                anns = [a for r in results for a in r["anns"]]
+                text = json.dumps({
+                    "info": {"description": "detr_nb synthetic shapes", "version": str(GENERATOR_VERSION)},
+                    "images": [r["image"] for r in results],
+                    "annotations": [{"id": j + 1, **a} for j, a in enumerate(anns)],
+                    "categories": [{"id": i + 1, "name": name, "supercategory": "shape"}
+                                   for i, name in enumerate(CLASSES)],
+                }, separators=(",", ":"))
+                os.makedirs(os.path.dirname(paths[f"{split}_ann"]), exist_ok=True)
+                Path(paths[f"{split}_ann"]).write_text(text, encoding="utf-8")
+                files[f"annotations/instances_{split}.json"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        Path(paths["manifest"]).write_text(json.dumps({**expected, "files": files}, indent=1), encoding="utf-8")
+    return paths

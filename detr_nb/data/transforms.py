@@ -1,166 +1,122 @@
-"""Transforms that move boxes with pixels, and the training/validation presets (notebook 06, data).
+"""Transforms that move boxes with pixels, the training/validation presets, and batching (notebook 06, data).
 
-Every transform is a callable ``(image, target) -> (image, target)``. Until :class:`Normalize`,
-``image`` is a PIL image (or, after :class:`ToTensor`, a ``(3, H, W)`` float tensor in [0, 1]) and
-``target["boxes"]`` holds **absolute xyxy** pixel boxes ``(N, 4)``. :class:`Normalize` applies the
-ImageNet mean/std and turns the boxes into **normalised cx, cy, w, h** in [0, 1], the format the
-matcher and the loss take. Every per-object field (``boxes``, ``labels``, ``area``, ``iscrowd``) is
-filtered together when a crop removes an object.
-
-Randomness comes from Python's :mod:`random` module, which the DataLoader seeds per worker; tests fix it
-with ``random.seed``.
+A transform maps ``(image, target) -> (image, target)``. Until :class:`Normalize`, boxes are absolute xyxy
+``(N, 4)``; :class:`Normalize` makes them normalised cx, cy, w, h, what the matcher and the loss take.
+Randomness comes from :mod:`random`, seeded per sample by :class:`~.sampler.SeededSamples`.
 """
 from __future__ import annotations
 
 import random
+from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.functional as F
 
-Target = Dict[str, torch.Tensor]
+from ..models.box_ops import box_xyxy_to_cxcywh
 
 # ImageNet's channel statistics: the backbones were pretrained on images normalised with them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-# Fields that hold one entry per object and must be filtered together.
-PER_OBJECT_FIELDS = ("boxes", "labels", "area", "iscrowd")
+PER_OBJECT_FIELDS = ("boxes", "labels", "area", "iscrowd")  # filtered together
 
 
-def _image_size(image) -> Tuple[int, int]:
-    """(w, h) of a PIL image or a (C, H, W) tensor."""
-    if isinstance(image, torch.Tensor):
-        return int(image.shape[-1]), int(image.shape[-2])
-    return image.size
-
-
-def _keep(target: Target, keep: torch.Tensor) -> Target:
-    target = dict(target)
-    for k in PER_OBJECT_FIELDS:
-        if k in target:
-            target[k] = target[k][keep]
-    return target
-
-
-# ----------------------------------------------------------------------------- geometric transforms
-
-def hflip(image, target: Optional[Target]):
+def hflip(image, target: Optional[dict]):
     """Mirror left-right: x -> w - x, so (x0, x1) -> (w - x1, w - x0)."""
-    w, _ = _image_size(image)
+    w, _ = F.get_image_size(image)
     image = F.hflip(image)
     if target is not None and "boxes" in target:
-        target = dict(target)
         b = target["boxes"]  # (N, 4) xyxy
-        target["boxes"] = b[:, [2, 1, 0, 3]] * torch.tensor([-1.0, 1.0, -1.0, 1.0]) + torch.tensor([w, 0.0, w, 0.0])
+        target = {**target, "boxes": torch.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], dim=-1)}
     return image, target
 
 
-def resize_size(image_wh: Tuple[int, int], size: int, max_size: Optional[int] = None) -> Tuple[int, int]:
-    """Output (h, w) when the shortest side becomes ``size`` and the longest stays <= ``max_size``."""
-    w, h = image_wh
-    if max_size is not None:
-        short, long = float(min(w, h)), float(max(w, h))
-        if long / short * size > max_size:
-            size = int(round(max_size * short / long))
-    if w <= h:
-        return int(round(size * h / w)), size
-    return size, int(round(size * w / h))
-
-
-def resize(image, target: Optional[Target], size_hw: Tuple[int, int]):
+def resize(image, target: Optional[dict], size_hw: Tuple[int, int]):
     """Resize to (h, w) exactly; boxes and areas scale with the pixels."""
-    w, h = _image_size(image)
-    new_h, new_w = size_hw
-    image = F.resize(image, [new_h, new_w], antialias=True)
-    if target is None:
-        return image, target
-    target = dict(target)
-    sx, sy = new_w / w, new_h / h
-    if "boxes" in target:
-        target["boxes"] = target["boxes"] * torch.tensor([sx, sy, sx, sy])
-    if "area" in target:
-        target["area"] = target["area"] * (sx * sy)
+    w, h = F.get_image_size(image)
+    image = F.resize(image, list(size_hw), antialias=True)
+    sx, sy = size_hw[1] / w, size_hw[0] / h
+    if target is not None:
+        target = {k: v * torch.tensor([sx, sy, sx, sy]) if k == "boxes" else v * (sx * sy) if k == "area" else v
+                  for k, v in target.items()}
     return image, target
 
 
-def crop(image, target: Optional[Target], region: Tuple[int, int, int, int]):
+def crop(image, target: Optional[dict], region: Tuple[int, int, int, int]):
     """Crop ``region = (top, left, height, width)``; boxes are shifted, clipped, and dropped when empty."""
     top, left, height, width = region
     image = F.crop(image, top, left, height, width)
     if target is None or "boxes" not in target:
         return image, target
-    target = dict(target)
     b = target["boxes"] - torch.tensor([left, top, left, top], dtype=torch.float32)
     b = torch.minimum(b.reshape(-1, 2, 2), torch.tensor([width, height], dtype=torch.float32)).clamp(min=0)
-    target["boxes"] = b.reshape(-1, 4)
+    target = {**target, "boxes": b.reshape(-1, 4)}  # (N, 2, 2) corners -> (N, 4)
     if "area" in target:  # visible box area; the mask area is unknown after a crop
         target["area"] = (b[:, 1] - b[:, 0]).prod(dim=1)
     keep = (b[:, 1] > b[:, 0]).all(dim=1)  # both sides still positive
-    return image, _keep(target, keep)
+    return image, {k: v[keep] if k in PER_OBJECT_FIELDS else v for k, v in target.items()}
 
 
+@dataclass
 class RandomHorizontalFlip:
-    def __init__(self, p: float = 0.5):
-        self.p = p
+    p: float = 0.5
 
     def __call__(self, image, target):
-        if random.random() < self.p:
-            return hflip(image, target)
-        return image, target
+        return hflip(image, target) if random.random() < self.p else (image, target)
 
 
+@dataclass
 class RandomResize:
     """Resize the shortest side to a size drawn from ``sizes``, keeping the longest <= ``max_size``."""
-
-    def __init__(self, sizes: Sequence[int], max_size: Optional[int] = None):
-        self.sizes = list(sizes)
-        self.max_size = max_size
+    sizes: Sequence[int]
+    max_size: Optional[int] = None
 
     def __call__(self, image, target):
         size = random.choice(self.sizes)
-        return resize(image, target, resize_size(_image_size(image), size, self.max_size))
+        w, h = F.get_image_size(image)
+        short, long = min(w, h), max(w, h)
+        if self.max_size is not None and long / short * size > self.max_size:
+            size = int(round(self.max_size * short / long))
+        long_out = int(round(size * long / short))
+        return resize(image, target, (long_out, size) if w < h else (size, long_out))
 
 
+@dataclass
 class LimitSize:
     """Shrink (never enlarge) so that the longest side is <= ``max_size``; the CPU preset uses it."""
-
-    def __init__(self, max_size: int):
-        self.max_size = max_size
+    max_size: int
 
     def __call__(self, image, target):
-        w, h = _image_size(image)
+        w, h = F.get_image_size(image)
         if max(w, h) <= self.max_size:
             return image, target
         s = self.max_size / max(w, h)
         return resize(image, target, (max(1, int(round(h * s))), max(1, int(round(w * s)))))
 
 
+@dataclass
 class RandomSizeCrop:
     """Crop a random region with sides in [min_size, max_size] (capped by the image) at a random place."""
-
-    def __init__(self, min_size: int, max_size: int):
-        self.min_size, self.max_size = min_size, max_size
+    min_size: int
+    max_size: int
 
     def __call__(self, image, target):
-        w, h = _image_size(image)
+        w, h = F.get_image_size(image)
         cw = random.randint(min(w, self.min_size), min(w, self.max_size))
         ch = random.randint(min(h, self.min_size), min(h, self.max_size))
-        top = random.randint(0, h - ch)
-        left = random.randint(0, w - cw)
+        top, left = random.randint(0, h - ch), random.randint(0, w - cw)
         return crop(image, target, (top, left, ch, cw))
 
 
+@dataclass
 class RandomSelect:
     """Apply ``t1`` with probability ``p``, else ``t2`` (DETR's resize-or-crop-then-resize branch)."""
-
-    def __init__(self, t1: Callable, t2: Callable, p: float = 0.5):
-        self.t1, self.t2, self.p = t1, t2, p
+    t1: Callable
+    t2: Callable
+    p: float = 0.5
 
     def __call__(self, image, target):
-        if random.random() < self.p:
-            return self.t1(image, target)
-        return self.t2(image, target)
+        return self.t1(image, target) if random.random() < self.p else self.t2(image, target)
 
 
 class ToTensor:
@@ -170,72 +126,50 @@ class ToTensor:
         return F.to_tensor(image), target
 
 
+@dataclass
 class Normalize:
     """ImageNet mean/std on the image; boxes abs xyxy -> normalised cx, cy, w, h."""
-
-    def __init__(self, mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
-        self.mean, self.std = list(mean), list(std)
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
 
     def __call__(self, image, target):
-        image = F.normalize(image, mean=self.mean, std=self.std)  # (3, H, W)
-        if target is None or "boxes" not in target:
-            return image, target
-        h, w = image.shape[-2:]
-        target = dict(target)
-        x0, y0, x1, y1 = target["boxes"].unbind(-1)
-        cxcywh = torch.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], dim=-1)
-        target["boxes"] = cxcywh / torch.tensor([w, h, w, h], dtype=torch.float32)
+        image = F.normalize(image, mean=list(self.mean), std=list(self.std))  # (3, H, W)
+        if target is not None and "boxes" in target:
+            h, w = image.shape[-2:]
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+            target = {**target, "boxes": box_xyxy_to_cxcywh(target["boxes"]) / scale}
         return image, target
 
 
+@dataclass
 class Compose:
-    def __init__(self, transforms: List[Callable]):
-        self.transforms = list(transforms)
+    transforms: List[Callable]
 
     def __call__(self, image, target):
         for t in self.transforms:
             image, target = t(image, target)
         return image, target
 
-    def __repr__(self) -> str:
-        inner = "\n".join(f"    {t!r}," for t in self.transforms)
-        return f"Compose([\n{inner}\n])"
 
-
-# ----------------------------------------------------------------------------- presets
-
-# The official recipe (GUIDE section 1): shortest side 480..800 step 32, longest <= 1333; with p = 0.5
-# a resize to 400/500/600 and a random crop of 384..600 come first. Validation: 800, max 1333.
+# The official recipe: flip, then shortest side 480..800 step 32, longest <= 1333; with p = 0.5 a resize to
+# 400/500/600 and a random crop of 384..600 come first. Validation: 800, max 1333 (t4: 640, max 1000).
 OFFICIAL_SCALES = list(range(480, 801, 32))
-# A T4 (16 GB) preset: the same recipe at smaller sizes.
-T4_SCALES = list(range(480, 641, 32))
-
+T4_SCALES = list(range(480, 641, 32))  # the same recipe at smaller sizes, for a T4 (16 GB)
 PRESETS = ("official", "t4", "cpu", "none")
 
 
-def _detr_train(scales: Sequence[int], max_size: int) -> List[Callable]:
-    return [
-        RandomHorizontalFlip(),
-        RandomSelect(
-            RandomResize(scales, max_size=max_size),
-            Compose([RandomResize([400, 500, 600]), RandomSizeCrop(384, 600), RandomResize(scales, max_size=max_size)]),
-        ),
-    ]
-
-
 def make_transforms(preset: str = "official", train: bool = True, *, cpu_max_size: int = 512) -> Compose:
-    """The transform pipeline for a preset, ending in ToTensor + Normalize.
-
-    - ``"official"``: DETR's recipe (flip; random resize 480..800/1333, or resize + crop + resize); val 800/1333.
-    - ``"t4"``: the same at shortest side 480..640, longest <= 1000; val 640/1000.
-    - ``"cpu"``: flip (train only) and no resize except shrinking images whose longest side exceeds
-      ``cpu_max_size``; the synthetic images (<= 256 px) pass at their own size.
-    - ``"none"``: ToTensor + Normalize only (train and val alike).
-    """
-    if preset == "official":
-        steps = _detr_train(OFFICIAL_SCALES, 1333) if train else [RandomResize([800], max_size=1333)]
-    elif preset == "t4":
-        steps = _detr_train(T4_SCALES, 1000) if train else [RandomResize([640], max_size=1000)]
+    """The pipeline of a preset, ending in ToTensor + Normalize: ``"official"`` (DETR's recipe above), ``"t4"``
+    (the same smaller), ``"cpu"`` (flip when training; images longer than ``cpu_max_size`` shrunk, the synthetic
+    ones pass at their own size), ``"none"`` (nothing else)."""
+    if preset in ("official", "t4"):
+        scales, max_size, val_size = (OFFICIAL_SCALES, 1333, 800) if preset == "official" else (T4_SCALES, 1000, 640)
+        if train:
+            crop_then_resize = Compose([RandomResize([400, 500, 600]), RandomSizeCrop(384, 600),
+                                        RandomResize(scales, max_size)])
+            steps = [RandomHorizontalFlip(), RandomSelect(RandomResize(scales, max_size), crop_then_resize)]
+        else:
+            steps = [RandomResize([val_size], max_size)]
     elif preset == "cpu":
         steps = ([RandomHorizontalFlip()] if train else []) + [LimitSize(cpu_max_size)]
     elif preset == "none":
@@ -243,3 +177,27 @@ def make_transforms(preset: str = "official", train: bool = True, *, cpu_max_siz
     else:
         raise ValueError(f"unknown transform preset {preset!r}; choose one of {PRESETS}")
     return Compose(steps + [ToTensor(), Normalize()])
+
+
+def pad_images(images: Sequence[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Pad ``(3, H_i, W_i)`` tensors at the bottom/right to the largest H and W: ``images`` ``(B, 3, H, W)``
+    (zeros on padding) and ``mask`` ``(B, H, W)`` bool, True on padding."""
+    if len(images) == 0:
+        raise ValueError("cannot collate an empty batch")
+    h = max(int(im.shape[-2]) for im in images)
+    w = max(int(im.shape[-1]) for im in images)
+    batch = images[0].new_zeros((len(images), images[0].shape[0], h, w))  # (B, 3, H, W)
+    mask = torch.ones((len(images), h, w), dtype=torch.bool)              # (B, H, W), True = padding
+    for i, im in enumerate(images):
+        ih, iw = im.shape[-2:]
+        batch[i, :, :ih, :iw].copy_(im)
+        mask[i, :ih, :iw] = False
+    return batch, mask
+
+
+def collate_fn(batch: Sequence[Tuple[torch.Tensor, Dict]]) -> Tuple[torch.Tensor, torch.Tensor, List[Dict]]:
+    """``[(image, target), ...] -> (images (B,3,H,W), mask (B,H,W) bool True=pad, [target, ...])``: the targets
+    pass unchanged, boxes normalised to each image's own (unpadded) size."""
+    images, targets = zip(*batch)
+    images, mask = pad_images(images)
+    return images, mask, list(targets)
