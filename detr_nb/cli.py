@@ -52,18 +52,19 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     """One option per TrainConfig field, with its help text; options not given are absent from the namespace."""
     hints = typing.get_type_hints(TrainConfig)
     for f in dataclasses.fields(TrainConfig):
-        kinds = [a for a in typing.get_args(hints[f.name]) if a is not type(None)] or [hints[f.name]]
+        hint = hints[f.name]
+        none_ok = typing.get_origin(hint) is typing.Union          # Optional[X]: "none" gives None
+        base = next(a for a in typing.get_args(hint) if a is not type(None)) if none_ok else hint
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         shown = "from the recipe" if f.name in RECIPE_FIELDS else "none" if default is None else json.dumps(default)
         kw = dict(dest=f.name, default=argparse.SUPPRESS, help=f"{f.metadata['help']} (default: {shown})")
-        if kinds[0] is bool:
+        if base is bool:
             p.add_argument(flag(f.name), action=argparse.BooleanOptionalAction, **kw)
-        else:
-            kind = json.loads if kinds[0] not in (int, float, str) else kinds[0]
-            none_ok = type(None) in typing.get_args(hints[f.name])
-            p.add_argument(flag(f.name), metavar=f.name.upper() if kind is not json.loads else "JSON",
-                           type=(lambda t, k=kind: None if t.lower() in ("none", "null") else k(t)) if none_ok else kind,
-                           **kw)
+            continue
+        kind = base if base in (int, float, str) else json.loads   # dicts as JSON
+        p.add_argument(flag(f.name), metavar="JSON" if kind is json.loads else f.name.upper(),
+                       type=(lambda t, k=kind: None if t.lower() in ("none", "null") else k(t)) if none_ok else kind,
+                       **kw)
     p.add_argument("--set", action="append", metavar="FIELD=VALUE", default=[],
                    help="any TrainConfig field, VALUE in JSON; FIELD.KEY=VALUE sets one key of a dict field")
 

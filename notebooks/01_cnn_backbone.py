@@ -46,7 +46,7 @@ PRETRAINED = not SMOKE
 # 3. the feature maps of a real photograph after each stage;
 # 4. where the backbone's 23.5M parameters sit and which of them DETR trains.
 #
-# Everything runs through the `detr_nb` package; `detr_nb.workdir()` is where notebooks write files.
+# Everything runs through the `detr_nb` package; `detr_nb.teach.paths.workdir()` is where notebooks write files.
 
 # %%
 import inspect
@@ -56,13 +56,13 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import figures, teach
-from detr_nb.nn import layers
-from detr_nb.teach import checks
-from detr_nb.model.backbone import Backbone, Bottleneck
+from detr_nb.models import layers
+from detr_nb.models.backbone import Backbone, Bottleneck, ResNet
+from detr_nb.teach import checks, cnn, images, params
+from detr_nb.teach.paths import workdir
 
 torch.manual_seed(0)
-WORK = detr_nb.workdir("01_cnn_backbone")
+WORK = workdir("01_cnn_backbone")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| files go to", WORK)
 
 # %% [markdown]
@@ -86,7 +86,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # of im2col from `detr_nb.teach.cnn` (slow, to read):
 
 # %%
-print(inspect.getsource(teach.im2col_loops))
+print(inspect.getsource(cnn.im2col_loops))
 
 # %% [markdown]
 # The picture below follows one output pixel (red) for a 5x5 single-channel input, a 3x3 kernel and
@@ -96,13 +96,13 @@ print(inspect.getsource(teach.im2col_loops))
 # %% tags=["key-figure"]
 x_small = torch.randint(0, 10, (5, 5)).float()
 sobel_x = torch.tensor([[1.0, 0, -1], [2, 0, -2], [1, 0, -1]])   # a horizontal-gradient kernel
-fig = figures.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
+fig = cnn.plot_im2col(x_small, sobel_x, out_yx=(1, 2), padding=1)
 plt.show()
 
 # %% [markdown]
 # Now the real thing: several input and output channels, stride 2, padding 1, a batch of 2.
 # `F.unfold` is PyTorch's im2col; our loops must give the same matrix, and the product must equal
-# `F.conv2d`. `detr_nb.nn.layers.conv2d` is the package's scratch convolution (the one the
+# `F.conv2d`. `detr_nb.models.layers.conv2d` is the package's scratch convolution (the one the
 # `impl="scratch"` backbone runs); it must agree too, values **and** gradients.
 
 # %%
@@ -110,7 +110,7 @@ x = torch.randn(2, 3, 16, 16, requires_grad=True)                  # (B, C_in, H
 w = torch.randn(8, 3, 3, 3, requires_grad=True)                    # (C_out, C_in, k_h, k_w)
 b = torch.randn(8, requires_grad=True)
 
-cols = teach.im2col_loops(x.detach(), 3, stride=2, padding=1)     # (B, C_in*3*3, H_out*W_out)
+cols = cnn.im2col_loops(x.detach(), 3, stride=2, padding=1)     # (B, C_in*3*3, H_out*W_out)
 print("im2col:", tuple(cols.shape), "| same as F.unfold:",
       torch.equal(cols, F.unfold(x.detach(), 3, stride=2, padding=1)))
 y_mat = (w.detach().reshape(8, -1) @ cols + b.detach()[:, None]).reshape(2, 8, 8, 8)   # (B, C_out, H_out, W_out)
@@ -136,7 +136,7 @@ for name, a, r in zip(("x", "W", "b"), grads_pkg, grads_ref):
 # ### Your turn: convolution as unfold + one matrix product
 #
 # Write `my_conv2d` with `F.unfold` (PyTorch's im2col, as above) and one matrix product, no loops over
-# pixels. The check below runs it against `detr_nb.nn.layers.conv2d` on several cases (stride 1 and 2,
+# pixels. The check below runs it against `detr_nb.models.layers.conv2d` on several cases (stride 1 and 2,
 # padding 0 and 1, a 1x1 kernel, no bias) and compares values and gradients. If it is wrong, the check names
 # the case, the first differing element and the likely mistake. The solution is in the collapsed cell under
 # the skeleton: try first.
@@ -184,7 +184,7 @@ checks.check_conv2d(my_conv2d)
 #
 # Write `my_frozen_batch_norm` from the two formulas above: compute $a_c$ and $d_c$ from the four buffers,
 # then apply $y = a_c x + d_c$ to every pixel of channel $c$ (broadcast over $B$, $H$, $W$). The check compares
-# it with `detr_nb.nn.layers.frozen_batch_norm`, values and gradients.
+# it with `detr_nb.models.layers.frozen_batch_norm`, values and gradients.
 
 # %%
 def my_frozen_batch_norm(x, weight, bias, running_mean, running_var, eps=1e-5):
@@ -229,20 +229,23 @@ print("max |frozen_batch_norm - F.batch_norm| =",
 # each convolution followed by (frozen) batch norm, ReLU between them. The shortcut is the identity,
 # except in a stage's first block where the shape changes: there a 1x1 convolution (with the stride)
 # matches channels and resolution. Stages 2-4 halve the resolution, so the output stride is
-# $4 \cdot 2^3 = 32$. The forward of `detr_nb.model.backbone.Bottleneck`:
+# $4 \cdot 2^3 = 32$. The forward of `detr_nb.models.backbone.Bottleneck`:
 
 # %%
 print(inspect.getsource(Bottleneck.forward))
 
 # %% [markdown]
-# `Backbone("resnet50")` builds the network with torchvision's parameter names (so ImageNet weights
-# load unchanged), applies DETR's freezing (stem and `layer1` never train) and stops at `layer4`
-# (no pooling, no classifier). In Colab it loads torchvision's `IMAGENET1K_V1` weights, the ones the
-# official DETR started from; in smoke mode it keeps its random initialisation.
+# `ResNet("resnet50")` builds the network with torchvision's parameter names (so ImageNet weights
+# load unchanged) and stops at `layer4` (no pooling, no classifier); `Backbone(body)` applies DETR's freezing
+# (stem and `layer1` never train). In Colab it loads torchvision's `IMAGENET1K_V1` weights
+# (`load_imagenet_weights`), the ones the official DETR started from; in smoke mode it keeps its random
+# initialisation.
 
 # %%
-backbone = Backbone("resnet50", pretrained=PRETRAINED).eval()
-body = backbone.body
+body = ResNet("resnet50")                     # frozen batch norm, as DETR's
+if PRETRAINED:
+    body.load_imagenet_weights()
+backbone = Backbone(body, frozen_stages=1).eval()
 print("weights:", "ImageNet (torchvision IMAGENET1K_V1)" if PRETRAINED
       else "RANDOM init (smoke mode: no download) - the feature maps below are not meaningful")
 print(body.layer2[0])
@@ -270,12 +273,12 @@ print("layer4 output", tuple(ours.shape), "| max |ours - torchvision| =", f"{(ou
 #
 # Grace Hopper's portrait ships with matplotlib. We resize it (shorter side
 # `IMAGE_SHORT_SIDE`), normalise it with ImageNet's mean and standard deviation, and keep the output
-# of the stem and of every stage (`teach.stage_features`). Watch the shapes: channels grow
+# of the stem and of every stage (`cnn.stage_features`). Watch the shapes: channels grow
 # 64 -> 256 -> 512 -> 1024 -> 2048 while the grid shrinks by 4, 4, 8, 16, 32.
 
 # %%
-image = teach.image_to_tensor(teach.sample_image(), short_side=IMAGE_SHORT_SIDE)   # (3, H, W)
-feats = teach.stage_features(body, image[None])
+image = images.image_to_tensor(images.sample_image(), short_side=IMAGE_SHORT_SIDE)   # (3, H, W)
+feats = cnn.stage_features(body, image[None])
 print("image", tuple(image.shape))
 for name, f in feats.items():
     print(f"{name:7s} {str(tuple(f.shape)):22s} stride {image.shape[-1] // f.shape[-1]}")
@@ -290,7 +293,7 @@ for name, f in feats.items():
 # DETR's transformer reads.
 
 # %%
-fig = figures.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
+fig = cnn.plot_feature_maps(feats, image=image, channels=CHANNELS_SHOWN)
 fig.savefig(WORK / "feature_maps.png", dpi=80)
 plt.show()
 print("saved", WORK / "feature_maps.png")
@@ -298,15 +301,15 @@ print("saved", WORK / "feature_maps.png")
 # %% [markdown]
 # ## 5. The backbone's parameters
 #
-# `teach.grouped_parameter_table` counts parameters per top-level part of the ResNet and splits them
-# into trainable and frozen (DETR freezes the stem and `layer1`); `detr_nb.format_parameter_table`
+# `params.parameter_table(body, depth=1)` counts parameters per top-level part of the ResNet and splits them
+# into trainable and frozen (DETR freezes the stem and `layer1`); `params.format_parameter_table`
 # prints it. The frozen batch-norm statistics are buffers: listed separately, never trained.
 # Expect 23,454,912 parameters, 23,232,512 of them trainable - the first line of DETR's own table
 # in notebook 04.
 
 # %%
-rows = teach.grouped_parameter_table(body)
-print(detr_nb.format_parameter_table(rows))
+rows = params.parameter_table(body, depth=1)
+print(params.format_parameter_table(rows))
 total = rows[-2]
 assert (total.total, total.trainable) == (23_454_912, 23_232_512)
 
@@ -317,7 +320,7 @@ assert (total.total, total.trainable) == (23_454_912, 23_232_512)
 # (512 x 512 x 3 x 3 = 2.36M each), and they cost the most per output pixel.
 
 # %%
-fig = figures.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
+fig = params.plot_parameter_table(rows, title="ResNet-50 backbone (DETR freezing)")
 plt.show()
 
 # %% [markdown]
@@ -328,9 +331,9 @@ plt.show()
 #
 # Predict the answer before you run anything, then check it with a cell.
 #
-# 1. `teach.im2col_loops` on a $(1, 3, 32, 32)$ input with a 3x3 kernel, stride 2, padding 1: what shape
+# 1. `cnn.im2col_loops` on a $(1, 3, 32, 32)$ input with a 3x3 kernel, stride 2, padding 1: what shape
 #    does the patch matrix have, and how many multiply-adds does the convolution to 64 channels take?
-# 2. Build `Backbone("resnet50", dilation=True)` (DETR-DC5). What are the stride and the feature-map size
+# 2. Build `ResNet("resnet50", dilation=True)` (DETR-DC5). What are the stride and the feature-map size
 #    of `layer4` for the portrait, and how many parameters does dilation add?
 # 3. How many parameters would DETR train in the backbone if `frozen_stages=0` (nothing frozen), and
 #    which share of the backbone is that?
@@ -345,7 +348,7 @@ plt.show()
 #    encoder's attention over it costs about 16x more; dilation adds **no** parameters (the same 3x3
 #    kernels are applied with holes).
 # 3. Every parameter of the ResNet body: `sum(p.numel() for p in backbone.parameters())` with
-#    `frozen_stages=0`, i.e. the frozen stem and `layer1` join the 23.2M trainable ones (23.5M, all of the
+#    `Backbone(body, frozen_stages=0)`, i.e. the frozen stem and `layer1` join the 23.2M trainable ones (23.5M, all of the
 #    body's weights; the frozen BatchNorm statistics are buffers and never train).
 #
 # </details>

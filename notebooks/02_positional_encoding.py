@@ -51,11 +51,10 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import figures, teach
-from detr_nb.nn import attention
-from detr_nb.teach import checks
-from detr_nb.model.backbone import Joiner
-from detr_nb.model.position_encoding import PositionEmbeddingSine
+from detr_nb.models.attention import MultiheadAttention
+from detr_nb.models.backbone import Joiner
+from detr_nb.models.position_encoding import PositionEmbeddingSine, pixel_coordinates, sine_embed
+from detr_nb.teach import checks, positions
 
 torch.manual_seed(0)
 print("detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| grid", (GRID_H, GRID_W))
@@ -70,7 +69,7 @@ print("detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| grid", (GRID_H, GRID
 # answers, shuffled. Check it with the package's multi-head attention (notebook 03 builds it):
 
 # %%
-mha = attention.MultiheadAttention(embed_dim=16, num_heads=4).eval()
+mha = MultiheadAttention(embed_dim=16, num_heads=4).eval()
 tokens = torch.randn(1, 10, 16)                    # (B, L, C): 10 "pixels"
 perm = torch.randperm(10)
 with torch.no_grad():
@@ -95,7 +94,7 @@ print("attention(permuted tokens) == permuted attention(tokens):",
 # $(0, 2\pi]$ across the image (section 3). The package function:
 
 # %%
-print(inspect.getsource(teach.sine_encoding_1d))
+print(inspect.getsource(sine_embed))
 
 # %% [markdown]
 # Encode 100 positions in $(0, 2\pi]$ with 128 channels. Left: the whole code, one row per position.
@@ -105,7 +104,7 @@ print(inspect.getsource(teach.sine_encoding_1d))
 
 # %%
 p = torch.linspace(0, 2 * math.pi, 100)[1:]                   # (99,) normalised positions
-enc = teach.sine_encoding_1d(p, num_feats=128)               # (99, 128)
+enc = sine_embed(p, num_feats=128)                          # (99, 128)
 print("positions", tuple(p.shape), "-> encoding", tuple(enc.shape))
 
 fig, axes = plt.subplots(1, 2, figsize=(12, 3.5))
@@ -143,7 +142,7 @@ print("pairs turning more than half a turn across the image (omega * 2pi > pi):"
 
 # %%
 a, b = torch.tensor([1.0]), torch.tensor([2.5])
-lhs = (teach.sine_encoding_1d(a) * teach.sine_encoding_1d(b)).sum()
+lhs = (sine_embed(a, 128) * sine_embed(b, 128)).sum()
 rhs = torch.cos((a - b) * omega).sum()
 print(f"PE(a).PE(b) = {lhs.item():.5f}   sum_j cos((a-b) w_j) = {rhs.item():.5f}")
 
@@ -175,7 +174,7 @@ print(inspect.getsource(PositionEmbeddingSine.forward))
 # $$\hat x = \frac{\mathrm{cumsum}_x(\lnot m)}{\mathrm{cumsum}_x(\lnot m)_{\text{last}} + 10^{-6}} \cdot 2\pi .$$
 #
 # Batches pad images on the bottom and right to a common size. Two images below: A fills the
-# $6 \times 10$ grid, B is $4 \times 6$ and padded. `teach.normalized_coordinates` returns the
+# $6 \times 10$ grid, B is $4 \times 6$ and padded. `pixel_coordinates` returns the
 # coordinates the encoding uses (the same computation as the package); rebuilding the 256-d code from
 # them with the 1-D function must give `PositionEmbeddingSine`'s output exactly.
 
@@ -184,8 +183,8 @@ mask = torch.zeros(2, 6, 10, dtype=torch.bool)                 # (B, h, w), True
 mask[1, 4:, :] = True                                           # image B: 4 rows ...
 mask[1, :, 6:] = True                                           # ... and 6 columns of real pixels
 pos = PositionEmbeddingSine(num_pos_feats=128)(mask)            # (B, 256, h, w)
-y_hat, x_hat = teach.normalized_coordinates(mask)             # (B, h, w) each
-rebuilt = torch.cat([teach.sine_encoding_1d(y_hat), teach.sine_encoding_1d(x_hat)], dim=-1).permute(0, 3, 1, 2)
+y_hat, x_hat = pixel_coordinates(mask)                         # (B, h, w) each
+rebuilt = torch.cat([sine_embed(y_hat, 128), sine_embed(x_hat, 128)], dim=-1).permute(0, 3, 1, 2)
 print("pos", tuple(pos.shape), "| rebuilt from 1-D codes == PositionEmbeddingSine:", torch.allclose(rebuilt, pos))
 torch.set_printoptions(precision=2)
 print("x_hat, first row of A:", x_hat[0, 0])
@@ -291,7 +290,7 @@ plt.show()
 # %% [markdown]
 # ## 4. Pick a pixel: its code and its similarity to every other pixel
 #
-# `figures.plot_pixel_encoding` draws the 256 numbers of pixel $(y, x)$ (the $y$ half, then the $x$
+# `positions.plot_pixel_encoding` draws the 256 numbers of pixel $(y, x)$ (the $y$ half, then the $x$
 # half) and the cosine similarity
 # $\frac{\mathrm{pos}(y,x)^\top \mathrm{pos}(y',x')}{\lVert\cdot\rVert\,\lVert\cdot\rVert}$ to every pixel $(y', x')$.
 # The map peaks (= 1) at the chosen pixel and falls off with distance, separately along $y$ and $x$
@@ -304,7 +303,7 @@ import ipywidgets as widgets
 
 
 def show_pixel(y=GRID_H // 2, x=GRID_W // 3):
-    figures.plot_pixel_encoding(grid_pos, y, x, teach.position_similarity(grid_pos, y, x))
+    positions.plot_pixel_encoding(grid_pos, y, x)
     plt.show()
 
 
@@ -315,17 +314,17 @@ widgets.interact(show_pixel,
 # %% tags=["key-figure"]
 # The widget's function, called directly (this is what runs without a browser), plus the checks.
 show_pixel(2, GRID_W - 3)
-sim = teach.position_similarity(grid_pos, 2, GRID_W - 3)
+sim = positions.position_similarity(grid_pos, 2, GRID_W - 3)
 peak = divmod(int(sim.argmax()), GRID_W)
 print("similarity map", tuple(sim.shape), "| peak at", peak, f"value {sim.max().item():.3f}",
       f"| min {sim.min().item():.3f}")
 assert peak == (2, GRID_W - 3)
 
 # %% [markdown]
-# DETR also offers a *learned* encoding (`position_embedding="learned"`: two tables of 50 row and 50
+# The official DETR also offers a *learned* encoding (two tables of 50 row and 50
 # column vectors, trained with the model). The fixed sine encoding is better: in the paper's Table 3, sine
 # encodings passed at every attention layer reach 40.6 AP against 39.6 for learned ones (the other
-# settings equal), and it needs no parameters and works for any image size.
+# settings equal), and it needs no parameters and works for any image size: `detr_nb` keeps only the sine one.
 #
 # **Next:** notebook 03 builds the attention that consumes these codes: scaled dot products, heads,
 # and masks.
@@ -338,7 +337,7 @@ assert peak == (2, GRID_W - 3)
 #    padding, and what do the slowest channels (the last pair) of the encoding look like over it?
 # 2. Pad the right third of an image (the mask True there). Does the encoding of a pixel in the unpadded
 #    part change compared with the same image without padding? Why is that what DETR wants?
-# 3. `teach.sine_encoding_1d(torch.arange(50), num_feats=128)`: which channel pair changes fastest from one
+# 3. `sine_embed(torch.arange(50.0), num_feats=128)`: which channel pair changes fastest from one
 #    position to the next, and how many positions does one period of channel pair 10 span?
 
 # %% [markdown]

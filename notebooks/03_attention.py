@@ -56,9 +56,10 @@ import torch
 import torch.nn.functional as F
 
 import detr_nb
-from detr_nb import figures, teach
-from detr_nb.nn import attention, layers
+from detr_nb.models import attention, layers
 from detr_nb.teach import checks
+from detr_nb.teach.attention import (attention_with_weights, plot_attention_heads, plot_attention_query,
+                                     positional_toy_attention, to_torch_mha)
 
 torch.manual_seed(0)
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE)
@@ -86,7 +87,7 @@ out = A @ V                                        # (Lq, dv): weighted average 
 print("scores", tuple(scores.shape), "| weights", tuple(A.shape), "| output", tuple(out.shape))
 print("row sums of A:", A.sum(-1))
 
-pkg, _ = attention.attention(Q, K, V, impl="scratch")
+pkg = attention.attention(Q, K, V, impl="scratch")
 ref = F.scaled_dot_product_attention(Q[None], K[None], V[None])[0]
 print(f"max |by hand - attention.attention|        = {(out - pkg).abs().max().item():.2e}")
 print(f"max |by hand - F.scaled_dot_product_attention| = {(out - ref).abs().max().item():.2e}")
@@ -131,7 +132,7 @@ for dim in (4, 32, 256):
 # PyTorch (and DETR's checkpoint) store the three input projections *packed*: `in_proj_weight` of shape
 # $(3C, C)$ is $[W^Q; W^K; W^V]$ stacked, `in_proj_bias` $(3C,)$, then `out_proj` is a $C \times C$ linear
 # layer. The heads are not separate matrices: head $i$ is rows $[i d, (i+1) d)$ of each projection. Here is
-# the whole computation by hand, shapes on the right, with `detr_nb.nn.attention.MultiheadAttention`'s weights.
+# the whole computation by hand, shapes on the right, with `detr_nb.models.attention.MultiheadAttention`'s weights.
 
 # %% [markdown]
 # ### Your turn: split the channels into heads, and merge them back
@@ -139,7 +140,7 @@ for dim in (4, 32, 256):
 # Before the by-hand computation below, write the two reshapes it needs. `my_split_heads` turns $(B, L, C)$
 # into $(B, h, L, d)$ so that head $i$ holds channels $[i d, (i+1) d)$ of every token; `my_merge_heads` undoes
 # it, $(B, h, L, d) \to (B, L, h d)$, the heads side by side. The check compares both with
-# `detr_nb.nn.attention.split_heads` / `merge_heads`. (A reshape alone gives the right shape and the wrong
+# `detr_nb.models.attention.split_heads` / `merge_heads`. (A reshape alone gives the right shape and the wrong
 # numbers: it is the classic mistake, and the check names it.)
 
 # %%
@@ -171,7 +172,11 @@ if SMOKE:
 checks.check_heads(my_split_heads, my_merge_heads)
 
 # %% [markdown]
-# The whole multi-head computation by hand, with these reshapes:
+# The whole multi-head computation by hand, with these reshapes. The package's module returns only its output;
+# `attention_with_weights` also records its weights, with a forward hook that recomputes
+# $\mathrm{softmax}(QK^\top/\sqrt d)$ from the module's own projections (`detr_nb.teach.attention.record_attention`),
+# and `to_torch_mha` copies the same weights into PyTorch's `nn.MultiheadAttention`, which returns its weights
+# when asked:
 
 # %%
 B, L, C, h = 2, 5, 16, 4
@@ -191,8 +196,8 @@ with torch.no_grad():
     concat = heads.transpose(1, 2).reshape(B, L, C)              # (B, L, C): heads side by side
     by_hand = concat @ mha.out_proj.weight.T + mha.out_proj.bias # (B, L, C)
 
-out_pkg, w_pkg = teach.attention_weights(mha, x, x, x)         # package output + recorded weights
-torch_mha = teach.to_torch_mha(mha)                            # nn.MultiheadAttention, same state dict
+out_pkg, w_pkg = attention_with_weights(mha, x, x, x)          # package output + recorded weights
+torch_mha = to_torch_mha(mha)                                  # nn.MultiheadAttention, same state dict
 out_ref, w_ref = torch_mha(x, x, x, average_attn_weights=False)
 print("state-dict keys:", list(mha.state_dict()))
 print(f"max |by hand - package|            = {(by_hand - out_pkg).abs().max().item():.2e}")
@@ -233,7 +238,7 @@ _ = layers.set_impl(mha.eval(), "scratch")
 
 # %%
 kpm = torch.tensor([[False] * 5, [False, False, False, True, True]])       # (B, L)
-out_m, w_m = teach.attention_weights(mha, x, x, x, key_padding_mask=kpm)
+out_m, w_m = attention_with_weights(mha, x, x, x, key_padding_mask=kpm)
 out_r, w_r = torch_mha(x, x, x, key_padding_mask=kpm, average_attn_weights=False)
 torch.set_printoptions(precision=3, sci_mode=False)
 print("head 0 weights of sequence 1 (columns 3, 4 = padded keys):\n", w_m[1, 0])
@@ -241,7 +246,7 @@ print(f"max |package - nn.MultiheadAttention| with mask: out {(out_m - out_r).ab
       f"weights {(w_m - w_r).abs().max().item():.2e}")
 
 # The real tokens of sequence 1 get exactly what they get without the padding at all:
-alone, _ = teach.attention_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
+alone, _ = attention_with_weights(mha, x[1:, :3], x[1:, :3], x[1:, :3])
 print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).abs().max().item():.2e}")
 
 # %% [markdown]
@@ -250,7 +255,7 @@ print(f"real tokens, padded batch vs alone: max diff {(out_m[1, :3] - alone[0]).
 # Write `my_attention` for tensors that already have their heads: $(B, h, L, d)$. Scores, then the mask as
 # $-\infty$ on padded keys *before* the softmax, then the weighted average of the values. A query whose keys
 # are all padding must get 0: `F.softmax` gives NaN on a row of $-\infty$, section 1's `layers.softmax` gives 0.
-# The check compares values and gradients (w.r.t. q, k and v) with `detr_nb.nn.attention.attention`,
+# The check compares values and gradients (w.r.t. q, k and v) with `detr_nb.models.attention.attention`,
 # one batch element fully padded among the cases.
 
 # %%
@@ -279,12 +284,13 @@ checks.check_attention(my_attention)
 # The outputs at padded *query* positions (rows 3, 4 of sequence 1) are computed but meaningless; later
 # layers mask them as keys again and the loss never looks at them. In DETR's encoder the mask comes from
 # the feature-level padding mask flattened to $(B, hw)$; the decoder's cross-attention uses the same mask
-# for the image keys. `attn_mask` $(L_q, L_k)$ (also True = blocked) is the other kind of mask, per
-# query-key pair; DETR only needs it for extensions such as Group DETR.
+# for the image keys. PyTorch's `nn.MultiheadAttention` also takes an `attn_mask` $(L_q, L_k)$ (True = blocked),
+# a mask per query-key pair; DETR does not need one (extensions such as Group DETR do, to keep groups of
+# queries apart: notebook 10), so `detr_nb`'s attention has only the padding mask.
 #
 # ## 4. What the heads look at: a readable toy
 #
-# Random weights make random-looking heads. `teach.positional_toy_attention` builds a multi-head attention
+# Random weights make random-looking heads. `positional_toy_attention` builds a multi-head attention
 # whose heads can be read: the tokens are 1-D sine position codes (notebook 02's formula, with temperature
 # $T = 100$ instead of DETR's 10000, so that 32 channels span frequencies a 16-token toy can show),
 # $W^Q = W^K = \sqrt{s}\,I$ and
@@ -295,10 +301,10 @@ checks.check_attention(my_attention)
 # reason to have several.
 
 # %% tags=["key-figure"]
-toy, tokens = teach.positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
-_, toy_w = teach.attention_weights(toy, tokens, tokens, tokens)          # (1, 4, N, N)
+toy, tokens = positional_toy_attention(num_tokens=NUM_TOKENS, embed_dim=32, num_heads=4, sharpness=3.0)
+_, toy_w = attention_with_weights(toy, tokens, tokens, tokens)           # (1, 4, N, N)
 print("tokens", tuple(tokens.shape), "| weights", tuple(toy_w.shape))
-fig = figures.plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
+fig = plot_attention_heads(toy_w, titles=[f"head {i}: channels {8 * i}-{8 * i + 7}" for i in range(4)])
 plt.show()
 
 # %% [markdown]
@@ -314,8 +320,8 @@ def show_head(head=0, query=NUM_TOKENS // 2, padded_keys=0):
     kpm = torch.zeros(1, NUM_TOKENS, dtype=torch.bool)
     if padded_keys:
         kpm[0, NUM_TOKENS - padded_keys:] = True
-    _, w = teach.attention_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
-    figures.plot_attention_query(w, head=head, query=query)
+    _, w = attention_with_weights(toy, tokens, tokens, tokens, key_padding_mask=kpm)
+    plot_attention_query(w, head=head, query=query)
     plt.show()
     return w
 
@@ -376,7 +382,7 @@ print(f"dropout p=0.5 in training: {(kept == 0).float().mean().item():.3f} zeroe
 # ### Your turn: LayerNorm
 #
 # Write `my_layer_norm` over the last axis (any number of leading axes). The check compares values and
-# gradients with `detr_nb.nn.layers.layer_norm`.
+# gradients with `detr_nb.models.layers.layer_norm`.
 
 # %%
 def my_layer_norm(x, weight, bias, eps=1e-5):
@@ -401,7 +407,7 @@ checks.check_layer_norm(my_layer_norm)
 # ### Your turn: the post-norm encoder layer
 #
 # Now the whole layer, the formula above, written with the parts of a real
-# `detr_nb.model.transformer.TransformerEncoderLayer`: `layer.self_attn` (a `MultiheadAttention`, called as
+# `detr_nb.models.transformer.TransformerEncoderLayer`: `layer.self_attn` (a `MultiheadAttention`, called as
 # `layer.self_attn(q, k, v, key_padding_mask=...)`), `layer.norm1`, `layer.linear1`, `layer.activation`,
 # `layer.linear2`, `layer.norm2`. The check puts the layer in eval mode, so leave dropout out, and compares
 # with the layer's own `forward`, gradients w.r.t. `src` and `pos` included.

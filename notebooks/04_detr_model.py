@@ -65,8 +65,10 @@ import matplotlib.pyplot as plt
 import torch
 
 import detr_nb
-from detr_nb import figures, teach
-from detr_nb.model.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from detr_nb.figures import draw_boxes
+from detr_nb.models.transformer import TransformerDecoderLayer, TransformerEncoderLayer
+from detr_nb.pretrained import COCO_CLASSES
+from detr_nb.teach import architecture, images, params
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -84,7 +86,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 model = detr_nb.build_model("detr_r50", num_classes=91).to(device).eval()
 print(model.config)
 
-image = teach.image_to_tensor(teach.sample_image(), short_side=IMAGE_SHORT_SIDE).to(device)   # (3, H, W)
+image = images.image_to_tensor(images.sample_image(), short_side=IMAGE_SHORT_SIDE).to(device)   # (3, H, W)
 images = image[None]                                              # (B=1, 3, H, W)
 mask = torch.zeros(1, *image.shape[-2:], dtype=torch.bool, device=device)   # (B, H, W), True = padding
 print("images", tuple(images.shape), "| mask", tuple(mask.shape))
@@ -93,7 +95,8 @@ print("images", tuple(images.shape), "| mask", tuple(mask.shape))
 # The same steps as `DETR.forward`, one line each. `model.backbone` is the ResNet joined with the
 # position encoding (notebooks 01 and 02); `input_proj` is a 1x1 convolution $2048 \to 256$; the transformer
 # flattens the grid into $hw$ tokens; the decoder returns the output of **all 6 layers** (each through the
-# final LayerNorm), and the heads run on each of them.
+# final LayerNorm), and the heads run on each of them; `model.outputs` puts the last layer's on top and the
+# earlier ones in `aux_outputs`.
 
 # %%
 with torch.no_grad():
@@ -101,7 +104,8 @@ with torch.no_grad():
     src = model.input_proj(feat)                          # (B, 256, h, w)
     queries = model.query_embed.weight                    # (100, 256): learned object queries
     hs, memory = model.transformer(src, fmask, queries, pos)   # hs (6, B, 100, 256), memory (B, 256, h, w)
-    out = model.heads(hs)                                 # dict of the last layer + aux_outputs
+    logits, boxes = model.class_embed(hs), model.bbox_embed(hs).sigmoid()   # (6, B, 100, 92), (6, B, 100, 4)
+    out = model.outputs(logits, boxes)                    # dict of the last layer + aux_outputs
     ref = model(images, mask)
 
 for name, t in [("backbone features", feat), ("feature mask", fmask), ("positions", pos),
@@ -114,14 +118,12 @@ print("step by step == model(images):", torch.equal(out["pred_logits"], ref["pre
       and torch.equal(out["pred_boxes"], ref["pred_boxes"]))
 
 # %% [markdown]
-# The paper's Figure 2, drawn from this model: `teach.architecture.tensor_shapes` runs it once on an image of
-# this size and records the shape of every tensor on the path, and `figures.plot_detr_architecture` writes
+# The paper's Figure 2, drawn from this model: `architecture.tensor_shapes` runs it once on an image of
+# this size and records the shape of every tensor on the path, and `architecture.plot_detr_architecture` writes
 # them on the arrows. Change `IMAGE_SHORT_SIDE` and the shapes follow (the grid is the image / 32).
 
 # %% tags=["key-figure"]
-from detr_nb.teach.architecture import tensor_shapes
-
-fig = figures.plot_detr_architecture(tensor_shapes(model, tuple(image.shape[-2:])))
+fig = architecture.plot_detr_architecture(architecture.tensor_shapes(model, tuple(image.shape[-2:])))
 plt.show()
 
 # %% [markdown]
@@ -172,18 +174,18 @@ print("boxes in [0, 1]:", bool(((out["pred_boxes"] >= 0) & (out["pred_boxes"] <=
 # %% [markdown]
 # ## 3. 41.3 million parameters, and why not far more
 #
-# `detr_nb.parameter_table` counts parameters per component, trainable and frozen. The official numbers:
+# `params.parameter_table` counts parameters per component, trainable and frozen. The official numbers:
 # **41,524,768 parameters, 41,302,368 trainable** (the paper's "41.3M"); the 222,400 frozen ones are the
 # ResNet stem and `layer1`, and the frozen batch-norm statistics are 106,240 buffer elements besides. The
 # state dict has 458 tensors with exactly the names of the released checkpoint.
 
 # %%
-rows = detr_nb.parameter_table(model)
-print(detr_nb.format_parameter_table(rows))
+rows = params.parameter_table(model)
+print(params.format_parameter_table(rows))
 total = next(r for r in rows if r.component == "total")
 assert (total.total, total.trainable) == (41_524_768, 41_302_368)
 print("\nstate-dict tensors:", len(model.state_dict()))
-fig = figures.plot_parameter_table(rows, title="detr_r50, num_classes=91")
+fig = params.plot_parameter_table(rows, title="detr_r50, num_classes=91")
 plt.show()
 
 # %% [markdown]
@@ -191,11 +193,11 @@ plt.show()
 # networks and its attention projections, yet it is small for what it does, because **everything is shared**:
 # one 1x1 convolution projects every pixel, one FFN per layer serves every token, one pair of heads serves
 # every query at every decoder layer. A naive from-scratch design that gives each position, query or layer
-# its own weights grows with the image and the number of queries. `teach.naive_parameter_counts`
+# its own weights grows with the image and the number of queries. `params.naive_parameter_counts`
 # compares, for the feature grid of an 800 x 1066 image (25 x 34 cells):
 
 # %%
-for r in teach.naive_parameter_counts(model, feature_hw=(25, 34)):
+for r in params.naive_parameter_counts(model, feature_hw=(25, 34)):
     print(f"{r['part']:18s} DETR {r['detr']:>12,}   naive {r['naive']:>18,}   ({r['naive_design']})")
 
 # %% [markdown]
@@ -227,9 +229,9 @@ _ = detr_nb.set_impl(model, "torch")
 #
 # `detr_nb.load_pretrained(model, "detr_r50")` downloads the released weights (once, into torch.hub's cache),
 # verifies the file's sha256 prefix and loads them **strictly**: every one of the 458 names and shapes must
-# match, which is the real test that this from-scratch model *is* DETR. `postprocess` turns the outputs into
+# match, which is the real test that this from-scratch model *is* DETR. `PostProcess` turns the outputs into
 # scores, labels and pixel boxes (softmax, drop "no object", best class per query); we draw the queries whose
-# score exceeds `THRESHOLD`, named with COCO's categories (`teach.COCO_CLASSES`).
+# score exceeds `THRESHOLD`, named with COCO's categories (`detr_nb.pretrained.COCO_CLASSES`).
 #
 # In smoke mode, or with `LOAD_OFFICIAL = False` where nothing can be downloaded, the model keeps its random
 # weights and we draw its 5 best-scoring queries: meaningless boxes, shown only to exercise the code. This
@@ -246,12 +248,16 @@ else:
     detections_out = out                  # the random model's output on the same image (section 1)
     print("LOAD_OFFICIAL is off (smoke mode, or no download): random weights - the boxes below are meaningless")
 
+sizes = torch.tensor([image.shape[-2:]], device=device)          # (B, 2): boxes in the pixels the model saw
+found = detr_nb.PostProcess()(detections_out, sizes)[0]         # every query: scores (100,), labels, boxes
+keep = found["scores"] > THRESHOLD if LOAD_OFFICIAL else found["scores"].argsort(descending=True)[:5]
+kept = {k: v[keep].cpu() for k, v in found.items()}
 fig, ax = plt.subplots(figsize=(6, 6 * image.shape[-2] / image.shape[-1]))
-kept = figures.plot_detections(image.cpu(), {k: v.cpu() for k, v in detections_out.items() if k != "aux_outputs"},
-                               threshold=THRESHOLD, top_k=None if LOAD_OFFICIAL else 5, ax=ax)
+draw_boxes(ax, image.cpu(), kept["boxes"], kept["labels"].tolist(), kept["scores"].tolist(), names=COCO_CLASSES)
+ax.set_title(f"{len(kept['scores'])} detections ({f'score > {THRESHOLD}' if LOAD_OFFICIAL else 'top 5'})", fontsize=9)
 plt.show()
 for s, l, b in zip(kept["scores"].tolist(), kept["labels"].tolist(), kept["boxes"].tolist()):
-    print(f"{teach.COCO_CLASSES.get(l, l)!s:12s} score {s:.2f}  box (x0, y0, x1, y1) = {[round(v) for v in b]}")
+    print(f"{COCO_CLASSES.get(l, l)!s:12s} score {s:.2f}  box (x0, y0, x1, y1) = {[round(v) for v in b]}")
 
 # %% [markdown]
 # With the official weights, the portrait gives a confident `person` (and usually her `tie`); the other

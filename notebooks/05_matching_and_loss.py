@@ -26,8 +26,8 @@
 #
 # This notebook builds that up from boxes: box formats → IoU and GIoU → the three cost matrices →
 # the assignment → the set loss, and ends with a widget where you drag a predicted box and watch the
-# assignment change. Everything that runs is `detr_nb`'s code (`box_ops`, `setpred.matching`,
-# `setpred.criterion`, `teach.matching`); the cells re-derive the formulas by hand only to check them.
+# assignment change. Everything that runs is `detr_nb`'s code (`models.box_ops`, `models.matcher`,
+# `models.detr`, `teach.matching`); the cells re-derive the formulas by hand only to check them.
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -59,14 +59,12 @@ import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 
 import detr_nb
-from detr_nb import box_ops, workdir
-from detr_nb.teach import lessons
-from detr_nb.teach import checks
-from detr_nb.setpred.criterion import SetCriterion
-from detr_nb.setpred.matcher import HungarianMatcher
-from detr_nb.figures.matching import plot_cost_terms, plot_matching
-from detr_nb.teach.matching import explain_matching
-from detr_nb.setpred.postprocess import postprocess
+from detr_nb import box_ops
+from detr_nb.config import WEIGHTS
+from detr_nb.models import HungarianMatcher, PostProcess, SetCriterion
+from detr_nb.teach import checks, matching
+from detr_nb.teach.matching import explain_matching, plot_cost_terms, plot_matching, plot_matching_graph
+from detr_nb.teach.paths import workdir
 
 torch.set_printoptions(precision=3, sci_mode=False)
 print("detr_nb", detr_nb.__version__, "| torch", torch.__version__)
@@ -123,13 +121,13 @@ assert abs(iou.item() - 1 / 7) < 1e-6 and abs(giou.item() - (1 / 7 - 2 / 9)) < 1
 
 # %% [markdown]
 # Now slide a copy of a box to the right and watch both numbers, and their derivative with respect
-# to the moving box's centre `cx` (autograd). `lessons.iou_giou_sweep` does the sliding. Where the
+# to the moving box's centre `cx` (autograd). `matching.iou_giou_sweep` does the sliding. Where the
 # boxes separate, IoU and its gradient are flat zero; GIoU keeps decreasing, so `1 - GIoU` keeps
 # pulling the prediction back. That is why DETR's box loss uses $1-\mathrm{GIoU}$ next to L1 (the paper's
 # ablation: 4.8 AP lower on COCO when the GIoU term is dropped).
 
 # %%
-sweep = lessons.iou_giou_sweep([0.3, 0.5, 0.2, 0.2], np.linspace(-0.6, 0.6, SWEEP_POINTS))
+sweep = matching.iou_giou_sweep([0.3, 0.5, 0.2, 0.2], np.linspace(-0.6, 0.6, SWEEP_POINTS))
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.4))
 axes[0].plot(sweep["shift"], sweep["iou"], label="IoU")
 axes[0].plot(sweep["shift"], sweep["giou"], label="GIoU")
@@ -186,7 +184,7 @@ checks.check_giou(my_giou)
 # %% [markdown]
 # ## 3. A toy image: 3 objects, 5 predictions
 #
-# `lessons.toy_scene()` is a hand-made example with `num_classes = 3` (ids 0..2, 1 = cat, 2 = dog) plus
+# `matching.toy_scene()` is a hand-made example with `num_classes = 3` (ids 0..2, 1 = cat, 2 = dog) plus
 # the "no object" class ∅ as the last index (3), exactly like the model's `class_embed` output.
 #
 # | tensor | shape | meaning |
@@ -197,7 +195,7 @@ checks.check_giou(my_giou)
 # | `tgt_boxes` | (3, 4) | normalised cx, cy, w, h |
 
 # %%
-scene = lessons.toy_scene()
+scene = matching.toy_scene()
 for k in ("pred_logits", "pred_boxes", "tgt_labels", "tgt_boxes"):
     print(f"{k:12s} {tuple(scene[k].shape)}")
 print("\nclass probabilities per query (columns: 0, cat, dog, no-object):")
@@ -216,8 +214,10 @@ print(scene["pred_logits"].softmax(-1))
 # $1-\mathrm{GIoU}$ only shifts every entry by a constant, which does not change the best assignment.)
 # Note the class term is the **probability**, not its log: it stays bounded, commensurate with the box terms.
 #
-# `setpred.matching.pairwise_costs` computes each term as a `(Q, N)` matrix; `teach.matching.explain_matching`
-# weights and sums them and solves the assignment.
+# The matcher (`HungarianMatcher`) builds this cost for every query of a batch against every object of the
+# batch and solves it per image. `matching.cost_terms` reads it for one image, term by term, each a `(Q, N)`
+# matrix: the matcher's own class term (`HungarianMatcher.class_cost`), the L1 distance and $-\mathrm{GIoU}$
+# from `box_ops`, weighted by the matcher's weights; `explain_matching` adds the matcher's assignment.
 
 # %% [markdown]
 # ### Your turn: the matching cost of Eq. 1
@@ -225,7 +225,7 @@ print(scene["pred_logits"].softmax(-1))
 # Write the total cost matrix of one image with the weights 1, 5 and 2: the class term from the softmax
 # probabilities, the L1 distance of the `(cx, cy, w, h)` boxes, and $-\mathrm{GIoU}$ of the corner boxes
 # (`box_ops.box_cxcywh_to_xyxy` and `box_ops.generalized_box_iou`, or your `my_giou`). The check compares
-# it with the weighted sum of `setpred.matching.pairwise_costs`, an image without objects (a `(Q, 0)`
+# it with the cost `HungarianMatcher()` minimises (`matching.cost_terms`), an image without objects (a `(Q, 0)`
 # matrix) among the cases.
 
 # %%
@@ -251,11 +251,11 @@ if SMOKE:
 checks.check_matching_cost(my_matching_cost)
 
 # %% [markdown]
-# The package computes the three terms in `setpred.matching.pairwise_costs` (the L1 term with `torch.cdist`);
-# the matcher weights and sums them:
+# The matcher computes the three terms for all the images of a batch at once (the L1 term with `torch.cdist`),
+# weights and sums them, then cuts the matrix per image and solves each part:
 
 # %%
-print(inspect.getsource(detr_nb.setpred.matching.pairwise_costs))
+print(inspect.getsource(HungarianMatcher.forward))
 
 # %%
 e = explain_matching(scene["pred_logits"], scene["pred_boxes"], scene["tgt_labels"], scene["tgt_boxes"])
@@ -288,13 +288,13 @@ plt.show()
 # $$\hat\sigma = \arg\min_{\sigma\in\mathfrak{S}_Q} \sum_{n=1}^{N} \mathcal{L}_{\rm match}(y_n, \hat y_{\sigma(n)}).$$
 #
 # With Q = 5 and N = 3 there are only $5\cdot4\cdot3 = 60$ candidates, so we can try them all
-# (`lessons.brute_force_assignment`) and check the Hungarian solver against it
+# (`matching.brute_force_assignment`) and check the Hungarian solver against it
 # (`scipy.optimize.linear_sum_assignment`, $O(Q^3)$). With DETR's 100 queries and 20 objects brute
 # force would need about $10^{39}$ tries.
 
 # %%
 rows, cols = linear_sum_assignment(e["total"].numpy())
-bf_rows, bf_cols, bf_cost = lessons.brute_force_assignment(e["total"])
+bf_rows, bf_cols, bf_cost = matching.brute_force_assignment(e["total"])
 print("Hungarian  :", list(zip(rows.tolist(), cols.tolist())), f"cost {e['matched_cost']:.4f}")
 print("brute force:", list(zip(bf_rows.tolist(), bf_cols.tolist())), f"cost {bf_cost:.4f}")
 assert rows.tolist() == bf_rows.tolist() and cols.tolist() == bf_cols.tolist()
@@ -325,11 +325,10 @@ plt.show()
 # of least total weight (bold), and the queries left without an edge answer ∅.
 
 # %%
-from detr_nb.figures.matching import plot_matching_graph
-
 fig = plot_matching_graph(e["total"], e["pred_idx"], e["tgt_idx"], labels=[scene["names"][int(l)] for l in scene["tgt_labels"]])
 plt.show()
-#
+
+# %% [markdown]
 # ## 6. The set loss
 #
 # Given $\hat\sigma$, the loss over all Q queries ($y$ padded with ∅ up to Q) is
@@ -337,7 +336,7 @@ plt.show()
 # $$\mathcal{L}_{\rm Hungarian}(y, \hat y) = \sum_{i=1}^{Q}\Bigl[-\log \hat p_{\hat\sigma(i)}(c_i)
 #   + \mathbb{1}_{\{c_i\neq\varnothing\}}\,\mathcal{L}_{\rm box}(b_i, \hat b_{\hat\sigma(i)})\Bigr].$$
 #
-# In the code (`criterion.SetCriterion`), as in the official implementation:
+# In the code (`models.detr.SetCriterion`), as in the official implementation:
 # * `loss_ce`: cross-entropy over **all** queries; the ∅ class weighs `eos_coef = 0.1` (most queries are ∅),
 #   and the mean is weighted: $\sum_i w_{c_i}\,(-\log\hat p_i(c_i)) / \sum_i w_{c_i}$;
 # * `loss_bbox`: $\sum \lVert b - \hat b\rVert_1$ over matched pairs / `num_boxes`;
@@ -347,7 +346,7 @@ plt.show()
 # Below: the criterion on the toy scene, then each term recomputed by hand from the matching.
 
 # %%
-criterion = SetCriterion(num_classes=scene["num_classes"], eos_coef=0.1)
+criterion = SetCriterion(scene["num_classes"], HungarianMatcher(), WEIGHTS, eos_coef=0.1)   # WEIGHTS: ce 1, L1 5, GIoU 2
 losses = criterion(outputs, targets)
 for k in ("loss_ce", "loss_bbox", "loss_giou", "loss", "class_error", "cardinality_error"):
     print(f"{k:18s} {losses[k].item():.4f}")
@@ -388,14 +387,14 @@ assert torch.allclose(with_aux["loss"], losses["loss"] + 1 * with_aux["loss_ce_0
 # one-to-one matching changes the incentive: only **one** query can own an object; every other query
 # is trained towards ∅.
 #
-# `lessons.duplicate_penalty` builds a prediction set with a perfect copy of every target plus **one
+# `matching.duplicate_penalty` builds a prediction set with a perfect copy of every target plus **one
 # duplicate** of the cat (box shifted by 0.02), whose probability $p$ for "cat" we sweep (the rest goes
 # to ∅). The exact copy wins the match, so the duplicate's class target is ∅ and its loss term
 # $-0.1\log(1-p)$ explodes as $p\to1$. The nearest-object loss rewards the same duplicate for being sure.
 
 # %%
 confidences = np.linspace(0.01, 0.999, SWEEP_POINTS)
-dup = lessons.duplicate_penalty(confidences)
+dup = matching.duplicate_penalty(confidences)
 fig, ax = plt.subplots(figsize=(6.5, 3.6))
 ax.plot(dup["confidence"], dup["set_ce"], label="DETR set loss (loss_ce)")
 ax.plot(dup["confidence"], dup["naive_ce"], label="nearest-object loss")
@@ -422,7 +421,7 @@ assert np.all(np.diff(dup["set_ce"]) > 0) and np.all(np.diff(dup["naive_ce"]) < 
 # * shrink query 0 until the dog query 1 takes the cat;
 # * move query 3 away from the bottom object and see who has to cover it.
 #
-# The widget calls `lessons.matching_view`, which calls `teach.matching.drag_prediction`; the next
+# The widget calls `matching.matching_view`, which moves the box and calls `explain_matching`; the next
 # cell but one calls the same function once without widgets (that is what the tests run).
 
 # %%
@@ -431,7 +430,7 @@ from IPython.display import display
 
 
 def show(query, cx, cy, w, h):
-    e, fig = lessons.matching_view(scene, query, cx, cy, w, h)
+    e, fig = matching.matching_view(scene, query, cx, cy, w, h)
     plt.show()
     for pair in e["pairs"]:
         print(f"query {pair['query']} -> target {pair['target']} ({scene['names'][int(scene['tgt_labels'][pair['target']])]}): "
@@ -472,7 +471,7 @@ redraw()
 
 # %%
 # The same function without a browser: query 4 dragged exactly onto the cat.
-e_drag, fig = lessons.matching_view(scene, 4, 0.25, 0.30, 0.30, 0.30)
+e_drag, fig = matching.matching_view(scene, 4, 0.25, 0.30, 0.30, 0.30)
 plt.show()
 print("pairs:", list(zip(e_drag["pred_idx"].tolist(), e_drag["tgt_idx"].tolist())),
       "| cost of query 4 -> cat", round(float(e_drag["total"][4, 0]), 3))
@@ -497,8 +496,7 @@ assert (4, 0) in list(zip(e_drag["pred_idx"].tolist(), e_drag["tgt_idx"].tolist(
 
 # %%
 from detr_nb.data import build_dataset, collate_fn
-from detr_nb.figures.overfit import plot_overfit
-from detr_nb.teach.overfit import overfit_one_batch
+from detr_nb.teach.overfit import overfit_one_batch, plot_overfit
 
 print(inspect.getsource(overfit_one_batch).split('"""')[-1])    # the loop without its docstring
 
@@ -520,13 +518,13 @@ plt.show()
 # %% [markdown]
 # ## 10. From predictions to detections
 #
-# At inference there is no matching: `postprocess` takes the softmax, drops the ∅ column, keeps the best
+# At inference there is no matching: `PostProcess` takes the softmax, drops the ∅ column, keeps the best
 # class per query with its probability as the score, and scales boxes to absolute corner coordinates of
 # each image's original size `(h, w)`. All Q queries are returned; a score threshold is the user's choice.
 # Query 4, which is almost surely ∅, still reports its best real class, with a score of 0.05.
 
 # %%
-dets, = postprocess(outputs, torch.tensor([scene["image_size"]]))
+dets, = PostProcess()(outputs, torch.tensor([scene["image_size"]]))
 for q in range(Q):
     print(f"query {q}: label {int(dets['labels'][q])}  score {dets['scores'][q]:.2f}  box (px) "
           f"{[round(v) for v in dets['boxes'][q].tolist()]}")

@@ -58,14 +58,12 @@ import torch
 from torch.utils.data import DataLoader
 
 import detr_nb
-from detr_nb import workdir
-from detr_nb.teach import lessons
+from detr_nb.data import (SYNTHETIC_CLASSES, Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset,
+                          collate_fn, hflip, make_transforms, render_sample, synthetic_params)
 from detr_nb.teach import checks
-from detr_nb.data import Compose, RandomHorizontalFlip, RandomResize, RandomSizeCrop, build_dataset, collate_fn, make_transforms, render_sample
-from detr_nb.figures.data import plot_augmentations, plot_dataset_stats, show_batch, show_samples
-from detr_nb.teach.data_viz import dataset_stats
-from detr_nb.data import synthetic
-from detr_nb.data.transforms import hflip
+from detr_nb.teach.data_viz import (augment, augmentations, dataset_stats, plot_augmentations, plot_dataset_stats,
+                                    show_batch, show_samples)
+from detr_nb.teach.paths import workdir
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares 2 cores between processes: one thread each avoids contention
@@ -83,7 +81,7 @@ print("detr_nb", detr_nb.__version__, "| files go to", workdir())
 # mask; the box is the tight extent of that mask. (That is also how COCO boxes relate to COCO masks.)
 
 # %%
-params = synthetic.synthetic_params()
+params = synthetic_params()
 sample = render_sample(params, seed=0, split="train", index=3)
 print("image", sample["image"].shape, "| labels", sample["labels"].tolist(), "| boxes (x0, y0, x1, y1):")
 print(np.asarray(sample["boxes"]))
@@ -95,7 +93,7 @@ axes[0].set_title("rendered image")
 axes[1].imshow(sample["masks"][k], cmap="gray")
 x0, y0, x1, y1 = np.asarray(sample["boxes"])[k]
 axes[1].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="red"))
-axes[1].set_title(f"visible mask of object {k} ({synthetic.CLASSES[sample['labels'][k] - 1]}) and its box")
+axes[1].set_title(f"visible mask of object {k} ({SYNTHETIC_CLASSES[sample['labels'][k] - 1]}) and its box")
 for ax in axes:
     ax.set_axis_off()
 plt.show()
@@ -201,7 +199,7 @@ checks.check_hflip(my_hflip)
 print(inspect.getsource(hflip))
 
 # %% [markdown]
-# `lessons.augmentations` applies each transform to the same raw sample (seeded, so it is
+# `augmentations` applies each transform to the same raw sample (seeded, so it is
 # reproducible) and draws the boxes it returns. If the boxes were not moved correctly you would see them
 # drift off their shapes.
 
@@ -212,12 +210,12 @@ demo_transforms = {
     "crop 64..110 px": RandomSizeCrop(64, 110),
     "flip + crop + resize": Compose([RandomHorizontalFlip(p=1.0), RandomSizeCrop(64, 110), RandomResize([224])]),
 }
-fig = plot_augmentations(lessons.augmentations(train_raw, 0, demo_transforms, seed=1), names=train_raw.categories)
+fig = plot_augmentations(augmentations(train_raw, 0, demo_transforms, seed=1), names=train_raw.categories)
 plt.show()
 
 # Check the flip rule on numbers.
 image, target = train_raw.get_raw(0)
-flipped_image, flipped = lessons.augment(train_raw, 0, RandomHorizontalFlip(p=1.0))
+flipped_image, flipped = augment(train_raw, 0, RandomHorizontalFlip(p=1.0))
 W = image.size[0]
 expected = torch.stack([W - target["boxes"][:, 2], target["boxes"][:, 1], W - target["boxes"][:, 0],
                         target["boxes"][:, 3]], dim=1)
@@ -226,7 +224,7 @@ print("flip rule holds for", len(expected), "boxes")
 
 # %% [markdown]
 # **Try it.** Pick a transform and a seed; every seed is a different random draw (crop position and size,
-# resize scale). The functions behind the widget are `lessons.augmentations` and `plot_augmentations`.
+# resize scale). The functions behind the widget are `augmentations` and `plot_augmentations`.
 
 # %%
 import ipywidgets as widgets
@@ -234,7 +232,7 @@ import ipywidgets as widgets
 
 def show_augmentation(transform="crop 64..110 px", seed=0, index=0):
     plt.close("all")
-    plot_augmentations(lessons.augmentations(train_raw, index, {transform: demo_transforms[transform]}, seed=seed),
+    plot_augmentations(augmentations(train_raw, index, {transform: demo_transforms[transform]}, seed=seed),
                        names=train_raw.categories)
     plt.show()
 

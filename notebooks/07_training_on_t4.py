@@ -16,10 +16,10 @@
 #
 # ![the training losses over three sessions, two of them resumed from a checkpoint](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/07_training_on_t4.png)
 #
-# Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.engine.Trainer`, the
-# engine that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/engine/recipes.py`):
+# Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.trainer.Trainer`, the
+# engine that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/config.py`):
 # `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection that gives the decoder
-# its queries' positions and content from the encoder, anchor boxes refined layer by layer, the focal
+# its queries' positions and content from the encoder, boxes refined layer by layer, the focal
 # loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
 # still be on its plateau after these minutes, every query predicting the average box: notebook 10 shows
 # that plateau, with the measured runs, and explains each aid. Here the model learns, and at the end you
@@ -70,19 +70,17 @@ import json
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 import detr_nb
-from detr_nb import workdir
-from detr_nb.engine import TrainConfig, Trainer
-from detr_nb.engine.checkpoint import load_checkpoint
-from detr_nb.aids import scoring_for
-from detr_nb.engine.diagnostics import read_records, weight_histograms
-from detr_nb.engine.precision import resolve_device, resolve_precision
-from detr_nb.figures import (LiveLossPlot, draw_predictions, loss_figure, plot_grad_std, plot_histograms,
-                             plot_weight_sum)
-from detr_nb.inference.evaluate import category_names, sample_predictions
-from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
-from detr_nb.teach import lessons
+from detr_nb import TrainConfig, Trainer
+from detr_nb.checkpoint import load_checkpoint
+from detr_nb.config import MAIN_JOB_SYNTHETIC, amp_dtype, resolve_device
+from detr_nb.evaluate import category_names, sample_predictions
+from detr_nb.figures import draw_predictions, loss_figure
+from detr_nb.teach.diagnostics import GradientStats, plot_histograms, plot_layer_series, read_jsonl, weight_histograms
+from detr_nb.teach.paths import checkpoint_root, workdir
+from detr_nb.teach.training import LiveLossPlot, SimulatedDisconnect, disconnect_after
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares 2 cores between processes: one thread each avoids contention
@@ -107,17 +105,16 @@ print("detr_nb", detr_nb.__version__, "| torch", torch.__version__, "| device", 
 # pass itself overflows (the matcher sees an `inf` output): the step is skipped and counted
 # (`skipped_steps` in `metrics.jsonl`), and only 20 in a row stop the run. bf16 has the range and needs no
 # scaler, but a T4 has no bf16 hardware: `torch.cuda.is_bf16_supported()` answers True there through slow
-# emulation, so `detr_nb.engine.precision` asks for the compute capability instead.
+# emulation, so `detr_nb.config.amp_dtype` asks for the compute capability instead: fp16 + GradScaler below 8.0
+# (a T4 is 7.5, a V100 7.0), bf16 from 8.0 (A100, L4, H100), fp32 on a CPU.
 
 # %%
 print("fp16 max:", torch.finfo(torch.float16).max, "| 70000 in fp16 ->", torch.tensor(70000.0).half().item())
 print("a gradient of 1e-8 in fp16 ->", torch.tensor(1e-8).half().item(),
       "| scaled by 2**16 first ->", (torch.tensor(1e-8) * 2**16).half().item())
 
-for name, dev, cap in (("CPU", "cpu", None), ("T4", "cuda", (7, 5)), ("V100", "cuda", (7, 0)),
-                       ("A100/L4/H100", "cuda", (8, 0))):
-    print(f"{name:14s} -> {resolve_precision(dev, 'auto', capability=cap).describe()}")
-print("this machine   ->", resolve_precision(device, "auto").describe())
+print(inspect.getsource(amp_dtype))
+print("this machine ->", amp_dtype(device, "auto") or "float32 (no autocast)")
 
 # %% [markdown]
 # The matcher's costs and the box losses always run in fp32 (the criterion turns autocast off and casts up):
@@ -131,13 +128,13 @@ print(inspect.getsource(Trainer.train_step))
 # ## 2. The recipe and where the checkpoints go
 #
 # `TrainConfig()` is the main job; every field we give overrides the recipe. With `USE_DRIVE`,
-# `lessons.checkpoint_root` mounts Google Drive and returns `MyDrive/detr_nb/runs`; otherwise (and outside
+# `checkpoint_root` mounts Google Drive and returns `MyDrive/detr_nb/runs`; otherwise (and outside
 # Colab) `workdir("runs")`. The **run folder has a fixed name**: the trainer resumes automatically from the
 # newest good checkpoint it finds there. The data lives on the runtime's local disk (`workdir()`), faster
 # to read than Drive; it is redrawn on a new runtime.
 
 # %%
-runs = lessons.checkpoint_root(mount_drive=USE_DRIVE)
+runs = checkpoint_root(mount_drive=USE_DRIVE)
 out = runs / RUN_NAME
 print("run folder :", out)
 print("data folder:", workdir("data"))
@@ -149,20 +146,22 @@ config = TrainConfig(
     model_overrides=tiny if SMOKE else {},  # smoke mode: the same model, shrunk to run in seconds on a CPU
     amp="auto",                             # fp16 + GradScaler on a T4, bf16 on A100+, fp32 on CPU
     time_budget_s=TRAIN_MINUTES * 60, max_steps=FIRST_STEPS, batch_size=4 if SMOKE else 16,
-    log_every=LOG_EVERY, diag_every=DIAG_EVERY, checkpoint_every_s=300,
+    log_every=LOG_EVERY, checkpoint_every_s=300,
     # data workers feed a GPU; on a CPU they would take cores from the model (2 workers halved the steps)
     workers=2 if device.type == "cuda" and not SMOKE else 0, out=str(out), resume=True, progress=True,
 )
 print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
-    "recipe", "model", "dataset", "loss_type", "batch_size", "lr", "warmup_steps", "schedule", "amp",
+    "recipe", "model", "dataset", "weight_dict", "batch_size", "lr", "warmup_steps", "schedule", "amp",
     "time_budget_s", "out")}, indent=1))
 
 # %% [markdown]
 # ## 3. Session 1: the weights at initialisation, then a clean stop
 #
 # Creating the `Trainer` draws the data (the first time), builds the model, the criterion, AdamW and the
-# scheduler, and resumes if the run folder has a checkpoint. With `diag_every > 0` it also saves
-# histograms of the initial weights (`weights_init.json`, from `diagnostics.weight_histograms`). In the
+# scheduler, and resumes if the run folder has a checkpoint. Its callbacks run after every optimizer step: the
+# live plot, and `GradientStats`, which records per-layer statistics every `DIAG_EVERY` steps (section 6). We
+# keep histograms of the initial weights in the run folder (`weights_init.json`, from
+# `diagnostics.weight_histograms`), written once, so that a resumed session shows the same ones. In the
 # grid below (12 of the tensors), look at shapes and spreads (std in each title): uniform for the
 # transformer's matrices (Xavier) and the class head (PyTorch's `Linear` default), a single spike at zero for
 # the box head's last layer (it starts at zero, so every query's first box is its reference box),
@@ -171,10 +170,14 @@ print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
 
 # %%
 live = LiveLossPlot(every=PLOT_EVERY)
-trainer = Trainer(config, callbacks=[live])
-print("precision:", trainer.precision.describe(), "| resumed from:", trainer.resumed_from)
-# Written when the run was created, so it shows the initial weights even after a resume.
-init_hists = json.loads((out / "weights_init.json").read_text())
+diagnostics = GradientStats(every=DIAG_EVERY)          # writes out/diagnostics.jsonl
+trainer = Trainer(config, callbacks=[live, diagnostics])
+print("precision:", trainer.dtype or "float32", "+ GradScaler" if trainer.scaler.is_enabled() else "",
+      "| resumed from:", trainer.resumed_from)
+init_file = out / "weights_init.json"
+if not init_file.exists():                             # the run's first session: the weights as built
+    init_file.write_text(json.dumps(weight_histograms(trainer.model)))
+init_hists = json.loads(init_file.read_text())
 fig = plot_histograms(init_hists, max_layers=12, title="weights at initialisation (per tensor)")
 plt.show()
 
@@ -186,7 +189,7 @@ plt.show()
 
 # %%
 reason = trainer.fit()
-print(f"stopped by {reason!r} at step {trainer.step} after {trainer.train_time_s():.0f} s of the budget; "
+print(f"stopped by {reason!r} at step {trainer.step} after {trainer.time_s():.0f} s of the budget; "
       f"checkpoint {trainer.last_good}")
 
 # %% [markdown]
@@ -195,20 +198,20 @@ print(f"stopped by {reason!r} at step {trainer.step} after {trainer.train_time_s
 # A fresh `Trainer` on the same folder resumes from `last.pth`: model, AdamW moments, scheduler, GradScaler,
 # RNG states, the position in the epoch (the data order is a function of the seed and the epoch, so the
 # remaining batches of a half-done epoch are the same ones) and the seconds of the budget already spent
-# (the learning rate follows them). A callback (`lessons.disconnect_after`) raises at `DISCONNECT_AT` to play
+# (the learning rate follows them). A callback (`disconnect_after`) raises at `DISCONNECT_AT` to play
 # the part of a lost runtime: unlike a clean stop, **nothing is saved**.
 
 # %%
-trainer = Trainer(config, callbacks=[live], max_steps=MAX_STEPS)
+trainer = Trainer(config, callbacks=[live, diagnostics], max_steps=MAX_STEPS)
 saved_step = trainer.step
 if saved_step < DISCONNECT_AT:
-    trainer.callbacks.append(lessons.disconnect_after(DISCONNECT_AT))
+    trainer.callbacks.append(disconnect_after(DISCONNECT_AT))
     try:
         trainer.fit()
-    except lessons.SimulatedDisconnect as err:
+    except SimulatedDisconnect as err:
         print("!!", err)
     print(f"the runtime reached step {trainer.step}; the newest checkpoint on disk is at step "
-          f"{load_checkpoint(trainer.ckpt.last)['step']} (saved by session 1 at {saved_step})")
+          f"{load_checkpoint(trainer.last_good)['step']} (saved by session 1 at {saved_step})")
 else:  # a later visit to an older run: it is already past the demo
     print(f"this run is already at step {saved_step}, past DISCONNECT_AT={DISCONNECT_AT}: no demo")
 trainer.close()   # the runtime is gone, and with it everything in memory (close releases the run folder)
@@ -219,27 +222,29 @@ del trainer
 #
 # In Colab you would reconnect, run the cells above this section again (setup, parameters, config) and
 # this one: the same `out` folder means the trainer picks up `last.pth`. The steps after the checkpoint are
-# trained again, and the lines they had written to `metrics.jsonl` are dropped, so the curves stay
-# continuous. The dotted lines in the live plot mark where a session resumed. This session trains until the
+# trained again, and the lines they had written to `metrics.jsonl` are dropped (`GradientStats` drops its records
+# of those steps too), so the curves stay continuous. The dotted lines in the live plot mark where a session resumed. This session trains until the
 # time budget is spent.
 
 # %% tags=["key-figure"]
-trainer = Trainer(config, callbacks=[live], max_steps=MAX_STEPS)
+trainer = Trainer(config, callbacks=[live, diagnostics], max_steps=MAX_STEPS)
 print("resumed from", trainer.resumed_from, "at step", trainer.step,
-      f"with {trainer.train_time_s():.0f} s of the budget already spent")
+      f"with {trainer.time_s():.0f} s of the budget already spent")
 reason = trainer.fit()
 print(f"stopped by {reason!r} at step {trainer.step} ({trainer.state.skipped_steps} fp16 steps skipped)")
 assert trainer.resumed_from is not None
 
-fig = loss_figure(read_records(out / "metrics.jsonl"), resumes=live.resumes,
-                          title=f"{config.model}: {trainer.step} steps in 3 sessions")
-plt.show()
+fig = loss_figure(read_jsonl(out / "metrics.jsonl"), resumes=live.resumes,
+                  title=f"{config.model}: {trainer.step} steps in 3 sessions")
+display(fig)
 
 # %% [markdown]
 # ## 6. Diagnostics over time
 #
-# Every `DIAG_EVERY` steps the trainer recorded, for each weight tensor, the standard deviation of its
-# gradient (after unscaling, before clipping) and the sum of its weights (`diagnostics.jsonl`).
+# Every `DIAG_EVERY` steps the `GradientStats` callback recorded, for each weight tensor, the standard deviation
+# of its gradient and the sum of its weights (`diagnostics.jsonl`). A callback runs after the optimizer step, so
+# it sees the gradient the optimizer used: unscaled, and clipped to a total norm of 0.1 (the paper's clip, which
+# most steps hit): compare the layers with each other, not the scale with another run's.
 #
 # * **Gradient std per layer**: layers whose gradients are orders of magnitude smaller than the rest learn
 #   little; exploding values show up as sudden jumps (and as GradScaler skipping steps in fp16).
@@ -254,17 +259,17 @@ plt.show()
 # the encoder (the features of the selected cells), so no curve here should sit at zero.
 
 # %%
-records = read_records(out / "diagnostics.jsonl")
+records = read_jsonl(out / "diagnostics.jsonl")
 print(len(records), "records of", len(records[0]["grad_std"]), "weight tensors")
 fig, axes = plt.subplots(1, 2, figsize=(14, 4))
-plot_grad_std(records, max_layers=10, ax=axes[0])
+plot_layer_series(records, "grad_std", max_layers=10, ax=axes[0])
 axes[0].set_title("gradient std per layer", fontsize=9)
-plot_weight_sum(records, max_layers=10, ax=axes[1])
+plot_layer_series(records, "weight_sum", max_layers=10, ax=axes[1])
 axes[1].set_title("weight sum per layer", fontsize=9)
 fig.tight_layout()
 plt.show()
 
-now_hists = weight_histograms(trainer.ckpt.last)     # straight from the checkpoint file
+now_hists = weight_histograms(trainer.last_good)      # straight from the checkpoint file
 names = [n for n in init_hists if "transformer" in n][:4] + [n for n in init_hists if "class_embed" in n][:1]
 fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.6), squeeze=False)
 for ax, n in zip(axes[0], names):
@@ -282,7 +287,7 @@ plt.show()
 # COCO mAP on the validation images (pycocotools): AP averages over IoU thresholds 0.5 to 0.95, AP50 is the
 # lenient one, APs/APm/APl split by object size, AR is the recall with 1, 10 or 100 detections per image.
 # A focal-loss model is scored as it was trained: sigmoid scores, the 100 best (query, class) pairs per
-# image (`scoring_for`). Then predictions on validation images: solid boxes are predictions with score
+# image (`detr_nb.config.build_postprocess`). Then predictions on validation images: solid boxes are predictions with score
 # ≥ 0.5, dashed ones the ground truth. On a T4 after the 10 minutes, most shapes are found with the right
 # class (measured with the same recipe in 9 minutes on 2 CPU cores, about 4,500 steps: AP 0.62-0.63, AP50
 # 0.89-0.90 over four seeds, docs/convergence.md; a T4 was not measured, no GPU was lent to this project);
@@ -291,10 +296,10 @@ plt.show()
 # %%
 stats = trainer.evaluate(verbose=True)
 samples = sample_predictions(trainer.model, trainer.val_set, range(min(8, len(trainer.val_set))), trainer.device,
-                             trainer.precision.autocast, scoring_for(config.loss_type))
+                             trainer.autocast)
 fig = draw_predictions(samples, threshold=0.5, names=category_names(trainer.val_set))
 fig.savefig(out / "predictions.png", dpi=90)
-plt.show()
+display(fig)
 
 # %%
 print("run folder:", out.resolve())
@@ -306,7 +311,7 @@ print(f"checkpoints are in {trainer.ckpt.directory.resolve()} (last.pth = step {
 trainer.close()
 
 # %% [markdown]
-# **Summary.** `resolve_precision` picks fp16 + GradScaler on a T4 (bf16 from capability 8.0, fp32 on CPU);
+# **Summary.** `amp_dtype` picks fp16 + GradScaler on a T4 (bf16 from capability 8.0, fp32 on CPU);
 # the matcher and box losses stay fp32. Checkpoints go into a run folder with a fixed name (on Drive with
 # `USE_DRIVE`), at every epoch end, on clean stops and every `checkpoint_every_s`; a new `Trainer` on that
 # folder resumes exactly, budget clock included. Gradient std and weight sums per layer, recorded during
@@ -319,8 +324,8 @@ trainer.close()
 # 1. Train with `amp="fp32"` on the T4 for the same `TRAIN_MINUTES`. More or fewer steps, and a better or
 #    worse AP?
 # 2. Resume this run with `batch_size=32`. What happens, and why does the engine do that?
-# 3. Run the same configuration with `model="detr_tiny"`, `loss_type="ce"`, `weight_dict=None`,
-#    `cost_class=1.0` (the paper's DETR and loss) for the same budget. What does the loss curve do, and what
+# 3. Run the same configuration with `model="detr_tiny"` (the paper's DETR, so the paper's loss) and
+#    `weight_dict={"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}` for the same budget. What does the loss curve do, and what
 #    AP do you expect?
 
 # %% [markdown]

@@ -47,7 +47,7 @@ CROWD = dict(counts=(5, 8), images_per_count=1, image_size=(64, 64)) if SMOKE el
 #
 # 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise the same recipe trained
 #    here with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
-# 2. computes COCO mAP with pycocotools through `detr_nb.inference.evaluate`, step by step, and shows why DETR
+# 2. computes COCO mAP with pycocotools through `detr_nb.evaluate`, step by step, and shows why DETR
 #    keeps every query's box;
 # 3. draws predictions next to the ground truth;
 # 4. opens the transformer: the **encoder self-attention** of a chosen pixel and the **decoder
@@ -58,22 +58,22 @@ CROWD = dict(counts=(5, 8), images_per_count=1, image_size=(64, 64)) if SMOKE el
 import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from IPython.display import display
 
 import detr_nb
-from detr_nb import workdir
-from detr_nb import figures, teach
-from detr_nb.aids import scoring_for
-from detr_nb.aids.focal import sigmoid_scores
-from detr_nb.data import collate_fn, make_transforms
-from detr_nb.inference import evaluate as E
-from detr_nb.setpred.postprocess import softmax_scores
-from detr_nb.teach import lessons
-from detr_nb.teach import checks
-from detr_nb.engine.trainer import Trainer
-from detr_nb.engine.config import TrainConfig
-from detr_nb.engine.build import build_datasets, model_from_checkpoint
-from detr_nb.engine.checkpoint import load_checkpoint
-from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
+import detr_nb.evaluate as E
+from detr_nb import TrainConfig, Trainer
+from detr_nb.checkpoint import load_checkpoint, model_from_checkpoint
+from detr_nb.config import MAIN_JOB_SYNTHETIC, build_postprocess
+from detr_nb.data import build_dataset, collate_fn, make_transforms
+from detr_nb.figures import draw_predictions
+from detr_nb.pretrained import COCO_CLASSES
+from detr_nb.teach import architecture, checks, images
+from detr_nb.teach.analysis import (crowd_summary, crowd_test, layer_ap, plot_crowd, plot_layer_ap, plot_slots,
+                                    slot_predictions)
+from detr_nb.teach.attention import (attention_maps, decoder_attention_figure, decoder_attention_of,
+                                     encoder_attention_at, encoder_attention_figure, query_predictions)
+from detr_nb.teach.paths import checkpoint_root, workdir
 
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| device:", device)
@@ -82,14 +82,14 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # ## 1. A trained model
 #
 # Notebook 07 trains `detr_tiny_aided` (the main job's `aided` recipe) on the synthetic shapes and keeps its
-# checkpoints in a run folder with a fixed name (`RUN_NAME`) under `lessons.checkpoint_root()`. If that
+# checkpoints in a run folder with a fixed name (`RUN_NAME`) under `checkpoint_root()`. If that
 # checkpoint exists, `model_from_checkpoint` rebuilds the model from the configuration stored in it, and the
-# run's own configuration says which validation set and which scoring it was trained for. Otherwise we
+# run's own configuration says which validation set it was trained for. Otherwise we
 # train the same recipe here with the same engine (`Trainer`, the code behind `python -m detr_nb train`)
 # for `TRAIN_MINUTES`.
 
 # %%
-runs = lessons.checkpoint_root(mount_drive=USE_DRIVE)
+runs = checkpoint_root(mount_drive=USE_DRIVE)
 last = runs / RUN_NAME / "checkpoints" / "last.pth"
 found = last if last.exists() and not SMOKE else None     # smoke mode always trains its own tiny model
 
@@ -97,7 +97,7 @@ if found is not None:
     state = load_checkpoint(found)
     config = TrainConfig.from_dict(state["config"])
     model = model_from_checkpoint(state, device=device)
-    val_set = build_datasets(config, splits=("val",))["val"]
+    val_set = build_dataset(config.dataset, config.val_split, config.preset, root=config.data_root, **config.data_kwargs)
     print(f"loaded notebook 07's checkpoint: {found} (step {state['step']})")
 else:
     data = dict(MAIN_JOB_SYNTHETIC, num_train=8, num_val=4, image_size=(64, 64), max_objects=3) if SMOKE else dict(MAIN_JOB_SYNTHETIC)
@@ -115,9 +115,9 @@ else:
     model, val_set = trainer.model, trainer.val_set
     print(f"stopped by {reason!r} after {trainer.step} steps; checkpoint {trainer.last_good}")
 model = model.to(device).eval()
-scoring = scoring_for(config.loss_type)   # focal loss: sigmoid scores, the 100 best (query, class) pairs
+postprocess = build_postprocess(model)   # aided (focal loss): sigmoid scores, the 100 best (query, class) pairs
 names = E.category_names(val_set)
-print("model:", config.model, "| loss:", config.loss_type, "| scoring:", scoring.__name__)
+print("model:", config.model, "| post-processing:", type(postprocess).__name__)
 print("classes:", names, "| validation images:", len(val_set))
 
 # %% [markdown]
@@ -128,17 +128,15 @@ print("classes:", names, "| validation images:", len(val_set))
 # refines the box of the layer before (notebook 10 explains each).
 
 # %%
-from detr_nb.teach.architecture import tensor_shapes
-
-fig = figures.plot_detr_architecture(tensor_shapes(model, tuple(val_set[0][0].shape[-2:])))
+fig = architecture.plot_detr_architecture(architecture.tensor_shapes(model, tuple(val_set[0][0].shape[-2:])))
 plt.show()
 
 # %% [markdown]
 # ## 2. COCO mAP, step by step
 #
-# **From outputs to COCO results.** `postprocess` turns the outputs into (score, label, box) triples, with
-# boxes from normalised $(c_x, c_y, w, h)$ to pixels of the image's *original* size. How a score is made
-# depends on the loss the model was trained with (`scoring_for(loss_type)`, the one rule that training,
+# **From outputs to COCO results.** The model's post-processing turns the outputs into (score, label, box)
+# triples, with boxes from normalised $(c_x, c_y, w, h)$ to pixels of the image's *original* size. How a score is
+# made depends on the loss the model was trained with (`build_postprocess(model)`, the one rule that training,
 # the CLI and the pictures share):
 #
 # * the paper's cross-entropy: softmax over the classes, drop "no object", keep the best class: one
@@ -147,12 +145,17 @@ plt.show()
 #   "no object" class), and each image keeps its 100 best pairs, as in Deformable DETR, so a query unsure
 #   between two classes gives both.
 #
-# `to_coco_results` writes one dict per triple in COCO's format (`bbox` = $[x, y, w, h]$). `detections` does
-# both over a data loader:
+# `to_coco_results` writes one dict per triple in COCO's format (`bbox` = $[x, y, w, h]$). Over the validation
+# images (what `E.evaluate` does before scoring):
 
 # %%
 loader = torch.utils.data.DataLoader(val_set, batch_size=8, collate_fn=collate_fn)
-detections = E.detections(model, loader, device, progress=True, scoring=scoring)
+detections = []
+with torch.no_grad():
+    for batch, mask, targets in loader:
+        outputs = model(batch.to(device), mask.to(device))
+        sizes = torch.stack([t["orig_size"] for t in targets]).to(device)       # (B, 2): each original (h, w)
+        detections += E.to_coco_results(postprocess(outputs, sizes), [int(t["image_id"]) for t in targets])
 print(len(detections), "detections for", len(val_set), "images; the first two:")
 for d in detections[:2]:
     print({k: (round(v, 3) if isinstance(v, float) else [round(x, 1) for x in v] if isinstance(v, list) else v)
@@ -174,7 +177,7 @@ for d in detections[:2]:
 # %%
 coco_gt = E.coco_gt_of(val_set)
 stats = E.coco_evaluate(coco_gt, detections, verbose=False)
-print(E.format_stats(stats))
+print("  ".join(f"{k} {v:.3f}" for k, v in stats.items()))
 print("(-1 = no ground-truth object of that size in the validation set)")
 if SMOKE:
     print("\n(smoke mode: a few training steps on 8 images - AP near 0 is expected)")
@@ -187,7 +190,7 @@ if SMOKE:
 # after each detection, the **envelope** (each precision replaced by the best one at this recall or beyond),
 # read at the 101 recall points $0, 0.01, \dots, 1$ (0 beyond the last recall reached), averaged. No
 # detections give 0; `num_gt = 0` gives -1, COCO's "undefined". The check compares with
-# `detr_nb.inference.evaluate.average_precision`, which is itself tested against pycocotools.
+# `detr_nb.teach.average_precision.average_precision`, which is itself tested against pycocotools.
 
 # %%
 def my_average_precision(scores, is_tp, num_gt):
@@ -232,8 +235,8 @@ print(f"score > {THRESHOLD} ({len(kept)} kept): AP {stats_thr['AP']:.3f}  AR100 
 assert stats_thr["AP"] <= stats["AP"] + 1e-6
 
 # %% [markdown]
-# `E.evaluate(model, val_set, scoring=scoring)` is all of the above in one call (the trainer and the CLI run it
-# through `engine.build.evaluate_run`, which also applies the run's evaluation settings).
+# `E.evaluate(model, val_set)` is all of the above in one call (the trainer and the CLI run it through
+# `E.evaluate_run`, which also applies the run's evaluation settings).
 #
 # ## 3. Predictions drawn
 #
@@ -241,15 +244,15 @@ assert stats_thr["AP"] <= stats["AP"] + 1e-6
 # model saw.
 
 # %%
-samples = E.sample_predictions(model, val_set, range(min(4, len(val_set))), device, scoring=scoring)
-fig = figures.draw_predictions(samples, threshold=THRESHOLD, names=names)
-plt.show()
+samples = E.sample_predictions(model, val_set, range(min(4, len(val_set))), device)
+fig = draw_predictions(samples, threshold=THRESHOLD, names=names)
+display(fig)
 
 # %% [markdown]
 # ## 4. Where the transformer looks
 #
-# `teach.attention_maps` runs one forward pass inside `detr_nb.record_attention`, which makes every
-# attention layer store its weights $\mathrm{softmax}(QK^\top/\sqrt d)$ per head. For a feature grid of
+# `attention_maps` runs one forward pass inside `record_attention` (`detr_nb.teach.attention`), whose forward
+# hooks make every attention layer record its weights $\mathrm{softmax}(QK^\top/\sqrt d)$ per head. For a feature grid of
 # $h \times w = S$ cells:
 #
 # * encoder layer $\ell$: self-attention $(B, \text{heads}, S, S)$ - row $i$ says which cells cell $i$ reads;
@@ -262,12 +265,12 @@ plt.show()
 
 # %%
 image, target = val_set[0]                               # (3, H, W) normalised, the model's input size
-maps = teach.attention_maps(model, image[None].to(device))     # tensors come back on the CPU
+maps = attention_maps(model, image[None].to(device))     # tensors come back on the CPU
 print("feature grid", maps["feature_size"], "| encoder layers", len(maps["encoder"]), tuple(maps["encoder"][0].shape),
       "| decoder layers", len(maps["decoder"]), tuple(maps["decoder"][0].shape))
 H, W = image.shape[-2:]
 points = [(H // 4, W // 4), (H // 2, W // 2), (3 * H // 4, 3 * W // 4)]
-fig = teach.encoder_attention_figure(image, maps, points)
+fig = encoder_attention_figure(image, maps, points)
 plt.show()
 
 # %% [markdown]
@@ -275,11 +278,10 @@ plt.show()
 # the box it predicts.
 
 # %%
-per_query = sigmoid_scores if config.loss_type == "focal" else softmax_scores   # one result per query
-scores = teach.query_predictions(maps, per_query)["scores"]      # (Q,) each query's best real-class score
+scores = query_predictions(maps)["scores"]      # (Q,) each query's best real-class score
 top = scores.argsort(descending=True)[:4].tolist()
 print("top queries:", top, "scores", [round(float(scores[q]), 2) for q in top])
-fig = teach.decoder_attention_figure(image, maps, top, names=names, scoring=per_query)
+fig = decoder_attention_figure(image, maps, top, names=names)
 plt.show()
 
 # %% [markdown]
@@ -296,25 +298,25 @@ if OFFICIAL:
     official = detr_nb.build_model("detr_r50", num_classes=91)
     detr_nb.load_pretrained(official, "detr_r50")
     official = official.to(device).eval()
-    photo = teach.image_to_tensor(teach.sample_image(), short_side=800)
-    photo_maps = teach.attention_maps(official, photo[None].to(device))
+    photo = images.image_to_tensor(images.sample_image(), short_side=800)
+    photo_maps = attention_maps(official, photo[None].to(device))
     del official
     pH, pW = photo.shape[-2:]
-    fig = teach.encoder_attention_figure(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
+    fig = encoder_attention_figure(photo, photo_maps, [(int(pH * 0.35), int(pW * 0.5)),
                                                              (int(pH * 0.1), int(pW * 0.5)),
                                                              (int(pH * 0.8), int(pW * 0.5)),
                                                              (int(pH * 0.3), int(pW * 0.1))])
     plt.show()
-    p_scores = teach.query_predictions(photo_maps)["scores"]      # the paper's softmax scores
+    p_scores = query_predictions(photo_maps)["scores"]      # the paper's softmax scores
     ranked = p_scores.argsort(descending=True).tolist()
     confident = [q for q in ranked if p_scores[q] > 0.7][:4] or ranked[:2]
-    fig = teach.decoder_attention_figure(photo, photo_maps, confident, names=teach.COCO_CLASSES)
+    fig = decoder_attention_figure(photo, photo_maps, confident, names=COCO_CLASSES)
     plt.show()
-    w_image, w_maps, w_names, w_scoring = photo, photo_maps, teach.COCO_CLASSES, softmax_scores
+    w_image, w_maps, w_names = photo, photo_maps, COCO_CLASSES
 else:
     print("OFFICIAL is off (smoke mode, or no download): these figures need the official weights; "
           "the widgets use the small model trained above")
-    w_image, w_maps, w_names, w_scoring = image, maps, names, per_query
+    w_image, w_maps, w_names = image, maps, names
 
 # %% [markdown]
 # ### Explore: encoder self-attention at a chosen pixel
@@ -331,12 +333,12 @@ n_enc, n_dec = len(w_maps["encoder"]), len(w_maps["decoder"])
 
 
 def show_encoder(y=wH // 2, x=wW // 2, layer=n_enc - 1):
-    teach.encoder_attention_figure(w_image, w_maps, [(y, x)], layer=layer)
+    encoder_attention_figure(w_image, w_maps, [(y, x)], layer=layer)
     plt.show()
 
 
 def show_decoder(query=0, layer=n_dec - 1):
-    teach.decoder_attention_figure(w_image, w_maps, [query], layer=layer, names=w_names, scoring=w_scoring)
+    decoder_attention_figure(w_image, w_maps, [query], layer=layer, names=w_names)
     plt.show()
 
 
@@ -352,7 +354,7 @@ widgets.interact(show_encoder,
 # ones concentrate on the object, mostly on its borders.
 
 # %%
-w_scores = teach.query_predictions(w_maps, w_scoring)["scores"]
+w_scores = query_predictions(w_maps)["scores"]
 order = w_scores.argsort(descending=True).tolist()
 widgets.interact(show_decoder,
                  query=widgets.Dropdown(options=[(f"query {q} (score {w_scores[q]:.2f})", q) for q in order],
@@ -363,8 +365,8 @@ widgets.interact(show_decoder,
 # The widgets' functions, called directly (this is what runs without a browser), and two checks.
 show_encoder(wH // 3, wW // 3, layer=0)
 show_decoder(order[0], layer=n_dec - 1)
-enc_map = teach.encoder_attention_at(w_maps, wH // 3, wW // 3, layer=0)
-dec_map = teach.decoder_attention_of(w_maps, order[0])
+enc_map = encoder_attention_at(w_maps, wH // 3, wW // 3, layer=0)
+dec_map = decoder_attention_of(w_maps, order[0])
 print("encoder map", tuple(enc_map.shape), f"sum {enc_map.sum().item():.3f} | decoder map", tuple(dec_map.shape),
       f"sum {dec_map.sum().item():.3f}")
 assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.isclose(dec_map.sum(), torch.tensor(1.0), atol=1e-4)
@@ -382,10 +384,7 @@ assert torch.isclose(enc_map.sum(), torch.tensor(1.0), atol=1e-4) and torch.iscl
 # AP at the last, where it can only remove true positives: the reason DETR needs no NMS.
 
 # %% tags=["key-figure"]
-from detr_nb.figures.analysis import plot_crowd, plot_layer_ap, plot_slots
-from detr_nb.inference.analysis import crowd_summary, crowd_test, layer_ap, slot_predictions
-
-rows = layer_ap(model, val_set, device, scoring=scoring, max_images=None if not SMOKE else 4)
+rows = layer_ap(model, val_set, device, max_images=None if not SMOKE else 4)
 for r in rows:
     print(f"layer {r['layer']}: AP {r['AP']:.3f} (with NMS {r['AP_nms']:.3f})  AP50 {r['AP50']:.3f} "
           f"(with NMS {r['AP50_nms']:.3f})")
@@ -405,7 +404,7 @@ plt.show()
 # proposal predicts: its position follows the objects of each image rather than a fixed region.
 
 # %%
-slots = slot_predictions(model, val_set, device, scoring=scoring, max_images=None if not SMOKE else 4)
+slots = slot_predictions(model, val_set, device, max_images=None if not SMOKE else 4)
 fig = plot_slots(slots, n=min(20, slots["centers"].shape[0]))
 plt.show()
 
@@ -418,7 +417,7 @@ plt.show()
 
 # %%
 crowd_size = config.data_kwargs.get("image_size", (160, 160))      # the resolution the model was trained at
-crowd = crowd_test(model, scoring, transforms=make_transforms(config.preset, train=False), device=device,
+crowd = crowd_test(model, transforms=make_transforms(config.preset, train=False), device=device,
                    **(CROWD or dict(counts=(10, 20, 25, 30), image_size=crowd_size)))
 for n, r in crowd_summary(crowd).items():
     print(f"{n} shapes asked: {r['objects']:.1f} drawn, {r['found']:.1f} found ({r['queries']} queries)")
@@ -452,7 +451,7 @@ if COCO_ANALYSES and not SMOKE:      # Colab: the official DETR-R50 on COCO val2
 #
 # ## Exercises
 #
-# Predict first, then check with a cell (`E.evaluate`, `figures.draw_predictions`).
+# Predict first, then check with a cell (`E.evaluate`, `draw_predictions`).
 #
 # 1. Keep only each image's 10 best-scoring detections before COCO evaluation. Which of AP, AP50, AR10
 #    and AR100 can change, and in which direction?

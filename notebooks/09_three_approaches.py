@@ -5,7 +5,7 @@
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 12.9 s on 2 CPU cores (`bench/notebook_times.py`; 27 s for
 # `time DETR_NB_SMOKE=1 python -m pytest tests/test_notebooks.py -k 09 -q`, kernel start included): a tiny
-# synthetic set, a tiny GroupNorm model, 4 steps per run, no downloads.
+# synthetic set, a tiny BatchNorm model, 4 steps per run, no downloads.
 # Full mode on a Colab T4: about 31 minutes, at most 40, an estimate (how it was made: below): seven runs of
 # 210 s of training each, by construction (the engine stops on each run's time budget), plus downloads,
 # evaluations and checkpoints.
@@ -65,7 +65,7 @@ import os
 SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
 # True: keep the runs on Google Drive, so that even a recycled runtime costs only the current run's last minutes.
 USE_DRIVE = False
-# Smoke mode (the tests, on a CPU): a tiny synthetic set, a tiny GroupNorm model, 4 steps, no downloads.
+# Smoke mode (the tests, on a CPU): a tiny synthetic set, a tiny BatchNorm model, 4 steps, no downloads.
 DATASET = "synthetic" if SMOKE else "pennfudan"     # or "balloon" (61 + 13 images; detr_nb.data downloads it)
 MODEL = "detr_tiny" if SMOKE else "detr_small"      # approaches 1-2 and the init study; approach 3 is detr_r50
 PRESET = "none" if SMOKE else "t4"                  # transforms: t4 = DETR's augmentation at 480-640 px
@@ -86,12 +86,9 @@ import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
-from detr_nb import workdir
-from detr_nb.figures import study as compare_figures
-from detr_nb.study import compare
-from detr_nb.study import report as compare_report
-from detr_nb.study.compare import CompareConfig
-from detr_nb.teach import lessons
+from detr_nb import TrainConfig
+from detr_nb.teach import study
+from detr_nb.teach.paths import checkpoint_root, workdir
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares its cores: one thread each avoids contention
@@ -100,7 +97,7 @@ if SMOKE:
 # ## Where the runs live
 #
 # With `USE_DRIVE = False` the runs go to the runtime's own disk (`/content/detr_nb/runs`, from
-# `detr_nb.workdir`). A short loss of connection does not stop the cell that is training, and the disk survives
+# `detr_nb.teach.paths.workdir`). A short loss of connection does not stop the cell that is training, and the disk survives
 # a restart of the kernel (a crash, Runtime → Restart session): rerun the notebook and only the run in progress
 # loses its last minutes (a checkpoint is written every 2 minutes and when a run stops). When Colab recycles the
 # runtime (about 90 idle minutes, the 12-hour limit, or "Disconnect and delete runtime") the disk is wiped, and
@@ -109,23 +106,21 @@ if SMOKE:
 # runtime's disk (`workdir("data")`): reading images from Drive is slow.
 
 # %%
-root = lessons.checkpoint_root(mount_drive=True) if USE_DRIVE else workdir("runs")
+root = checkpoint_root(mount_drive=True) if USE_DRIVE else workdir("runs")
 out = root / f"09_compare-{DATASET}{RUN_TAG}"
 smoke_model = dict(backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2, enc_layers=1,
                    dec_layers=2, dim_feedforward=64, num_queries=8)
-train = compare.compare_train_config(
-    dataset=DATASET,
+train = TrainConfig(                # the study's recipe: the paper's loss, a constant learning rate
+    recipe="study", dataset=DATASET,
     data_kwargs=dict(num_train=8, num_val=4, image_size=(64, 64), min_objects=1, max_objects=2) if SMOKE else {},
     data_root=str(workdir("data") / ("synthetic-09" if SMOKE else DATASET)),
     preset=PRESET, model=MODEL, model_overrides=smoke_model if SMOKE else {},
     max_steps=STEPS, time_budget_s=BUDGET_S, batch_size=BATCH_SIZE, lr=LR, lr_backbone=LR_BACKBONE,
-    eval_every=EVAL_EVERY, max_eval_images=None, log_every=1 if SMOKE else 10, diag_every=2 if SMOKE else 25,
-    checkpoint_every_s=120, workers=0 if SMOKE else 2, threads=1 if SMOKE else None, progress=not SMOKE,
-    out=str(out))
-cfg = CompareConfig(train=train, approaches=APPROACHES, inits=INITS, seeds=SEEDS)
-specs = compare.run_specs(cfg)
+    eval_every=EVAL_EVERY, max_eval_images=None, log_every=1 if SMOKE else 10, checkpoint_every_s=120,
+    workers=0 if SMOKE else 2, progress=not SMOKE, out=str(out))
+specs = study.run_specs(train, APPROACHES, INITS, SEEDS, diag_every=2 if SMOKE else 25)
 print(f"{len(specs)} runs, each in its own folder under {out}")
-display(Markdown(compare_report.starting_points_table(specs)))
+display(Markdown(study.starting_points_table(specs)))
 
 # %% [markdown]
 # ## What each run starts from
@@ -149,10 +144,10 @@ display(Markdown(compare_report.starting_points_table(specs)))
 #
 # Every run: AdamW with weight decay 1e-4, gradient clip 0.1, a constant lr, the paper's loss (cross-entropy
 # with no-object weight 0.1, 5 · L1, 2 · GIoU), batch 4, `t4` augmentation. Smoke mode has no downloads: its tiny
-# GroupNorm ResNet starts random, nothing is frozen, and the backbone trains at the full lr.
+# ResNet (trainable BatchNorm) starts random, nothing is frozen, and the backbone trains at the full lr.
 
 # %%
-compare.prepare(cfg)   # downloads now, so that no run's budget pays for one
+study.prepare(specs)   # downloads now, so that no run's budget pays for one
 
 # %% [markdown]
 # ## Approach 1: DETR from scratch
@@ -162,10 +157,11 @@ compare.prepare(cfg)   # downloads now, so that no run's budget pays for one
 # from its last checkpoint: boxes scoring 0.5 or more, solid, over the ground truth, dashed.
 
 # %%
-for spec in compare.select(specs, "approach", "scratch"):
-    print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_report.run_predictions(spec)
-    plt.show()
+for spec in [s for s in specs if s["name"] == "scratch"]:
+    print(study.result_line(study.run_one(spec)))
+    fig = study.run_predictions(spec)     # None when the run has no checkpoint
+    if fig is not None:
+        display(fig)
 
 # %% [markdown]
 # ## Approach 2: the same model on PyTorch's layers
@@ -173,14 +169,15 @@ for spec in compare.select(specs, "approach", "scratch"):
 # The same weights, the same batches; only the layers' implementation differs. Under a time budget the fused
 # layers get more steps in the same seconds. Step by step, the two loss curves agree at first to float32
 # rounding and then part slowly: the implementations round differently (about 1e-7 per operation) and training
-# amplifies any difference (tests/test_compare.py shows identical curves in float64, and as large a gap in
-# float32 from a 1e-7 nudge of the torch model's own weights).
+# amplifies any difference (tests/test_study.py shows identical curves in float64, and as large a gap in
+# float32 from a 1e-6 nudge, a few units in the last place, of the torch model's own weights).
 
 # %%
-for spec in compare.select(specs, "approach", "torch"):
-    print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_report.run_predictions(spec)
-    plt.show()
+for spec in [s for s in specs if s["name"] == "torch"]:
+    print(study.result_line(study.run_one(spec)))
+    fig = study.run_predictions(spec)     # None when the run has no checkpoint
+    if fig is not None:
+        display(fig)
 
 # %% [markdown]
 # ## Approach 3: fine-tuning the official DETR
@@ -189,44 +186,46 @@ for spec in compare.select(specs, "approach", "torch"):
 # the run is reported as "not run" with the reason, and no number is shown for it.
 
 # %%
-for spec in compare.select(specs, "approach", "pretrained"):
-    print(compare_report.result_line(compare.run_one(spec)))
-    fig = compare_report.run_predictions(spec)
-    plt.show()
+for spec in [s for s in specs if s["name"] == "pretrained"]:
+    print(study.result_line(study.run_one(spec)))
+    fig = study.run_predictions(spec)     # None when the run has no checkpoint
+    if fig is not None:
+        display(fig)
 
 # %% [markdown]
 # ## The initialisation study
 #
-# Four runs of approach 2's model, each re-initialised by one scheme of `detr_nb.configs.apply_init`, with
-# per-layer gradient and weight statistics every 25 steps. Uniform ±0.02 makes every weight tiny (std 0.0115
+# Four runs of approach 2's model, each re-initialised by one scheme of `study.apply_init`, with per-layer
+# gradient and weight statistics every 25 steps (`GradientStats`, a trainer callback: the gradients as the
+# optimizer used them, clipped to a total norm of 0.1, so compare the layers' curves rather than their scale). Uniform ±0.02 makes every weight tiny (std 0.0115
 # whatever the layer's width); Kaiming's fan-in rule gives the widest weights; Xavier, the official choice,
 # sits between.
 
 # %%
-for spec in compare.select(specs, "init"):
-    print(compare_report.result_line(compare.run_one(spec)))
+for spec in [s for s in specs if s["group"] == "init"]:
+    print(study.result_line(study.run_one(spec)))
 
 # %% [markdown]
 # ## All runs side by side
 #
-# `report_comparison` reads every run back from its folder (so it also works after a restart) and writes
-# `summary.json`, `table.md` and the figures into the comparison's folder. "train s" is each run's budget
-# clock: setup and training steps, without evaluations or checkpoint writes.
+# `write_report` reads every run back from its folder (so it also works after a restart) and writes
+# `summary.json`, `table.md` and the figures into the study's folder. "train s" is each run's budget clock:
+# setup and training steps, without the evaluations during training.
 
 # %%
-report = compare_report.with_records(compare.report_comparison(cfg))
+report = study.write_report(specs)
 display(Markdown((out / "table.md").read_text()))
 
 # %%
-fig = compare_figures.plot_loss_comparison(report, "approach")
+fig = study.plot_losses(report, "approach")
 plt.show()
 
 # %% tags=["key-figure"]
-fig = compare_figures.plot_map_comparison(report)
+fig = study.plot_ap(report)
 plt.show()
 
 # %%
-fig = compare_figures.plot_speed(report)
+fig = study.plot_speed(report)
 plt.show()
 
 # %% [markdown]
@@ -236,19 +235,19 @@ plt.show()
 # training, then the losses.
 
 # %%
-fig = compare_figures.plot_init_histograms(report)
+fig = study.plot_init_histograms(report)
 plt.show()
 
 # %%
-fig = compare_figures.plot_init_series(report, "grad_std")
+fig = study.plot_init_series(report, "grad_std")
 plt.show()
 
 # %%
-fig = compare_figures.plot_init_series(report, "weight_sum")
+fig = study.plot_init_series(report, "weight_sum")
 plt.show()
 
 # %%
-fig = compare_figures.plot_loss_comparison(report, "init")
+fig = study.plot_losses(report, "init")
 plt.show()
 
 # %% [markdown]
@@ -264,8 +263,8 @@ plt.show()
 #   gradients about ten times smaller in the attention and feed-forward weights and the highest loss after 300
 #   steps; Xavier, Kaiming and PyTorch's defaults ended close together. One seed does not rank them: add seeds
 #   (`SEEDS = [0, 1, 2]`, three times the time) before drawing conclusions.
-# * The same study from a shell: `python -m detr_nb compare --dataset pennfudan --preset t4 --model detr_small
-#   --time-budget 210 --eval-every 4 --workers 2 --out runs/compare-pennfudan` (run it again and the finished
+# * The same study from a shell: `python -m detr_nb.teach.study --dataset pennfudan --preset t4 --model detr_small
+#   --time-budget 210 --eval-every 4 --diag-every 25 --workers 2 --out runs/compare-pennfudan` (run it again and the finished
 #   runs are kept).
 
 # %%
@@ -297,7 +296,7 @@ print(json.dumps({f"{r['group']}-{r['name']}": r["status"] for r in report["runs
 #    with `lr_backbone = 0` no gradient is needed inside the ResNet, the backward pass stops at `input_proj`,
 #    and each step is cheaper, so a time budget buys more steps; approaches 1-2, limited by their
 #    from-scratch transformer, may even gain. The run that suffers is one whose backbone starts random: the
-#    smoke mode's GroupNorm model would keep random features forever. (The speed figure shows the steps
+#    smoke mode's random ResNet would keep random features forever. (The speed figure shows the steps
 #    gained; compare its images/s with the runs above.)
 # 2. **Per step, approaches 1 and 2 agree; per second, they do not.** With the same number of steps they see
 #    the same batches and their curves coincide up to float32 rounding amplified by training, so their AP

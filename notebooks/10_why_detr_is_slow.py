@@ -46,16 +46,18 @@ EVAL_IMAGES = 4 if SMOKE else 200
 # code report "AP stays at 0" on small datasets more than anything else. What is measured here is a 96 px
 # toy on a CPU budget: it shows the plateau and what moves it, not how the same means scale to COCO.
 #
-# This notebook explains why, and measures five remedies from later papers, each an option of
-# `detr_nb` (package `detr_nb.aids`, off in the official configurations):
+# This notebook explains why, and looks at five remedies from later papers, all measured on the main job
+# (`bench/convergence.py`). Three paid and are the main job's model, `detr_tiny_aided` (`detr_nb.aids`,
+# never used by the official configurations); two did not pay on this budget and were left out of the
+# package (their code is in the history: `docs/convergence.md`), so this notebook only explains them:
 #
-# | aid | paper | what changes |
-# |---|---|---|
-# | sigmoid focal loss | Lin et al. 2017; Deformable DETR | per-class sigmoid, easy negatives down-weighted |
-# | Group DETR | Chen et al. 2022 | K query groups, each matched one-to-one, masked from each other |
-# | anchor queries + box refinement | DAB-DETR; Deformable DETR | queries are boxes; each layer refines the previous box |
-# | two-stage query selection | Deformable DETR; DINO | the encoder proposes boxes; the best cells become the queries |
-# | query denoising | DN-DETR | noised copies of the true boxes enter the decoder and must be restored, no matching |
+# | aid | paper | what changes | in `detr_nb` |
+# |---|---|---|---|
+# | sigmoid focal loss | Lin et al. 2017; Deformable DETR | per-class sigmoid, easy negatives down-weighted | yes |
+# | Group DETR | Chen et al. 2022 | K query groups, each matched one-to-one, masked from each other | no |
+# | anchor queries + box refinement | DAB-DETR; Deformable DETR | queries are boxes; each layer refines the previous box | refinement, from the encoder's boxes |
+# | two-stage query selection | Deformable DETR; DINO | the encoder proposes boxes; the best cells become the queries | yes |
+# | query denoising | DN-DETR | noised copies of the true boxes enter the decoder and must be restored, no matching | no |
 #
 # The committed numbers come from `bench/convergence.py` (`docs/convergence.md`); at the end the
 # notebook recomputes a small version of the comparison with the package.
@@ -66,20 +68,17 @@ import numpy as np
 import torch
 
 import detr_nb
-from detr_nb.aids import denoising_attention_mask, group_attention_mask, noise_targets
-from detr_nb.configs import build_model
-from detr_nb.data.synthetic import render_sample, synthetic_params
-from detr_nb.setpred.matcher import HungarianMatcher
-from detr_nb.figures.architecture import plot_query_selection
-from detr_nb.figures.attention import show_attention_mask
-from detr_nb.teach.architecture import query_selection
-from detr_nb.engine.recipes import MAIN_JOB_SYNTHETIC
-from detr_nb.engine.config import TrainConfig
-from detr_nb.engine.trainer import Trainer
+from detr_nb import TrainConfig, Trainer, build_model
+from detr_nb.config import MAIN_JOB_SYNTHETIC, WEIGHTS
+from detr_nb.data import render_sample, synthetic_params
+from detr_nb.models import HungarianMatcher
+from detr_nb.teach.architecture import plot_query_selection, query_selection
+from detr_nb.teach.convergence import STUDY, group_runs, load_convergence, plot_convergence
+from detr_nb.teach.paths import workdir
 
 torch.manual_seed(0)
 torch.set_num_threads(1 if SMOKE else torch.get_num_threads())
-WORK = detr_nb.workdir("10_why_detr_is_slow")
+WORK = workdir("10_why_detr_is_slow")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| files go to", WORK)
 
 # %% [markdown]
@@ -91,11 +90,8 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # variant; 540 s, the main job's budget, for vanilla and three combinations). Nothing is downloaded.
 
 # %%
-from detr_nb.figures.convergence import plot_convergence
-from detr_nb.teach.convergence import STUDY, group_runs, load_convergence
-
 results = load_convergence()
-runs = {k: r for k, r in results["runs"].items() if not r.get("study")}   # the first study (issue 8)
+runs = {k: r for k, r in results["runs"].items() if not r.get("study")}   # round 1 of the study
 for key, r in sorted(runs.items(), key=lambda kv: (kv[1].get("budget_s") or 0, kv[0])):
     f = r["final"]
     print(f"{key:16s} {r['steps']:5d} steps  AP {f['AP']:.4f}  AP50 {f['AP50']:.4f}  "
@@ -136,13 +132,14 @@ print(f"two-stage: every one of the {h * w} encoder cells is scored; its one-to-
 # Worse than the number is its *instability*: early in training all queries predict nearly the same
 # box, so the cost matrix is almost flat and which query wins an object is decided by noise. The
 # query that was pushed towards an object at step t is often told "no object" for it at step t + 1.
-# Measure it: match the same targets against the predictions of an untrained vanilla model under two
-# small perturbations of its weights, and count how many objects change query.
+# Measure it: match the same targets against the predictions of an untrained vanilla model (the paper's DETR,
+# `detr_tiny`, with the main job's model's backbone, depth and 30 queries) under two small perturbations of its
+# weights, and count how many objects change query.
 
 # %%
+MAIN_JOB_SHAPE = dict(return_layer="layer2", enc_layers=1, dec_layers=3, num_queries=30)   # detr_tiny_aided's
 torch.manual_seed(0)
-vanilla = build_model("detr_tiny_aided", num_classes=7, two_stage=False, box_refine=False, class_prior=None,
-                      query_content="learned").eval()
+vanilla = build_model("detr_tiny", num_classes=7, **MAIN_JOB_SHAPE).eval()
 sample = render_sample(params, 0, "train", 1)
 image = torch.from_numpy(sample["image"]).permute(2, 0, 1).float()[None] / 127.5 - 1
 b = torch.as_tensor(sample["boxes"], dtype=torch.float32) / 96
@@ -171,42 +168,49 @@ print("spread of the 30 predicted boxes (std of cx, cy, w, h):", [round(v, 3) fo
 # examples that are already right, and the class bias starts at $-\log((1-\pi)/\pi)$ with prior
 # $\pi = 0.01$ so that the first steps do not waste themselves on learning "mostly background".
 #
-# **Group DETR.** K copies of the queries, each matched one-to-one to all objects: K times more
-# positives per image. The groups must not see each other (otherwise the duplicate-removal that
-# self-attention learns would be trained across groups), hence a block-diagonal mask:
-
-# %%
-show_attention_mask(group_attention_mask(4, 3), "self-attention allowed (black)\n3 groups of 4 queries")
-plt.show()
+# **Group DETR** (not in `detr_nb`: on this budget it was slower per step without a gain that paid for it).
+# K copies of the queries, each matched one-to-one to all objects: K times more positives per image, in
+# training only. The groups must not see each other (otherwise the duplicate-removal that self-attention
+# learns would be trained across groups), hence a block-diagonal self-attention mask (drawn below, left).
 
 # %% [markdown]
 # **Anchor queries and box refinement.** A vanilla query is a free vector (256-d in the paper's DETR,
-# 128-d in the main job's model) whose box is found by trial and error. A DAB-DETR query *is* a box: its positional query is an MLP of the box's sine
-# embedding, and each decoder layer predicts a correction in logit space,
-# $b_l = \sigma(\Delta_l + \sigma^{-1}(b_{l-1}))$, so the layers refine instead of starting over.
+# 128-d in the main job's model) whose box is found by trial and error. A DAB-DETR query *is* a box: its
+# positional query is an MLP of the box's sine embedding, and each decoder layer predicts a correction in logit
+# space, $b_l = \sigma(\Delta_l + \sigma^{-1}(b_{l-1}))$, so the layers refine instead of starting over. The
+# main job's model refines its boxes this way; its first boxes come from the encoder (next), not from learned
+# anchors (measured, and left out: docs/convergence.md).
 #
 # **Two-stage query selection.** A dense head on the encoder scores every cell and predicts a box
 # around the cell's own anchor; this head gets its own Hungarian loss, and the decoder's reference
 # boxes are the top-Q cells. Queries start *on* objects, which breaks the plateau of section 2: the
 # matching is stable from the first steps because the queries already differ.
 #
-# **Query denoising.** DN-DETR side-steps the unstable matching for part of the training signal: in
+# **Query denoising** (DN-DETR; not in `detr_nb`: on this budget it learned about as fast per step, with a
+# quarter fewer steps in the same time). It side-steps the unstable matching for part of the training signal: in
 # training, G copies of every true box enter the decoder as extra queries, each noised with
 # $\lambda = 0.4$: its centre moves by at most $\lambda w / 2$ (20 % of its width; the same for the height)
 # and each side is scaled by a factor in $[1 - \lambda, 1 + \lambda]$, with the
 # true label (flipped to a random class 20 % of the time). Query i
 # of a group must give back object i: no Hungarian matching is involved, so these positives are
 # stable from the first step. The matching queries must not see them (they would copy the answer) and
-# the groups must not see each other; at inference there are none.
+# the groups must not see each other; at inference there are none (drawn below, right: a query may read a
+# key unless the key is a denoising query of another group).
+#
+# Both masks take two lines of torch each (True = blocked, drawn white):
 
 # %%
-example = [{"labels": torch.tensor([2, 5]), "boxes": torch.tensor([[0.3, 0.4, 0.2, 0.2], [0.7, 0.6, 0.3, 0.1]])}]
-labels_in, boxes_in, labels_true, boxes_true, valid = noise_targets(example, 2, 7, box_noise=0.4, label_noise=0.2)
-print("true boxes  ", [[round(v, 2) for v in b] for b in boxes_true[0].tolist()])
-print("noised boxes", [[round(v, 2) for v in b] for b in boxes_in[0].tolist()])
-print("labels in", labels_in[0].tolist(), "-> to restore", labels_true[0].tolist())
-# 2 groups of 2 denoising queries, then 6 matching queries
-show_attention_mask(denoising_attention_mask(4, 2, 6), "allowed (black): 2 denoising groups\nof 2, then 6 matching queries")
+groups = torch.arange(12) // 4                                          # Group DETR: 3 groups of 4 queries
+group_mask = groups[:, None] != groups[None, :]                         # (12, 12): another group's query
+dn = torch.cat([torch.arange(4) // 2, torch.full((6,), 2)])             # DN-DETR: 2 groups of 2, then 6 matching
+denoising_mask = (dn[None, :] < 2) & (dn[:, None] != dn[None, :])       # (10, 10): another group's noised box
+fig, axes = plt.subplots(1, 2, figsize=(7, 3.4))
+for ax, mask, title in ((axes[0], group_mask, "Group DETR: 3 groups of 4 queries"),
+                        (axes[1], denoising_mask, "DN-DETR: 2 denoising groups of 2,\nthen 6 matching queries")):
+    ax.imshow(~mask, cmap="Greys", vmin=0, vmax=1)                      # allowed pairs black
+    ax.set(title=title, xlabel="key query", ylabel="attending query")
+    ax.title.set_fontsize(9)
+fig.tight_layout()
 plt.show()
 
 # %% [markdown]
@@ -221,18 +225,16 @@ SMALL = dict(backbone_width=0.125, hidden_dim=32, nheads=2, dim_feedforward=64, 
 data = dict(MAIN_JOB_SYNTHETIC, num_train=IMAGES, num_val=max(EVAL_IMAGES, 4), workers=1 if SMOKE else 2)
 if SMOKE:
     data.update(image_size=(64, 64), max_objects=3)
-variants = {
-    "vanilla": (dict(two_stage=False, box_refine=False, class_prior=None, query_content="learned"),
-                dict(loss_type="ce", weight_dict=None, cost_class=1.0, lr=1e-3)),
-    "aided": ({}, {}),     # detr_tiny_aided as configured, the recipe's loss and learning rate
+variants = {     # the paper's DETR and loss at the main job's size; the main job's recipe (detr_tiny_aided)
+    "vanilla": dict(model="detr_tiny", model_overrides=dict(MAIN_JOB_SHAPE, **SMALL), weight_dict=WEIGHTS, lr=1e-3),
+    "aided": dict(model_overrides=SMALL),
 }
 recomputed = {}
-for name, (model_over, loss) in variants.items():
-    cfg = TrainConfig(model="detr_tiny_aided", model_overrides=dict(SMALL, **model_over), **loss,
-                      data_root=str(WORK / "data"), data_kwargs=data, max_steps=STEPS, time_budget_s=None,
+for name, change in variants.items():
+    cfg = TrainConfig(**change, data_root=str(WORK / "data"), data_kwargs=data, max_steps=STEPS, time_budget_s=None,
                       warmup_steps=max(1, STEPS // 5), batch_size=4 if SMOKE else 16, out=str(WORK / name),
-                      resume=False, eval_at_end=False, num_pictures=0, progress=not SMOKE, log_every=2 if SMOKE else 10,
-                      max_eval_images=EVAL_IMAGES, threads=1 if SMOKE else None)
+                      resume=False, eval_at_end=False, progress=not SMOKE, log_every=2 if SMOKE else 10,
+                      max_eval_images=EVAL_IMAGES)
     trainer = Trainer(cfg)
     trainer.fit()
     stats = trainer.evaluate(verbose=False)
@@ -278,7 +280,7 @@ plt.show()
 # them, to reproduce a row):
 
 # %%
-round_two = group_runs(results)            # the issue-16 runs: one group per (variant, steps), one run per seed
+round_two = group_runs(results)            # round 2: one group per (variant, steps), one run per seed
 for label, group in round_two.items():
     ap = np.array([r["final"]["AP"] for r in group])
     ap50 = np.array([r["final"]["AP50"] for r in group])
@@ -309,7 +311,7 @@ plt.show()
 #    positive queries does one image give the loss, and what fraction of each group's queries is that?
 # 2. Why must the matching queries not see the denoising queries in self-attention? What would go wrong
 #    at inference, where there are none?
-# 3. `query_content="encoder"` makes the content queries the selected cells' features, *detached*. What
+# 3. `AidedDETR` takes its content queries from the selected cells' features, *detached*. What
 #    would the gradient do without the detach, and which loss already trains those features?
 # 4. The EMA of the weights helps at step 500 and not at step 1,500 of a cosine schedule. Would you expect
 #    it to help a run with a constant learning rate at step 1,500?
@@ -348,5 +350,5 @@ plt.show()
 # * Once the model learns, what paid most per step was giving the queries the encoder's content as well
 #   as its positions; most refinements from large-scale DETRs were within seed noise here.
 # * `python -m detr_nb train` uses the combination by default (`detr_tiny_aided`: two-stage selection with
-#   encoder content, box refinement, focal loss, lr 2e-3) and prints which aids are on;
+#   encoder content, box refinement, focal loss, lr 2e-3) and prints its recipe;
 #   `docs/convergence.md` has the measured tables and the hardware.

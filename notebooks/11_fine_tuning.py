@@ -17,7 +17,7 @@
 # Notebooks 01-10 built DETR and trained small ones. Training a DETR-R50 from scratch takes 300-500 epochs
 # of COCO on 16 GPUs; nobody does that for their own data. What everyone does is **fine-tune**: start from
 # the released COCO weights, replace the class head for the new classes, and train briefly with small
-# learning rates (the `finetune` recipe, `detr_nb/engine/recipes.py`, after the official maintainers and
+# learning rates (the `finetune` recipe, `detr_nb/config.py`, after the official maintainers and
 # the Hugging Face tutorials: lr 1e-4, backbone 1e-5, weight decay 1e-4, gradient clip 0.1, the paper's loss).
 #
 # 1. the data: the balloon dataset (61 training, 13 validation photos, one class), downloaded and checked;
@@ -59,18 +59,21 @@ import json
 
 import matplotlib.pyplot as plt
 import torch
+from IPython.display import display
 
 import detr_nb
-from detr_nb import postprocess, teach, workdir
+from detr_nb import TrainConfig, Trainer
+from detr_nb.config import build_postprocess, resolve_device
 from detr_nb.data import build_dataset, make_transforms
-from detr_nb.engine import TrainConfig, Trainer
-from detr_nb.aids import scoring_for
-from detr_nb.engine.precision import resolve_device
-from detr_nb.figures import LiveLossPlot, draw_boxes, draw_predictions, show_samples
-from detr_nb.inference.evaluate import category_names, sample_predictions
-from detr_nb.inference.predict import detect, open_input
-from detr_nb.model.pretrained import COCO_CLASSES
-from detr_nb.teach import lessons
+from detr_nb.evaluate import category_names, sample_predictions
+from detr_nb.export import OnnxDetector, export_onnx, parity
+from detr_nb.figures import draw_boxes, draw_predictions
+from detr_nb.predict import detect, open_input
+from detr_nb.pretrained import COCO_CLASSES
+from detr_nb.teach.data_viz import show_samples
+from detr_nb.teach.images import sample_image
+from detr_nb.teach.paths import checkpoint_root, workdir
+from detr_nb.teach.training import LiveLossPlot
 from detr_nb.teach.uploads import colab_upload, first_photo, uploaded_files
 
 if SMOKE:
@@ -117,7 +120,8 @@ if not SMOKE:
 coco_model.to(device).eval()
 photo, _ = val_set.get_raw(0)                              # an upright PIL image, as the dataset reads it
 val_tf = make_transforms(source["preset"], train=False)
-found = detect(coco_model, photo, val_tf, device, scoring_for("ce"), threshold=THRESHOLD)
+found = detect(coco_model, photo, val_tf, device)          # every query, in the photo's own pixels
+found = {k: v[found["scores"] >= THRESHOLD] for k, v in found.items()}
 fig, ax = plt.subplots(figsize=(6, 5))
 draw_boxes(ax, photo, found["boxes"], found["labels"].tolist(), found["scores"].tolist(), names=COCO_CLASSES)
 ax.set_title(f"COCO's DETR: {len(found['scores'])} boxes >= {THRESHOLD}", fontsize=9)
@@ -135,15 +139,15 @@ del coco_model
 # crops). A fixed `RUN_NAME` means running the cell again resumes the run from its last checkpoint.
 
 # %%
-runs = lessons.checkpoint_root(mount_drive=USE_DRIVE)
+runs = checkpoint_root(mount_drive=USE_DRIVE)
 smoke = dict(model="detr_tiny", pretrained=None, pretrained_backbone=False, max_steps=2, batch_size=2,
              model_overrides=dict(backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2,
                                   enc_layers=1, dec_layers=2, dim_feedforward=64, num_queries=8)) if SMOKE else {}
 config = TrainConfig(recipe="finetune", **source, epochs=EPOCHS, out=str(runs / RUN_NAME), log_every=1 if SMOKE else 5,
-                     workers=0 if SMOKE else 2, num_pictures=0, **smoke)
+                     workers=0 if SMOKE else 2, **smoke)
 print(json.dumps({k: v for k, v in config.to_dict().items() if k in (
     "recipe", "model", "pretrained", "dataset", "epochs", "batch_size", "lr", "lr_backbone", "weight_decay",
-    "clip_max_norm", "loss_type", "preset", "amp", "out")}, indent=1))
+    "clip_max_norm", "weight_dict", "preset", "amp", "out")}, indent=1))
 
 # %%
 if device.type != "cuda" and not SMOKE:    # 40 epochs of DETR-R50 on a CPU: say what that costs before it starts
@@ -157,7 +161,7 @@ if device.type != "cuda" and not SMOKE:    # 40 epochs of DETR-R50 on a CPU: say
 live = LiveLossPlot(every=1 if SMOKE else 30)
 trainer = Trainer(config, callbacks=[live])
 reason = trainer.fit()
-print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.train_time_s():.0f} s); checkpoint {trainer.last_good}")
+print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.time_s():.0f} s); checkpoint {trainer.last_good}")
 
 # %% [markdown]
 # ## 4. How good is it
@@ -170,10 +174,9 @@ print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.train_time_s(
 # %% tags=["key-figure"]
 stats = trainer.evaluate(verbose=True)
 model = trainer.model.eval()
-samples = sample_predictions(model, val_set, range(min(4, len(val_set))), device, trainer.precision.autocast,
-                             scoring_for(config.loss_type))
+samples = sample_predictions(model, val_set, range(min(4, len(val_set))), device, trainer.autocast)
 fig = draw_predictions(samples, threshold=THRESHOLD, names=category_names(val_set))
-plt.show()
+display(fig)
 
 # %% [markdown]
 # ## 5. Your own photo
@@ -188,13 +191,13 @@ plt.show()
 
 # %%
 import ipywidgets as widgets
-from IPython.display import display
 
 names = {int(k): v for k, v in train_set.categories.items()}
 
 
 def show_detections(image, title):
-    found = detect(model, image, val_tf, device, scoring_for(config.loss_type), threshold=THRESHOLD)
+    found = detect(model, image, val_tf, device)
+    found = {k: v[found["scores"] >= THRESHOLD] for k, v in found.items()}
     fig, ax = plt.subplots(figsize=(6, 5))
     draw_boxes(ax, image, found["boxes"], found["labels"].tolist(), found["scores"].tolist(), names=names)
     ax.set_title(f"{title}: {len(found['scores'])} boxes >= {THRESHOLD}", fontsize=9)
@@ -233,7 +236,7 @@ elif not SMOKE:
 if PHOTO_URL:
     mine = show_detections(open_input(PHOTO_URL), PHOTO_URL)
 else:
-    mine = show_detections(teach.sample_image(), "the bundled sample photo")
+    mine = show_detections(sample_image(), "the bundled sample photo")
     show_detections(val_set.get_raw(len(val_set) - 1)[0], "a validation photo")
 
 # %% [markdown]
@@ -251,7 +254,6 @@ else:
 # %%
 print("checkpoint:", trainer.last_good)
 print(f"python -m detr_nb predict your_photo.jpg --run {trainer.out}")
-from detr_nb.inference.export import OnnxDetector, export_onnx, parity
 
 model = model.cpu().eval()
 onnx_path = export_onnx(model, trainer.out / "model.onnx")
@@ -263,10 +265,11 @@ for key, delta in parity(model, onnx_model, image[None]).items():
 with torch.no_grad():
     ours = model(image[None])
 theirs = onnx_model(image[None])
+postprocess = build_postprocess(model)
 fig, axes = plt.subplots(1, 2, figsize=(10, 4.5))
 for ax, (name, out) in zip(axes, (("PyTorch", ours), ("onnxruntime", theirs))):
-    res = postprocess({k: out[k].float() for k in ("pred_logits", "pred_boxes")}, [image.shape[-2:]],
-                      threshold=THRESHOLD)[0]
+    res = postprocess({k: out[k].float() for k in ("pred_logits", "pred_boxes")}, torch.tensor([image.shape[-2:]]))[0]
+    res = {k: v[res["scores"] >= THRESHOLD] for k, v in res.items()}
     draw_boxes(ax, image, res["boxes"], res["labels"].tolist(), res["scores"].tolist(), names=names)
     ax.set_title(f"{name}: {len(res['scores'])} boxes", fontsize=9)
     ax.set_axis_off()

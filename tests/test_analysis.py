@@ -1,17 +1,20 @@
-"""The paper's analyses (detr_nb.inference.analysis, detr_nb.figures.analysis) on stand-in models whose outputs
-are designed from the ground truth (known answers), and on tiny real DETRs (against their own forward pass)."""
+"""The paper's analyses (detr_nb.teach.analysis) on stand-in models whose outputs are designed from the ground
+truth (known answers), and on tiny real DETRs (against their own forward pass and evaluation)."""
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from detr_nb.aids.focal import focal_scores
-from detr_nb.setpred.postprocess import softmax_scores
+from detr_nb.aids import AidedPostProcess
+from detr_nb.models import PostProcess
+from detr_nb.teach.analysis import (box_colors, crowd_samples, crowd_summary, crowd_test, found_objects, layer_ap, nms,
+                                    plot_crowd, plot_layer_ap, plot_slots, slot_predictions)
 
 NUM_CLASSES = 7                       # synthetic ids 1..6, 0 unused: logit columns 0..6, column 7 = "no object"
 BACKGROUND_BOX = [0.97, 0.97, 0.02, 0.02]     # normalised cxcywh, in a corner no shape reaches
-SCORINGS = pytest.mark.parametrize("scoring", [softmax_scores, focal_scores], ids=["softmax", "focal"])
+# the paper's scoring (softmax, one label per query) and the aided one (sigmoid, the best (query, class) pairs)
+SCORINGS = pytest.mark.parametrize("postprocess", [PostProcess(), AidedPostProcess()], ids=["softmax", "focal"])
 
 
 def _logits(label: int, score: float) -> torch.Tensor:
@@ -31,9 +34,9 @@ class Designed(nn.Module):
     """A stand-in DETR: for each image it recognises, fixed outputs of every decoder layer, ``[(logits (Q, C+1),
     boxes (Q, 4))]`` first to last, returned as a DETR does (last layer at the top, the others in aux_outputs)."""
 
-    def __init__(self, per_key, two_stage=False):
+    def __init__(self, per_key):
         super().__init__()
-        self.per_key, self.two_stage, self.calls = per_key, two_stage, 0
+        self.per_key, self.calls = per_key, 0
 
     def forward(self, images, mask=None):
         self.calls += 1
@@ -78,14 +81,13 @@ def _duplicating_model(dataset, q=10):
 
 
 @SCORINGS
-def test_nms_helps_the_duplicating_layer_not_the_last(crowded_val, scoring, one_thread):
-    from detr_nb.inference.analysis import layer_ap
-    from detr_nb.inference.evaluate import evaluate
+def test_nms_helps_the_duplicating_layer_not_the_last(crowded_val, postprocess, one_thread):
+    from detr_nb.evaluate import coco_evaluate, coco_gt_of, to_coco_results
 
     labels = [l for i in range(len(crowded_val)) for l in crowded_val[i][1]["labels"].tolist()]
     assert max(labels.count(c) for c in set(labels)) >= 2      # the copies can outrank a true positive
     model = _duplicating_model(crowded_val)
-    rows = layer_ap(model, crowded_val, scoring=scoring, batch_size=3)
+    rows = layer_ap(model, crowded_val, postprocess=postprocess, batch_size=3)
     assert model.calls == 2                                     # once per batch, both layers from that pass
     first, last = rows
     assert [first["layer"], last["layer"]] == [0, 1]
@@ -94,20 +96,24 @@ def test_nms_helps_the_duplicating_layer_not_the_last(crowded_val, scoring, one_
     assert first["AP_nms"] == pytest.approx(last["AP_nms"])    # the same boxes once the copies are suppressed
     assert last["AP_nms"] <= last["AP"] + 1e-12
     assert 0.3 < last["AP"] < 1.0                               # the shifted boxes miss at IoU > 0.8
-    assert last["AP"] == pytest.approx(evaluate(model, crowded_val, scoring=scoring, verbose=False)["AP"], abs=1e-12)
+    found = []                                                  # the last layer scored image by image
+    for i in range(len(crowded_val)):
+        image, target = crowded_val[i]
+        found += to_coco_results(postprocess(model(image[None]), target["orig_size"][None]), [int(target["image_id"])])
+    assert last["AP"] == pytest.approx(coco_evaluate(coco_gt_of(crowded_val), found, verbose=False)["AP"], abs=1e-12)
 
 
-def test_layer_ap_of_a_real_model_is_its_evaluation(data_root, one_thread):
-    """A tiny DETR: one row per decoder layer, the last one's AP is evaluate's, and max_images limits the
-    ground truth too (the first image only)."""
+@pytest.mark.parametrize("name", ["detr_tiny", "detr_tiny_aided"])
+def test_layer_ap_of_a_real_model_is_its_evaluation(data_root, name, one_thread):
+    """A tiny DETR: one row per decoder layer, scored as the model is evaluated; the last one's AP is evaluate's,
+    and max_images limits the ground truth too (the first image only)."""
     from detr_nb import build_model
     from detr_nb.data import build_dataset
-    from detr_nb.inference.analysis import layer_ap
-    from detr_nb.inference.evaluate import evaluate
+    from detr_nb.evaluate import evaluate
     from engine_utils import SYN, TINY
 
     torch.manual_seed(0)
-    model = build_model("detr_tiny", num_classes=NUM_CLASSES, **TINY)
+    model = build_model(name, num_classes=NUM_CLASSES, **TINY)
     val = build_dataset("synthetic", "val", root=str(data_root), **SYN)
     rows = layer_ap(model, val, batch_size=2)
     assert [r["layer"] for r in rows] == list(range(TINY["dec_layers"]))
@@ -118,8 +124,6 @@ def test_layer_ap_of_a_real_model_is_its_evaluation(data_root, one_thread):
 
 
 def test_nms_is_per_class():
-    from detr_nb.inference.analysis import nms
-
     boxes = torch.tensor([[0, 0, 10, 10], [0, 0, 10, 9], [0, 0, 10, 9.5], [50, 50, 60, 60]], dtype=torch.float32)
     result = {"boxes": boxes, "scores": torch.tensor([0.5, 0.9, 0.7, 0.3]), "labels": torch.tensor([1, 1, 2, 1])}
     kept = nms(result, 0.7)
@@ -128,17 +132,16 @@ def test_nms_is_per_class():
 
 
 # ----------------------------------------------------------------------------- Figure 7: slots
-@pytest.mark.parametrize("name, scoring", [("detr_tiny", softmax_scores), ("detr_tiny_aided", focal_scores)])
-def test_slot_predictions_are_every_query_box_of_every_image(data_root, name, scoring, one_thread):
+@pytest.mark.parametrize("name", ["detr_tiny", "detr_tiny_aided"])
+def test_slot_predictions_are_every_query_box_of_every_image(data_root, name, one_thread):
     from detr_nb import build_model
     from detr_nb.data import build_dataset
-    from detr_nb.inference.analysis import slot_predictions
     from engine_utils import SYN, TINY
 
     torch.manual_seed(0)
     model = build_model(name, num_classes=NUM_CLASSES, **TINY).eval()
     val = build_dataset("synthetic", "val", root=str(data_root), **SYN)
-    slots = slot_predictions(model, val, batch_size=3, scoring=scoring)
+    slots = slot_predictions(model, val, batch_size=3)
     Q, N = TINY["num_queries"], len(val)
     assert slots["centers"].shape == slots["sizes"].shape == (Q, N, 2)
     assert slots["scores"].shape == slots["labels"].shape == (Q, N)       # every slot: one box per image
@@ -146,15 +149,14 @@ def test_slot_predictions_are_every_query_box_of_every_image(data_root, name, sc
     for i in range(N):                                                   # the model's own output, image by image
         with torch.no_grad():
             out = model(val[i][0][None])
-        prob = out["pred_logits"][0].softmax(-1) if scoring is softmax_scores else out["pred_logits"][0].sigmoid()
+        logits = out["pred_logits"][0]
+        prob = logits[:, :-1].sigmoid() if name == "detr_tiny_aided" else logits.softmax(-1)[:, :-1]
         assert torch.allclose(slots["centers"][:, i], out["pred_boxes"][0, :, :2], atol=1e-5)
         assert torch.allclose(slots["sizes"][:, i], out["pred_boxes"][0, :, 2:], atol=1e-5)
-        assert torch.allclose(slots["scores"][:, i], prob[:, :-1].max(-1).values, atol=1e-5)
+        assert torch.allclose(slots["scores"][:, i], prob.max(-1).values, atol=1e-5)
 
 
 def test_box_colors_follow_the_rule():
-    from detr_nb.figures.analysis import box_colors
-
     sizes = [[0.1, 0.1],     # area 0.01: small
              [0.3, 0.16],    # 0.048: small however wide
              [0.5, 0.3],     # large, wider than tall
@@ -170,8 +172,6 @@ def test_plot_slots_draws_each_slot_kept_centres_in_its_colours():
     matplotlib.use("Agg")
     from matplotlib.colors import to_rgba
     import matplotlib.pyplot as plt
-
-    from detr_nb.figures.analysis import box_colors, plot_slots
 
     g = torch.Generator().manual_seed(0)
     Q, N = 6, 40
@@ -199,7 +199,6 @@ def _oracle(q, transforms=None):
     from PIL import Image
 
     from detr_nb.data import make_transforms
-    from detr_nb.inference.analysis import crowd_samples
 
     transforms = transforms or make_transforms("cpu", train=False)
     per_key = {}
@@ -217,10 +216,8 @@ def _oracle(q, transforms=None):
 
 @SCORINGS
 @pytest.mark.parametrize("q", [30, 10])
-def test_a_perfect_model_finds_as_many_objects_as_it_has_queries(scoring, q):
-    from detr_nb.inference.analysis import crowd_test
-
-    rows = crowd_test(_oracle(q), scoring, **CROWD)
+def test_a_perfect_model_finds_as_many_objects_as_it_has_queries(postprocess, q):
+    rows = crowd_test(_oracle(q), postprocess=postprocess, **CROWD)
     assert [r["requested"] for r in rows] == [12, 12, 34, 34]
     assert any(r["objects"] > 30 for r in rows)               # more objects than the 30 queries
     for r in rows:
@@ -231,10 +228,8 @@ def test_a_perfect_model_finds_as_many_objects_as_it_has_queries(scoring, q):
 
 
 def test_crowd_test_counts_one_class():
-    from detr_nb.inference.analysis import crowd_test
-
-    rows = crowd_test(_oracle(30), softmax_scores, class_id=2, **CROWD)
-    full = crowd_test(_oracle(30), softmax_scores, **CROWD)
+    rows = crowd_test(_oracle(30), class_id=2, **CROWD)
+    full = crowd_test(_oracle(30), **CROWD)
     for r, f in zip(rows, full):
         assert list(r["per_class"]) in ([2], [])
         assert r["objects"] == f["per_class"].get(2, {"objects": 0})["objects"]
@@ -244,8 +239,6 @@ def test_crowd_test_counts_one_class():
 
 
 def test_found_objects_greedy_by_score():
-    from detr_nb.inference.analysis import found_objects
-
     gt = torch.tensor([[0, 0, 10, 10], [8, 0, 18, 10], [40, 40, 50, 50]], dtype=torch.float32)
     gt_labels = torch.tensor([1, 1, 2])
     dets = {"boxes": torch.tensor([[4, 0, 14, 10],      # IoU 0.43 with both first objects: no hit
@@ -265,10 +258,7 @@ def test_crowd_figure_and_summary():
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from detr_nb.figures.analysis import plot_crowd, plot_layer_ap
-    from detr_nb.inference.analysis import crowd_summary, crowd_test
-
-    rows = crowd_test(_oracle(30), softmax_scores, **CROWD)
+    rows = crowd_test(_oracle(30), **CROWD)
     summary = crowd_summary(rows)
     assert list(summary) == [12, 34]
     assert summary[34]["found"] == 30 and summary[12]["found"] == summary[12]["objects"] == 12

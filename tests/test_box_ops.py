@@ -2,7 +2,7 @@
 import torch
 from torchvision import ops
 
-from detr_nb.nn.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
+from detr_nb.models.box_ops import box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh, generalized_box_iou
 
 
 def random_xyxy(n, seed=0):

@@ -15,8 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from detr_nb.inference.evaluate import average_precision
-from detr_nb.nn.attention import merge_heads, split_heads
+from detr_nb.teach.average_precision import average_precision
+from detr_nb.models.attention import merge_heads, split_heads
 from detr_nb.teach import checks
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -221,13 +221,14 @@ def test_heads_reference_and_a_right_solution_pass(capsys):
     assert checks.check_heads(*checks.check_heads.reference) is True
     assert checks.check_heads(my_split, my_merge) is True
     lines = capsys.readouterr().out.splitlines()
-    assert lines == ["✓ split and merge heads: 8 cases, values and gradients match detr_nb.nn.attention.split_heads "
-                     "and detr_nb.nn.attention.merge_heads"] * 2
+    assert lines == ["✓ split and merge heads: 8 cases, values and gradients match "
+                     "detr_nb.models.attention.split_heads "
+                     "and detr_nb.models.attention.merge_heads"] * 2
 
 
 def test_every_check_carries_its_package_reference():
     from detr_nb.data.transforms import hflip
-    from detr_nb.nn import attention, box_ops, layers
+    from detr_nb.models import attention, box_ops, layers
 
     assert checks.check_conv2d.reference is layers.conv2d
     assert checks.check_frozen_batch_norm.reference is layers.frozen_batch_norm

@@ -13,11 +13,10 @@ from matplotlib.text import Text
 from scipy.optimize import linear_sum_assignment
 
 from detr_nb import build_model
-from detr_nb.data.synthetic import render_sample, synthetic_params
+from detr_nb.data import render_sample, synthetic_params
 from detr_nb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from detr_nb.figures.architecture import plot_detr_architecture, plot_query_selection
-from detr_nb.figures.matching import plot_matching_graph
-from detr_nb.teach.architecture import query_selection, tensor_shapes
+from detr_nb.teach.architecture import plot_detr_architecture, plot_query_selection, query_selection, tensor_shapes
+from detr_nb.teach.matching import plot_matching_graph
 
 AID_BOXES = {"proposal_head", "top_cells"}
 PAPER_BOXES = {"image", "backbone", "proj", "pos", "encoder", "decoder", "heads", "preds"}
@@ -52,7 +51,8 @@ def shapes_by_hand(model, H, W):
     mask = torch.zeros(1, *feat.shape[-2:], dtype=torch.bool)          # (1, h, w): no padding
     pos = model.backbone[1](mask)                                      # (1, C, h, w)
     src = model.input_proj(feat)                                       # (1, C, h, w)
-    memory, _, _ = model.transformer.encode(src, mask, pos)            # (1, hw, C)
+    memory = model.transformer.encoder(src.flatten(2).transpose(1, 2), key_padding_mask=mask.flatten(1),
+                                       pos=pos.flatten(2).transpose(1, 2))   # (1, hw, C)
     out = model(x)
     cfg = model.config
     return {"image": x.shape, "backbone": feat.shape, "mask": mask.shape, "pos": pos.shape, "projected": src.shape,
@@ -70,7 +70,7 @@ def test_figure2_of_detr_tiny_prints_the_shapes_of_its_path():
     assert model.training                                               # its mode is given back
     for key, shape in expected.items():
         assert shapes[key] == tuple(shape), key
-    assert shapes["queries"] == (25, 128) and not shapes["aided"]
+    assert shapes["queries"] == (25, 128) and shapes["content"] == (1, 25, 128) and not shapes["aided"]
     assert tensor_shapes(model, image_size=(64, 96), batch=2)["decoder"] == (2, 2, 25, 128)   # (L, B, Q, C)
     fig = plot_detr_architecture(shapes)
     assert tuple(fig.get_size_inches()) == (12, 4)
@@ -94,7 +94,7 @@ def test_figure2_of_the_aided_model_adds_the_two_stage_paths():
     assert tuple(aided["enc_logits"]) == (1, 144, 6)
     for key, shape in aided.items():
         assert shapes[key] == tuple(shape), key
-    assert shapes["two_stage"] and shapes["box_refine"] and "queries" not in shapes
+    assert shapes["aided"] and "queries" not in shapes
     fig = plot_detr_architecture(shapes)
     for key, shape in list(expected.items()) + list(aided.items()):
         assert shown(fig, shape), f"{key} {tuple(shape)} not in the figure"
@@ -191,5 +191,5 @@ def test_query_selection_marks_the_top_cells_and_draws_their_proposals():
 
 def test_query_selection_needs_two_stage():
     model = build_model("detr_tiny", num_classes=5)
-    with pytest.raises(ValueError, match="two_stage"):
+    with pytest.raises(ValueError, match="two-stage"):
         query_selection(model, torch.zeros(3, 64, 64))

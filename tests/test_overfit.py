@@ -7,8 +7,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import detr_nb  # noqa: E402
-from detr_nb.figures.overfit import plot_overfit  # noqa: E402
-from detr_nb.teach.overfit import overfit_one_batch  # noqa: E402
+from detr_nb.teach.overfit import overfit_one_batch, plot_overfit  # noqa: E402
 from engine_utils import TINY  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -25,7 +24,7 @@ def test_the_papers_detr_overfits_one_batch_and_its_matched_queries_move_onto_th
     ds, (images, mask, targets) = _batch(data_root)
     torch.manual_seed(0)
     model = detr_nb.build_model("detr_tiny", num_classes=ds.num_classes, **TINY)
-    assert not isinstance(model, detr_nb.aids.AidedDETR)          # the paper's DETR, no aid
+    assert type(model) is detr_nb.DETR                             # the paper's DETR, no aid
     result = overfit_one_batch(model, images, mask, targets, steps=200, lr=1e-3, snapshots=(0, 100))
     losses = [r["loss"] for r in result["losses"]]
     assert len(losses) == 200 and losses[0] / losses[-1] > 5, losses[::20]

@@ -1,123 +1,116 @@
-"""Training diagnostics: gradient and weight statistics per layer over time, weight histograms.
+"""Training diagnostics (notebooks 07 and 09): gradient and weight statistics per layer over time, weight
+histograms.
 
-Notebook 07 (training) and the initialisation study (notebook 09) use these records:
-
-* :class:`GradientStats` records, every ``every`` steps, for each parameter tensor: the standard
-  deviation of its gradient, and the sum and standard deviation of its weights. All numbers of one
-  record are computed on the device and copied to the host in a single transfer; records go to a
-  list and, optionally, to a JSONL file (one line per record).
-* :func:`weight_histograms` bins a model's (or any checkpoint's) weights per parameter tensor.
-
-``detr_nb.figures.training`` draws them.
+:class:`GradientStats` is a trainer callback: every ``every`` optimizer steps it records, for each weight tensor,
+the standard deviation of its gradient (as the optimizer used it: after the gradient clip) and the sum and
+standard deviation of its weights, in one host copy; the records go to a list and to ``diagnostics.jsonl`` in the
+run folder. :func:`weight_histograms` bins a model's (or a checkpoint's) weights per tensor.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
-from typing import Dict, Iterable, List, Mapping, Optional
+from typing import Dict, List, Mapping, Optional, Sequence
 
+import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
-def tracked_parameters(model: nn.Module, min_dim: int = 1) -> List[tuple]:
-    """``(name, param)`` of trainable parameters with at least ``min_dim`` dims (2: weights only)."""
-    return [(n, p) for n, p in _unwrap(model).named_parameters() if p.requires_grad and p.dim() >= min_dim]
+from ..checkpoint import load_checkpoint
 
 
 class GradientStats:
-    """Per-layer gradient std and weight sum/std, recorded at an interval.
+    """A trainer callback: per-layer gradient std and weight sum and std of every trainable weight (2 or more
+    dims), at steps divisible by ``every``: ``{"step", "grad_std": {name: v}, "weight_sum": {..},
+    "weight_std": {..}}`` (a missing gradient is NaN), in ``records`` and in ``path`` (default
+    ``<run folder>/diagnostics.jsonl``). A session resumed from a checkpoint records the steps after it again:
+    the records of those steps are dropped when it starts."""
 
-    Call :meth:`maybe_record` after ``backward()`` (and after unscaling, under a GradScaler) and
-    before ``optimizer.step()``. Each record is ``{"step", "grad_std": {name: v}, "weight_sum": {..},
-    "weight_std": {..}}``; a missing gradient is recorded as NaN.
-    """
-
-    def __init__(self, model: nn.Module, every: int = 50, path=None, min_dim: int = 2):
-        self.every = int(every)
-        self.names = [n for n, _ in tracked_parameters(model, min_dim)]
-        self.min_dim = min_dim
-        self.records: List[Dict] = []
-        self.path = Path(path) if path is not None else None
-
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
+    def __init__(self, every: int = 50, path: Optional[Path] = None):
+        self.every, self.path, self.records, self._trainer = int(every), path, [], None
 
     @torch.no_grad()
-    def record(self, model: nn.Module, step: int) -> Dict:
-        params = dict(tracked_parameters(model, self.min_dim))
-        rows = []
-        for name in self.names:
-            p = params[name]
-            w = p.detach().float()
-            g = p.grad.detach().float().std() if p.grad is not None and p.numel() > 1 else w.new_tensor(math.nan)
-            rows.append(torch.stack([g, w.sum(), w.std() if w.numel() > 1 else w.new_tensor(0.0)]))
-        values = torch.stack(rows).cpu().tolist() if rows else []   # (P, 3), one host copy
-        rec = {"step": int(step),
-               "grad_std": {n: v[0] for n, v in zip(self.names, values)},
-               "weight_sum": {n: v[1] for n, v in zip(self.names, values)},
-               "weight_std": {n: v[2] for n, v in zip(self.names, values)}}
+    def __call__(self, trainer) -> None:
+        if trainer is not self._trainer:                  # the first step of a session
+            self._trainer, self.path = trainer, Path(self.path or Path(trainer.out) / "diagnostics.jsonl")
+            self.records = [r for r in read_jsonl(self.path) if r["step"] < trainer.step]
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        if self.every <= 0 or trainer.step % self.every:
+            return
+        named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad and p.dim() >= 2]
+        nan = torch.tensor(math.nan)
+        values = torch.stack([torch.stack([p.grad.float().std() if p.grad is not None else nan.to(p.device),
+                                           p.float().sum(), p.float().std()]) for _, p in named]).cpu().tolist()
+        rec = {"step": trainer.step, **{key: {n: v[i] for (n, _), v in zip(named, values)}
+                                        for i, key in enumerate(("grad_std", "weight_sum", "weight_std"))}}
         self.records.append(rec)
-        if self.path is not None:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-        return rec
-
-    def maybe_record(self, model: nn.Module, step: int) -> Optional[Dict]:
-        return self.record(model, step) if self.due(step) else None
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
 
-def start_diagnostics(model: nn.Module, every: int, out: Optional[Path]) -> "GradientStats":
-    """A run's GradientStats (written to ``out/diagnostics.jsonl``) and, once, ``out/weights_init.json``: the
-    weight histograms at initialisation (``out`` None: record in memory only, as on the other DDP ranks)."""
-    stats = GradientStats(model, every=every, path=out / "diagnostics.jsonl" if out is not None else None)
-    if out is not None and not (out / "weights_init.json").exists():
-        with open(out / "weights_init.json", "w") as f:
-            json.dump(weight_histograms(model), f)
-    return stats
-
-
-def read_records(path) -> List[Dict]:
-    """Records written by :class:`GradientStats` (or any JSONL file)."""
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-# ----------------------------------------------------------------------------- histograms
-def _state_dict_of(model_or_state) -> Mapping[str, torch.Tensor]:
-    if isinstance(model_or_state, nn.Module):
-        return {n: p.detach() for n, p in _unwrap(model_or_state).named_parameters()}
-    if isinstance(model_or_state, (str, Path)):
-        from .checkpoint import model_state_from
-        return model_state_from(model_or_state)
-    if isinstance(model_or_state, Mapping) and "model" in model_or_state:
-        return model_or_state["model"]
-    return model_or_state
+def read_jsonl(path) -> List[Dict]:
+    """The records of a JSON-lines file (``diagnostics.jsonl``, ``metrics.jsonl``); [] when it is absent."""
+    path = Path(path)
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 @torch.no_grad()
-def weight_histograms(model_or_state, bins: int = 50, min_dim: int = 2,
-                      names: Optional[Iterable[str]] = None) -> Dict[str, Dict[str, List[float]]]:
-    """``{name: {"counts", "edges", "mean", "std"}}`` for weights of a model, a state dict, or a checkpoint path."""
-    state = _state_dict_of(model_or_state)
-    keep = set(names) if names is not None else None
+def weight_histograms(model_or_path, bins: int = 50) -> Dict[str, Dict[str, List[float]]]:
+    """``{name: {"counts", "edges", "mean", "std"}}`` for the float tensors of 2 or more dims of a model's
+    parameters, or of the weights in a checkpoint file."""
+    if isinstance(model_or_path, nn.Module):
+        state = {n: p for n, p in model_or_path.named_parameters()}
+    else:
+        state = load_checkpoint(model_or_path)["model"]
     out = {}
     for name, t in state.items():
-        if not torch.is_tensor(t) or not t.is_floating_point() or t.dim() < min_dim:
-            continue
-        if keep is not None and name not in keep:
-            continue
-        x = t.detach().float().flatten().cpu()
-        lo, hi = float(x.min()), float(x.max())
-        if hi <= lo:
-            hi = lo + 1e-6
-        counts = torch.histc(x, bins=bins, min=lo, max=hi)
-        edges = torch.linspace(lo, hi, bins + 1)
-        out[name] = {"counts": counts.tolist(), "edges": edges.tolist(),
-                     "mean": float(x.mean()), "std": float(x.std()) if x.numel() > 1 else 0.0}
+        if t.is_floating_point() and t.dim() >= 2:
+            x = t.detach().float().flatten().cpu()
+            lo, hi = float(x.min()), float(x.max())
+            hi = max(hi, lo + 1e-6)
+            out[name] = {"counts": torch.histc(x, bins=bins, min=lo, max=hi).tolist(),
+                         "edges": torch.linspace(lo, hi, bins + 1).tolist(), "mean": float(x.mean()),
+                         "std": float(x.std()) if x.numel() > 1 else 0.0}
     return out
+
+
+def _pick(names: Sequence[str], n: int) -> List[str]:
+    """At most ``n`` of ``names``, spread evenly."""
+    return list(names) if len(names) <= n else [names[int(i * len(names) / n)] for i in range(n)]
+
+
+def _short(name: str, n: int = 38) -> str:
+    return name if len(name) <= n else "…" + name[-(n - 1):]
+
+
+def plot_histograms(hists: Mapping[str, Mapping], max_layers: int = 12, ncols: int = 4, title: str = ""):
+    """A grid of :func:`weight_histograms`, at most ``max_layers`` tensors."""
+    names = _pick(list(hists), max_layers)
+    nrows = max(1, -(-len(names) // ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(3.2 * ncols, 2.2 * nrows), squeeze=False)
+    for ax in axes.flat[len(names):]:
+        ax.set_axis_off()
+    for ax, name in zip(axes.flat, names):
+        ax.stairs(hists[name]["counts"], hists[name]["edges"], fill=True)
+        ax.set_title(f"{_short(name)}\nstd {hists[name]['std']:.3g}", fontsize=7)
+        ax.tick_params(labelsize=6)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def plot_layer_series(records: Sequence[Mapping], key: str = "grad_std", max_layers: int = 12, ax=None):
+    """``key`` (``grad_std``: log scale, or ``weight_sum``) of each layer over the steps of :class:`GradientStats`'s
+    records, at most ``max_layers`` layers."""
+    if ax is None:
+        _, ax = plt.subplots(figsize=(7, 4))
+    steps = [r["step"] for r in records]
+    for name in _pick(list(records[0][key]) if records else [], max_layers):
+        ax.plot(steps, [r[key].get(name, math.nan) for r in records], label=_short(name, 30), lw=1)
+    ax.set(xlabel="step", ylabel=key.replace("_", " "), yscale="log" if key == "grad_std" else "linear")
+    if records:
+        ax.legend(fontsize=6, ncol=2)
+    ax.grid(alpha=0.3)
+    return ax.figure

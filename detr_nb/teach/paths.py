@@ -1,15 +1,15 @@
-"""Where notebooks and runs write their files (introduced in notebook 01, used by all).
+"""Where notebooks and runs write their files.
 
-Colab: ``/content/detr_nb`` (fast local disk; copy checkpoints to Drive separately).
-Elsewhere: ``./detr_nb_work``. ``DETR_NB_WORKDIR`` overrides both (the notebook tests point it
-to a temporary directory).
+Colab: ``/content/detr_nb`` (fast local disk), or Google Drive for the runs when it is mounted (it survives a
+recycled runtime). Elsewhere: ``./detr_nb_work``. ``DETR_NB_WORKDIR`` overrides both (the notebook tests point
+it to a temporary directory).
 """
 from __future__ import annotations
 
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 
 def in_colab() -> bool:
@@ -22,3 +22,25 @@ def workdir(sub: Optional[str] = None) -> Path:
     path = Path(base) / sub if sub else Path(base)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, mount_point: str = "/content/drive",
+                    log: Callable = print) -> Path:
+    """Where training runs live: in Colab ``<mount_point>/MyDrive/detr_nb/runs`` on Google Drive, mounted first
+    when ``mount_drive`` (Colab asks for permission), so that a checkpoint survives a recycled runtime; else, or
+    when Drive cannot be mounted, ``workdir("runs")``. ``colab`` overrides the detection (tests)."""
+    colab = in_colab() if colab is None else colab
+    my_drive = Path(mount_point) / "MyDrive"
+    if colab and mount_drive and not my_drive.is_dir():
+        try:
+            from google.colab import drive  # only in Colab
+
+            drive.mount(mount_point)
+        except Exception as e:  # declined, or no Colab module
+            log(f"Google Drive not mounted ({type(e).__name__}: {e}); checkpoints stay on the runtime's disk, "
+                f"which is wiped when the runtime is recycled")
+    if colab and my_drive.is_dir():
+        path = my_drive / "detr_nb" / "runs"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    return workdir("runs")

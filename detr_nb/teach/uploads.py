@@ -1,15 +1,22 @@
-"""Your own photo in a notebook: Colab's file picker, or the bytes of ``ipywidgets.FileUpload`` elsewhere.
+"""Your own photo in a notebook (notebook 11): Colab's file picker, or the bytes of ``ipywidgets.FileUpload``.
 
 In Colab, :func:`colab_upload` opens ``google.colab.files.upload()``: Colab's runtime delivers the value of an
 ``ipywidgets.FileUpload`` empty for files of 1 MB or more (ipywidgets issue 3452, open), which covers most phone
-photos. Elsewhere (a local Jupyter) the widget works: ipywidgets 7 gives ``FileUpload.value`` as a dict
-``{file name: {"metadata": {...}, "content": bytes}}``, ipywidgets 8 as a tuple of dicts ``{"name", "type",
-"size", "content": memoryview, ...}``; :func:`uploaded_files` reads both. :func:`first_photo` turns what
-arrived into an image, or says in one line why there is none.
+photos. Elsewhere the widget works: ipywidgets 7 gives ``FileUpload.value`` as a dict ``{file name: {"metadata":
+{...}, "content": bytes}}``, ipywidgets 8 as a tuple of dicts ``{"name", "type", "size", "content": memoryview}``;
+:func:`uploaded_files` reads both. :func:`first_photo` turns what arrived into an image, or says in one line why
+there is none.
 """
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
 from typing import List, Optional, Tuple
+
+from PIL import Image
+
+from ..data import open_image
+from ..errors import UserError
 
 
 def uploaded_files(upload) -> List[Tuple[str, bytes]]:
@@ -20,13 +27,10 @@ def uploaded_files(upload) -> List[Tuple[str, bytes]]:
     return [(item["name"], bytes(item["content"])) for item in value or ()]    # ipywidgets 8
 
 
-def image_from_bytes(data: bytes):
-    """An uploaded file as an upright RGB PIL image (EXIF orientation applied, as a viewer shows it)."""
-    import tempfile
-    from pathlib import Path
-    from ..data.image_io import open_image
-
-    with tempfile.TemporaryDirectory() as tmp:      # open_image reads files: the one reader for every image
+def image_from_bytes(data: bytes) -> Image.Image:
+    """An uploaded file as an upright RGB PIL image (EXIF orientation applied), read by the package's one image
+    reader (which reads files)."""
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "upload"
         path.write_bytes(bytes(data))
         image = open_image(str(path))
@@ -34,19 +38,16 @@ def image_from_bytes(data: bytes):
         return image.copy()
 
 
-
 def colab_upload() -> List[Tuple[str, bytes]]:
-    """``[(file name, bytes)]`` chosen in Colab's file picker (opens below the running cell)."""
-    from google.colab import files
+    """``[(file name, bytes)]`` chosen in Colab's file picker (it opens below the running cell)."""
+    from google.colab import files   # only in Colab
+
     return [(name, bytes(data)) for name, data in files.upload().items()]
 
 
-def first_photo(files: List[Tuple[str, bytes]], log=print) -> Optional[Tuple[str, object]]:
-    """``(name, upright RGB PIL image)`` of the first uploaded file, or None after one line saying why: no
-    file chosen, a file that arrived empty (the widget in Colab, for files of 1 MB or more), or a file that is
-    not an image."""
-    from ..errors import UserError
-
+def first_photo(files: List[Tuple[str, bytes]], log=print) -> Optional[Tuple[str, Image.Image]]:
+    """``(name, upright RGB image)`` of the first uploaded file, or None after one line saying why: no file, a
+    file that arrived empty (the widget in Colab, for files of 1 MB or more), or a file that is not an image."""
     if not files:
         log("no photo arrived: choose a file (or give a URL) and run the cell again")
         return None

@@ -6,7 +6,7 @@ values and, where the piece is differentiable, the gradients. It prints one line
 True when they match; prints "… not written yet" and returns False while ``fn`` still raises
 ``NotImplementedError`` (the skeleton), so that "Run all" goes on; otherwise raises an ``AssertionError`` of
 one line naming the case, the first differing element and the likely mistake (how: :mod:`.base`).
-``check_<piece>.reference`` is the package function it compares with.
+``check_<piece>.reference`` is the function it compares with.
 
 By notebook:
 

@@ -8,18 +8,25 @@ from typing import List
 
 import torch
 
-from ...model.transformer import TransformerEncoderLayer
-from ...nn.attention import attention, merge_heads, split_heads
-from ...nn.layers import layer_norm, softmax
-from .base import Case, Piece, randn, rng, run_check
+from ...models.attention import attention, merge_heads, split_heads
+from ...models.layers import layer_norm, softmax
+from ...models.transformer import TransformerEncoderLayer
+from .base import Case, Piece, randn, run_check
+
+
+def _padding(B, L, padded) -> torch.Tensor:
+    """A key padding mask (B, L), True at ``padded`` = {batch element: [positions]}."""
+    mask = torch.zeros(B, L, dtype=torch.bool)
+    for b, keys in padded.items():
+        mask[b, keys] = True
+    return mask
 
 
 # ============================================================================ scaled dot-product attention
 
 def attention_with_padding(q, k, v, key_padding_mask=None):
-    """The reference: :func:`detr_nb.nn.attention.attention` with the padding mask (B, Lk) as (B, 1, 1, Lk)."""
-    mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]
-    return attention(q, k, v, mask)[0]                                        # (B, h, Lq, dv)
+    """The reference: :func:`detr_nb.models.attention.attention` with the padding mask (B, Lk) as (B, 1, 1, Lk)."""
+    return attention(q, k, v, None if key_padding_mask is None else key_padding_mask[:, None, None, :])
 
 
 def _naive_softmax(x, dim):
@@ -28,8 +35,8 @@ def _naive_softmax(x, dim):
     return e / e.sum(dim, keepdim=True)
 
 
-def _attention_variant(q, k, v, key_padding_mask=None, scale=True, dim=-1, after=False, invert=False,
-                       fill=float("-inf"), soft=softmax):
+def _attention(q, k, v, key_padding_mask=None, scale=True, dim=-1, after=False, invert=False, fill=float("-inf"),
+               soft=softmax):
     """Attention with one classic change: no scaling, softmax over ``dim``, the mask applied ``after`` the
     softmax or ``invert``-ed, padded scores set to ``fill``, or another softmax ``soft``."""
     scores = q @ k.transpose(-2, -1) / (math.sqrt(q.shape[-1]) if scale else 1.0)     # (B, h, Lq, Lk)
@@ -45,40 +52,35 @@ def _attention_variant(q, k, v, key_padding_mask=None, scale=True, dim=-1, after
 
 
 def _variant(**change):
-    return lambda q, k, v, m=None: _attention_variant(q, k, v, m, **change)
+    return lambda q, k, v, m=None: _attention(q, k, v, m, **change)
 
 
 WRONG_AXIS = "softmax over the wrong axis: the weights of one query sum to 1 over the keys (the last axis)"
 OVERFLOW = "exp overflowed: subtract each row's max before exp (softmax is unchanged by the shift)"
 INVERTED = "mask inverted: True in key_padding_mask means padding, the keys to block"
-ATTENTION_MISTAKES = (
-    ("no 1/sqrt(d) scaling: divide the scores q.k by sqrt(d), d = q.shape[-1]", _variant(scale=False)),
-    ("mask applied after the softmax: zeroed weights no longer sum to 1; set the padded scores to -inf "
-     "before the softmax", _variant(after=True)),
-    (WRONG_AXIS, _variant(dim=-2)), (WRONG_AXIS, _variant(dim=-2, soft=torch.softmax)),
-    (INVERTED, _variant(invert=True)), (INVERTED, _variant(invert=True, soft=torch.softmax)),
-    ("NaN for a query whose keys are all padding (the softmax of a row of -inf): give it 0, as the package's "
-     "softmax does", _variant(soft=torch.softmax)),
-    ("padded scores set to a large negative number: a query whose keys are all padding then averages them; "
-     "use -inf and give such a query 0", _variant(fill=-1e9)),
-    (OVERFLOW, _variant(soft=_naive_softmax)),
-    (OVERFLOW, _variant(soft=lambda s, dim: torch.nan_to_num(_naive_softmax(s, dim)))),
-)
-
-ATTENTION = Piece("scaled dot-product attention", attention_with_padding, "detr_nb.nn.attention.attention",
-                  arg_names=("q", "k", "v", "key_padding_mask"), grad_args=(0, 1, 2),
-                  mistakes=ATTENTION_MISTAKES, shape_doc="(B, h, Lq, dv)")
+ATTENTION = Piece(
+    "scaled dot-product attention", attention_with_padding, "detr_nb.models.attention.attention",
+    arg_names=("q", "k", "v", "key_padding_mask"), grad_args=(0, 1, 2), shape_doc="(B, h, Lq, dv)",
+    mistakes=(
+        ("no 1/sqrt(d) scaling: divide the scores q.k by sqrt(d), d = q.shape[-1]", _variant(scale=False)),
+        ("mask applied after the softmax: zeroed weights no longer sum to 1; set the padded scores to -inf "
+         "before the softmax", _variant(after=True)),
+        (WRONG_AXIS, _variant(dim=-2)), (WRONG_AXIS, _variant(dim=-2, soft=torch.softmax)),
+        (INVERTED, _variant(invert=True)), (INVERTED, _variant(invert=True, soft=torch.softmax)),
+        ("NaN for a query whose keys are all padding (the softmax of a row of -inf): give it 0, as the package's "
+         "softmax does", _variant(soft=torch.softmax)),
+        ("padded scores set to a large negative number: a query whose keys are all padding then averages them; "
+         "use -inf and give such a query 0", _variant(fill=-1e9)),
+        (OVERFLOW, _variant(soft=_naive_softmax)),
+        (OVERFLOW, _variant(soft=lambda s, dim: torch.nan_to_num(_naive_softmax(s, dim)))),
+    ))
 
 
 def attention_cases() -> List[Case]:
-    g = rng(4)
+    g = torch.Generator().manual_seed(4)
 
     def case(name, B, h, Lq, Lk, d, dv, padded=None, scale=1.0):
-        mask = None
-        if padded is not None:
-            mask = torch.zeros(B, Lk, dtype=torch.bool)
-            for b, keys in padded.items():
-                mask[b, keys] = True
+        mask = None if padded is None else _padding(B, Lk, padded)
         return Case(name, (randn(g, B, h, Lq, d, scale=scale), randn(g, B, h, Lk, d, scale=scale),
                            randn(g, B, h, Lk, dv), mask))
 
@@ -93,22 +95,21 @@ def attention_cases() -> List[Case]:
 
 def check_attention(fn) -> bool:
     """``fn(q (B, h, Lq, d), k (B, h, Lk, d), v (B, h, Lk, dv), key_padding_mask (B, Lk) bool or None)`` ->
-    ``(B, h, Lq, dv)``, against :func:`detr_nb.nn.attention.attention` (mask as (B, 1, 1, Lk))."""
+    ``(B, h, Lq, dv)``, against :func:`detr_nb.models.attention.attention` (mask as (B, 1, 1, Lk))."""
     return run_check(ATTENTION.title, [(ATTENTION, fn, attention_cases())])
 
 
 check_attention.reference = attention_with_padding
 
-
 # ============================================================================ heads
 
-SPLIT = Piece("split heads", split_heads, "detr_nb.nn.attention.split_heads", arg_names=("x", "num_heads"),
+SPLIT = Piece("split heads", split_heads, "detr_nb.models.attention.split_heads", arg_names=("x", "num_heads"),
               grad_args=(0,), shape_doc="(B, h, L, C/h)", mistakes=(
                   ("reshaped to (B, h, L, d) without the transpose: that mixes tokens; reshape to (B, L, h, d), "
                    "then swap axes 1 and 2", lambda x, h: x.reshape(x.shape[0], h, x.shape[1], -1)),
                   ("head i takes the channels i*d ... (i+1)*d - 1, one block: reshape to (B, L, h, d), not "
                    "(B, L, d, h)", lambda x, h: x.reshape(*x.shape[:2], -1, h).permute(0, 3, 1, 2))))
-MERGE = Piece("merge heads", merge_heads, "detr_nb.nn.attention.merge_heads", arg_names=("x",),
+MERGE = Piece("merge heads", merge_heads, "detr_nb.models.attention.merge_heads", arg_names=("x",),
               grad_args=(0,), shape_doc="(B, L, h*d)", mistakes=(
                   ("reshaped to (B, L, h*d) without the transpose back: that mixes tokens; swap axes 1 and 2 "
                    "first", lambda x: x.reshape(x.shape[0], x.shape[2], -1)),
@@ -116,28 +117,22 @@ MERGE = Piece("merge heads", merge_heads, "detr_nb.nn.attention.merge_heads", ar
                    "(i+1)*d - 1", lambda x: x.permute(0, 2, 3, 1).reshape(x.shape[0], x.shape[2], -1))))
 
 
-def heads_cases():
-    g = rng(5)
-    split = [Case(f"split x ({B}, {L}, {C}) into {h} heads", (randn(g, B, L, C), h))
-             for B, L, C, h in ((2, 3, 8, 2), (1, 4, 6, 3), (2, 5, 4, 1), (1, 2, 6, 6))]
-    merge = [Case(f"merge x ({B}, {h}, {L}, {d})", (randn(g, B, h, L, d),))
-             for B, h, L, d in ((2, 2, 3, 4), (1, 3, 4, 2), (2, 1, 5, 4), (1, 4, 2, 1))]
-    return split, merge
-
-
 def check_heads(split, merge) -> bool:
     """``split(x (B, L, C), h)`` -> ``(B, h, L, C/h)`` and ``merge(x (B, h, L, d))`` -> ``(B, L, h*d)``, against
-    :func:`~detr_nb.nn.attention.split_heads` and :func:`~detr_nb.nn.attention.merge_heads`."""
-    split_cases, merge_cases = heads_cases()
+    :func:`~detr_nb.models.attention.split_heads` and :func:`~detr_nb.models.attention.merge_heads`."""
+    g = torch.Generator().manual_seed(5)
+    split_cases = [Case(f"split x ({B}, {L}, {C}) into {h} heads", (randn(g, B, L, C), h))
+                   for B, L, C, h in ((2, 3, 8, 2), (1, 4, 6, 3), (2, 5, 4, 1), (1, 2, 6, 6))]
+    merge_cases = [Case(f"merge x ({B}, {h}, {L}, {d})", (randn(g, B, h, L, d),))
+                   for B, h, L, d in ((2, 2, 3, 4), (1, 3, 4, 2), (2, 1, 5, 4), (1, 4, 2, 1))]
     return run_check("split and merge heads", [(SPLIT, split, split_cases), (MERGE, merge, merge_cases)])
 
 
 check_heads.reference = (split_heads, merge_heads)
 
-
 # ============================================================================ layer norm
 
-def _layer_norm_variant(x, weight, bias, eps=1e-5, dims=(-1,), correction=0, eps_inside=True, affine=(1, 1)):
+def _layer_norm(x, weight, bias, eps=1e-5, dims=(-1,), correction=0, eps_inside=True, affine=(1, 1)):
     """Layer norm with one classic change: other ``dims``, the unbiased variance, eps outside the square root,
     the weight and/or the bias left out (``affine``)."""
     var, mean = torch.var_mean(x, dim=dims, keepdim=True, correction=correction)
@@ -146,27 +141,26 @@ def _layer_norm_variant(x, weight, bias, eps=1e-5, dims=(-1,), correction=0, eps
 
 
 def _ln(**change):
-    return lambda x, w, b, eps=1e-5: _layer_norm_variant(x, w, b, eps, **change)
+    return lambda x, w, b, eps=1e-5: _layer_norm(x, w, b, eps, **change)
 
 
 WRONG_DIMS = "normalised over the wrong axis: mean and variance are over the last axis (each token's channels)"
 NO_AFFINE = "the affine map forgotten: multiply by weight, then add bias"
-LN_MISTAKES = (
-    ("unbiased variance: layer norm divides by C, not C - 1 (var(correction=0) or unbiased=False)",
-     _ln(correction=1)),
-    (WRONG_DIMS, _ln(dims=(0,))), (WRONG_DIMS, _ln(dims=(-2,))),
-    (WRONG_DIMS, lambda x, w, b, eps=1e-5: _layer_norm_variant(x, w, b, eps, dims=tuple(range(x.dim())))),
-    ("eps outside the square root: divide by sqrt(var + eps), not sqrt(var) + eps", _ln(eps_inside=False)),
-    (NO_AFFINE, _ln(affine=(0, 0))), (NO_AFFINE, _ln(affine=(1, 0))), (NO_AFFINE, _ln(affine=(0, 1))),
-)
-
-LAYER_NORM = Piece("layer norm", layer_norm, "detr_nb.nn.layers.layer_norm",
-                   arg_names=("x", "weight", "bias", "eps"), grad_args=(0, 1, 2), mistakes=LN_MISTAKES,
-                   shape_doc="(..., C), the shape of x")
+LAYER_NORM = Piece(
+    "layer norm", layer_norm, "detr_nb.models.layers.layer_norm", arg_names=("x", "weight", "bias", "eps"),
+    grad_args=(0, 1, 2), shape_doc="(..., C), the shape of x",
+    mistakes=(
+        ("unbiased variance: layer norm divides by C, not C - 1 (var(correction=0) or unbiased=False)",
+         _ln(correction=1)),
+        (WRONG_DIMS, _ln(dims=(0,))), (WRONG_DIMS, _ln(dims=(-2,))),
+        (WRONG_DIMS, lambda x, w, b, eps=1e-5: _layer_norm(x, w, b, eps, dims=tuple(range(x.dim())))),
+        ("eps outside the square root: divide by sqrt(var + eps), not sqrt(var) + eps", _ln(eps_inside=False)),
+        (NO_AFFINE, _ln(affine=(0, 0))), (NO_AFFINE, _ln(affine=(1, 0))), (NO_AFFINE, _ln(affine=(0, 1))),
+    ))
 
 
 def layer_norm_cases() -> List[Case]:
-    g = rng(6)
+    g = torch.Generator().manual_seed(6)
 
     def case(name, *shape, scale=1.0, eps=()):
         x = randn(g, *shape, scale=scale) + randn(g, shape[-1])           # each channel its own offset
@@ -175,18 +169,17 @@ def layer_norm_cases() -> List[Case]:
     constant = case("a constant token (variance 0: the output is bias)", 3, 4)
     constant.args[0][1] = 2.5
     return [case("4 tokens of 6 channels", 4, 6), case("a batch of sequences (2, 3, 5)", 2, 3, 5),
-            case("eps = 1e-3", 3, 4, eps=(1e-3,)), case("tokens with a tiny variance (eps matters)", 2, 3, 4,
-                                                         scale=1e-4), constant]
+            case("eps = 1e-3", 3, 4, eps=(1e-3,)),
+            case("tokens with a tiny variance (eps matters)", 2, 3, 4, scale=1e-4), constant]
 
 
 def check_layer_norm(fn) -> bool:
     """``fn(x (..., C), weight (C,), bias (C,), eps=1e-5)`` -> ``x``'s shape, normalised over the last axis,
-    against :func:`detr_nb.nn.layers.layer_norm`."""
+    against :func:`detr_nb.models.layers.layer_norm`."""
     return run_check(LAYER_NORM.title, [(LAYER_NORM, fn, layer_norm_cases())])
 
 
 check_layer_norm.reference = layer_norm
-
 
 # ============================================================================ post-norm encoder block
 
@@ -195,9 +188,13 @@ def post_norm_block(layer, src, pos, key_padding_mask):
     return layer(src, key_padding_mask=key_padding_mask, pos=pos)
 
 
-def _block_variant(layer, src, pos, mask, value_pos=False, residual=(1, 1), use_mask=True):
-    """The post-norm block with one classic change: positions in the values too, a residual forgotten, or the
+def _block(layer, src, pos, mask, value_pos=False, residual=(1, 1), use_mask=True, pre_norm=False):
+    """The block with one classic change: pre-norm, positions in the values too, a residual forgotten, or the
     padding mask not passed to the attention."""
+    if pre_norm:
+        layer = copy.deepcopy(layer)
+        layer.normalize_before = True
+        return layer(src, key_padding_mask=mask, pos=pos)
     q = k = src + pos
     a = layer.self_attn(q, k, q if value_pos else src, key_padding_mask=mask if use_mask else None)
     x = layer.norm1(src * residual[0] + a)                                     # (B, S, C)
@@ -205,53 +202,38 @@ def _block_variant(layer, src, pos, mask, value_pos=False, residual=(1, 1), use_
     return layer.norm2(x * residual[1] + f)
 
 
-def _pre_norm(layer, src, pos, mask):
-    pre = copy.deepcopy(layer)
-    pre.normalize_before = True
-    return pre(src, key_padding_mask=mask, pos=pos)
-
-
-def _block(**change):
-    return lambda layer, src, pos, mask: _block_variant(layer, src, pos, mask, **change)
+def _b(**change):
+    return lambda layer, src, pos, mask: _block(layer, src, pos, mask, **change)
 
 
 RESIDUAL = "a residual forgotten: each sub-layer's input is added back before its LayerNorm"
-BLOCK_MISTAKES = (
-    ("pre-norm instead of post-norm: DETR's block normalises after each residual sum: "
-     "norm1(src + attention), then norm2(x + ffn(x))", _pre_norm),
-    ("positions added to the values too: they go into the queries and keys only", _block(value_pos=True)),
-    ("positions added to src itself: they then flow into the values and the residual; add them to the "
-     "queries and keys only", lambda layer, src, pos, mask: post_norm_block(layer, src + pos, None, mask)),
-    (RESIDUAL, _block(residual=(0, 1))), (RESIDUAL, _block(residual=(1, 0))),
-    ("key_padding_mask not passed to layer.self_attn: padded tokens are attended to", _block(use_mask=False)),
-)
+POST_NORM = Piece(
+    "post-norm encoder block", post_norm_block, "detr_nb.models.transformer.TransformerEncoderLayer",
+    arg_names=("layer", "src", "pos", "key_padding_mask"), grad_args=(1, 2),
+    shape_doc="(B, S, C), the shape of src",
+    mistakes=(
+        ("pre-norm instead of post-norm: DETR's block normalises after each residual sum: "
+         "norm1(src + attention), then norm2(x + ffn(x))", _b(pre_norm=True)),
+        ("positions added to the values too: they go into the queries and keys only", _b(value_pos=True)),
+        ("positions added to src itself: they then flow into the values and the residual; add them to the "
+         "queries and keys only", lambda layer, src, pos, mask: post_norm_block(layer, src + pos, None, mask)),
+        (RESIDUAL, _b(residual=(0, 1))), (RESIDUAL, _b(residual=(1, 0))),
+        ("key_padding_mask not passed to layer.self_attn: padded tokens are attended to", _b(use_mask=False)),
+    ))
 
-POST_NORM = Piece("post-norm encoder block", post_norm_block, "detr_nb.model.transformer.TransformerEncoderLayer",
-                  arg_names=("layer", "src", "pos", "key_padding_mask"), grad_args=(1, 2),
-                  mistakes=BLOCK_MISTAKES, shape_doc="(B, S, C), the shape of src")
 
-
-def encoder_layer(seed: int = 7) -> TransformerEncoderLayer:
+def post_norm_cases() -> List[Case]:
     """A small post-norm layer in float64 and eval mode (no dropout), every parameter random (the norms too)."""
-    g = rng(seed)
+    g = torch.Generator().manual_seed(7)
     layer = TransformerEncoderLayer(d_model=8, nhead=2, dim_feedforward=16, dropout=0.1).double().eval()
     with torch.no_grad():
         for p in layer.parameters():
             p.copy_(randn(g, *p.shape, scale=0.5))
-    return layer
-
-
-def post_norm_cases() -> List[Case]:
-    g, layer = rng(8), encoder_layer()
-
-    def case(name, B, S, padded):
-        mask = torch.zeros(B, S, dtype=torch.bool)
-        for b, tokens in padded.items():
-            mask[b, tokens] = True
-        return Case(name, (layer, randn(g, B, S, 8), randn(g, B, S, 8), mask))
-
-    return [case("no padding", 2, 5, {}), case("the last two tokens of sequence 1 padded", 2, 5, {1: [3, 4]}),
-            case("3 sequences, the second half of one padded", 3, 6, {0: [5], 2: [3, 4, 5]})]
+    g = torch.Generator().manual_seed(8)
+    return [Case(name, (layer, randn(g, B, S, 8), randn(g, B, S, 8), _padding(B, S, padded)))
+            for name, B, S, padded in (("no padding", 2, 5, {}),
+                                       ("the last two tokens of sequence 1 padded", 2, 5, {1: [3, 4]}),
+                                       ("3 sequences, the second half of one padded", 3, 6, {0: [5], 2: [3, 4, 5]}))]
 
 
 def check_post_norm_block(fn) -> bool:

@@ -6,68 +6,61 @@ from typing import List
 
 import torch
 
-from ...nn.layers import conv2d, frozen_batch_norm
-from .base import Case, Piece, randn, rng, run_check
+from ...models.layers import conv2d, frozen_batch_norm
+from .base import Case, Piece, randn, run_check
 
+# ============================================================================ convolution
 
-# ============================================================================ notebook 01: convolution
-
-def _hw_swapped(x, weight, bias=None, stride=1, padding=0):
-    """The right numbers, reshaped to (B, Cout, Wo, Ho)."""
-    y = conv2d(x, weight, bias, stride, padding)                         # (B, Cout, Ho, Wo)
+def _hw_swapped(y):
+    """The right numbers (B, Cout, Ho, Wo), read as (B, Cout, Wo, Ho)."""
     return y.reshape(*y.shape[:2], y.shape[3], y.shape[2])
 
 
 HW_SWAPPED = "H and W swapped: unfold's columns run row by row, so reshape them to (B, Cout, Ho, Wo)"
-CONV_MISTAKES = (
-    ("padding forgotten: pad the image with `padding` zeros on each side before taking the patches",
-     lambda x, w, b=None, s=1, p=0: conv2d(x, w, b, s, 0)),
-    ("kernel flipped: deep learning's convolution is a cross-correlation, the kernel is used as it is",
-     lambda x, w, b=None, s=1, p=0: conv2d(x, w.flip(-2, -1), b, s, p)),
-    ("bias forgotten: add bias[c] to every pixel of output channel c",
-     lambda x, w, b=None, s=1, p=0: conv2d(x, w, None, s, p)),
-    (HW_SWAPPED, _hw_swapped),
-    (HW_SWAPPED, lambda *a: _hw_swapped(*a).transpose(-2, -1)),
-)
-
-CONV2D = Piece("conv2d as unfold + matmul", conv2d, "detr_nb.nn.layers.conv2d",
-               arg_names=("x", "weight", "bias", "stride", "padding"), grad_args=(0, 1, 2),
-               mistakes=CONV_MISTAKES, shape_doc="(B, Cout, Ho, Wo)")
-
-
-def _conv_case(g, name, B, cin, H, W, cout, kh, kw, bias, stride, padding) -> Case:
-    x, w = randn(g, B, cin, H, W), randn(g, cout, cin, kh, kw)           # (B, Cin, H, W), (Cout, Cin, kh, kw)
-    return Case(name, (x, w, randn(g, cout) if bias else None, stride, padding))
+CONV2D = Piece(
+    "conv2d as unfold + matmul", conv2d, "detr_nb.models.layers.conv2d",
+    arg_names=("x", "weight", "bias", "stride", "padding"), grad_args=(0, 1, 2), shape_doc="(B, Cout, Ho, Wo)",
+    mistakes=(
+        ("padding forgotten: pad the image with `padding` zeros on each side before taking the patches",
+         lambda x, w, b=None, s=1, p=0: conv2d(x, w, b, s, 0)),
+        ("kernel flipped: deep learning's convolution is a cross-correlation, the kernel is used as it is",
+         lambda x, w, b=None, s=1, p=0: conv2d(x, w.flip(-2, -1), b, s, p)),
+        ("bias forgotten: add bias[c] to every pixel of output channel c",
+         lambda x, w, b=None, s=1, p=0: conv2d(x, w, None, s, p)),
+        (HW_SWAPPED, lambda *a: _hw_swapped(conv2d(*a))),
+        (HW_SWAPPED, lambda *a: _hw_swapped(conv2d(*a)).transpose(-2, -1)),
+    ))
 
 
 def conv2d_cases() -> List[Case]:
-    g = rng(1)
-    return [_conv_case(g, "3x3 kernel, stride 1, padding 1", 2, 3, 5, 5, 4, 3, 3, True, 1, 1),
-            _conv_case(g, "3x3 kernel, stride 2, padding 0, a 5x7 image", 1, 2, 5, 7, 3, 3, 3, True, 2, 0),
-            _conv_case(g, "3x2 kernel, stride 2, padding 1, a 6x9 image", 2, 2, 6, 9, 3, 3, 2, True, 2, 1),
-            _conv_case(g, "a 1x1 kernel", 2, 4, 3, 4, 5, 1, 1, True, 1, 0),
-            _conv_case(g, "a 1x1 kernel, stride 2", 1, 3, 5, 6, 2, 1, 1, True, 2, 0),
-            _conv_case(g, "bias None", 1, 3, 4, 6, 2, 3, 3, False, 1, 1)]
+    g = torch.Generator().manual_seed(1)
+
+    def case(name, B, cin, H, W, cout, kh, kw, bias, stride, padding) -> Case:
+        x, w = randn(g, B, cin, H, W), randn(g, cout, cin, kh, kw)         # (B, Cin, H, W), (Cout, Cin, kh, kw)
+        return Case(name, (x, w, randn(g, cout) if bias else None, stride, padding))
+
+    return [case("3x3 kernel, stride 1, padding 1", 2, 3, 5, 5, 4, 3, 3, True, 1, 1),
+            case("3x3 kernel, stride 2, padding 0, a 5x7 image", 1, 2, 5, 7, 3, 3, 3, True, 2, 0),
+            case("3x2 kernel, stride 2, padding 1, a 6x9 image", 2, 2, 6, 9, 3, 3, 2, True, 2, 1),
+            case("a 1x1 kernel", 2, 4, 3, 4, 5, 1, 1, True, 1, 0),
+            case("a 1x1 kernel, stride 2", 1, 3, 5, 6, 2, 1, 1, True, 2, 0),
+            case("bias None", 1, 3, 4, 6, 2, 3, 3, False, 1, 1)]
 
 
 def check_conv2d(fn) -> bool:
     """``fn(x (B, Cin, H, W), weight (Cout, Cin, kh, kw), bias (Cout,) or None, stride, padding)`` ->
-    ``(B, Cout, Ho, Wo)``, against :func:`detr_nb.nn.layers.conv2d`."""
+    ``(B, Cout, Ho, Wo)``, against :func:`detr_nb.models.layers.conv2d`."""
     return run_check(CONV2D.title, [(CONV2D, fn, conv2d_cases())])
 
 
 check_conv2d.reference = conv2d
 
-
-# ============================================================================ notebook 01: frozen batch norm
-
-def _c(t):
-    """A per-channel vector (C,) as (1, C, 1, 1), to broadcast over (B, C, H, W)."""
-    return t[None, :, None, None]
-
+# ============================================================================ frozen batch norm
 
 def _normalise(x, weight, bias, mean, denominator):
-    return (x - _c(mean)) / _c(denominator) * _c(weight) + _c(bias)
+    """(x - mean) / denominator * weight + bias, each per channel: (C,) vectors on (B, C, H, W)."""
+    c = lambda t: t[None, :, None, None]      # noqa: E731  (C,) -> (1, C, 1, 1)
+    return (x - c(mean)) / c(denominator) * c(weight) + c(bias)
 
 
 def _batch_statistics(x, weight, bias, mean, var, eps=1e-5, correction=0):
@@ -76,24 +69,24 @@ def _batch_statistics(x, weight, bias, mean, var, eps=1e-5, correction=0):
 
 
 BATCH_STATS = "the batch's own statistics used: frozen batch norm uses running_mean and running_var"
-BN_MISTAKES = (
-    (BATCH_STATS, _batch_statistics),
-    (BATCH_STATS, lambda x, w, b, m, v, eps=1e-5: _batch_statistics(x, w, b, m, v, eps, correction=1)),
-    ("eps forgotten: divide by sqrt(running_var + eps)",
-     lambda x, w, b, m, v, eps=1e-5: frozen_batch_norm(x, w, b, m, v, 0.0)),
-    ("no square root: divide by the standard deviation sqrt(running_var + eps), not by the variance",
-     lambda x, w, b, m, v, eps=1e-5: _normalise(x, w, b, m, v + eps)),
-    ("eps outside the square root: divide by sqrt(running_var + eps), not sqrt(running_var) + eps",
-     lambda x, w, b, m, v, eps=1e-5: _normalise(x, w, b, m, v.sqrt() + eps)),
-)
-
-FROZEN_BN = Piece("frozen batch norm", frozen_batch_norm, "detr_nb.nn.layers.frozen_batch_norm",
-                  arg_names=("x", "weight", "bias", "running_mean", "running_var", "eps"), grad_args=(0, 1, 2),
-                  mistakes=BN_MISTAKES, shape_doc="(B, C, H, W), the shape of x")
+FROZEN_BN = Piece(
+    "frozen batch norm", frozen_batch_norm, "detr_nb.models.layers.frozen_batch_norm",
+    arg_names=("x", "weight", "bias", "running_mean", "running_var", "eps"), grad_args=(0, 1, 2),
+    shape_doc="(B, C, H, W), the shape of x",
+    mistakes=(
+        (BATCH_STATS, _batch_statistics),
+        (BATCH_STATS, lambda x, w, b, m, v, eps=1e-5: _batch_statistics(x, w, b, m, v, eps, correction=1)),
+        ("eps forgotten: divide by sqrt(running_var + eps)",
+         lambda x, w, b, m, v, eps=1e-5: frozen_batch_norm(x, w, b, m, v, 0.0)),
+        ("no square root: divide by the standard deviation sqrt(running_var + eps), not by the variance",
+         lambda x, w, b, m, v, eps=1e-5: _normalise(x, w, b, m, v + eps)),
+        ("eps outside the square root: divide by sqrt(running_var + eps), not sqrt(running_var) + eps",
+         lambda x, w, b, m, v, eps=1e-5: _normalise(x, w, b, m, v.sqrt() + eps)),
+    ))
 
 
 def frozen_batch_norm_cases() -> List[Case]:
-    g = rng(2)
+    g = torch.Generator().manual_seed(2)
 
     def case(name, B, C, H, W, var_scale=1.0, *eps):
         var = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5) * var_scale         # (C,) > 0
@@ -108,7 +101,7 @@ def frozen_batch_norm_cases() -> List[Case]:
 
 def check_frozen_batch_norm(fn) -> bool:
     """``fn(x (B, C, H, W), weight, bias, running_mean, running_var (C,) each, eps=1e-5)`` -> ``(B, C, H, W)``,
-    against :func:`detr_nb.nn.layers.frozen_batch_norm`."""
+    against :func:`detr_nb.models.layers.frozen_batch_norm`."""
     return run_check(FROZEN_BN.title, [(FROZEN_BN, fn, frozen_batch_norm_cases())])
 
 

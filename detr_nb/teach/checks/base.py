@@ -52,17 +52,23 @@ class Piece:
     atol: float = 1e-9
     hint: str = "compare your code with the formula in the cell above"
 
+    def names(self) -> List[str]:
+        """The prefix of each part in a message: "image: " ..., or "" for a single result."""
+        return [f"{p}: " for p in self.parts] if self.parts else [""]
+
+    def doc(self, part: int) -> str:
+        """The symbolic shape of a result (of one part of it), with a leading space; "" when there is none."""
+        doc = self.shape_doc if isinstance(self.shape_doc, str) else self.shape_doc[part]
+        return f" {doc}" if doc else ""
+
 
 class NotWritten(Exception):
     """The learner's function still raises NotImplementedError (the skeleton)."""
 
 
-def rng(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
-
-
-def randn(g: torch.Generator, *shape, scale: float = 1.0) -> Tensor:
-    """float64 normal samples: tolerances can then be tight."""
+def randn(seed_or_gen, *shape, scale: float = 1.0) -> Tensor:
+    """float64 normal samples (tolerances can then be tight) from a generator or a seed."""
+    g = seed_or_gen if isinstance(seed_or_gen, torch.Generator) else torch.Generator().manual_seed(seed_or_gen)
     return torch.randn(*shape, generator=g, dtype=torch.float64) * scale
 
 
@@ -87,8 +93,14 @@ def run_case(piece: Piece, fn: Callable, case: Case, label: str) -> None:
     grad = case.grad and bool(piece.grad_args)
     mine, theirs = inputs(piece, case, grad), inputs(piece, case, grad)
     want = as_parts(piece, piece.reference(*mine))
-    got = as_parts(piece, call(fn, theirs, label), want, label)
-    for i, (name, g, w) in enumerate(zip(part_names(piece), got, want)):
+    try:
+        result = fn(*theirs)
+    except NotImplementedError:
+        raise NotWritten from None
+    except Exception as e:      # the learner's bug: one line that names it and the case
+        raise AssertionError(f"{label}: your function raised {type(e).__name__}: {one_line(e)}") from e
+    got = as_parts(piece, result, want, label)
+    for i, (name, g, w) in enumerate(zip(piece.names(), got, want)):
         problem = difference(g, w, piece.rtol, piece.atol)
         if problem:
             raise AssertionError(f"{label}: {name}{problem}: {diagnose(piece, case, got, want, i)}")
@@ -109,28 +121,9 @@ def inputs(piece: Piece, case: Case, grad: bool) -> list:
     return out
 
 
-def call(fn: Callable, args: list, label: str):
-    try:
-        return fn(*args)
-    except NotImplementedError:
-        raise NotWritten from None
-    except Exception as e:      # the learner's bug: one line that names it and the case
-        raise AssertionError(f"{label}: your function raised {type(e).__name__}: {one_line(e)}") from e
-
-
 def one_line(e: Exception) -> str:
     text = str(e).strip().splitlines()
     return text[0] if text else "(no message)"
-
-
-def part_names(piece: Piece) -> List[str]:
-    return [f"{p}: " for p in piece.parts] if piece.parts else [""]
-
-
-def shape_doc(piece: Piece, part: int) -> str:
-    """The symbolic shape of a result (of one part of it), with a leading space; "" when there is none."""
-    doc = piece.shape_doc if isinstance(piece.shape_doc, str) else piece.shape_doc[part]
-    return f" {doc}" if doc else ""
 
 
 def as_parts(piece: Piece, result, want: Optional[List[Tensor]] = None, label: str = "") -> List[Tensor]:
@@ -145,10 +138,10 @@ def as_parts(piece: Piece, result, want: Optional[List[Tensor]] = None, label: s
     items = list(result) if piece.parts and isinstance(result, (tuple, list)) else [result]
     if want is not None and len(items) != len(want):
         raise AssertionError(f"{label}: returned {kind(result)}, expected a tuple ({', '.join(piece.parts)})")
-    for i, (name, item, w) in enumerate(zip(part_names(piece), items, want or items)):
+    for i, (name, item, w) in enumerate(zip(piece.names(), items, want or items)):
         if want is not None and not isinstance(item, Tensor):
             raise AssertionError(f"{label}: {name}returned {kind(item)}, expected a tensor of shape "
-                                 f"{tuple(w.shape)}{shape_doc(piece, i)}")
+                                 f"{tuple(w.shape)}{piece.doc(i)}")
     return items
 
 
@@ -169,32 +162,19 @@ def difference(got: Tensor, want: Tensor, rtol: float, atol: float) -> Optional[
     if bool(close.all()):
         return None
     at = tuple(int(i) for i in (~close).nonzero()[0])
-    yours, expected = distinct(g[at].item(), w[at].item())
+    a, b = g[at].item(), w[at].item()
+    digits = next((d for d in (6, 9, 12) if f"{a:.{d}g}" != f"{b:.{d}g}"), 17)   # just enough to look different
+    yours, expected = f"{a:.{digits}g}", f"{b:.{digits}g}"
     if not at:                                                              # one number
         return f"yours {yours}, expected {expected}"
     return (f"first difference at [{', '.join(map(str, at))}]: yours {yours}, expected {expected} "
             f"(max |diff| {(g - w).abs().max().item():.3g})")
 
 
-def distinct(a: float, b: float) -> Tuple[str, str]:
-    """Two different numbers printed with just enough digits to look different."""
-    for digits in (6, 9, 12, 17):
-        x, y = f"{a:.{digits}g}", f"{b:.{digits}g}"
-        if x != y:
-            break
-    return x, y
-
-
-def same(got: Sequence[Tensor], want: Sequence[Tensor], rtol: float, atol: float) -> bool:
-    """Equal shapes and values, NaN equal to NaN (a mistake's NaN is part of its signature)."""
-    return len(got) == len(want) and all(
-        g.shape == w.shape and bool(torch.isclose(g.detach().double(), w.detach().double(), rtol=rtol,
-                                                  atol=atol, equal_nan=True).all()) for g, w in zip(got, want))
-
-
 def diagnose(piece: Piece, case: Case, got: List[Tensor], want: List[Tensor], part: int) -> str:
     """The likely cause: the case's own hint (an edge case says what the reference does there), the named
-    mistake the learner's result equals, or a generic clue."""
+    mistake the learner's result equals (NaN equal to NaN: a mistake's NaN is part of its signature), or a
+    generic clue."""
     if case.hint:
         return case.hint
     for hint, variant in piece.mistakes:
@@ -203,33 +183,30 @@ def diagnose(piece: Piece, case: Case, got: List[Tensor], want: List[Tensor], pa
                 result = as_parts(piece, variant(*inputs(piece, case, False)))
         except Exception:       # a mistake that cannot even run on these inputs is not the learner's
             continue
-        if same(got, result, piece.rtol, piece.atol):
+        if len(got) == len(result) and all(
+                g.shape == r.shape and bool(torch.isclose(g.detach().double(), r.detach().double(), rtol=piece.rtol,
+                                                          atol=piece.atol, equal_nan=True).all())
+                for g, r in zip(got, result)):
             return hint
-    return clue(piece, got[part], want[part], shape_doc(piece, part))
+    return clue(piece, got[part], want[part], piece.doc(part))
 
 
 def clue(piece: Piece, got: Tensor, want: Tensor, doc: str) -> str:
-    """Generic clues for a result that matches no named mistake (shape, NaN, float32, zeros, factor, axes)."""
+    """Generic clues for a result that matches no named mistake: shape, NaN, float32, zeros, a constant factor
+    or offset, two axes swapped or one reversed."""
     if got.shape != want.shape:
         said = [f"that is{doc}"] if doc else []
         if got.numel() == want.numel():
             said.append("the right number of elements in the wrong layout: axes transposed or reshaped wrongly?")
         return "; ".join(said) or "check how your result is shaped"
     g, w = got.detach().double(), want.detach().double()
+    close = lambda a, b: bool(torch.isclose(a, b, rtol=piece.rtol * 10, atol=piece.atol * 10).all())  # noqa: E731
     if torch.isnan(g).any():
         return "NaN in your result: a division 0/0, or the softmax of a row that is all -inf?"
     if got.dtype != want.dtype and bool(torch.isclose(g, w, rtol=1e-4, atol=1e-6).all()):
         return f"yours is {got.dtype}, expected {want.dtype}: make new tensors with dtype=x.dtype"
-    if g.numel() > 1:
-        found = factor_or_layout(g, w, piece.rtol * 10, piece.atol * 10)
-        if found:
-            return found
-    return piece.hint
-
-
-def factor_or_layout(g: Tensor, w: Tensor, rtol: float, atol: float) -> Optional[str]:
-    """Yours = c * expected, expected + c, or expected with two axes swapped or one axis reversed."""
-    close = lambda a, b: bool(torch.isclose(a, b, rtol=rtol, atol=atol).all())  # noqa: E731
+    if g.numel() <= 1:
+        return piece.hint
     if g.abs().sum() == 0:
         return "your result is all zeros"
     if w.abs().sum() > 0:
@@ -246,12 +223,12 @@ def factor_or_layout(g: Tensor, w: Tensor, rtol: float, atol: float) -> Optional
                 return f"axes {i} and {j} swapped"
         if w.shape[i] > 1 and close(g, w.flip(i)):
             return f"reversed along axis {i}"
-    return None
+    return piece.hint
 
 
 def compare_gradients(piece: Piece, label: str, mine: list, theirs: list, want: Tensor, got: Tensor) -> None:
     """The gradients of ``<upstream, result>`` w.r.t. each input of ``grad_args``, yours against the reference's."""
-    upstream = randn(rng(0), *want.shape).to(want.dtype)
+    upstream = randn(0, *want.shape).to(want.dtype)
     if not got.requires_grad:
         raise AssertionError(f"{label}: your result has no gradient: did you use .detach(), .item(), numpy or "
                              f"torch.no_grad()? Autograd must see every step")
@@ -271,16 +248,14 @@ def compare_gradients(piece: Piece, label: str, mine: list, theirs: list, want: 
                                      f"through autograd (.detach(), numpy or a copy made without it?)")
             continue
         problem = difference(y, e, piece.rtol, piece.atol)
-        if problem:
-            raise AssertionError(f"{label}: gradient w.r.t. {name}: {problem}: {gradient_clue(y, got, want)}")
-
-
-def gradient_clue(y: Tensor, got: Tensor, want: Tensor) -> str:
-    """Why a gradient ``y`` differs when the values matched: NaN, float32 rounding, or a cut in autograd."""
-    if got.dtype != want.dtype:
-        return f"yours is {got.dtype}, expected {want.dtype}: make new tensors with dtype=x.dtype"
-    if torch.isnan(y).any():
-        return ("NaN in the gradient: a NaN computed and then masked away (e.g. the softmax of a row of -inf) "
-                "still poisons the gradient")
-    return ("the values match but the gradient does not: is part of the computation cut from autograd "
-            "(.detach(), .data, an in-place change of an input)?")
+        if not problem:
+            continue
+        if got.dtype != want.dtype:
+            why = f"yours is {got.dtype}, expected {want.dtype}: make new tensors with dtype=x.dtype"
+        elif torch.isnan(y).any():
+            why = ("NaN in the gradient: a NaN computed and then masked away (e.g. the softmax of a row of -inf) "
+                   "still poisons the gradient")
+        else:
+            why = ("the values match but the gradient does not: is part of the computation cut from autograd "
+                   "(.detach(), .data, an in-place change of an input)?")
+        raise AssertionError(f"{label}: gradient w.r.t. {name}: {problem}: {why}")

@@ -6,8 +6,8 @@ from typing import List
 
 import torch
 
-from ...data.transforms import hflip
-from .base import Case, Piece, randn, rng, run_check
+from ...data import hflip
+from .base import Case, Piece, randn, run_check
 
 
 def flip_image_and_boxes(image, boxes):
@@ -16,36 +16,31 @@ def flip_image_and_boxes(image, boxes):
     return flipped, target["boxes"]
 
 
-def _boxes_moved(image, boxes):
-    """The right image; boxes mirrored as x -> w - x without swapping x0 and x1."""
-    w = image.shape[-1]
-    return image.flip(-1), torch.stack([w - boxes[:, 0], boxes[:, 1], w - boxes[:, 2], boxes[:, 3]], dim=1)
+def _mirrored(image, boxes, swap=True, edge=0.0):
+    """The image flipped; boxes (N, 4) mirrored as x -> (w - edge) - x, their left and right edges swapped or not."""
+    w = image.shape[-1] - edge
+    x0, y0, x1, y1 = boxes.unbind(-1)
+    return image.flip(-1), torch.stack([w - x1, y0, w - x0, y1] if swap else [w - x0, y0, w - x1, y1], dim=-1)
 
 
-def _minus_one(image, boxes):
-    flipped, moved = flip_image_and_boxes(image, boxes)
-    return flipped, moved - torch.tensor([1.0, 0.0, 1.0, 0.0], dtype=boxes.dtype)
-
-
-HFLIP_MISTAKES = (
-    ("x0 and x1 not swapped: after x -> w - x the left edge is w - x1 and the right edge w - x0",
-     _boxes_moved),
-    ("w - 1 - x: box coordinates are on pixel edges (0 ... w), so x -> w - x", _minus_one),
-    ("the image flipped top-bottom: a horizontal flip reverses the last axis (W)",
-     lambda image, boxes: (image.flip(-2), flip_image_and_boxes(image, boxes)[1])),
-    ("the image not flipped: mirror the pixels as well as the boxes",
-     lambda image, boxes: (image, flip_image_and_boxes(image, boxes)[1])),
-    ("the boxes not flipped: they must move with the pixels",
-     lambda image, boxes: (image.flip(-1), boxes)),
-)
-
-HFLIP = Piece("horizontal flip", flip_image_and_boxes, "detr_nb.data.transforms.hflip",
-              arg_names=("image", "boxes"), mistakes=HFLIP_MISTAKES, parts=("image", "boxes"),
-              shape_doc=("(3, H, W)", "(N, 4)"))
+HFLIP = Piece(
+    "horizontal flip", flip_image_and_boxes, "detr_nb.data.transforms.hflip", arg_names=("image", "boxes"),
+    parts=("image", "boxes"), shape_doc=("(3, H, W)", "(N, 4)"),
+    mistakes=(
+        ("x0 and x1 not swapped: after x -> w - x the left edge is w - x1 and the right edge w - x0",
+         lambda image, b: _mirrored(image, b, swap=False)),
+        ("w - 1 - x: box coordinates are on pixel edges (0 ... w), so x -> w - x",
+         lambda image, b: _mirrored(image, b, edge=1.0)),
+        ("the image flipped top-bottom: a horizontal flip reverses the last axis (W)",
+         lambda image, b: (image.flip(-2), flip_image_and_boxes(image, b)[1])),
+        ("the image not flipped: mirror the pixels as well as the boxes",
+         lambda image, b: (image, flip_image_and_boxes(image, b)[1])),
+        ("the boxes not flipped: they must move with the pixels", lambda image, b: (image.flip(-1), b)),
+    ))
 
 
 def hflip_cases() -> List[Case]:
-    g = rng(11)
+    g = torch.Generator().manual_seed(11)
 
     def case(name, H, W, boxes):
         return Case(name, (randn(g, 3, H, W), torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)))

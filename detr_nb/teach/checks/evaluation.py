@@ -7,13 +7,11 @@ from typing import List
 import numpy as np
 import torch
 
-from ...inference.evaluate import (average_precision, precision_envelope, precision_recall,
-                                  sampled_precision)
-from .base import Case, Piece, rng, run_check
+from ..average_precision import average_precision, precision_envelope, precision_recall, sampled_precision
+from .base import Case, Piece, run_check
 
 
-def _ap_variant(scores, is_tp, num_gt, order=True, envelope=True, by_detections=False, points=101,
-                beyond_zero=True):
+def _ap(scores, is_tp, num_gt, order=True, envelope=True, by_detections=False, points=101, beyond_zero=True):
     """AP with one classic change: detections not sorted by score, no envelope, recall divided by the number of
     detections, 11 recall points, or the last precision kept beyond the last recall reached."""
     if not order:      # cumulate in the given order: sorting constant scores keeps it (a stable sort)
@@ -35,35 +33,33 @@ def _trapezoid(scores, is_tp, num_gt):
     return float(torch.trapezoid(precision, recall))
 
 
-AP_MISTAKES = (
-    ("detections not sorted by score: cumulate precision and recall from the most confident one down",
-     lambda *a: _ap_variant(*a, order=False)),
-    ("no envelope: replace each precision by the best precision at this recall or beyond (a cummax from the "
-     "right) before sampling", lambda *a: _ap_variant(*a, envelope=False)),
-    ("area under the raw curve (trapezoid rule): COCO averages the enveloped precision at 101 recall points",
-     _trapezoid),
-    ("recall divided by the number of detections: recall = true positives so far / num_gt",
-     lambda *a: _ap_variant(*a, by_detections=True)),
-    ("11 recall points (PASCAL VOC 2007): COCO samples 101 points 0, 0.01, ..., 1",
-     lambda *a: _ap_variant(*a, points=11)),
-    ("precision beyond the last recall reached must be 0, not the last precision",
-     lambda *a: _ap_variant(*a, beyond_zero=False)),
-)
-
-AP = Piece("average precision", average_precision, "detr_nb.inference.evaluate.average_precision",
-           arg_names=("scores", "is_tp", "num_gt"), mistakes=AP_MISTAKES, number=True, atol=1e-6, rtol=0.0,
-           hint="follow the recipe: sort by score, cumulate precision and recall, envelope, sample 101 recall "
-                "points, average")
+AP = Piece(
+    "average precision", average_precision, "detr_nb.teach.average_precision.average_precision",
+    arg_names=("scores", "is_tp", "num_gt"), number=True, atol=1e-6, rtol=0.0,
+    hint="follow the recipe: sort by score, cumulate precision and recall, envelope, sample 101 recall points, average",
+    mistakes=(
+        ("detections not sorted by score: cumulate precision and recall from the most confident one down",
+         lambda *a: _ap(*a, order=False)),
+        ("no envelope: replace each precision by the best precision at this recall or beyond (a cummax from the "
+         "right) before sampling", lambda *a: _ap(*a, envelope=False)),
+        ("area under the raw curve (trapezoid rule): COCO averages the enveloped precision at 101 recall points",
+         _trapezoid),
+        ("recall divided by the number of detections: recall = true positives so far / num_gt",
+         lambda *a: _ap(*a, by_detections=True)),
+        ("11 recall points (PASCAL VOC 2007): COCO samples 101 points 0, 0.01, ..., 1",
+         lambda *a: _ap(*a, points=11)),
+        ("precision beyond the last recall reached must be 0, not the last precision",
+         lambda *a: _ap(*a, beyond_zero=False)),
+    ))
 
 
 def average_precision_cases() -> List[Case]:
-    g = rng(12)
+    g = torch.Generator().manual_seed(12)
 
     def case(name, hits, num_gt, hint=""):
         """Detections with distinct scores, shuffled: ``hits`` lists is_tp from the best score down."""
-        D = len(hits)
-        scores = torch.linspace(0.95, 0.05, D, dtype=torch.float64) if D else torch.zeros(0, dtype=torch.float64)
-        shuffle = torch.randperm(D, generator=g)
+        scores = torch.linspace(0.95, 0.05, len(hits), dtype=torch.float64)
+        shuffle = torch.randperm(len(hits), generator=g)
         return Case(name, (scores[shuffle], torch.tensor(hits, dtype=torch.bool)[shuffle], num_gt), hint=hint)
 
     random_hits = (torch.rand(20, generator=g) < 0.6).tolist()
@@ -79,7 +75,7 @@ def average_precision_cases() -> List[Case]:
 
 def check_average_precision(fn) -> bool:
     """``fn(scores (D,), is_tp (D,) bool, num_gt)`` -> float, COCO's AP of one class at one IoU threshold,
-    against :func:`detr_nb.inference.evaluate.average_precision`."""
+    against :func:`detr_nb.teach.average_precision.average_precision` (tested against pycocotools)."""
     return run_check(AP.title, [(AP, fn, average_precision_cases())])
 
 

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import List
 
 import torch
 
-from ...model.position_encoding import PositionEmbeddingSine, pixel_coordinates, sine_embed
-from .base import Case, Piece, rng, run_check
+from ...models.position_encoding import PositionEmbeddingSine, pixel_coordinates, sine_embed
+from .base import Case, Piece, run_check
 
 
 def sine_encoding(mask, num_pos_feats: int, temperature: float):
@@ -20,58 +21,47 @@ def _encode(y, x, F, T, embed=sine_embed):
     return torch.cat((embed(y, F, T), embed(x, F, T)), dim=3).permute(0, 3, 1, 2)
 
 
-def _concatenated(c, F, T):
-    """sine_embed with the sines first and the cosines after, instead of interleaved."""
-    angle = c[..., None] / T ** (2 * torch.div(torch.arange(F), 2, rounding_mode="floor") / F)     # (..., F)
-    return torch.cat((angle[..., 0::2].sin(), angle[..., 1::2].cos()), dim=-1)
+def _embed(c, F, T, pair_exponent=True, interleave=True):
+    """sine_embed with a classic change: exponent i/F (no (sin, cos) pairs), or sines then cosines."""
+    i = torch.arange(F)
+    angle = c[..., None] / T ** ((2 * torch.div(i, 2, rounding_mode="floor") if pair_exponent else i) / F)   # (..., F)
+    sin, cos = angle[..., 0::2].sin(), angle[..., 1::2].cos()
+    return torch.stack((sin, cos), dim=-1).flatten(-2) if interleave else torch.cat((sin, cos), dim=-1)
 
 
-def _exponent_i(c, F, T):
-    """sine_embed with the exponent i/F: every channel a different frequency, no (sin, cos) pairs."""
-    angle = c[..., None] / T ** (torch.arange(F) / F)                                           # (..., F)
-    return torch.stack((angle[..., 0::2].sin(), angle[..., 1::2].cos()), dim=-1).flatten(-2)
-
-
-def _padded_size(mask, F, T):
-    """Counts divided by the padded height and width (H, W) instead of the valid extent."""
+def _divided(mask, F, T, by_padded_size=False):
+    """Counts divided by the padded size (H, W), or by the last count without DETR's +1e-6 (0/0 in a fully
+    padded column or row)."""
     y, x = pixel_coordinates(mask, normalize=False)
-    return _encode(y / mask.shape[1] * 2 * math.pi, x / mask.shape[2] * 2 * math.pi, F, T)
-
-
-def _no_epsilon(mask, F, T):
-    """Counts divided by the last count without DETR's +1e-6: a fully padded column or row gives 0/0."""
-    y, x = pixel_coordinates(mask, normalize=False)
+    if by_padded_size:
+        return _encode(y / mask.shape[1] * 2 * math.pi, x / mask.shape[2] * 2 * math.pi, F, T)
     return _encode(y / y[:, -1:, :] * 2 * math.pi, x / x[:, :, -1:] * 2 * math.pi, F, T)
-
-
-def _with(embed):
-    return lambda mask, F, T: _encode(*pixel_coordinates(mask), F, T, embed)
 
 
 MASK_IGNORED = ("normalised by the padded size, not the valid extent: count only the non-padded pixels "
                 "(cumsum of ~mask) and divide by the count at the far edge")
-SINE_MISTAKES = (
-    ("no 2*pi normalisation: divide the cumulative counts by the last one (+1e-6) and multiply by 2*pi",
-     lambda mask, F, T: PositionEmbeddingSine(F, T, normalize=False)(mask)),
-    (MASK_IGNORED, lambda mask, F, T: sine_encoding(torch.zeros_like(mask), F, T)),
-    (MASK_IGNORED, _padded_size),
-    ("0/0 in a fully padded column or row: divide by (the last count + 1e-6), as DETR does", _no_epsilon),
-    ("sin and cos concatenated: they are interleaved, channel 2j = sin and 2j+1 = cos of one frequency",
-     _with(_concatenated)),
-    ("dim_t exponent i/F: use 2*floor(i/2)/F, so that channels 2j and 2j+1 share one frequency",
-     _with(_exponent_i)),
-    ("y and x halves swapped: the first num_pos_feats channels encode y (rows), the next ones x",
-     lambda mask, F, T: torch.cat(sine_encoding(mask, F, T).chunk(2, dim=1)[::-1], dim=1)),
-)
-
-SINE = Piece("2-D sine position encoding", sine_encoding,
-             "detr_nb.model.position_encoding.PositionEmbeddingSine(normalize=True)",
-             arg_names=("mask", "num_pos_feats", "temperature"), mistakes=SINE_MISTAKES,
-             shape_doc="(B, 2*num_pos_feats, H, W)", rtol=1e-5, atol=1e-5)     # the reference is float32
+SINE = Piece(
+    "2-D sine position encoding", sine_encoding,
+    "detr_nb.models.position_encoding.PositionEmbeddingSine(normalize=True)",
+    arg_names=("mask", "num_pos_feats", "temperature"), shape_doc="(B, 2*num_pos_feats, H, W)",
+    rtol=1e-5, atol=1e-5,                                                  # the reference is float32
+    mistakes=(
+        ("no 2*pi normalisation: divide the cumulative counts by the last one (+1e-6) and multiply by 2*pi",
+         lambda mask, F, T: PositionEmbeddingSine(F, T, normalize=False)(mask)),
+        (MASK_IGNORED, lambda mask, F, T: sine_encoding(torch.zeros_like(mask), F, T)),
+        (MASK_IGNORED, lambda mask, F, T: _divided(mask, F, T, by_padded_size=True)),
+        ("0/0 in a fully padded column or row: divide by (the last count + 1e-6), as DETR does", _divided),
+        ("sin and cos concatenated: they are interleaved, channel 2j = sin and 2j+1 = cos of one frequency",
+         lambda mask, F, T: _encode(*pixel_coordinates(mask), F, T, partial(_embed, interleave=False))),
+        ("dim_t exponent i/F: use 2*floor(i/2)/F, so that channels 2j and 2j+1 share one frequency",
+         lambda mask, F, T: _encode(*pixel_coordinates(mask), F, T, partial(_embed, pair_exponent=False))),
+        ("y and x halves swapped: the first num_pos_feats channels encode y (rows), the next ones x",
+         lambda mask, F, T: torch.cat(sine_encoding(mask, F, T).chunk(2, dim=1)[::-1], dim=1)),
+    ))
 
 
 def sine_encoding_cases() -> List[Case]:
-    g = rng(3)
+    g = torch.Generator().manual_seed(3)
     right_bottom = torch.zeros(2, 4, 6, dtype=torch.bool)
     right_bottom[0, :, 4:] = True                                     # image 0: 4 x 4 inside a 4 x 6 batch
     right_bottom[1, 3:, :] = True                                     # image 1: 3 x 6
