@@ -1,9 +1,10 @@
-"""postprocess: official PostProcess numbers, all queries kept, threshold for display."""
+"""PostProcess: the official scoring, every query kept; the aids' top (query, class) pairs."""
 import pytest
 import torch
 from torchvision import ops
 
-from detr_nb.setpred.postprocess import postprocess
+from detr_nb.aids import AidedPostProcess
+from detr_nb.models import PostProcess
 
 
 def make_outputs(B=2, Q=5, C=4, seed=0):
@@ -11,52 +12,37 @@ def make_outputs(B=2, Q=5, C=4, seed=0):
     return {"pred_logits": torch.randn(B, Q, C + 1, generator=g) * 3, "pred_boxes": torch.rand(B, Q, 4, generator=g)}
 
 
-def test_matches_per_image_reference():
+def test_the_official_scoring_image_by_image():
     outputs = make_outputs()
     sizes = torch.tensor([[480, 640], [300, 200]])
-    results = postprocess(outputs, sizes)
-    assert len(results) == 2
-    for i, r in enumerate(results):
+    for i, r in enumerate(PostProcess()(outputs, sizes)):
         prob = outputs["pred_logits"][i].softmax(-1)
-        assert r["scores"].shape == (5,) and r["labels"].dtype == torch.int64  # every query kept
-        for q in range(5):
-            best = int(prob[q, :-1].argmax())  # "no object" (last column) never wins
-            assert int(r["labels"][q]) == best
-            assert float(r["scores"][q]) == pytest.approx(float(prob[q, best]))
+        assert r["scores"].shape == (5,) and r["labels"].dtype == torch.int64   # every query kept
+        torch.testing.assert_close(r["labels"], prob[:, :-1].argmax(-1))          # "no object" never wins
+        torch.testing.assert_close(r["scores"], prob[:, :-1].max(-1).values)
         h, w = sizes[i].tolist()
-        expected = ops.box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy") * torch.tensor([w, h, w, h])
-        torch.testing.assert_close(r["boxes"], expected)
+        torch.testing.assert_close(r["boxes"], ops.box_convert(outputs["pred_boxes"][i], "cxcywh", "xyxy")
+                                   * torch.tensor([w, h, w, h]))
 
 
-def test_known_box_and_list_sizes():
+def test_a_known_box_in_pixels_and_bf16_outputs_in_float32():
     outputs = {"pred_logits": torch.zeros(1, 1, 3), "pred_boxes": torch.tensor([[[0.5, 0.5, 1.0, 1.0]]])}
-    r, = postprocess(outputs, [(100, 200)])
+    r, = PostProcess()(outputs, torch.tensor([(100, 200)]))
     torch.testing.assert_close(r["boxes"], torch.tensor([[0.0, 0.0, 200.0, 100.0]]))
     assert float(r["scores"][0]) == pytest.approx(1 / 3)
+    r, = PostProcess()({k: v.bfloat16() for k, v in outputs.items()}, torch.tensor([(100, 200)]))
+    assert r["scores"].dtype == r["boxes"].dtype == torch.float32
 
 
-def test_threshold_keeps_confident_queries_only():
-    outputs = make_outputs(seed=1)
-    full = postprocess(outputs, [(10, 10), (10, 10)])
-    shown = postprocess(outputs, [(10, 10), (10, 10)], threshold=0.5)
-    for f, s in zip(full, shown):
-        keep = f["scores"] > 0.5
-        assert torch.equal(s["scores"], f["scores"][keep]) and torch.equal(s["boxes"], f["boxes"][keep])
-
-
-def test_another_scoring_and_bad_shapes():
-    """A focal-loss model's scoring plugs in: its sigmoid per class (no "no object" column), one per query."""
-    from detr_nb.aids.focal import sigmoid_scores
-    outputs = make_outputs(seed=2)
-    r = postprocess(outputs, [(1, 1)] * 2, scoring=sigmoid_scores)
-    torch.testing.assert_close(r[0]["scores"], outputs["pred_logits"][0, :, :-1].sigmoid().max(-1).values)
-    with pytest.raises(ValueError, match="target_sizes"):
-        postprocess(outputs, [(1, 1)])
-    with pytest.raises(ValueError, match="pred_boxes"):
-        postprocess({**outputs, "pred_boxes": outputs["pred_boxes"][:, :3]}, [(1, 1)] * 2)
-
-
-def test_bf16_outputs_give_float32_results():
-    outputs = {k: v.bfloat16() for k, v in make_outputs(seed=3).items()}
-    r = postprocess(outputs, torch.tensor([[50, 60], [70, 80]]))
-    assert r[0]["scores"].dtype == torch.float32 and r[0]["boxes"].dtype == torch.float32
+def test_aided_scoring_keeps_the_best_query_class_pairs():
+    logits = torch.full((1, 3, 3), -9.0)
+    logits[0, 0, :2] = torch.tensor([4.0, 3.0])   # query 0: both classes likely
+    logits[0, 2, 1] = 2.0
+    logits[..., 2] = 9.0                          # the unused "no object" column is left out
+    boxes = torch.tensor([[[0.5, 0.5, 0.2, 0.2], [0.1, 0.1, 0.1, 0.1], [0.3, 0.6, 0.2, 0.4]]])
+    r, = AidedPostProcess()({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[10, 20]]))
+    assert len(r["scores"]) == 6 and r["labels"][:3].tolist() == [0, 1, 1]   # query 0 twice, then query 2
+    torch.testing.assert_close(r["scores"][:3], torch.sigmoid(torch.tensor([4.0, 3.0, 2.0])))
+    paper = PostProcess()({"pred_logits": logits, "pred_boxes": boxes}, torch.tensor([[10, 20]]))[0]
+    torch.testing.assert_close(r["boxes"][1], paper["boxes"][0])             # the second pair is query 0's box
+    torch.testing.assert_close(r["boxes"][2], paper["boxes"][2])
