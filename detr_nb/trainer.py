@@ -80,14 +80,14 @@ def say(msg) -> None:
 class Trainer:
     """A run's model, data, optimizer and position; :meth:`fit` trains, :meth:`evaluate` scores.
 
-    ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, diagnostics). ``model``:
-    a model of ``build_model`` to train instead of building the configured one (the init study). Attributes:
+    ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, diagnostics).
+    ``module``: a model of ``build_model`` to train instead of building the configured one (the init study). Attributes:
     ``model`` (unwrapped), ``state``, ``step``, ``epoch``, ``out``, ``history`` (the metrics lines), ``last_good``
     (the newest checkpoint written or resumed from), ``resumed_from``.
     """
 
     def __init__(self, config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (),
-                 model: Optional[nn.Module] = None, **overrides):
+                 module: Optional[nn.Module] = None, **overrides):
         self._since = time.perf_counter()   # the clock runs from here: setup counts against a time budget
         config = TrainConfig(**overrides) if config is None else config.replace(**overrides) if overrides else config
         cfg = self.cfg = check_config(config)
@@ -137,6 +137,7 @@ class Trainer:
         # Model (the same initialisation on every rank), loss, optimizer, schedule.
         for seed_rng in (torch.manual_seed, random.seed, np.random.seed):
             seed_rng(cfg.seed)
+        model = module
         if model is None:
             model = build_model(cfg.model, num_classes=self.num_classes, impl=cfg.impl,
                                 pretrained_backbone=bool(cfg.pretrained_backbone), **cfg.model_overrides)

@@ -80,3 +80,14 @@ def test_nothing_outside_teach_imports_it():
         source = path.read_text()
         assert "teach" not in {n.module.split(".")[0] for n in ast.walk(ast.parse(source))
                                if isinstance(n, ast.ImportFrom) and n.module}, path
+
+
+def test_the_cli_reaches_the_hungarian_solver_in_seven_frames(tmp_path):
+    """``python -m detr_nb train`` -> the solver: at most 7 package frames in at most 6 files."""
+    import re
+    import subprocess
+    from engine_utils import cli_env
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "frames.py")], cwd=tmp_path, env=cli_env(),
+                          capture_output=True, text=True, timeout=300)
+    frames, files = map(int, re.search(r"(\d+) package frames in (\d+) files", proc.stdout).groups())
+    assert frames <= 7 and files <= 6, proc.stdout

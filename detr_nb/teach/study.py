@@ -171,7 +171,7 @@ def run_one(spec: Dict, log: Callable = print, callbacks: Sequence[Callable] = (
                                        pretrained_backbone=bool(cfg.pretrained_backbone), **cfg.model_overrides),
                            spec["init"])
     stats = GradientStats(spec["diag_every"], d / "diagnostics.jsonl")
-    trainer = StudyTrainer(cfg, callbacks=[*callbacks, stats] if spec["diag_every"] else callbacks, model=model)
+    trainer = StudyTrainer(cfg, callbacks=[*callbacks, stats] if spec["diag_every"] else callbacks, module=model)
     try:
         if spec["init"] and not trainer.resumed_from:
             (d / "weights_init.json").write_text(json.dumps(weight_histograms(trainer.model)))
