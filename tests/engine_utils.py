@@ -1,4 +1,4 @@
-"""Shared tiny settings for the engine tests (train, CLI, DDP): a ~50k-parameter DETR on 64 px images."""
+"""Shared tiny settings for the runner's tests (train, CLI, DDP): a ~50k-parameter DETR on 64 px images."""
 import sys
 from pathlib import Path
 
@@ -9,17 +9,20 @@ SYN = dict(num_train=12, num_val=4, image_size=(64, 64), min_objects=1, max_obje
 # detr_tiny shrunk further: 1/8-width ResNet-18 to layer2 (stride 8), hidden 32, 1+2 layers, 8 queries.
 TINY = dict(backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2,
             dim_feedforward=64, num_queries=8)
+# The paper's loss weights, which are its matching costs too (the main job weights the class term 2).
+PAPER_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 
 
 def tiny_config(out, data_root, **overrides):
-    from detr_nb.engine.config import TrainConfig
+    """The tiny paper DETR (``detr_tiny`` with :data:`TINY`) on :data:`SYN`, on the CPU, the official loss weights
+    (which are the matching costs too) and a step schedule without warm-up: the main job's recipe (``aided``)
+    for everything else."""
+    from detr_nb.config import TrainConfig
 
-    base = dict(dataset="synthetic", data_root=None if data_root is None else str(data_root), data_kwargs=dict(SYN), preset="cpu",
-                model="detr_tiny", model_overrides=dict(TINY), time_budget_s=None, epochs=3, batch_size=4,
-                lr=1e-3, log_every=1, progress=False, workers=0, out=str(out), eval_at_end=False,
-                num_pictures=0, device="cpu", seed=0,
-                # the engine tests pin the official loss and schedule (the main job's defaults are the aided ones)
-                loss_type="ce", weight_dict=None, cost_class=1.0, schedule="step", warmup_steps=0)
+    base = dict(dataset="synthetic", data_root=None if data_root is None else str(data_root), data_kwargs=dict(SYN),
+                preset="cpu", model="detr_tiny", model_overrides=dict(TINY), time_budget_s=None, epochs=3,
+                batch_size=4, lr=1e-3, log_every=1, progress=False, workers=0, out=str(out), eval_at_end=False,
+                device="cpu", seed=0, weight_dict=dict(PAPER_WEIGHTS), schedule="step", warmup_steps=0)
     base.update(overrides)
     return TrainConfig(**base)
 

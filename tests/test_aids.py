@@ -125,20 +125,15 @@ def _box_batches(data_seed):
 
 
 def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
-    """Deterministic: fixed data (data seed 0), fixed initial weights (torch seed 0), one
-    thread (the autouse fixture), no data loader; the same run gives the same curves to the last bit.
+    """Deterministic: fixed data (data seed 0), fixed initial weights (torch seed 0), one thread (the autouse
+    fixture), no data loader; the same run gives the same curves to the last bit.
 
-    The thresholds come from the spread over seeds (the ratios below, 20 steps, measured on the 2-core
-    CPU with torch 2.14): 38 distinct (data seed, torch seed) runs: (s, s) for s = 0-19, (0, s) and
-    (s, 0) for s = 1-9.
-      tail ratio  mean(aided last 5) / mean(vanilla last 5):  min 0.43, median 0.58, max 0.80
-                  (seed 0: 0.52); asserted < 0.85, i.e. 0.05 above the worst seed.
-      drop ratio  (first 5 - last 5) aided / the same vanilla:  min 1.14, median 1.86, max 3.67
-                  (seed 0: 1.71); 6 of the 38 were below the 1.3 this test used to assert (1.14, 1.19,
-                  1.24, 1.24, 1.29, 1.29), so that claim held for seed 0, not for the method. Asserted
-                  > 1.0 (the aided loss falls further), 0.14 below the worst seed.
-    Breaking an aid fails the tail ratio at every seed tried (0-4): two-stage queries taken from the first
-    cells instead of the top-scored ones 1.01-1.42, refinement without the reference box 1.12-1.27.
+    The threshold comes from the spread over seeds, measured on the 2-core CPU with torch 2.14 (20 steps, 38
+    distinct (data seed, torch seed) runs: (s, s) for s = 0-19, (0, s) and (s, 0) for s = 1-9):
+      tail ratio  mean(aided last 5) / mean(vanilla last 5):  min 0.50, median 0.61, max 0.75 (seed 0: 0.50);
+                  asserted < 0.85, 0.1 above the worst seed.
+    How much further the aided loss falls than the vanilla one is not asserted: the ratio of the two drops
+    spans 0.64 to 2.73 over the same seeds (seed 0: 2.33), below 1 for one of them.
     """
     batches = _box_batches(data_seed=0)
     dims = dict(backbone_width=0.25, hidden_dim=32, nheads=4, dim_feedforward=64, num_queries=12)
@@ -146,10 +141,4 @@ def test_aided_tiny_model_learns_boxes_faster_than_vanilla():
     vanilla = _train_curve("detr_tiny", dict(dims, enc_layers=1, dec_layers=2), steps, batches, seed=0)
     aided = _train_curve("detr_tiny_aided", dict(dims, dec_layers=2), steps, batches, seed=0)
     tail = slice(steps - 5, steps)
-    head = slice(0, 5)
     assert np.mean(aided[tail]) < 0.85 * np.mean(vanilla[tail]), (aided, vanilla)
-    # not only a better start (two-stage boxes start on the objects): the loss also falls further
-    drop = lambda c: np.mean(c[head]) - np.mean(c[tail])
-    assert drop(aided) > 1.0 * drop(vanilla), (aided, vanilla)
-
-
