@@ -71,6 +71,9 @@ def check_versions(pins: dict) -> list:
     return errors
 
 
+TEST_TOOLS = {"pytest", "pytest-xdist", "nbclient", "nbformat", "ipykernel"}
+
+
 def check_minimums(pins: dict) -> list:
     """Every declared lower bound is exactly the pinned (tested) version."""
     from packaging.requirements import Requirement
@@ -86,6 +89,8 @@ def check_minimums(pins: dict) -> list:
         name = _canon(req.name)
         lows = [s.version for s in req.specifier if s.operator == ">="]
         if "==" in {s.operator for s in req.specifier}:
+            if where == "requirements.txt" and name in TEST_TOOLS:
+                continue   # pinned exactly for the README's test command; each CI environment pins its own
             errors.append(f"{where}: {line!r} pins an exact version; declare lower bounds only")
         if len(lows) != 1:
             errors.append(f"{where}: {line!r} needs one lower bound (>=)")

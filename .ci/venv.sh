@@ -51,7 +51,9 @@ else
     # links cuDNN, cuBLAS, cuFFT, cuSPARSE, NCCL, NVSHMEM...), and PyPI has no CPU-only Linux x86_64 build.
     pip_in install -q -r "$pins"
     "$venv/bin/python" .ci/envcheck.py deps > "$venv/detr_nb-deps.txt"
-    pip_in install -q -c "$pins" -r "$venv/detr_nb-deps.txt" -r requirements.txt
+    # requirements.txt without its exact pins (the test tools, which each environment pins itself)
+    grep -v "==" requirements.txt > "$venv/detr_nb-requirements.txt"
+    pip_in install -q -c "$pins" -r "$venv/detr_nb-deps.txt" -r "$venv/detr_nb-requirements.txt"
     "$venv/bin/python" -m ipykernel install --prefix "$venv" --name python3 > /dev/null
     echo "$stamp" > "$venv/.ci-stamp"
 fi
