@@ -2,7 +2,7 @@
 
 Every variant trains the same small DETR (detr_tiny_aided's backbone and transformer) on the main job's
 synthetic data with the same schedule, for the same budget, and is evaluated (COCO AP on the first
-``--eval-images`` validation images, as the main job scores: ``engine.build.evaluate_run``)
+``--eval-images`` validation images, as the main job scores: ``detr_nb.evaluate.evaluate_run``)
 along the way:
 
 * ``--steps N``: N optimizer steps each, the cosine over N steps, evaluated every ``--eval-every`` steps. AP at a

@@ -50,7 +50,7 @@ LARGER = {"full": [192, 192], "quick": [96, 96]}   # the larger recipe's synthet
 # --quick: the main job's recipe at tiny sizes (a ~50k-parameter detr_tiny_aided, 64 px images, 3 steps)
 QUICK_RUN = ["--set", "data_kwargs.num_train=16", "--set", "data_kwargs.num_val=4", "--set", "data_kwargs.max_objects=3",
              "--set", "data_kwargs.image_size=[64,64]", "--batch-size", "4", "--max-steps", "3", "--time-budget", "none",
-             "--log-every", "1", "--num-pictures", "0", "--model-overrides", json.dumps(dict(
+             "--log-every", "1", "--model-overrides", json.dumps(dict(
                  backbone_width=0.125, return_layer="layer2", hidden_dim=32, nheads=2, enc_layers=1, dec_layers=2,
                  dim_feedforward=64, num_queries=8))]
 QUICK_STEP = ["--model", "detr_tiny", "--size", "64", "64", "--batch", "2", "--steps", "1", "--warmup", "0", "--no-hf",
@@ -158,7 +158,7 @@ def part_t4_policy(ctx: Context, log: Path, rec: dict) -> None:
     elif dev == "cpu":
         runs.append(dict(runs[0], name="main job", source="the run above: the device is the CPU"))
     else:
-        runs.append(train_run(ctx, log, "main job", "cpu", data, ["--no-eval-at-end", "--num-pictures", "0"],
+        runs.append(train_run(ctx, log, "main job", "cpu", data, ["--no-eval-at-end"],
                               CPU_BUDGET_S))
     rec["gpu_over_cpu"] = runs[0]["steps_per_s"] / runs[1]["steps_per_s"]
     if rec["gpu_over_cpu"] >= GPU_OVER_CPU:
@@ -279,7 +279,7 @@ def main(argv=None) -> int:
     p.add_argument("--cpu-steps-per-s", type=float, default=None, help="part 2's CPU figure, instead of a CPU run")
     p.add_argument("--workers", type=int, default=8, help="DataLoader workers of part 2's GPU runs")
     args = p.parse_args(argv)
-    from detr_nb.engine.precision import resolve_device
+    from detr_nb.config import resolve_device
     from detr_nb.errors import UserError
     try:
         device = resolve_device(args.device)

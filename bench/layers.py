@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from detr_nb.nn import attention, layers  # noqa: E402
-from detr_nb.configs import build_model  # noqa: E402
+from detr_nb.models import attention, layers  # noqa: E402
+from detr_nb.config import build_model  # noqa: E402
 
 
 def _step(module, inputs, loss_fn):
@@ -76,7 +76,7 @@ def main():
          [torch.randn(4, 3, 128, 128)]),
         ("Conv2d 1x1 64->256, (4, 64, 56, 56)", layers.Conv2d(64, 256, 1, bias=False), [x4]),
         ("FrozenBatchNorm2d, (4, 64, 56, 56)", fbn, [x4]),
-        ("GroupNorm(32, 64), (4, 64, 56, 56)", layers.GroupNorm(32, 64), [x4]),
+        ("BatchNorm2d (train), (4, 64, 56, 56)", layers.BatchNorm2d(64), [x4]),
         ("ReLU, (4, 64, 56, 56)", layers.ReLU(), [x4]),
         ("LayerNorm 256, (2, 600, 256)", layers.LayerNorm(256), [torch.randn(2, 600, 256)]),
         ("Dropout 0.1, (2, 600, 2048)", layers.Dropout(0.1), [torch.randn(2, 600, 2048)]),

@@ -27,7 +27,7 @@ boxes per image), no data loading; the step is the trainer's own, ``Trainer.trai
     python bench/train_step.py --threads 1 --profile        # CPU, with the profile of one step
     python bench/train_step.py --speed                      # this machine's speed, to quote beside timings
 
-``--speed`` times the main job's step (``detr_tiny_aided``, batch 16 at 96 x 96, the engine's train step, 2
+``--speed`` times the main job's step (``detr_tiny_aided``, batch 16 at 96 x 96, the trainer's train step, 2
 threads) and prints one line, ``machine speed: N ms per main-job step``: the figure the documents quote beside
 every timing, since these shared machines differ by 2x.
 """
@@ -376,7 +376,7 @@ def main(argv=None):
 def run(args, device: torch.device, work: Path):
     gpu = device.type == "cuda"
     if gpu:
-        torch.backends.cudnn.benchmark = True          # as the engine
+        torch.backends.cudnn.benchmark = True          # fixed input sizes here
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     batch = args.batch or (8 if gpu else 2)
