@@ -106,7 +106,7 @@ def load_checkpoint(path, map_location="cpu") -> Dict:
     if state.get("version") != VERSION:
         raise CheckpointError(f"checkpoint {path} has format version {state.get('version')}, this detr_nb reads "
                               f"{VERSION}: it was written by {'a newer' if state['version'] > VERSION else 'an older'} "
-                              f"detr_nb")
+                              f"detr_nb; use --no-resume or another --out to start afresh")
     return state
 
 

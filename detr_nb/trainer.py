@@ -143,6 +143,7 @@ class Trainer:
                                 pretrained_backbone=bool(cfg.pretrained_backbone), **cfg.model_overrides)
             if cfg.pretrained:
                 load_pretrained(model, cfg.pretrained)
+                self.log(f"loaded pretrained weights {cfg.pretrained}")
         torch.manual_seed(cfg.seed + 1 + self.rank)          # dropout differs per rank, the init does not
         self.model = model.to(self.device)
         if self.device.type == "cuda":

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, weights_only loading, truncated/foreign files, fallback, RNG round trip."""
+"""Checkpoints (detr_nb/checkpoint.py): atomic save, weights_only loading, truncated/foreign/other-version files,
+fallback to prev.pth, RNG round trip."""
 import os
 import random
 from pathlib import Path
@@ -7,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from detr_nb.engine import checkpoint as ck
+from detr_nb import checkpoint as ck
 
 
 def _state(step, value=1.0):
@@ -46,6 +47,19 @@ def test_foreign_file_is_rejected_clearly(tmp_path):
         ck.load_checkpoint(tmp_path / "last.pth")
     with pytest.raises(ck.CheckpointError, match="no usable checkpoint"):
         ck.load_latest(tmp_path, log=lambda s: None)
+
+
+@pytest.mark.parametrize("version, written_by", [(1, "an older"), (3, "a newer")])
+def test_a_checkpoint_of_another_format_version_is_refused_in_one_line(tmp_path, version, written_by):
+    """Version 1 (the package before its thin redesign) is no longer read: the message says so, not a KeyError."""
+    ck.CheckpointManager(tmp_path).save(_state(1))
+    state = torch.load(tmp_path / "last.pth", weights_only=True)
+    torch.save({**state, "version": version}, tmp_path / "last.pth")
+    with pytest.raises(ck.CheckpointError) as info:
+        ck.load_checkpoint(tmp_path / "last.pth")
+    msg = str(info.value)
+    assert "\n" not in msg and f"format version {version}" in msg and f"reads {ck.VERSION}" in msg, msg
+    assert f"written by {written_by} detr_nb" in msg, msg
 
 
 def test_pickled_code_is_refused(tmp_path):

@@ -1,34 +1,35 @@
-"""``python -m detr_nb train|evaluate|predict``: a tiny training run writes its outputs, evaluate and
-predict read them back, and a real SIGTERM leaves a checkpoint the next run resumes from."""
+"""``python -m detr_nb train|evaluate|predict`` (detr_nb/cli.py): a tiny training run writes its outputs, evaluate
+and predict read them back, a SIGTERM leaves a checkpoint the next run resumes from, options resolve over the
+recipes, and errors a user can fix are one line with status 2."""
 import json
 import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
 
-from detr_nb.engine import checkpoint as ck
-from detr_nb.cli import build_parser, main
-from detr_nb.cli.options import config_from_args
-from detr_nb.inference.evaluate import STAT_NAMES
-from engine_utils import REPO, SYN, TINY, cli_env, run_cli
+from detr_nb import checkpoint as ck
+from detr_nb.cli import build_parser, config_from_args, main
+from detr_nb.config import RECIPES, TrainConfig
+from detr_nb.evaluate import STAT_NAMES
+from detr_nb.trainer import Trainer
+from engine_utils import SYN, TINY, run_cli
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _tiny_args(out, root, *extra):
     return ["train", "--data-root", str(root), "--data-kwargs", json.dumps(SYN), "--model-overrides", json.dumps(TINY),
-            "--batch-size", "4", "--out", str(out), "--device", "cpu", "--no-progress", "--eval-batch-size", "4",
-            "--num-pictures", "2", "--log-every", "1", *extra]
+            "--batch-size", "4", "--out", str(out), "--device", "cpu", "--no-progress", "--log-every", "1", *extra]
 
 
 def test_defaults_are_the_main_job():
     cfg = config_from_args(build_parser().parse_args(["train"]))
-    assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny_aided" and cfg.loss_type == "focal" and cfg.device == "auto"
+    assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny_aided" and cfg.device == "auto"
+    assert cfg.weight_dict == {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0} and cfg.lr == 2e-3
     assert cfg.time_budget_s is not None and cfg.time_budget_s <= 540 and cfg.eval_at_end
     cfg = config_from_args(build_parser().parse_args(["train", "--time-budget", "none", "--no-resume",
-                                                      "--set", "lr_drop=5", "--set", "model_overrides.init=xavier"]))
-    assert cfg.time_budget_s is None and not cfg.resume and cfg.lr_drop == 5 and cfg.model_overrides == {"init": "xavier"}
+                                                      "--set", "lr_drop=5", "--set", "model_overrides.dropout=0.2"]))
+    assert cfg.time_budget_s is None and not cfg.resume and cfg.lr_drop == 5 and cfg.model_overrides == {"dropout": 0.2}
 
 
 def test_train_evaluate_predict(tmp_path, data_root, capsys):
@@ -42,7 +43,8 @@ def test_train_evaluate_predict(tmp_path, data_root, capsys):
     lines = [json.loads(l) for l in open(out / "metrics.jsonl")]
     steps = [r for r in lines if r["kind"] == "step"]
     assert [r["step"] for r in steps] == [1, 2, 3]
-    for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "lr", "grad_norm", "images_per_s", "mem_mb"):
+    for key in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_ce_0", "loss_ce_enc", "lr", "grad_norm",
+                "images_per_s", "mem_mb"):
         assert key in steps[0], key
     assert (out / "predictions.png").stat().st_size > 0 and (out / "loss.png").exists()
     assert ck.load_checkpoint(out / "checkpoints" / "last.pth")["step"] == 3
@@ -59,35 +61,41 @@ def test_train_evaluate_predict(tmp_path, data_root, capsys):
     assert (folder / f"{image.stem}.png").stat().st_size > 0
 
 
-def test_sigterm_writes_a_checkpoint_and_the_next_run_resumes(tmp_path, data_root):
+def test_sigterm_writes_a_checkpoint_and_the_next_run_resumes(tmp_path, data_root, capsys, monkeypatch):
+    """A SIGTERM (Colab's stop button, a scheduler's notice) after step 2 of an endless run: the run stops after
+    the step, writes a checkpoint and exits with 130; the same command then resumes from there."""
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "detr_nb", *_tiny_args(out, data_root, "--time-budget", "none", "--epochs", "1000",
-                                                       "--no-eval-at-end")]
-    proc = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
-    metrics = out / "metrics.jsonl"
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        if metrics.exists() and sum(1 for _ in open(metrics)) >= 2:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, proc.stdout.read()
-    proc.send_signal(signal.SIGTERM)
-    text, _ = proc.communicate(timeout=120)
-    assert proc.returncode == 130, text
-    assert "SIGTERM received" in text
+    real_step = Trainer.train_step
+
+    def step_then_terminate(self, micro_batches):
+        terms = real_step(self, micro_batches)
+        if self.step == 1:            # the second step is being taken (the counter moves after it)
+            os.kill(os.getpid(), signal.SIGTERM)
+        return terms
+    monkeypatch.setattr(Trainer, "train_step", step_then_terminate)
+    # should the trainer's handler be missing, the signal must not end the test process
+    previous = signal.signal(signal.SIGTERM, lambda *a: pytest.fail("SIGTERM reached no trainer handler"))
+    try:
+        assert main(_tiny_args(out, data_root, "--time-budget", "none", "--epochs", "1000", "--no-eval-at-end")) == 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    printed = capsys.readouterr().out
+    assert printed.count("SIGTERM received") == 1 and "Run the same command again to resume" in printed, printed
     state = ck.load_checkpoint(out / "checkpoints" / "last.pth")
-    assert state["step"] >= 2
+    assert state["step"] == 2
+    monkeypatch.undo()
     # the same command again resumes (here told to stop one step later)
-    main(_tiny_args(out, data_root, "--time-budget", "none", "--max-steps", str(state["step"] + 1),
-                    "--no-eval-at-end", "--num-pictures", "0"))
+    assert main(_tiny_args(out, data_root, "--time-budget", "none", "--max-steps", str(state["step"] + 1),
+                           "--no-eval-at-end")) == 0
+    assert "resumed from" in capsys.readouterr().out
     assert ck.load_checkpoint(out / "checkpoints" / "last.pth")["step"] == state["step"] + 1
 
 
 def test_recipes_resolve_and_explicit_options_win():
     parse = lambda *a: config_from_args(build_parser().parse_args(["train", *a]))
     paper = parse("--recipe", "paper", "--lr", "2e-4", "--dataset", "synthetic")
-    assert (paper.lr, paper.lr_backbone, paper.loss_type, paper.warmup_steps) == (2e-4, 1e-5, "ce", 0)
+    assert (paper.lr, paper.lr_backbone, paper.warmup_steps, paper.model) == (2e-4, 1e-5, 0, "detr_r50")
+    assert paper.weight_dict == {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
     assert paper.data_kwargs == {}            # the aided recipe's synthetic parameters do not follow another recipe
     fine = parse("--recipe", "finetune", "--model", "detr_r101")
     assert fine.pretrained == "detr_r101" and fine.dataset == "balloon" and fine.lr == 1e-4
@@ -96,7 +104,6 @@ def test_recipes_resolve_and_explicit_options_win():
     assert quick.data_kwargs["max_objects"] == 10      # the other synthetic parameters stay the main job's
     coco = parse("--dataset", "balloon")
     assert coco.data_kwargs == {} and coco.model == "detr_tiny_aided"
-    from detr_nb.engine.config import TrainConfig
     assert TrainConfig(recipe="paper").replace(recipe="aided", lr=0.5).lr == 0.5
     assert TrainConfig(recipe="paper", lr=0.5).replace(recipe="aided").lr == 0.5   # explicit values survive
     assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 2e-3
@@ -107,12 +114,10 @@ def test_chained_replaces_equal_one_fresh_config():
     fresh config of the same options gives (a replace used to mark every field as given, so a later recipe
     changed nothing: recipe paper, then out, then recipe aided kept the paper's lr, loss and model)."""
     import dataclasses
-    from detr_nb.engine.config import TrainConfig
-    from detr_nb.engine.recipes import RECIPES
 
     chained = TrainConfig(recipe="paper").replace(out="x").replace(recipe="aided")
     assert chained.to_dict() == TrainConfig(recipe="aided", out="x").to_dict()
-    assert (chained.lr, chained.loss_type, chained.model) == (2e-3, "focal", "detr_tiny_aided")
+    assert (chained.lr, chained.weight_dict["loss_ce"], chained.model) == (2e-3, 2.0, "detr_tiny_aided")
     for start in RECIPES:
         for end in RECIPES:
             a = TrainConfig(recipe=start, seed=3).replace(batch_size=2).replace(recipe=end).replace(out="y")
@@ -151,6 +156,16 @@ def test_a_user_error_ends_the_process_with_status_2_and_one_line(tmp_path):
         "error: --batch-size must be an integer >= 1, got 0"], proc.stderr
 
 
+def test_a_nan_loss_ends_train_with_status_1_and_one_line(tmp_path, data_root, capsys):
+    """lr 1e30: the first step sends the weights to infinity, the second loss is NaN."""
+    out = tmp_path / "run"
+    assert main(_tiny_args(out, data_root, "--lr", "1e30", "--max-steps", "3", "--time-budget", "none",
+                           "--no-eval-at-end")) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss at step 2: ") and "loss=nan" in lines[0]
+    assert "no checkpoint was written" in lines[0], lines
+
+
 def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
     import torch
     if torch.cuda.is_available():
@@ -164,8 +179,7 @@ def test_device_cuda_without_cuda_is_one_line(tmp_path, capsys):
 def test_predict_errors_name_the_input(tmp_path, data_root, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     out = tmp_path / "run"
-    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end",
-                           "--num-pictures", "0")) == 0
+    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end")) == 0
     (tmp_path / "notes.jpg").write_text("not an image")
     (tmp_path / "empty").mkdir()
     for item, message in (("missing.jpg", "missing.jpg: no such file, folder or URL"),
@@ -184,8 +198,7 @@ def test_predict_reads_a_url(tmp_path, data_root):
     import http.server
     import threading
     out = tmp_path / "run"
-    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end",
-                           "--num-pictures", "0")) == 0
+    assert main(_tiny_args(out, data_root, "--max-steps", "1", "--time-budget", "none", "--no-eval-at-end")) == 0
     image = next((data_root / "val").glob("*.png"))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(image.parent))
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -211,7 +224,7 @@ def test_a_coco_folder_trains_and_evaluates(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--dataset", str(tmp_path / "coco"), "--model-overrides", json.dumps(TINY),
                  "--batch-size", "2", "--max-steps", "2", "--time-budget", "none", "--out", str(out),
-                 "--device", "cpu", "--no-progress", "--num-pictures", "2"]) == 0
+                 "--device", "cpu", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "2 classes" not in printed and "3 classes" in printed      # ids 1, 2 -> num_classes 3
     assert set(STAT_NAMES) <= set(json.load(open(out / "eval.json")))
@@ -221,7 +234,7 @@ def test_open_input_reads_files_and_urls_like_predict(tmp_path, data_root):
     """The notebooks' photo reader: a path and its file:// URL give the same upright pixels; bad inputs
     give predict's one-line errors."""
     import numpy as np
-    from detr_nb.inference.predict import open_input
+    from detr_nb.predict import open_input
     from detr_nb.errors import UserError
     image = next((data_root / "val").glob("*.png"))
     a, b = open_input(str(image)), open_input(image.as_uri())

@@ -1,10 +1,9 @@
 """The engine on CUDA (part 1 of bench/gpu_check.py; every test is skipped on a machine without a GPU).
 
-The T4 policy (fp16 autocast + GradScaler, then fused AdamW) and bf16 through the engine's own step, the matcher
-and the losses in fp32 under autocast, channels_last against the contiguous layout, cudnn.benchmark only for
-fixed-size inputs, a killed CUDA run resumed to the weights of one that never stopped, and the CLI's fp16 run
-through to eval.json. The CPU versions: tests/test_gpu_landmines.py, tests/test_resume_kill.py,
-tests/test_speed_options.py.
+The T4 policy (fp16 autocast + GradScaler, then fused AdamW) and bf16 through the trainer's own step, the matcher
+and the losses in fp32 under autocast, channels_last against the contiguous layout, a killed CUDA run resumed to
+the weights of one that never stopped, and the CLI's fp16 run through to eval.json. The CPU versions:
+tests/test_gpu_landmines.py, tests/test_precision.py, tests/test_resume_kill.py, tests/test_speed_options.py.
 """
 import json
 import math
@@ -20,12 +19,11 @@ import torch
 # inherit it)
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-from detr_nb.configs import build_model  # noqa: E402
-from detr_nb.engine import checkpoint as ck  # noqa: E402
-from detr_nb.engine.trainer import Trainer  # noqa: E402
-from detr_nb.inference.evaluate import STAT_NAMES  # noqa: E402
-from detr_nb.setpred import matcher as matcher_module  # noqa: E402
-from detr_nb.setpred.criterion import SetCriterion  # noqa: E402
+from detr_nb import checkpoint as ck  # noqa: E402
+from detr_nb.config import WEIGHTS, build_criterion, build_model  # noqa: E402
+from detr_nb.evaluate import STAT_NAMES  # noqa: E402
+from detr_nb.models import matcher as matcher_module  # noqa: E402
+from detr_nb.trainer import Trainer  # noqa: E402
 from engine_utils import SYN, TINY, cli_env, run_cli, tiny_config, write_coco_folder  # noqa: E402
 from test_resume_kill import _kill_when, _metrics  # noqa: E402
 
@@ -58,8 +56,8 @@ def _moved_and_finite(tr, before):
 def test_fp16_step_with_grad_scaler_and_fused_adamw(tmp_path, data_root):
     """The T4 policy: fp16 autocast, GradScaler, fused AdamW, the backbone in channels_last."""
     tr = Trainer(tiny_config(tmp_path / "run", data_root, device="cuda", amp="fp16", max_steps=6))
-    assert tr.precision.dtype == torch.float16 and tr.scaler.is_enabled()
-    assert tr.opt_flags == {"fused": True} and all(g["fused"] for g in tr.optimizer.param_groups)
+    assert tr.dtype == torch.float16 and tr.scaler.is_enabled()
+    assert tr.fused and all(g["fused"] for g in tr.optimizer.param_groups)
     assert _first_conv(tr.model.backbone).weight.is_contiguous(memory_format=torch.channels_last)
     before, dtypes = _fit(tr, 6)
     assert dtypes == {torch.float16}                        # the forward pass ran in half precision
@@ -72,7 +70,7 @@ def test_fp16_step_with_grad_scaler_and_fused_adamw(tmp_path, data_root):
                     reason="bf16 needs compute capability 8.0")
 def test_bf16_step(tmp_path, data_root):
     tr = Trainer(tiny_config(tmp_path / "run", data_root, device="cuda", amp="bf16", max_steps=3))
-    assert tr.precision.dtype == torch.bfloat16 and not tr.scaler.is_enabled()
+    assert tr.dtype == torch.bfloat16 and not tr.scaler.is_enabled()
     before, dtypes = _fit(tr, 3)
     assert dtypes == {torch.bfloat16}
     _moved_and_finite(tr, before)
@@ -90,7 +88,8 @@ def _cuda_batch(seed=0, b=2, h=64, w=80):
 
 def _tiny_model():
     torch.manual_seed(0)
-    return build_model("detr_tiny", num_classes=5, **TINY).cuda().eval(), SetCriterion(5).cuda()
+    model = build_model("detr_tiny", num_classes=5, **TINY).cuda().eval()
+    return model, build_criterion(model, WEIGHTS).cuda()
 
 
 def _upcast(x):
@@ -109,30 +108,27 @@ def _autocast_on() -> bool:
 
 
 def test_matcher_and_losses_stay_fp32_under_autocast(monkeypatch):
-    """Under fp16 autocast the costs are float32 with autocast off, and matching and losses equal the fp32
-    computation on the same (upcast) predictions."""
+    """Under fp16 autocast (even with the loss inside it, as a notebook may call it) the costs the solver gets are
+    float32, and matching and losses equal the fp32 computation on the same (upcast) predictions."""
     seen = []
-    real = matcher_module.pairwise_costs
+    real = matcher_module.linear_sum_assignment
 
-    def spy(*args, **kwargs):
-        terms = real(*args, **kwargs)
-        seen.append((_autocast_on(), {t.dtype for t in terms.values()}))
-        return terms
-    monkeypatch.setattr(matcher_module, "pairwise_costs", spy)
+    def spy(cost):
+        seen.append((_autocast_on(), cost.dtype))
+        return real(cost)
+    monkeypatch.setattr(matcher_module, "linear_sum_assignment", spy)
     model, crit = _tiny_model()
     images, mask, targets = _cuda_batch()
-    layers = lambda out: [out] + list(out.get("aux_outputs", []))   # noqa: E731 - the criterion's layers
     with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
         out = model(images, mask)
-        indices = crit.match(layers(out), targets)
+        indices = crit.matcher(out, targets)
         losses = crit(out, targets)
     assert out["pred_logits"].dtype == torch.float16
-    assert seen == [(False, {torch.float32})] * 2
+    assert seen and all(dtype == torch.float32 for _, dtype in seen), seen
     assert all(v.dtype == torch.float32 for v in losses.values())
     ref_out = _upcast(out)                                  # the same values, float32, autocast off
-    ref_indices = crit.match(layers(ref_out), targets)
-    for got, ref in zip(indices, ref_indices):
-        assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(got, ref))
+    ref_indices = crit.matcher(ref_out, targets)
+    assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(indices, ref_indices))
     ref = crit(ref_out, targets)
     for k, v in ref.items():   # equal up to the order of index_add's atomic float adds on CUDA
         torch.testing.assert_close(losses[k], v, rtol=1e-6, atol=1e-6, msg=k)
@@ -164,25 +160,12 @@ def test_channels_last_gives_the_contiguous_loss():
 
 
 def _two_size_folder(root, n):
-    """A COCO folder whose images have two sizes (so cudnn.benchmark stays off), one or two boxes each."""
+    """A COCO folder whose images have two sizes (padded batches), one or two boxes each."""
     sizes = [(64, 64) if i % 2 else (64, 48) for i in range(n)]
     boxes = [[(8, 8, 20, 16, 1)] + ([(30, 20, 16, 20, 1)] if i % 3 == 0 else []) for i in range(n)]
     for split in ("train", "val"):
         write_coco_folder(root, sizes if split == "train" else sizes[:4], boxes, split=split)
     return root
-
-
-def test_cudnn_benchmark_only_for_fixed_size_inputs(tmp_path, data_root):
-    saved = torch.backends.cudnn.benchmark
-    try:
-        torch.backends.cudnn.benchmark = False
-        Trainer(tiny_config(tmp_path / "fixed", data_root, device="cuda")).close()   # cpu preset, 64x64 images
-        assert torch.backends.cudnn.benchmark
-        coco = _two_size_folder(tmp_path / "coco", 8)
-        Trainer(tiny_config(tmp_path / "mixed", None, dataset=str(coco), data_kwargs={}, device="cuda")).close()
-        assert not torch.backends.cudnn.benchmark
-    finally:
-        torch.backends.cudnn.benchmark = saved
 
 
 # Each run in its own process with deterministic kernels (index_add, scatter and the convolutions' backward
@@ -195,7 +178,7 @@ def _resume_args(out, data, steps):
     return ["train", "--dataset", str(data), "--model-overrides", json.dumps({**TINY, "dropout": 0.1}),
             "--batch-size", "4", "--time-budget", "none", "--max-steps", str(steps), "--epochs", "100000",
             "--device", "cuda", "--amp", "fp16", "--out", str(out), "--no-progress", "--log-every", "1",
-            "--no-eval-at-end", "--num-pictures", "0"]
+            "--no-eval-at-end"]
 
 
 def _deterministic(args, cwd, wait=True):
@@ -228,7 +211,7 @@ def test_a_killed_cuda_run_resumes_to_the_weights_of_one_that_never_stopped(tmp_
     logs += _deterministic(_resume_args(killed, data, steps), tmp_path)
     a = ck.load_checkpoint(whole / "checkpoints" / "last.pth")
     b = ck.load_checkpoint(killed / "checkpoints" / "last.pth")
-    assert a["step"] == b["step"] == steps and b["precision"] == "fp16"
+    assert a["step"] == b["step"] == steps and b["config"]["amp"] == "fp16" and b["scaler"]["scale"] > 0
     assert [r["step"] for r in _metrics(killed)] == list(range(1, steps + 1))
     unmet = sorted(set(re.findall(r"(\S+) does not have a deterministic implementation", logs)))
     for k, v in a["model"].items():
@@ -244,9 +227,9 @@ def test_cli_train_in_fp16_writes_eval_json(tmp_path, data_root):
     out = tmp_path / "run"
     proc = run_cli(["train", "--data-root", data_root, "--data-kwargs", json.dumps(SYN), "--model-overrides",
                     json.dumps(TINY), "--batch-size", "4", "--time-budget", "none", "--max-steps", "6",
-                    "--device", "cuda", "--amp", "fp16", "--out", out, "--no-progress", "--log-every", "1",
-                    "--num-pictures", "2"], cwd=tmp_path)
-    assert "fp16 on cuda + GradScaler" in proc.stdout
+                    "--device", "cuda", "--amp", "fp16", "--out", out, "--no-progress", "--log-every", "1"],
+                   cwd=tmp_path)
+    assert "device cuda, torch.float16 + GradScaler" in proc.stdout, proc.stdout
     ev = json.loads((out / "eval.json").read_text())
     assert set(STAT_NAMES) <= set(ev) and all(0 <= ev[k] <= 1 or ev[k] == -1 for k in STAT_NAMES)
     assert f"AP {ev['AP']:.4f}" in proc.stdout

@@ -3,23 +3,36 @@
 The commands are read from the documents themselves, so a new example without a test fails
 ``test_every_documented_command_has_a_runner``. Each runner executes the documented text (placeholders such
 as ``runs/my-run`` or ``photo.jpg`` replaced by files made here) with only the budget and the data size
-shortened, in a fresh working directory, as a subprocess.
+shortened, in a fresh working directory: ``python -m detr_nb ...`` through ``detr_nb.cli.main`` and
+``python bench/<script>.py ...`` through the script's ``main``, in this process (the interpreter's start is all
+they skip; the ``python -m`` entry point itself: tests/test_cli.py), ``torchrun`` and ``bash`` as subprocesses.
+Documented variants that differ only in what the shortening overrides share one run; a command another test file
+runs names that file and is skipped here.
 """
+import contextlib
+import hashlib
+import io
 import json
+import os
 import re
 import shlex
 import shutil
+import sys
+import warnings
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
-from detr_nb.inference.evaluate import STAT_NAMES
-from engine_utils import REPO, SYN, TINY, run_cli
+from detr_nb.evaluate import STAT_NAMES
+from engine_utils import REPO, SYN, TINY, run_cli, write_coco_folder
 
 README = REPO / "README.md"
 # The main job's shortening: the options the README names for a quick try.
-SHORT = ["--time-budget", "6", "--set", "data_kwargs.num_train=160", "--set", "data_kwargs.num_val=24"]
-_RUNS = {}    # command -> (process, run folder): the README shows the main command twice (with pip, without)
+BUDGET = 3
+SHORT = ["--time-budget", str(BUDGET), "--set", "data_kwargs.num_train=64", "--set", "data_kwargs.num_val=8"]
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def documented_commands():
@@ -33,19 +46,69 @@ def documented_commands():
     return list(dict.fromkeys(found))
 
 
+def detr_nb_main(argv, cwd, env=None):
+    """``python -m detr_nb <argv>`` in this process, in ``cwd``: its status, printed output and warnings."""
+    from detr_nb.cli import main
+    out, err = io.StringIO(), io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mp.chdir(cwd)
+        for k, v in (env or {}).items():
+            mp.setenv(k, v)
+        rc = main([str(a) for a in argv])
+    warned = "".join(f"{w.category.__name__}: {w.message}\n" for w in caught)
+    assert rc == 0, f"{argv} exited {rc}:\n{out.getvalue()[-3000:]}\n{err.getvalue()[-3000:]}"
+    return SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue() + warned)
+
+
+def _detr_nb_args(cmd):
+    argv = shlex.split(cmd)
+    assert argv[:3] == ["python", "-m", "detr_nb"], cmd
+    return argv[3:]
+
+
 @pytest.fixture(scope="module")
 def work(tmp_path_factory):
     return tmp_path_factory.mktemp("user")
 
 
+@pytest.fixture(scope="session")
+def once(tmp_path_factory):
+    """``once(key, make)``: ``make(folder)``'s result (JSON data) computed once per test session, by whichever
+    pytest-xdist worker asks first (the other waits for it): for documented commands that differ only in what
+    their shortening overrides, and for the main command the README shows twice."""
+    import fcntl
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent                      # the session's folder, above each worker's own
+    root = root / "once"
+    root.mkdir(exist_ok=True)
+
+    def get(key, make):
+        name = hashlib.sha1(key.encode()).hexdigest()[:12]
+        with open(root / f"{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            done = root / f"{name}.json"
+            if not done.exists():
+                (root / name).mkdir(exist_ok=True)      # exists when an earlier try failed
+                done.write_text(json.dumps(make(root / name)))
+            return json.loads(done.read_text())
+    return get
+
+
+def _work_dir(parent, cmd):
+    return parent / (re.sub(r"\W+", "_", cmd)[:50] + "_" + hashlib.sha1(cmd.encode()).hexdigest()[:6])
+
+
 @pytest.fixture(scope="module")
-def tiny_run(work):
-    """A small finished run (the tiny model on a tiny synthetic set) for evaluate and predict."""
+def tiny_run(work, data_root):
+    """A small finished run (the main job's model, shrunk, on the tiny synthetic set) for evaluate, predict and
+    export."""
     out = work / "runs" / "my-run"
-    run_cli(["train", "--data-root", work / "syn", "--data-kwargs", json.dumps(SYN), "--model", "detr_tiny_aided",
-             "--model-overrides", json.dumps(TINY), "--batch-size", "4", "--time-budget", "none", "--max-steps", "6",
-             "--eval-batch-size", "3", "--num-pictures", "2", "--out", out, "--no-progress", "--device", "cpu"],
-            cwd=work)
+    detr_nb_main(["train", "--data-root", data_root, "--data-kwargs", json.dumps(SYN), "--model", "detr_tiny_aided",
+                  "--model-overrides", json.dumps(TINY), "--batch-size", "4", "--time-budget", "none",
+                  "--max-steps", "6", "--out", out, "--no-progress", "--device", "cpu"], cwd=work)
     return out
 
 
@@ -72,43 +135,48 @@ def _eval_numbers(path):
     return {k: ev[k] for k in STAT_NAMES}
 
 
-# ----------------------------------------------------------------------------- runners, one per command
-def run_main_job(cmd, work, **_):
-    """The README's main command, with only the budget and the data size shortened (run once for both of the
-    README's spellings: ``pip install`` is CI's own step)."""
-    train = cmd.split("&&")[-1].strip()
-    if train not in _RUNS:
-        cwd = work / "main"
-        cwd.mkdir()
-        proc = run_cli(shlex.split(train) + SHORT + ["--no-progress"], cwd=cwd)
-        out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
-        assert out.parent == (cwd / "runs").resolve()
-        _RUNS[train] = proc, out
-    proc, out = _RUNS[train]
+def _check_main_job_outputs(out, printed):
     numbers = _eval_numbers(out / "eval.json")
     assert all(0 <= numbers[k] <= 1 or numbers[k] == -1 for k in STAT_NAMES)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= 6 + 10
-    assert (out / "predictions.png").stat().st_size > 0 and (out / "checkpoints" / "last.pth").exists()
-    assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in proc.stdout
+    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= BUDGET + 10
+    assert (out / "predictions.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
+    assert (out / "checkpoints" / "last.pth").exists()
+    assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in printed
+
+
+# ----------------------------------------------------------------------------- runners, one per command
+def run_main_job(cmd, work, once, **_):
+    """The README's main command, with only the budget and the data size shortened (run once for both of the
+    README's spellings: ``pip install`` is CI's own step)."""
+    def train(cwd):
+        stdout = detr_nb_main(_detr_nb_args(cmd.split("&&")[-1].strip()) + SHORT + ["--no-progress"], cwd=cwd).stdout
+        assert (cwd / "data").is_dir()                    # the synthetic set, drawn where the command ran
+        return {"cwd": str(cwd), "stdout": stdout}
+    run = once("python -m detr_nb train", train)
+    out = Path(re.search(r"output directory: (.+)", run["stdout"]).group(1).strip())
+    assert out.parent == (Path(run["cwd"]) / "runs").resolve()
+    assert "recipe aided: detr_tiny_aided (AidedDETR)" in run["stdout"]
+    _check_main_job_outputs(out, run["stdout"])
 
 
 def run_quick_try(cmd, work, **_):
-    cwd = work / "quick"
-    cwd.mkdir()
-    argv = shlex.split(cmd)
-    argv[argv.index("--time-budget") + 1] = "6"
-    argv += ["--set", "data_kwargs.num_train=120", "--set", "data_kwargs.num_val=16", "--no-progress"]
-    proc = run_cli(argv, cwd=cwd)
+    argv = _detr_nb_args(cmd)
+    argv[argv.index("--time-budget") + 1] = str(BUDGET)
+    argv += ["--set", "data_kwargs.num_train=48", "--set", "data_kwargs.num_val=8", "--no-progress"]
+    proc = detr_nb_main(argv, cwd=work)
     out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
-    _eval_numbers(out / "eval.json")
-    assert json.loads((out / "summary.json").read_text())["train_time_s"] <= 6 + 10
+    _check_main_job_outputs(out, proc.stdout)
 
 
 def run_help(cmd, work, **_):
-    proc = run_cli(shlex.split(cmd), cwd=work)
-    for option in ("--recipe", "--time-budget", "--dry-run", "--set", "--batch-size"):
-        assert option in proc.stdout
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), pytest.raises(SystemExit) as end:
+        from detr_nb.cli import main
+        main(_detr_nb_args(cmd))
+    assert end.value.code == 0
+    for option in ("--recipe", "--time-budget", "--dry-run", "--set", "--batch-size", "--weight-dict"):
+        assert option in out.getvalue()
 
 
 def run_bench_main_job(cmd, work, **_):
@@ -122,65 +190,82 @@ def run_bench_main_job(cmd, work, **_):
 
 def run_dry_run(cmd, work, **_):
     """--recipe paper resolves to the official DETR hyper-parameters (shared/GUIDE.md section 1)."""
-    cfg = json.loads(run_cli(shlex.split(cmd), cwd=work).stdout)
+    cfg = json.loads(detr_nb_main(_detr_nb_args(cmd), cwd=work).stdout)
     official = dict(recipe="paper", model="detr_r50", lr=1e-4, lr_backbone=1e-5, weight_decay=1e-4, clip_max_norm=0.1,
-                    warmup_steps=0, loss_type="ce", eos_coef=0.1, cost_class=1.0, cost_bbox=5.0, cost_giou=2.0,
-                    weight_dict={"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, pretrained_backbone=True,
-                    epochs=300, schedule="step", lr_drop=200, lr_gamma=0.1, batch_size=4, preset="official",
-                    time_budget_s=None, dataset="coco2017")
+                    warmup_steps=0, eos_coef=0.1, weight_dict={"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0},
+                    pretrained_backbone=True, epochs=300, schedule="step", lr_drop=200, batch_size=4,
+                    preset="official", time_budget_s=None, dataset="coco2017", model_overrides={})
     assert {k: cfg[k] for k in official} == official
 
 
 def run_finetune(cmd, work, **_):
     """Offline: balloon from a tiny self-made archive, the "released" weights from a file in torch.hub's cache."""
     import torch
-    from detr_nb.configs import build_model
-    from detr_nb.data import real
+    from detr_nb.config import build_model
+    from detr_nb.data import datasets
     from test_data_real import balloon_files, make_zip   # the offline balloon fixture
 
     cache, hub = work / "cache", work / "torch"
     archive = make_zip(work / "balloon_dataset.zip", balloon_files())
-    mp = pytest.MonkeyPatch()
-    mp.setitem(real.REMOTES, "balloon", real.Remote(f"file://{archive}", "balloon_dataset.zip"))
-    real.prepare("balloon", "train", root=str(cache), progress=False)
-    mp.undo()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(datasets.REMOTES, "balloon", datasets.Remote(f"file://{archive}", "balloon_dataset.zip"))
+        for split in ("train", "val"):
+            datasets.prepare("balloon", split, root=str(cache), progress=False)
     (hub / "hub" / "checkpoints").mkdir(parents=True)
     torch.manual_seed(0)
     weights = build_model("detr_r50", num_classes=91).state_dict()
     torch.save({"model": weights}, hub / "hub" / "checkpoints" / "detr-r50-e632da11.pth")
     out = work / "finetune"
     # shortened: one epoch, and the 40 x 30 px photos kept at their size (DETR-R50 at 800 px takes a CPU 20 s)
-    proc = run_cli(shlex.split(cmd) + ["--epochs", "1", "--preset", "cpu", "--out", out, "--no-progress",
-                                       "--device", "cpu"], cwd=work, env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
-    assert "loaded pretrained weights detr_r50" in proc.stdout + proc.stderr
+    proc = detr_nb_main(_detr_nb_args(cmd) + ["--epochs", "1", "--preset", "cpu", "--out", out, "--no-progress",
+                                              "--device", "cpu"],
+                        cwd=work, env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
+    assert "class_embed is NOT loaded" in proc.stderr, proc.stderr      # a new class head, the rest released
     _eval_numbers(out / "eval.json")
     state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
     assert state["model"]["class_embed.weight"].shape[0] == 2 + 1       # balloon (id 1) + unused 0 + no-object
-    assert torch.equal(state["model"]["backbone.0.body.layer1.0.conv1.weight"],  # frozen: the released values
+    for key in ("backbone.0.body.layer1.0.conv1.weight",                # frozen: the released values
+                "transformer.encoder.layers.0.linear1.weight"):         # trained one step at lr 1e-4: close to them
+        assert torch.allclose(state["model"][key], weights[key], atol=1e-3), key
+    assert torch.equal(state["model"]["backbone.0.body.layer1.0.conv1.weight"],
                        weights["backbone.0.body.layer1.0.conv1.weight"])
 
 
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_torchrun(cmd, work, **_):
+    """Two processes (gloo) of the main job's model on a COCO folder where most images hold no object: a batch
+    without one leaves no parameter without a gradient (DDP would stop the run), and the run evaluates."""
+    boxes = [[] for _ in range(8)]
+    boxes[5] = [(8, 8, 20, 16, 1)]                          # one image of eight has an object
+    for split in ("train", "val"):
+        write_coco_folder(work / "coco", [(48, 48)] * 8, boxes, split=split)
     out = work / "ddp"
-    from test_ddp import _free_port
-    proc = run_cli(shlex.split(cmd.replace("torchrun", f"torchrun --master_addr=127.0.0.1 --master_port={_free_port()}", 1)) +
-                   ["--data-root", work / "ddp-data", "--data-kwargs", json.dumps(SYN), "--model-overrides",
-                    json.dumps(TINY), "--batch-size", "2", "--time-budget", "none", "--max-steps", "3",
-                    "--eval-batch-size", "2", "--out", out, "--no-progress"], cwd=work)
-    assert "world size 2" in proc.stdout
+    argv = shlex.split(cmd.replace("torchrun", f"torchrun --master_addr=127.0.0.1 --master_port={_free_port()}", 1))
+    proc = run_cli(argv + ["--dataset", work / "coco", "--model-overrides", json.dumps(TINY), "--batch-size", "1",
+                           "--time-budget", "none", "--max-steps", "4", "--log-every", "1", "--out", out,
+                           "--no-progress"], cwd=work)
+    assert "2 process(es), batch 1x1" in proc.stdout, proc.stdout
+    rows = [json.loads(line) for line in open(out / "metrics.jsonl")]
+    assert [r["step"] for r in rows if r["kind"] == "step"] == [1, 2, 3, 4]
     _eval_numbers(out / "eval.json")
 
 
 def run_evaluate(cmd, work, tiny_run, **_):
     """evaluate --run R gives exactly the numbers R/eval.json holds (one scoring path)."""
-    run_cli(shlex.split(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
+    detr_nb_main(_detr_nb_args(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
     assert _eval_numbers(tiny_run / "eval_val.json") == _eval_numbers(tiny_run / "eval.json")
 
 
 def run_predict(cmd, work, tiny_run, photos, **_):
     out = work / "predictions"
-    argv = shlex.split(cmd.replace("runs/my-run", str(tiny_run)).replace("--out predictions", f"--out {out}"))
-    proc = run_cli(argv + ["--threshold", "0.0", "--device", "cpu"], cwd=photos)
+    argv = _detr_nb_args(cmd.replace("runs/my-run", str(tiny_run)).replace("--out predictions", f"--out {out}"))
+    proc = detr_nb_main(argv + ["--threshold", "0.0", "--device", "cpu"], cwd=photos)
     assert "skipped 1 non-image file" in proc.stdout
     records = json.loads((out / "predictions.json").read_text())["images"]
     assert [Path(r["image"]).name for r in records] == ["photo.jpg", "a.png", "b.jpg"]
@@ -196,20 +281,10 @@ def run_export(cmd, work, tiny_run, **_):
     """The run's model to model.onnx, checked by onnxruntime against PyTorch (optional packages: skip without)."""
     pytest.importorskip("onnx", reason='optional: pip install "detr_nb[export]"')
     pytest.importorskip("onnxruntime", reason='optional: pip install "detr_nb[export]"')
-    proc = run_cli(shlex.split(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
+    proc = detr_nb_main(_detr_nb_args(cmd.replace("runs/my-run", str(tiny_run))), cwd=work)
     assert f"wrote {(work / 'model.onnx').resolve()}" in proc.stdout and (work / "model.onnx").stat().st_size > 0
     delta = re.search(r"max \|delta\| logits (\S+), boxes (\S+)", proc.stdout)
     assert delta and max(float(delta.group(1)), float(delta.group(2))) <= 1e-4, proc.stdout
-
-
-def run_nbtools_sync(cmd, work, **_):
-    """On a copy of the repository: the committed notebooks are already what sync writes."""
-    copy = work / "repo"
-    for name in ("detr_nb", "notebooks"):
-        shutil.copytree(REPO / name, copy / name, ignore=shutil.ignore_patterns("__pycache__", "*_work"))
-    shutil.copy(README, copy / "README.md")
-    proc = run_cli(shlex.split(cmd), cwd=copy, env={"PYTHONPATH": str(copy)})
-    assert proc.stdout.strip() == "", proc.stdout
 
 
 def run_tests_command(cmd, **_):
@@ -217,13 +292,13 @@ def run_tests_command(cmd, **_):
     assert cmd.split("&&")[-1].strip() in (REPO / ".ci" / "run").read_text()
 
 
-def run_compare(cmd, work, **_):
-    out = work / "compare"
-    run_cli(shlex.split(cmd.replace("--max-steps 300", "--max-steps 2")) +
-            ["--data-root", work / "cmp-data", "--data-kwargs", json.dumps(SYN), "--model-overrides", json.dumps(TINY),
-             "--out", out, "--max-eval-images", "4", "--no-progress", "--device", "cpu"], cwd=work)
-    report = json.loads((out / "summary.json").read_text())
-    assert {r["name"] for r in report["runs"]} == {"scratch", "torch"}
+def covered_by(test):
+    """A runner for a command another test file runs (the teaching tools'): skipped here, naming that test."""
+    def runner(cmd, **_):
+        assert (REPO / test.split("::")[0]).is_file(), test
+        pytest.skip(f"run by {test}")
+    runner.covered_by = test
+    return runner
 
 
 RUNNERS = {
@@ -239,9 +314,11 @@ RUNNERS = {
     "torchrun --nproc_per_node=2 -m detr_nb train": run_torchrun,
     "python -m detr_nb evaluate --run runs/my-run": run_evaluate,
     "python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions": run_predict,
-    "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
     "python -m detr_nb export --run runs/my-run -o model.onnx": run_export,
-    "python -m detr_nb compare --approaches scratch,torch --inits none --max-steps 300": run_compare,
+    # notebook 09's study and the notebooks' generator: the teaching tools, tested with the notebooks
+    "python -m detr_nb.teach.study --approaches scratch,torch --inits none --max-steps 300":
+        covered_by("tests/test_study.py"),
+    "python -m detr_nb.teach.nbtools sync": covered_by("tests/test_notebooks.py::test_generated_files_in_sync"),
 }
 
 
@@ -260,8 +337,8 @@ def test_documented_command(cmd, request):
     if runner is None:
         pytest.fail(f"no runner for the documented command {cmd!r}")
     names = runner.__code__.co_varnames[:runner.__code__.co_argcount]
-    fixtures = {n: request.getfixturevalue(n) for n in ("work", "tiny_run", "photos") if n in names}
-    work = request.getfixturevalue("work") / re.sub(r"\W+", "_", cmd)[:60]
+    fixtures = {n: request.getfixturevalue(n) for n in ("tiny_run", "photos", "once") if n in names}
+    work = _work_dir(request.getfixturevalue("work"), cmd)
     work.mkdir()
     runner(cmd, **{**fixtures, "work": work})
 
@@ -297,100 +374,157 @@ def docstring_commands():
     return [c for c in dict.fromkeys(found) if c not in documented_commands()]
 
 
-def run_shell(cmd, env=None, check=True, timeout=600):
-    """``cmd`` through bash in the repository root (bench scripts use paths relative to it)."""
-    import os
-    import subprocess
-    import sys
-    from engine_utils import cli_env
-    full_env = {**cli_env(), **(env or {})}
-    full_env["PATH"] = os.path.dirname(sys.executable) + os.pathsep + full_env.get("PATH", os.environ["PATH"])
-    proc = subprocess.run(["bash", "-c", cmd], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout)
+_SCRIPTS = {}
+
+
+def run_script(cmd, check=True):
+    """``[VAR=VALUE ...] python bench/<script>.py ARGS`` through the script's ``main`` in this process (its import
+    and the interpreter's start are the only difference from the command; the CPU time is spent on its work),
+    in the repository root: its status and printed output."""
+    import importlib.util
+    argv = shlex.split(cmd)
+    env = dict(a.split("=", 1) for a in argv[:argv.index("python")])
+    script = argv[argv.index("python") + 1]
+    args = argv[argv.index("python") + 2:]
+    if script not in _SCRIPTS:
+        name = "bench_" + Path(script).stem
+        spec = importlib.util.spec_from_file_location(name, REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module                      # its dataclasses look their module up
+        spec.loader.exec_module(module)
+        _SCRIPTS[script] = module
+    module = _SCRIPTS[script]
+    out, err, environ = io.StringIO(), io.StringIO(), dict(os.environ)
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        mp.chdir(REPO)
+        mp.setattr(sys, "argv", [script, *args])
+        os.environ.update(env)
+        if hasattr(module, "signal"):                   # a handler for its own process: not for pytest's
+            mp.setattr(module.signal, "signal", lambda *a: None)
+        try:
+            rc = module.main(args) if module.main.__code__.co_argcount else module.main()
+        except SystemExit as e:
+            rc = e.code
+        finally:                                        # what it set for its own process (notebook_times.py)
+            os.environ.clear()
+            os.environ.update(environ)
+    proc = SimpleNamespace(returncode=rc or 0, stdout=out.getvalue(), stderr=err.getvalue())
     if check:
-        assert proc.returncode == 0, f"{cmd} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        assert proc.returncode == 0, f"{cmd} exited {rc}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc
 
 
-def run_bench_layers(cmd, **_):
+def _covers(combined, cmd):
+    """Whether the one shared run ``combined`` gives every option (and environment variable) ``cmd`` gives."""
+    return set(shlex.split(cmd)) <= set(shlex.split(combined))
+
+
+# The documented variants of bench/layers.py differ only in repeats and threads, which the shortening sets: one
+# run with all their options covers them.
+LAYERS = "OMP_NUM_THREADS=1 python bench/layers.py --quick --threads 1"
+
+
+def run_bench_layers(cmd, once, **_):
     """Every row prints torch and scratch times and their ratio (shortened: one repeat, no warm-up)."""
-    proc = run_shell(cmd + " --repeats 1 --warmup 0", env={"OMP_NUM_THREADS": "1"})
-    rows = [line for line in proc.stdout.splitlines() if re.search(r"\s[\d.]+\s+[\d.]+\s+[\d.]+$", line)]
-    assert len(rows) == 12 and any(r.startswith("DETR detr_r50") for r in rows), proc.stdout
+    assert _covers(LAYERS, cmd), f"add the options of {cmd!r} to LAYERS"
+    stdout = once(LAYERS, lambda d: run_script(LAYERS + " --repeats 1 --warmup 0").stdout)
+    rows = [line for line in stdout.splitlines() if re.search(r"\s[\d.]+\s+[\d.]+\s+[\d.]+$", line)]
+    assert len(rows) == 12 and any(r.startswith("DETR detr_r50") for r in rows), stdout
 
 
 SHORT_STEP = (" --model detr_tiny --size 64 64 --batch 2 --steps 1 --warmup 0 --infer-batches 1 --infer-size 64 64"
               " --infer-steps 1 --profile-rows 3")
+TRAIN_STEP_CPU = "python bench/train_step.py --threads 1 --profile"     # the CPU variants: with and without a profile
 
 
-def run_bench_train_step(cmd, **_):
-    """The engine's train step timed next to the backbone-only limit (shortened to detr_tiny at 64x64); on a
+def run_bench_train_step(cmd, once, **_):
+    """The trainer's step timed next to the backbone-only limit (shortened to detr_tiny at 64x64); on a
     machine without a GPU the CUDA command stops at once with one line."""
     import torch
     if "--device cuda" in cmd and not torch.cuda.is_available():
-        proc = run_shell(cmd, check=False)
+        proc = run_script(cmd, check=False)
         assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(
             "error: --device cuda: CUDA is not available here"), proc.stderr
         return
-    proc = run_shell(cmd + SHORT_STEP, env={"OMP_NUM_THREADS": "1"})
-    assert re.search(r"detr_nb [\d.]+ img/s, \d+% of backbone-only", proc.stdout), proc.stdout[-2000:]
+    shared = TRAIN_STEP_CPU if _covers(TRAIN_STEP_CPU, cmd) else cmd
+    stdout = once(shared, lambda d: run_script(shared + SHORT_STEP).stdout)
+    assert re.search(r"detr_nb [\d.]+ img/s, \d+% of backbone-only", stdout), stdout[-2000:]
     if "--profile" in cmd:
-        assert "phases (host time" in proc.stdout and "host reads of tensor values in one step" in proc.stdout
+        assert "phases (host time" in stdout and "host reads of tensor values in one step" in stdout
 
 
 def run_machine_speed(cmd, **_):
-    """One line: the main job's step time on this machine (shortened to 2 timed steps, 1 warm-up)."""
-    proc = run_shell(cmd + " --steps 2 --warmup 1")
+    """One line: the main job's step time on this machine (shortened to 2 timed steps, 1 warm-up, one thread:
+    two spin against the other tests' on a shared machine, several times slower)."""
+    proc = run_script(cmd + " --steps 2 --warmup 1 --threads 1")
     assert re.search(r"^machine speed: \d+ ms per main-job step \(detr_tiny_aided, batch 16 at 96", proc.stdout,
                      re.M), proc.stdout[-2000:]
 
 
 def run_notebook_times(cmd, work, **_):
-    """Wall time per notebook, shortened to notebook 03; with --keep, the executed notebook has its outputs."""
-    short = re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd).replace("runs/nb", str(work / "nb"))
-    proc = run_shell(short)
+    """Wall time per notebook in smoke mode, shortened to notebook 03."""
+    proc = run_script(re.sub(r"notebook_times\.py( \d\d)+", "notebook_times.py 03", cmd))
     assert re.search(r"^03_attention\s+[\d.]+ s$", proc.stdout, re.M), proc.stdout
-    assert ("full mode;" if "--full" in cmd else "smoke mode;") in proc.stdout
-    if "--keep" in cmd:
-        kept = json.loads((work / "nb" / "03_attention.ipynb").read_text())
-        assert any(c.get("outputs") for c in kept["cells"] if c["cell_type"] == "code")
+    assert "smoke mode;" in proc.stdout
 
 
-def run_key_figures(cmd, work, **_):
+def _notebook_03_full(folder):
+    """Notebook 03 in full mode, once for the two full-mode commands: the key figures' run (offline settings, one
+    work directory) with the executed notebook kept, its figure and facts written to scratch folders."""
+    cmd = f"python bench/notebook_times.py --key-figures --keep {folder / 'nb'} --figures {folder / 'figs'} 03"
+    return {"stdout": run_script(cmd).stdout, "folder": str(folder)}
+
+
+def run_notebook_times_full(cmd, once, **_):
+    """In full mode, with --keep: the executed notebook has its outputs (shortened to notebook 03)."""
+    assert "--full" in cmd and "--keep runs/nb" in cmd
+    run = once("notebook 03, full mode", _notebook_03_full)
+    assert re.search(r"^03_attention\s+[\d.]+ s\s+key figure -> ", run["stdout"], re.M), run["stdout"]
+    assert "full mode;" in run["stdout"]
+    kept = json.loads((Path(run["folder"]) / "nb" / "03_attention.ipynb").read_text())
+    assert any(c.get("outputs") for c in kept["cells"] if c["cell_type"] == "code")
+
+
+def run_key_figures(cmd, once, **_):
     """The key figures, shortened to notebook 03 and written to a scratch folder: its PNG and its run's facts."""
-    proc = run_shell(f"{cmd} --figures {work / 'figs'} 03")
-    assert re.search(r"^03_attention\s+[\d.]+ s\s+key figure -> ", proc.stdout, re.M), proc.stdout
-    assert (work / "figs" / "03_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    run = json.loads((work / "figs" / "runs.json").read_text())["03_attention"]
-    assert run["seconds"] > 0 and run["cores"] >= 1 and run["set"] == []
+    run = once("notebook 03, full mode", _notebook_03_full)
+    assert re.search(r"^03_attention\s+[\d.]+ s\s+key figure -> ", run["stdout"], re.M), run["stdout"]
+    figs = Path(run["folder"]) / "figs"
+    assert (figs / "03_attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    facts = json.loads((figs / "runs.json").read_text())["03_attention"]
+    assert facts["seconds"] > 0 and facts["cores"] >= 1 and facts["set"] == []
 
 
 def run_bench_convergence(cmd, work, **_):
-    """The convergence study, shortened (a few steps or seconds of a small set, 4 evaluation images), writing
-    its JSON, table and figure into a scratch folder: the table and the JSON hold every variant and seed run."""
+    """The convergence study, shortened (a few steps or seconds of a small set, 4 evaluation images, at most two
+    seeds), writing its JSON, table and figure into a scratch folder: the table and the JSON hold every variant and
+    seed run."""
     short = cmd
-    for flag, value in (("--steps", "3"), ("--eval-every", "2"), ("--budget-s", "3"), ("--eval-every-s", "2"),
+    for flag, value in (("--steps", "3"), ("--eval-every", "2"), ("--budget-s", "2"), ("--eval-every-s", "1"),
                         ("--speed", "1"), ("--rounds", "1")):
         short = re.sub(rf"{flag} \S+", f"{flag} {value}", short)
+    short = re.sub(r"--seeds (\d+) (\d+)( \d+)+", r"--seeds \1 \2", short)     # two seeds show the spread
     out = work / "docs"
     out.mkdir()
     if "--plot-only" in cmd:    # redraws what the committed study holds
         shutil.copy(REPO / "detr_nb" / "teach" / "convergence.json", out / "convergence.json")
     data = dict(SYN, num_train=32, num_val=8, image_size=(96, 96))
-    proc = run_shell(f"{short} --out-dir {out} --runs {work / 'runs'} --eval-images 4 --threads 1 "
-                     f"--data-root {work / 'data'} --data-kwargs '{json.dumps(data)}'", timeout=900)
+    proc = run_script(f"{short} --out-dir {out} --runs {work / 'runs'} --eval-images 4 --threads 1 "
+                      f"--data-root {work / 'data'} --data-kwargs '{json.dumps(data)}'")
     assert (out / "convergence.md").exists() and "| variant |" in proc.stdout, proc.stdout[-2000:]
     if "--plot-only" in cmd:
         assert (out / "convergence.png").exists()
         return
     results = json.loads((out / "convergence.json").read_text())
-    variants = re.search(r"--variants ([^-]+)", cmd).group(1).split()
+    variants = re.search(r"--variants (.+)$", cmd).group(1).split()
     if "--speed" in cmd:
         assert set(results["speed"]) == set(variants)
         return
-    seeds = [int(s) for s in re.search(r"--seeds ([\d ]+)", cmd).group(1).split()]
+    seeds = [int(s) for s in re.search(r"--seeds ([\d ]+) ", short).group(1).split()]
     runs = {(r["variant"], r["seed"]) for r in results["runs"].values()}
     assert runs == {(v, s) for v in variants for s in seeds}, runs
-    assert all(r["curve"] and r["study"] == 16 for r in results["runs"].values())
+    from detr_nb.teach.convergence import STUDY
+    assert all(r["curve"] and r["study"] == STUDY for r in results["runs"].values())
 
 
 def run_gpu_check(cmd, work, **_):
@@ -401,14 +535,14 @@ def run_gpu_check(cmd, work, **_):
     out, on_cpu = work / "gpu", "--device cpu" in cmd
     cmd = re.sub(r"--out \S+", f"--out {out}", cmd)
     if not on_cpu and not torch.cuda.is_available():
-        proc = run_shell(cmd, check=False)
+        proc = run_script(cmd, check=False)
         assert proc.returncode == 2 and proc.stdout == "", proc.stdout + proc.stderr
         assert proc.stderr.strip().splitlines() == [
             f"error: --device cuda: CUDA is not available here (no GPU, or a CPU-only build of torch "
             f"{torch.__version__}); use --device cpu or --device auto"], proc.stderr
         assert not out.exists()
         return
-    run_shell(cmd + ("" if on_cpu else " --quick"), env={"OMP_NUM_THREADS": "1"})
+    run_script(("OMP_NUM_THREADS=1 " if on_cpu else "") + cmd + ("" if on_cpu else " --quick"))
     parts = json.loads((out / "summary.json").read_text())["parts"]
     assert [parts[n]["status"] for n in "1234"] == ["ok", "ok", "ok", "skipped"], parts
     n_tests = (REPO / "tests" / "test_cuda.py").read_text().count("\ndef test_")
@@ -438,16 +572,18 @@ BENCH_RUNNERS = {
     "python bench/train_step.py --threads 1 --profile": run_bench_train_step,
     "python bench/train_step.py --speed": run_machine_speed,
     "python bench/notebook_times.py 07 11": run_notebook_times,
-    "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times,
+    "python bench/notebook_times.py 07 --full --keep runs/nb": run_notebook_times_full,
     "python bench/notebook_times.py --key-figures": run_key_figures,
-    "python -m detr_nb.teach.nbtools sync": run_nbtools_sync,
-    "python bench/convergence.py --steps 1000 --eval-every 250 --seeds 0 --variants best best+groups best+enccontent":
+    "python bench/frames.py":
+        covered_by("tests/test_thin.py::test_the_cli_reaches_the_hungarian_solver_in_seven_frames"),
+    "python -m detr_nb.teach.study --approaches scratch,torch --inits none --max-steps 300 --out runs/compare":
+        covered_by("tests/test_study.py"),
+    "python -m detr_nb.teach.nbtools sync": RUNNERS["python -m detr_nb.teach.nbtools sync"],
+    "python bench/convergence.py --steps 1500 --eval-every 500 --seeds 0 1 2 --variants aided aided+lr3e-3":
         run_bench_convergence,
-    "python bench/convergence.py --steps 1500 --eval-every 250 --seeds 0 1 2 --variants best aided":
+    "python bench/convergence.py --budget-s 540 --eval-every-s 30 --seeds 0 --variants vanilla aided":
         run_bench_convergence,
-    "python bench/convergence.py --budget-s 540 --eval-every-s 30 --seeds 0 --variants best aided":
-        run_bench_convergence,
-    "python bench/convergence.py --speed 20 --rounds 5 --variants best aided": run_bench_convergence,
+    "python bench/convergence.py --speed 20 --rounds 5 --variants vanilla aided": run_bench_convergence,
     "python bench/convergence.py --plot-only": run_bench_convergence,
     "python bench/gpu_check.py --out runs/gpu": run_gpu_check,
     "python bench/gpu_check.py --device cpu --quick --out runs/gpu-cpu": run_gpu_check,
@@ -467,6 +603,7 @@ def test_docstring_command(cmd, request):
     runner = BENCH_RUNNERS.get(cmd)
     if runner is None:
         pytest.fail(f"no runner for the docstring command {cmd!r}")
-    work = request.getfixturevalue("work") / re.sub(r"\W+", "_", cmd)[:60]
+    names = runner.__code__.co_varnames[:runner.__code__.co_argcount]
+    work = _work_dir(request.getfixturevalue("work"), cmd)
     work.mkdir()
-    runner(cmd, work=work)
+    runner(cmd, work=work, **({"once": request.getfixturevalue("once")} if "once" in names else {}))

@@ -1,16 +1,18 @@
-"""COCO evaluation: perfect predictions give AP 1.0; shifted ones give what pycocotools gives directly."""
+"""COCO evaluation (detr_nb/evaluate.py): perfect predictions give AP 1.0; shifted ones give what pycocotools gives
+directly; the whole path from a model's outputs to the 12 numbers gives a known answer worked out by hand."""
 import contextlib
 import copy
 import io
 
 import pytest
 import torch
-
-from detr_nb.aids.focal import focal_scores
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_nb.inference.evaluate import STAT_NAMES, coco_evaluate, coco_gt_from_targets, format_stats, to_coco_results
+from detr_nb import evaluate as E
+from detr_nb.aids import AidedDETR
+from detr_nb.data import coco_from_dict
+from detr_nb.evaluate import STAT_NAMES, coco_evaluate, to_coco_results
 
 
 def _gt():
@@ -58,25 +60,20 @@ def test_shifted_predictions_match_pycocotools():
         ev.evaluate(); ev.accumulate(); ev.summarize()
     assert [stats[k] for k in STAT_NAMES] == pytest.approx(list(ev.stats))
     assert 0.0 < stats["AP"] < 1.0
-    assert format_stats(stats).count("\n") == 11
 
 
 def test_postprocessed_results_round_trip_through_coco_format():
-    # results as postprocess returns them (abs xyxy) -> same AP as the gt itself
-    targets = []
-    for i in range(2):
-        targets.append({"image_id": torch.tensor(i + 1), "orig_size": torch.tensor([100, 200]),
-                        "labels": torch.tensor([3, 5]),
-                        "boxes": torch.tensor([[0.25, 0.5, 0.2, 0.4], [0.7, 0.3, 0.3, 0.2]])})
-    coco = coco_gt_from_targets(targets)
-    results = []
-    for t in targets:
-        h, w = t["orig_size"].tolist()
-        cx, cy, bw, bh = t["boxes"].unbind(-1)
-        xyxy = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)
-        results.append({"boxes": xyxy, "scores": torch.tensor([0.8, 0.7]), "labels": t["labels"]})
+    # results as the post-processing returns them (xyxy pixels) -> COCO's xywh -> the AP of the gt itself
+    xyxy = torch.tensor([[30.0, 30.0, 70.0, 70.0], [110.0, 20.0, 170.0, 40.0]])         # images 200 x 100
+    coco = coco_from_dict({
+        "images": [{"id": i, "file_name": f"{i}.png", "width": 200, "height": 100} for i in (1, 2)],
+        "annotations": [{"id": 2 * i + k + 1, "image_id": i + 1, "category_id": c, "iscrowd": 0,
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0)}
+                        for i in range(2) for k, (c, (x0, y0, x1, y1)) in enumerate(zip((3, 5), xyxy.tolist()))],
+        "categories": [{"id": c, "name": str(c)} for c in (3, 5)]})
+    results = [{"boxes": xyxy, "scores": torch.tensor([0.8, 0.7]), "labels": torch.tensor([3, 5])}] * 2
     dets = to_coco_results(results, [1, 2])
-    assert dets[0]["bbox"] == pytest.approx([30.0, 30.0, 40.0, 40.0])
+    assert dets[0] == {"image_id": 1, "category_id": 3, "bbox": [30.0, 30.0, 40.0, 40.0], "score": pytest.approx(0.8)}
     assert coco_evaluate(coco, dets, verbose=False)["AP"] == pytest.approx(1.0)
 
 
@@ -85,9 +82,9 @@ def test_no_detections_give_zeros():
 
 
 # ----------------------------------------------------------------------------- the whole path, known answer
-# model outputs -> postprocess (sigmoid scores without the "no object" column, top-k pairs, boxes scaled to
-# each image's orig_size) -> COCO results -> COCOeval, through detr_nb.inference.evaluate.evaluate, on a dataset read
-# from image files, whose AP is worked out by hand below.
+# model outputs -> the main job's post-processing (sigmoid scores without the "no object" column, the top 100
+# (query, class) pairs, boxes scaled to each image's orig_size) -> COCO results -> COCOeval, through
+# detr_nb.evaluate.evaluate, on a dataset read from image files, whose AP is worked out by hand below.
 import json  # noqa: E402
 import math  # noqa: E402
 
@@ -142,16 +139,17 @@ def _designed_outputs():
     return out
 
 
-class FixedOutputs(nn.Module):
-    """A stand-in model: fixed outputs per image, recognised by the grey level of its pixels."""
+class FixedOutputs(AidedDETR):
+    """A stand-in for the main job's model (scored as an AidedDETR is): fixed outputs per image, recognised by
+    the grey level of its pixels."""
 
     def __init__(self, per_image):
-        super().__init__()
+        nn.Module.__init__(self)            # no layers: only the outputs below
         self.per_grey = {IMAGES[i][1]: v for i, v in per_image.items()}
         self.seen = []
 
     def forward(self, images, mask=None):
-        from detr_nb.figures.boxes import IMAGENET_MEAN, IMAGENET_STD
+        from detr_nb.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
         assert tuple(images.shape[-2:]) == INPUT_HW
         grey = [round((float(v) * IMAGENET_STD[0] + IMAGENET_MEAN[0]) * 255) for v in images[:, 0, 0, 0]]
@@ -204,11 +202,9 @@ AR1 = (1 / 3 + 1) / 2
 
 @pytest.mark.parametrize("batch_size", [1, 2])
 def test_evaluate_known_answer_through_postprocess_and_coco(tmp_path, batch_size):
-    from detr_nb.inference.evaluate import evaluate
-
     ds = _dataset(tmp_path)
     model = FixedOutputs(_designed_outputs())
-    stats = evaluate(model, ds, batch_size=batch_size, scoring=focal_scores, verbose=False)
+    stats = E.evaluate(model, ds, batch_size=batch_size, verbose=False)
     assert sorted(model.seen) == [40, 200]                     # each image went through the model once
     assert AP_A == pytest.approx(0.756435643)
     for key in ("AP", "AP50", "AP75"):
@@ -219,16 +215,14 @@ def test_evaluate_known_answer_through_postprocess_and_coco(tmp_path, batch_size
     assert stats["AR10"] == stats["AR100"] == pytest.approx(1.0)
 
 
-def test_predict_keeps_the_100_best_pairs_in_original_pixels(tmp_path):
-    """predict's detections of each image == the 100 best (query, class) pairs over the real classes,
-    found by sorting every pair's sigmoid score by hand; boxes in the image's own pixels, xywh."""
-    from torch.utils.data import DataLoader
-    from detr_nb.data import collate_fn
-    from detr_nb.inference.evaluate import detections
-
+def test_the_scored_detections_are_the_100_best_pairs_in_original_pixels(tmp_path, monkeypatch):
+    """The detections evaluate() hands to COCOeval, per image == the 100 best (query, class) pairs over the real
+    classes, found by sorting every pair's sigmoid score by hand; boxes in the image's own pixels, xywh."""
+    scored = []
+    monkeypatch.setattr(E, "coco_evaluate", lambda gt, dets, verbose=True: scored.extend(dets) or {})
     outputs = _designed_outputs()
-    loader = DataLoader(_dataset(tmp_path), batch_size=2, collate_fn=collate_fn)
-    dets = detections(FixedOutputs(outputs), loader, torch.device("cpu"), scoring=focal_scores)
+    E.evaluate(FixedOutputs(outputs), _dataset(tmp_path), batch_size=2, verbose=False)
+    dets = scored
     for image_id, (logits, boxes) in outputs.items():
         (w, h), _ = IMAGES[image_id]
         pairs = []
@@ -246,3 +240,16 @@ def test_predict_keeps_the_100_best_pairs_in_original_pixels(tmp_path):
     # the designed detections are there, in original pixels
     assert {(d["image_id"], d["category_id"], tuple(d["bbox"])) for d in dets if d["score"] > 0.5} >= {
         (1, 1, (20.0, 10.0, 60.0, 40.0)), (7, 1, (10.0, 20.0, 40.0, 60.0)), (7, 2, (10.0, 20.0, 40.0, 60.0))}
+
+
+def test_the_first_n_images_are_scored_against_their_own_ground_truth(tmp_path):
+    """``max_eval_images=1`` (evaluate_run, as training and ``evaluate --run`` score): image 1 alone, its two
+    objects of class a only; image 7's objects are not counted as misses, and class b, absent, is left out."""
+    from types import SimpleNamespace
+
+    ds = _dataset(tmp_path)
+    cfg = SimpleNamespace(max_eval_images=1, batch_size=2, workers=0, progress=False)
+    stats = E.evaluate_run(FixedOutputs(_designed_outputs()), ds, cfg, "cpu", verbose=False)
+    # image 1, class a: TP 0.9, FP 0.6, TP 0.5 -> precision 1 up to recall 1/2 (51 points), then 2/3 (50 points)
+    assert stats["AP"] == pytest.approx((51 * 1 + 50 * 2 / 3) / 101, abs=1e-9)
+    assert stats["AR100"] == pytest.approx(1.0)

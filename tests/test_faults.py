@@ -1,6 +1,6 @@
 """Faults a user meets, each ending in one clear line or a counted skip, never in lost work: a training cell
-that raises with DataLoader workers, a stop signal with workers, more objects than queries, a full disk,
-an unreadable photo in a folder, out-of-range model options and thresholds."""
+that raises with DataLoader workers, a stop signal with workers, more objects than queries, an unreadable
+validation image, a full disk, an unreadable photo in a folder, out-of-range model options and thresholds."""
 import errno
 import multiprocessing
 import os
@@ -9,9 +9,9 @@ import signal
 import pytest
 import torch
 
-from detr_nb.engine import checkpoint as ck
-from detr_nb.engine.trainer import Trainer
-from engine_utils import tiny_config
+from detr_nb import checkpoint as ck
+from detr_nb.trainer import Trainer
+from engine_utils import PAPER_WEIGHTS, tiny_config
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -61,19 +61,17 @@ def test_one_stop_signal_with_workers_is_announced_once(tmp_path, data_root, cap
         tr.close()
     out = capfd.readouterr()
     assert (out.out + out.err).count("SIGINT received") == 1, out.out + out.err
-    assert ck.load_checkpoint(tr.ckpt.last)["step"] == tr.step
+    assert ck.load_checkpoint(tr.last_good)["step"] == tr.step
 
 
 def test_a_released_lock_is_free_while_forked_children_live(tmp_path):
     """A child forked while the lock was held shares its open file: release() must unlock, not only close."""
-    from detr_nb.engine.runlock import RunLock
-
-    lock = RunLock(tmp_path)
+    lock = ck.RunLock(tmp_path)
     child = multiprocessing.get_context("fork").Process(target=__import__("time").sleep, args=(30,), daemon=True)
     child.start()
     try:
         lock.release()
-        RunLock(tmp_path).release()          # was: RunDirInUse naming this process's own pid
+        ck.RunLock(tmp_path).release()       # was: RunDirInUse naming this process's own pid
     finally:
         child.kill()
         child.join()
@@ -84,9 +82,8 @@ def _tiny_train(out, *extra):
     import json
     from engine_utils import TINY
     return ["train", "--model", "detr_tiny", "--model-overrides", json.dumps(TINY), "--preset", "cpu",
-            "--loss-type", "ce", "--set", "weight_dict=null", "--batch-size", "2", "--out", str(out),
-            "--device", "cpu", "--no-progress", "--log-every", "1", "--num-pictures", "0", "--time-budget", "none",
-            *extra]
+            "--weight-dict", json.dumps(PAPER_WEIGHTS), "--batch-size", "2", "--out", str(out), "--device", "cpu",
+            "--no-progress", "--log-every", "1", "--time-budget", "none", *extra]
 
 
 def _one_error_line(err: str) -> str:
@@ -117,10 +114,26 @@ def test_more_objects_than_queries_is_refused_before_training(tmp_path, capsys):
     assert "validation image" in out and "0001.png has 12 objects" in out and "count as misses" in out, out
 
 
+def test_an_unreadable_validation_image_is_refused_before_training(tmp_path, data_root, capsys):
+    """Evaluation at the end would fail on it after the whole run: the preflight names it, in one line, first."""
+    import shutil
+    from detr_nb.cli import main
+
+    root = tmp_path / "data"
+    shutil.copytree(data_root, root, ignore=shutil.ignore_patterns(".lock"))
+    (root / "val" / "000001.png").write_bytes(b"not a png")
+    assert main(_tiny_train(tmp_path / "run", "--dataset", str(root), "--max-steps", "1")) == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "000001.png" in line and "cannot be read" in line, line
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
 @pytest.mark.parametrize("override, field", [("num_queries=0", "num_queries"), ("hidden_dim=100", "hidden_dim"),
                                              ("dropout=1.5", "dropout"), ("nheads=0", "nheads"),
                                              ("dec_layers=0", "dec_layers"), ("backbone=\"vgg16\"", "backbone"),
-                                             ("class_prior=2", "class_prior"), ("two_stage=\"yes\"", "two_stage")])
+                                             ("backbone_width=0", "backbone_width"),
+                                             ("frozen_stages=-1", "frozen_stages"),
+                                             ("two_stage=true", "two_stage")])     # an aid's option, removed
 def test_an_out_of_range_model_option_is_one_line(tmp_path, capsys, override, field):
     from detr_nb.cli import main
 

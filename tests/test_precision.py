@@ -1,29 +1,48 @@
-"""Precision policy: fp16+GradScaler below compute capability 8.0, bf16 from 8.0, fp32 on CPU."""
+"""The precision policy (detr_nb.config.amp_dtype, the trainer's GradScaler): fp16 + GradScaler below compute
+capability 8.0 (a T4), bf16 from 8.0, fp32 on the CPU; an explicit --amp wins on CUDA, the CPU stays fp32."""
+import pytest
 import torch
 
-from detr_nb.engine.precision import resolve_precision
+from detr_nb.config import amp_dtype
+
+CUDA = torch.device("cuda")
+
+
+@pytest.fixture
+def capability(monkeypatch):
+    """Pretend the CUDA device has the compute capability set in the returned dict."""
+    cap = {"value": (7, 5)}
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: cap["value"])
+    return cap
 
 
 def test_cpu_is_fp32():
-    p = resolve_precision("cpu")
-    assert p.dtype is None and not p.use_scaler and p.name == "fp32"
-    assert not p.make_scaler().is_enabled()
-    with p.autocast():
-        assert torch.ones(2, 2).mm(torch.ones(2, 2)).dtype == torch.float32
+    for amp in ("auto", "fp32", "fp16", "bf16"):
+        assert amp_dtype(torch.device("cpu"), amp) is None, amp
 
 
-def test_t4_is_fp16_with_scaler():
-    p = resolve_precision("cuda", capability=(7, 5))
-    assert p.dtype == torch.float16 and p.use_scaler and p.name == "fp16"
+def test_auto_is_fp16_below_8_0_and_bf16_from_8_0(capability):
+    for cap, dtype in (((7, 5), torch.float16), ((7, 0), torch.float16), ((8, 0), torch.bfloat16),
+                       ((8, 9), torch.bfloat16), ((9, 0), torch.bfloat16), ((10, 0), torch.bfloat16)):
+        capability["value"] = cap
+        assert amp_dtype(CUDA, "auto") == dtype, cap
 
 
-def test_ampere_and_later_is_bf16():
-    for cap in [(8, 0), (8, 9), (9, 0), (10, 0)]:
-        p = resolve_precision("cuda", capability=cap)
-        assert p.dtype == torch.bfloat16 and not p.use_scaler
+def test_explicit_choices_win_on_cuda(capability):
+    capability["value"] = (9, 0)
+    assert amp_dtype(CUDA, "fp32") is None
+    assert amp_dtype(CUDA, "fp16") == torch.float16
+    capability["value"] = (7, 5)
+    assert amp_dtype(CUDA, "bf16") == torch.bfloat16
 
 
-def test_explicit_choices():
-    assert resolve_precision("cuda", "fp32", capability=(9, 0)).dtype is None
-    assert resolve_precision("cuda", "fp16", capability=(9, 0)).use_scaler
-    assert resolve_precision("cpu", "bf16").dtype is None  # CPU stays fp32
+def test_grad_scaler_only_under_fp16(tmp_path, data_root, monkeypatch, one_thread):
+    """The trainer enables GradScaler exactly when the forward pass runs in fp16 (bf16 needs none)."""
+    import detr_nb.trainer as T
+    from engine_utils import tiny_config
+
+    for dtype, scaled in ((None, False), (torch.bfloat16, False), (torch.float16, True)):
+        monkeypatch.setattr(T, "amp_dtype", lambda device, amp, d=dtype: d)
+        tr = T.Trainer(tiny_config(tmp_path / str(dtype), data_root))
+        tr.close()
+        assert tr.dtype == dtype and tr.scaler.is_enabled() == scaled, dtype

@@ -1,9 +1,13 @@
-"""Speed options (detr_nb.engine.speed, bench/train_step.py) leave the math unchanged. Speed itself is not tested."""
+"""What the trainer does for speed leaves the math unchanged: the backbone in channels_last (on CUDA), fused AdamW
+(on CUDA, and on the CPU from torch 2.4), ``--compile``. Speed itself is not tested (bench/train_step.py)."""
+import pytest
 import torch
 
-from detr_nb.configs import build_model
-from detr_nb.setpred.criterion import SetCriterion
-from detr_nb.engine.speed import EagerFallback, adamw_flags, loader_kwargs, make_adamw, maybe_compile
+from detr_nb.config import WEIGHTS, build_criterion, build_model
+from detr_nb.trainer import FUSED_ADAMW_ON_CPU
+from engine_utils import TINY
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _batch(seed=0, b=2, h=64, w=80):
@@ -18,7 +22,8 @@ def _batch(seed=0, b=2, h=64, w=80):
 
 def _model():
     torch.manual_seed(0)
-    return build_model("detr_tiny", num_classes=5, impl="torch").eval(), SetCriterion(5)
+    model = build_model("detr_tiny", num_classes=5, impl="torch", **TINY).eval()
+    return model, build_criterion(model, WEIGHTS)
 
 
 def test_channels_last_same_loss_and_grads():
@@ -33,29 +38,9 @@ def test_channels_last_same_loss_and_grads():
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
+    assert len(grads) == len(ref_grads)
     for g, r in zip(grads, ref_grads):
         torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-5)
-
-
-def test_compile_fallback_gives_eager_loss(monkeypatch):
-    images, mask, targets = _batch()
-    model, crit = _model()
-    ref = crit(model(images, mask), targets)["loss"]
-
-    def broken(*a, **k):
-        raise RuntimeError("no compiler here")
-    messages = []
-    net = EagerFallback(model, broken, log=messages.append)
-    loss = crit(net(images, mask), targets)["loss"]
-    assert not net.is_compiled and "torch.compile failed" in messages[0]
-    torch.testing.assert_close(loss, ref)
-    assert net.train() is net and model.training and net.state_dict().keys() == model.state_dict().keys()
-    assert maybe_compile(model, enabled=False) is model
-
-    monkeypatch.setattr(torch, "compile", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("unsupported")))
-    net = maybe_compile(model, log=messages.append)
-    assert not net.is_compiled and "unavailable" in messages[-1]
-    torch.testing.assert_close(crit(net(images, mask), targets)["loss"], ref)
 
 
 def test_compiled_model_same_loss():
@@ -63,19 +48,24 @@ def test_compiled_model_same_loss():
     images, mask, targets = _batch()
     model, crit = _model()
     ref = crit(model(images, mask), targets)["loss"]
-    net = maybe_compile(model, backend="eager")
-    loss = crit(net(images, mask), targets)["loss"]
+    torch._dynamo.reset()
+    loss = crit(torch.compile(model, backend="eager")(images, mask), targets)["loss"]
     torch.testing.assert_close(loss, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_adamw_fused_matches_foreach():
-    assert adamw_flags("cuda") == {"fused": True}
-    assert adamw_flags("cpu", "foreach") == {"foreach": True} and adamw_flags("cpu", "for") == {"foreach": False}
+def test_the_trainers_fused_adamw_matches_foreach(tmp_path, data_root):
+    from detr_nb.trainer import Trainer
+    from engine_utils import tiny_config
+
+    tr = Trainer(tiny_config(tmp_path / "run", data_root, weight_decay=1e-2))
+    tr.close()
+    assert tr.fused == FUSED_ADAMW_ON_CPU and all(g["fused"] == (tr.fused or None) for g in tr.optimizer.param_groups)
     torch.manual_seed(0)
     a = [torch.randn(7, 5, requires_grad=True), torch.randn(3, requires_grad=True)]
     b = [p.detach().clone().requires_grad_() for p in a]
-    opt_a = make_adamw(a, "cpu", "auto", lr=1e-2, weight_decay=1e-4)
-    opt_b = make_adamw(b, "cpu", "foreach", lr=1e-2, weight_decay=1e-4)
+    kw = dict(lr=tr.cfg.lr, weight_decay=tr.cfg.weight_decay)
+    opt_a = torch.optim.AdamW(a, fused=tr.fused or None, **kw)
+    opt_b = torch.optim.AdamW(b, foreach=True, **kw)
     for step in range(3):
         for ps, opt in ((a, opt_a), (b, opt_b)):
             sum((p * (step + 1)).sin().sum() for p in ps).backward()
@@ -83,9 +73,3 @@ def test_adamw_fused_matches_foreach():
             opt.zero_grad()
     for x, y in zip(a, b):
         torch.testing.assert_close(x, y)
-
-
-def test_loader_kwargs():
-    assert loader_kwargs("cpu", 0) == {"num_workers": 0, "pin_memory": False}
-    kw = loader_kwargs("cuda", 2)
-    assert kw["pin_memory"] and kw["persistent_workers"] and kw["num_workers"] == 2
