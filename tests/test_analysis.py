@@ -185,7 +185,8 @@ def test_plot_slots_draws_each_slot_kept_centres_in_its_colours():
         points = ax.collections[0].get_offsets()
         assert torch.allclose(torch.as_tensor(points, dtype=torch.float32), slots["centers"][q][keep])
         want = [to_rgba(c) for c in box_colors(slots["sizes"][q][keep])]
-        assert [tuple(c) for c in ax.collections[0].get_facecolors()] == pytest.approx(want)
+        torch.testing.assert_close(torch.as_tensor(ax.collections[0].get_facecolors()).reshape(-1, 4),
+                                   torch.as_tensor(want, dtype=torch.float64).reshape(-1, 4))
         assert ax.get_title().startswith(f"rank {q} ")
     plt.close(fig)
 

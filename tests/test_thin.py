@@ -38,6 +38,7 @@ def test_every_function_of_the_paper_runs_in_its_recipes(tmp_path, monkeypatch, 
     """The paper recipe (detr_r50 on an ImageNet ResNet-50) and the main job's recipe, each trained for two steps
     and evaluated with impl scratch and torch, call every function and method defined in detr_nb/models."""
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)      # torch.hub.get_dir() reads TORCH_HOME again
     fake_imagenet_resnet50(tmp_path / "torch")
     called = set()
 
