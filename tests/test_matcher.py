@@ -70,7 +70,7 @@ def test_the_assignment_is_the_cheapest_of_all(matcher, class_cost, weights, Q, 
 
 def test_focal_class_cost_pair_by_pair_including_the_eps():
     logits = torch.tensor([[-25.0, -8.0, 0.0, 3.0, 8.0, 0.0]]).double()   # -25: the 1e-8 eps decides
-    got = AidedMatcher().class_cost(logits, torch.arange(5))
+    got = AidedMatcher().class_cost(logits[None], torch.arange(5)[None])[0]
     for n in range(5):
         assert float(got[0, n]) == pytest.approx(focal_class_cost(logits[0], n), rel=1e-12, abs=1e-12)
     assert focal_class_cost(logits[0], 0) < 0.25 * 19     # without the eps, -log p at -25 would be 25

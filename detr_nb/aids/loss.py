@@ -38,7 +38,7 @@ class AidedMatcher(HungarianMatcher):
     """The paper's matcher with the focal class cost (Deformable DETR's)."""
 
     def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
-        prob = logits.sigmoid()[:, labels]                                   # (M, N) each query, each object's class
+        prob = logits.sigmoid().gather(-1, labels[:, None, :].expand(-1, logits.shape[1], -1))   # (B, Q, N)
         pos = ALPHA * (1 - prob) ** GAMMA * -(prob + 1e-8).log()
         neg = (1 - ALPHA) * prob ** GAMMA * -(1 - prob + 1e-8).log()
         return pos - neg

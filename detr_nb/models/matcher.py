@@ -7,8 +7,8 @@ object n
 
     C[q, n] = cost_class * (-p_q(c_n)) + cost_bbox * |b_q - b_n|_1 + cost_giou * (-GIoU(b_q, b_n))
 
-(DETR's weights: 1, 5, 2). Batched as in the official code: the costs of every query of the batch against
-every object of the batch are one matrix, cut per image before solving.
+(DETR's weights: 1, 5, 2). Batched: the costs of every image's queries against its own objects, padded to the
+batch's largest object count, are one (B, Q, N) tensor, cut per image before solving.
 """
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from typing import List, Sequence, Tuple
 import torch
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from .box_ops import box_cxcywh_to_xyxy, generalized_box_iou
 
@@ -31,27 +32,27 @@ class HungarianMatcher(nn.Module):
         self.cost_class, self.cost_bbox, self.cost_giou = cost_class, cost_bbox, cost_giou
 
     def class_cost(self, logits: Tensor, labels: Tensor) -> Tensor:
-        """logits (M, C+1), labels (N,) -> (M, N): minus each query's probability of each object's class
+        """logits (B, Q, C+1), labels (B, N) -> (B, Q, N): minus each query's probability of each object's class
         (the constant 1 of 1 - p is left out: it changes no assignment)."""
-        return -logits.softmax(-1)[:, labels]
+        return -logits.softmax(-1).gather(-1, labels[:, None, :].expand(-1, logits.shape[1], -1))
 
     @torch.no_grad()
     def forward(self, outputs: dict, targets: Sequence[dict]) -> List[Tuple[Tensor, Tensor]]:
-        B, Q = outputs["pred_logits"].shape[:2]
-        logits = outputs["pred_logits"].flatten(0, 1).float()            # (B*Q, C+1), float32 for the costs
-        boxes = outputs["pred_boxes"].flatten(0, 1).float()              # (B*Q, 4)
-        tgt_labels = torch.cat([t["labels"] for t in targets])           # (N,) every object of the batch
-        tgt_boxes = torch.cat([t["boxes"] for t in targets]).float()     # (N, 4)
+        logits = outputs["pred_logits"].float()                         # (B, Q, C+1), float32 for the costs
+        boxes = outputs["pred_boxes"].float()                           # (B, Q, 4)
+        # Each image's objects, padded to the batch's largest count with a harmless box whose cost is never used.
+        tgt_labels = pad_sequence([t["labels"] for t in targets], batch_first=True)                        # (B, N)
+        tgt_boxes = pad_sequence([t["boxes"].float() for t in targets], batch_first=True, padding_value=0.5)  # (B, N, 4)
 
         cost = (self.cost_bbox * torch.cdist(boxes, tgt_boxes, p=1)
                 + self.cost_class * self.class_cost(logits, tgt_labels)
                 - self.cost_giou * generalized_box_iou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes)))
         # A non-finite prediction (an fp16 overflow) still gets an assignment: its loss is then non-finite,
         # which GradScaler skips and the trainer's loss check reports.
-        cost = cost.view(B, Q, -1).nan_to_num(nan=1e8, posinf=1e8, neginf=-1e8).cpu()   # (B, Q, N)
+        cost = cost.nan_to_num(nan=1e8, posinf=1e8, neginf=-1e8).cpu()     # (B, Q, N)
 
         indices = []
-        for i, c in enumerate(cost.split([len(t["labels"]) for t in targets], -1)):
-            rows, cols = linear_sum_assignment(c[i])                     # image i's queries x its objects
+        for c, t in zip(cost, targets):
+            rows, cols = linear_sum_assignment(c[:, :len(t["labels"])])    # the image's queries x its objects
             indices.append((torch.as_tensor(rows, dtype=torch.int64), torch.as_tensor(cols, dtype=torch.int64)))
         return indices

@@ -52,7 +52,7 @@ def cost_terms(pred_logits: Tensor, pred_boxes: Tensor, tgt_labels: Tensor, tgt_
 
     ``pred_logits (Q, C+1)``, ``pred_boxes (Q, 4)``, ``tgt_labels (N,)``, ``tgt_boxes (N, 4)`` cxcywh."""
     matcher = matcher or HungarianMatcher()
-    terms = {"class": matcher.class_cost(pred_logits, tgt_labels),
+    terms = {"class": matcher.class_cost(pred_logits[None], tgt_labels[None])[0],   # one image: a batch of one
              "bbox": torch.cdist(pred_boxes, tgt_boxes, p=1),
              "giou": -generalized_box_iou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(tgt_boxes))}
     terms["total"] = (matcher.cost_class * terms["class"] + matcher.cost_bbox * terms["bbox"]
