@@ -420,7 +420,7 @@ class Trainer:
                         group = []
                         at_log = s.step % cfg.log_every == 0
                         rec = self._flush() if at_log else None
-                        bar.update((min(self.time_s(), cfg.time_budget_s) if cfg.time_budget_s else s.step) - bar.n)
+                        bar.update(int(min(self.time_s(), cfg.time_budget_s) if cfg.time_budget_s else s.step) - bar.n)
                         if rec is not None:
                             bar.set_postfix(epoch=s.epoch, loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}")
                         for callback in self.callbacks:
