@@ -24,9 +24,10 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os

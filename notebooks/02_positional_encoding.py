@@ -22,9 +22,10 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os
@@ -90,7 +91,8 @@ print("attention(permuted tokens) == permuted attention(tokens):",
 #   \mathrm{PE}(p)_{2j+1} = \cos\!\left(\frac{p}{T^{2j/d}}\right), \qquad j = 0, \dots, d/2 - 1 .$$
 #
 # Each (sin, cos) pair is a clock hand turning at angular frequency $\omega_j = T^{-2j/d}$, from 1 rad per
-# unit of $p$ (fast) down to $1/T$ (slow). DETR's coordinates are *normalised*: they run over
+# unit of $p$ (fast) down to $T^{-(d-2)/d}$ (slow; $T^{-126/128}$ for DETR's $d = 128$ channels per
+# coordinate, just above $1/T$). DETR's coordinates are *normalised*: they run over
 # $(0, 2\pi]$ across the image (section 3). The package function:
 
 # %%
@@ -348,9 +350,9 @@ assert peak == (2, GRID_W - 3)
 #    nearly constant. Normalising to $(0, 2\pi]$ makes such slow channels flatter still (every position is at
 #    most $2\pi$); that is not why DETR does it. It does it so that a position means the same thing in images
 #    of any size and under any padding: the right edge of the unpadded image is always $2\pi$.
-# 2. With `normalize=True`, yes: x is divided by the count of unpadded pixels in the row, so the unpadded
-#    part spans $(0, 2\pi]$ on its own. That is the point: an image's encoding does not depend on how much
-#    padding its batch needed.
+# 2. No: x counts unpadded pixels only and is divided by the count of unpadded pixels in the row, so the
+#    unpadded part spans $(0, 2\pi]$ exactly as the image alone does, and each of its pixels gets the same code.
+#    That is what DETR wants: an image's encoding does not depend on how much padding its batch needed.
 # 3. Pair 0 (frequency 1, period $2\pi \approx 6.3$ positions). Pair 10 has frequency
 #    $10000^{-20/128} \approx 0.237$: one period spans $2\pi / 0.237 \approx 26.5$ positions.
 #

@@ -22,9 +22,10 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os
@@ -292,7 +293,7 @@ checks.check_attention(my_attention)
 #
 # Random weights make random-looking heads. `positional_toy_attention` builds a multi-head attention
 # whose heads can be read: the tokens are 1-D sine position codes (notebook 02's formula, with temperature
-# $T = 100$ instead of DETR's 10000, so that 32 channels span frequencies a 16-token toy can show),
+# $T = 100$ instead of DETR's 10000, so that 32 channels span frequencies a toy of a few dozen tokens can show),
 # $W^Q = W^K = \sqrt{s}\,I$ and
 # $W^V = W^O = I$. Each head then sees one band of frequencies (channels $[i d, (i+1) d)$), and since
 # $\sin a \sin b + \cos a \cos b = \cos(a - b)$ its score between tokens $a$ and $b$ is

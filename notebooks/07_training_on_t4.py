@@ -45,16 +45,18 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os
 SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
-# Keep the checkpoints on Google Drive (asks for permission once). Off: they stay in /content, and a
-# recycled runtime (a disconnect) takes them with it, so the run would start again from step 0.
-USE_DRIVE = False
+# Keep the checkpoints on Google Drive (Colab asks for permission once): a recycled runtime (a disconnect)
+# keeps them, and notebook 08, in a runtime of its own, finds this run there. Off, or permission declined:
+# they stay in /content, and a recycled runtime takes them with it.
+USE_DRIVE = True
 RUN_NAME = "aided-synthetic-t4"            # a FIXED name: running the notebook again resumes this run
 TRAIN_MINUTES = 0.5 if SMOKE else 10       # the time budget (setup and data drawing included)
 FIRST_STEPS = 3 if SMOKE else 300          # session 1 stops here (a clean stop, with a checkpoint)

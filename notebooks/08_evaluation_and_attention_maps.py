@@ -4,9 +4,9 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/08_evaluation_and_attention_maps.ipynb)
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.5 s on 2 CPU cores (`bench/notebook_times.py`).
-# Full mode on a Colab T4: about 3 minutes with notebook 07's checkpoint, an estimate: the install,
-# the 159 MB DETR-R50 checkpoint, the evaluation of 300 small images; without that checkpoint, 10 more
-# minutes of training (`TRAIN_MINUTES`, a time budget the engine stops on).
+# Full mode on a Colab T4: about 3 minutes with notebook 07's checkpoint (on Google Drive), an estimate: the
+# install, the 159 MB DETR-R50 checkpoint, the evaluation of 300 small images; without that checkpoint, 4 more
+# minutes of training (`TRAIN_MINUTES`, a time budget the trainer stops on).
 # Full mode on 2 CPU cores: 30 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
 # main-job step, `bench/train_step.py --speed`; with notebook 07's checkpoint, `OFFICIAL = False`: no DETR-R50
 # download).
@@ -24,18 +24,19 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os
 SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
-# Look for notebook 07's run on Google Drive (asks for permission once). Off: where notebook 07 keeps it
-# without Drive, the runtime's disk, gone after a disconnect (then section 1 trains a model here).
-USE_DRIVE = False
+# Look for notebook 07's run on Google Drive, where notebook 07 keeps it (Colab asks for permission once).
+# Each notebook has a runtime of its own: without Drive, 07's run is not here, and section 1 trains a model.
+USE_DRIVE = True
 RUN_NAME = "aided-synthetic-t4"          # notebook 07's run, evaluated here if its checkpoint is found
-TRAIN_MINUTES = 0.3 if SMOKE else 10     # only when no checkpoint of notebook 07 is found
+TRAIN_MINUTES = 0.3 if SMOKE else 4      # only when no checkpoint of notebook 07 is found: a short run
 THRESHOLD = 0.5                          # for drawing only; COCO AP uses every detection
 OFFICIAL = not SMOKE                     # also look inside the official DETR-R50 on a real photo
 COCO_ANALYSES = False                    # section 6 on the official DETR-R50 too: downloads COCO val2017 (1 GB)
@@ -82,11 +83,12 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 # ## 1. A trained model
 #
 # Notebook 07 trains `detr_tiny_aided` (the main job's `aided` recipe) on the synthetic shapes and keeps its
-# checkpoints in a run folder with a fixed name (`RUN_NAME`) under `checkpoint_root()`. If that
-# checkpoint exists, `model_from_checkpoint` rebuilds the model from the configuration stored in it, and the
-# run's own configuration says which validation set it was trained for. Otherwise we
-# train the same recipe here with the same engine (`Trainer`, the code behind `python -m detr_nb train`)
-# for `TRAIN_MINUTES`.
+# checkpoints in a run folder with a fixed name (`RUN_NAME`) under `checkpoint_root()`: on Google Drive,
+# the one place a notebook's runtime shares with another's. If that checkpoint exists,
+# `model_from_checkpoint` rebuilds the model from the configuration stored in it, and the run's own
+# configuration says which validation set it was trained for. Otherwise we train the same recipe here with
+# the same trainer (`Trainer`, the code behind `python -m detr_nb train`) for a short `TRAIN_MINUTES`: its
+# numbers are then those of a shorter run than 07's.
 
 # %%
 runs = checkpoint_root(mount_drive=USE_DRIVE)
@@ -109,7 +111,9 @@ else:
         workers=0 if SMOKE else 2, out=str(workdir("runs") / ("08_smoke" if SMOKE else "08_" + RUN_NAME)),
         eval_at_end=False, progress=True,
     )
-    print(f"no checkpoint of notebook 07 found{' (smoke mode)' if SMOKE else ''}: training {TRAIN_MINUTES} minutes here")
+    print(f"no checkpoint of notebook 07 found at {last}{' (smoke mode)' if SMOKE else ''}: training a short run "
+          f"here, {TRAIN_MINUTES} minutes" + ("" if device.type == "cuda" else
+          " on the CPU (in Colab, Runtime > Change runtime type > T4 GPU trains several times faster)"))
     trainer = Trainer(config)                # builds the datasets (and writes the synthetic data if missing)
     reason = trainer.fit()
     model, val_set = trainer.model, trainer.val_set
@@ -171,7 +175,8 @@ for d in detections[:2]:
 # \mathrm{AP} = \frac{1}{10} \sum_{t \in \{0.50, 0.55, \dots, 0.95\}} \mathrm{AP}_t \quad \text{(averaged over classes)}.$$
 #
 # AP50 and AP75 fix $t$; APs/APm/APl restrict to small / medium / large objects ($< 32^2$, $< 96^2$,
-# larger, in pixels); AR$k$ is the recall with at most $k$ detections per image. `coco_evaluate` runs
+# larger, in pixels); AR$k$ is the recall with at most $k$ detections per image *and per class* (pycocotools
+# applies its limit to each category of each image). `coco_evaluate` runs
 # pycocotools' `COCOeval` and returns the 12 numbers by name:
 
 # %%
@@ -393,9 +398,11 @@ plt.show()
 
 # %% [markdown]
 # In the run behind this notebook's key figure (notebook 07's model, 2,688 steps on the CPU), AP went 0.536,
-# 0.543, 0.544 over the three layers, and NMS added 0.004 AP at the first layer and 0.001 at the last: the
-# same shape as the paper's curve, with much less to remove. Two-stage selection already starts the queries on
-# different cells, so even the first layer rarely predicts an object twice.
+# 0.543, 0.544 over the three layers, and NMS *raised* AP at every layer, the last one included (by 0.004 at
+# the first, 0.001 at the last). That is not the paper's Figure 4, where NMS lowers AP at the last layer: DETR-R50
+# has 6 layers whose self-attention learns to remove duplicates, this model 3 layers trained for minutes, whose
+# last layer still predicts a few objects twice. The gain is small because two-stage selection starts the
+# queries on different cells and each layer refines the boxes of the layer before, rather than proposing anew.
 #
 # **What each query slot predicts** (the paper's Figure 7): the centre of every box a query predicts over the
 # validation images, one panel per query, green for small boxes, red for large horizontal ones, blue for large
@@ -462,9 +469,11 @@ if COCO_ANALYSES and not SMOKE:      # Colab: the official DETR-R50 on COCO val2
 # %% [markdown]
 # <details><summary>Answers</summary>
 #
-# 1. AR10 cannot change (it already looks at 10 detections per image). AR100 can only drop or stay (fewer
-#    detections, no new true positive), and AP and AP50 usually drop a little: low-scoring true positives
-#    add recall at the end of the precision-recall curve, and COCO keeps every detection it is given.
+# 1. All four can only drop or stay: fewer detections, no new true positive. AR10 too, because pycocotools
+#    applies maxDets per image *and per category*: an image's 10 best detections overall may leave out
+#    detections of a class that were among that class's 10 best (on an image of two classes with 10 objects
+#    each, AR10 falls from up to 1.0 to at most 0.5). AP and AP50 usually drop a little: low-scoring true
+#    positives add recall at the end of the precision-recall curve, and COCO keeps every detection it is given.
 # 2. No: COCO AP ranks all detections by score, with no threshold; the threshold only decides what is drawn.
 # 3. Yes: it is a softmax over the feature cells (padding excluded), so every query's map sums to 1,
 #    confident or not. A "no object" query's map is usually diffuse, but it still sums to 1.

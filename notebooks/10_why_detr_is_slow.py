@@ -25,9 +25,10 @@ if "google.colab" in sys.modules:
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os
@@ -238,15 +239,16 @@ for name, change in variants.items():
     trainer = Trainer(cfg)
     trainer.fit()
     stats = trainer.evaluate(verbose=False)
-    giou = [r["loss_giou"] for r in trainer.history if r.get("kind") == "step"]
-    recomputed[name] = {"AP": stats["AP"], "AP50": stats["AP50"], "loss_giou": giou}
+    logged = [r for r in trainer.history if r.get("kind") == "step"]      # one line every log_every steps
+    giou = [r["loss_giou"] for r in logged]
+    recomputed[name] = {"AP": stats["AP"], "AP50": stats["AP50"], "loss_giou": giou, "steps": [r["step"] for r in logged]}
     print(f"{name}: {trainer.step} steps, AP {stats['AP']:.4f}, AP50 {stats['AP50']:.4f}, "
           f"box GIoU loss {giou[0]:.3f} -> {giou[-1]:.3f}; run in {trainer.out}")
 
 # %% tags=["key-figure"]
 plt.figure(figsize=(5, 3.2))
 for name, r in recomputed.items():
-    plt.plot(np.arange(1, len(r["loss_giou"]) + 1) * trainer.cfg.log_every, r["loss_giou"], marker="o", ms=3, label=name)
+    plt.plot(r["steps"], r["loss_giou"], marker="o", ms=3, label=name)
 plt.xlabel("optimizer steps")
 plt.ylabel("1 - GIoU (matched, last layer)")
 plt.title("recomputed: vanilla vs aided")
@@ -276,8 +278,8 @@ plt.show()
 # DEIM's mosaics, an EMA of the weights, and RT-DETR's content queries taken from the encoder instead of
 # learned. `bench/convergence.py` trained each on the main job's data and model for a fixed number of
 # steps (AP at a step does not depend on the machine), on three seeds where it mattered. Only the last one
-# paid and stayed; the others were removed from the package to keep it thin (`git checkout 1422181` has
-# them, to reproduce a row):
+# paid and stayed; the others are not in the package (docs/convergence.md says which version of the code
+# measured each row):
 
 # %%
 round_two = group_runs(results)            # round 2: one group per (variant, steps), one run per seed

@@ -30,16 +30,17 @@
 # Smoke mode (the tests, offline, on a CPU) uses self-made images and a small randomly initialised DETR.
 
 # %%
-# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+# Setup: in Colab, install detr_nb and its export extra from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
     import subprocess
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+https://github.com/detr-nb/detr_nb@main"],
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "detr_nb[export] @ git+https://github.com/detr-nb/detr_nb@main"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb ({why}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from https://github.com/detr-nb/detr_nb: {why} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")
 
 # %% tags=["parameters"]
 import os

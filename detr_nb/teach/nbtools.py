@@ -29,7 +29,9 @@ COLAB_METADATA = {"colab": {"provenance": [], "toc_visible": True},
                   "kernelspec": {"display_name": "Python 3", "name": "python3"}, "language_info": {"name": "python"}}
 # The notebooks whose full mode is more than twice as slow without a GPU: only they ask Colab for a T4 (a GPU
 # runtime spends the learner's free quota).
-GPU_NOTEBOOKS = ("07", "09", "11")
+GPU_NOTEBOOKS = ("07", "08", "09", "11")
+# Extras a notebook installs with the package (Colab does not preinstall onnx, onnxruntime, onnxscript).
+EXTRAS = {"11": "export"}
 # What a cell keeps of its metadata: tags (parameters, solution...), a hidden source (Jupyter) and Colab's form
 # view, which shows a solution cell's title and hides its code.
 CELL_METADATA = ("tags", "jupyter", "cellView")
@@ -49,20 +51,24 @@ def badge_markdown(notebook_name: str) -> str:
             f"google.com/github/{repo_slug()}/blob/{detr_nb.REPO_BRANCH}/notebooks/{notebook_name})")
 
 
-def setup_cell() -> str:
-    """The first code cell of every notebook: in Colab only, install detr_nb from REPO_URL (never touching
-    torch), and when that fails, one line naming the URL and where it is set."""
-    url = f"{detr_nb.REPO_URL}@{detr_nb.REPO_BRANCH}"
-    return f"""# Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
+def setup_cell(number: str) -> str:
+    """The first code cell of notebook ``number``: in Colab only, install detr_nb from REPO_URL (with the extra
+    the notebook needs; never touching torch), and when that fails, one line with pip's reason: git's
+    ``fatal:`` line or pip's ``ERROR:`` line, not its closing note."""
+    url = f"git+{detr_nb.REPO_URL}@{detr_nb.REPO_BRANCH}"
+    spec = f"detr_nb[{EXTRAS[number]}] @ {url}" if number in EXTRAS else url
+    what = f"detr_nb and its {EXTRAS[number]} extra" if number in EXTRAS else "detr_nb"
+    return f"""# Setup: in Colab, install {what} from GitHub (torch is already there and is left alone).
 import sys
 if "google.colab" in sys.modules:
     import subprocess
-    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "git+{url}"],
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "{spec}"],
                          capture_output=True, text=True)
     if pip.returncode:
-        why = (pip.stderr.strip().splitlines() or ["pip failed"])[-1]
-        raise SystemExit(f"cannot install detr_nb from {detr_nb.REPO_URL} ({{why}}): is the repository reachable? "
-                         "A fork sets its own URL as REPO_URL in detr_nb/__init__.py")"""
+        lines = [line.strip() for line in pip.stderr.splitlines() if line.strip()]
+        why = next((line for line in lines if line.startswith(("fatal:", "ERROR:"))), lines[-1] if lines else "")
+        raise SystemExit(f"cannot install detr_nb from {detr_nb.REPO_URL}: {{why}} (a fork sets its own URL as "
+                         "REPO_URL in detr_nb/__init__.py)")"""
 
 
 def sources() -> List[Path]:

@@ -24,12 +24,14 @@ def workdir(sub: Optional[str] = None) -> Path:
     return path
 
 
-def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, mount_point: str = "/content/drive",
+def checkpoint_root(mount_drive: bool = True, colab: Optional[bool] = None, mount_point: Optional[str] = None,
                     log: Callable = print) -> Path:
-    """Where training runs live: in Colab ``<mount_point>/MyDrive/detr_nb/runs`` on Google Drive, mounted first
-    when ``mount_drive`` (Colab asks for permission), so that a checkpoint survives a recycled runtime; else, or
-    when Drive cannot be mounted, ``workdir("runs")``. ``colab`` overrides the detection (tests)."""
+    """Where training runs live: in Colab ``<mount_point>/MyDrive/detr_nb/runs`` on Google Drive (``/content/drive``,
+    or ``$DETR_NB_DRIVE``), mounted first when ``mount_drive`` (Colab asks for permission), so that a checkpoint
+    survives a recycled runtime and another notebook's runtime finds it; else, or when Drive cannot be mounted,
+    ``workdir("runs")``. ``colab`` overrides the detection (tests)."""
     colab = in_colab() if colab is None else colab
+    mount_point = mount_point or os.environ.get("DETR_NB_DRIVE", "/content/drive")
     my_drive = Path(mount_point) / "MyDrive"
     if colab and mount_drive and not my_drive.is_dir():
         try:
