@@ -97,13 +97,15 @@ def run_notebook(path: Path, source: str, drive: Path, work: Path) -> str:
     setup.source = setup.source.replace(OFFICIAL, source)
     env = {**os.environ, "DETR_NB_SMOKE": "1", "DETR_NB_WORKDIR": str(content / "detr_nb"),
            "DETR_NB_DRIVE": str(drive), "COLAB_STAND_IN_DOWNLOADS": str(work / "downloads"),
-           "IPYTHONDIR": str(work / "ipython"), "PYTHONPATH": str(work), "MPLBACKEND": "Agg"}
+           "IPYTHONDIR": str(work / "ipython"), "PYTHONPATH": str(work), "MPLBACKEND": "Agg",
+           "PYDEVD_DISABLE_FILE_VALIDATION": "1"}
     client = NotebookClient(nb, kernel_name="python3", timeout=900, resources={"metadata": {"path": str(content)}})
     try:
         client.execute(env=env)
     except CellExecutionError as e:
-        lines = [line for line in str(e).splitlines() if re.match(r"^\w*(Error|Exception|Exit)\b", line)]
-        return lines[-1] if lines else str(e).splitlines()[-1]
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(e))          # the traceback's colours
+        lines = [line for line in text.splitlines() if re.match(r"^\w*(Error|Exception|Exit)\b", line)]
+        return lines[-1] if lines else text.splitlines()[-1]
     return ""
 
 
