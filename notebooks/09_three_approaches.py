@@ -119,7 +119,8 @@ train = TrainConfig(                # the study's recipe: the paper's loss, a co
     max_steps=STEPS, time_budget_s=BUDGET_S, batch_size=BATCH_SIZE, lr=LR, lr_backbone=LR_BACKBONE,
     eval_every=EVAL_EVERY, max_eval_images=None, log_every=1 if SMOKE else 10, checkpoint_every_s=120,
     workers=0 if SMOKE else 2, progress=not SMOKE, out=str(out))
-specs = study.run_specs(train, APPROACHES, INITS, SEEDS, diag_every=2 if SMOKE else 25)
+specs = study.run_specs(train, APPROACHES, INITS, SEEDS, diag_every=2 if SMOKE else 25,
+                        download=False if SMOKE else None)   # smoke mode never downloads; else in Colab only
 print(f"{len(specs)} runs, each in its own folder under {out}")
 display(Markdown(study.starting_points_table(specs)))
 
