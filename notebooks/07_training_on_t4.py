@@ -5,7 +5,7 @@
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.2 s on 2 CPU cores (`bench/notebook_times.py`).
 # Full mode on a Colab T4: about 12 minutes by construction: the run has a
-# `TRAIN_MINUTES = 10` time budget that counts the data drawing and the setup (the engine stops on it), plus
+# `TRAIN_MINUTES = 10` time budget that counts the data drawing and the setup (the trainer stops on it), plus
 # the evaluation of 300 validation images and the install (under a minute each).
 # Full mode on 2 CPU cores: 10.7 minutes (643 s), measured (`bench/notebook_times.py --key-figures`, machine
 # speed 186 ms per main-job step, `bench/train_step.py --speed`): 2,688 steps in the three sessions, AP 0.544,
@@ -17,7 +17,7 @@
 # ![the training losses over three sessions, two of them resumed from a checkpoint](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/07_training_on_t4.png)
 #
 # Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.trainer.Trainer`, the
-# engine that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/config.py`):
+# trainer that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/config.py`):
 # `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection that gives the decoder
 # its queries' positions and content from the encoder, boxes refined layer by layer, the focal
 # loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
@@ -103,7 +103,7 @@ print("detr_nb", detr_nb.__version__, "| torch", torch.__version__, "| device", 
 # Autocast runs matrix multiplies and convolutions in fp16 and keeps reductions and losses in fp32. The
 # **GradScaler** handles underflow: it multiplies the loss by a large factor $S$ before `backward()`, so the
 # gradients are $S$ times larger while they are in fp16, divides them by $S$ before the optimizer step, and
-# skips the step (halving $S$) if any gradient is `inf`/`nan`. The engine does the same when the forward
+# skips the step (halving $S$) if any gradient is `inf`/`nan`. The trainer does the same when the forward
 # pass itself overflows (the matcher sees an `inf` output): the step is skipped and counted
 # (`skipped_steps` in `metrics.jsonl`), and only 20 in a row stop the run. bf16 has the range and needs no
 # scaler, but a T4 has no bf16 hardware: `torch.cuda.is_bf16_supported()` answers True there through slow
@@ -325,7 +325,7 @@ trainer.close()
 #
 # 1. Train with `amp="fp32"` on the T4 for the same `TRAIN_MINUTES`. More or fewer steps, and a better or
 #    worse AP?
-# 2. Resume this run with `batch_size=32`. What happens, and why does the engine do that?
+# 2. Resume this run with `batch_size=32`. What happens, and why does the trainer do that?
 # 3. Run the same configuration with `model="detr_tiny"` (the paper's DETR, so the paper's loss) and
 #    `weight_dict={"loss_ce": 1, "loss_bbox": 5, "loss_giou": 2}` for the same budget. What does the loss curve do, and what
 #    AP do you expect?

@@ -47,7 +47,7 @@ CROWD = dict(counts=(5, 8), images_per_count=1, image_size=(64, 64)) if SMOKE el
 # attends to. This notebook:
 #
 # 1. gets a trained model: the checkpoint of notebook 07 if it exists, otherwise the same recipe trained
-#    here with the package's engine (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
+#    here with the package's trainer (in smoke mode: a few steps on 8 tiny images, so the numbers are near 0);
 # 2. computes COCO mAP with pycocotools through `detr_nb.evaluate`, step by step, and shows why DETR
 #    keeps every query's box;
 # 3. draws predictions next to the ground truth;

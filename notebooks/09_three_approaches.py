@@ -7,7 +7,7 @@
 # `time DETR_NB_SMOKE=1 python -m pytest tests/test_notebooks.py -k 09 -q`, kernel start included): a tiny
 # synthetic set, a tiny BatchNorm model, 4 steps per run, no downloads.
 # Full mode on a Colab T4: about 31 minutes, at most 40, an estimate (how it was made: below): seven runs of
-# 210 s of training each, by construction (the engine stops on each run's time budget), plus downloads,
+# 210 s of training each, by construction (the trainer stops on each run's time budget), plus downloads,
 # evaluations and checkpoints.
 #
 # **Key figure:** the comparison of the three approaches on Penn-Fudan, which needs the dataset and the

@@ -217,7 +217,7 @@ plt.show()
 # %% [markdown]
 # ## 4. Recompute a small version
 #
-# The same comparison with the package's engine: vanilla against the main job's recipe (`aided`, as the
+# The same comparison with the package's trainer: vanilla against the main job's recipe (`aided`, as the
 # package defines it now: section 5), same data, seed and steps. In smoke mode this is a few steps of a very small
 # model, enough to run every line; the full mode trains each for a few hundred steps on the CPU.
 
