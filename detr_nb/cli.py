@@ -8,6 +8,8 @@
     python -m detr_nb evaluate --run runs/my-run               # COCO numbers of its newest checkpoint
     python -m detr_nb predict photo.jpg my_photos/ --run runs/my-run --out predictions
     python -m detr_nb export --run runs/my-run -o model.onnx  # ONNX + onnxruntime check (the "export" extra)
+    python -m detr_nb export --run runs/my-run --format safetensors -o model.safetensors   # + config.json
+    python -m detr_nb export --pretrained detr_r50 --format hf -o detr_hf   # DetrForObjectDetection (the "hf" extra)
 
 ``train`` has one option per field of :class:`detr_nb.config.TrainConfig`; a ``--recipe`` sets the fields you do
 not give. ``--set FIELD=VALUE`` sets any field (VALUE in JSON) and ``--set FIELD.KEY=VALUE`` one key of a dict
@@ -29,12 +31,13 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import RECIPES, TrainConfig, amp_dtype, build_model, check_config, flag, resolve_device
-from .data import build_dataset
+from .data import REAL_DATASETS, build_dataset
 from .errors import UserError
 from .evaluate import evaluate_run, save_stats
-from .export import OnnxDetector, export_onnx, parity, require, resolve_exporter
+from .export import (OnnxDetector, export_hf, export_onnx, export_safetensors, hf_parity, parity, require,
+                     resolve_exporter)
 from .predict import check_threshold, predict_paths
-from .pretrained import CHECKPOINTS, COCO_CLASSES, load_pretrained
+from .pretrained import CHECKPOINTS, COCO_CLASSES, available, load_pretrained
 from .trainer import NonFiniteLossError, train
 
 RECIPE_FIELDS = {k for recipe in RECIPES.values() for k in recipe}
@@ -83,7 +86,19 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             keyed.append((name, sub, json_value(text)))
         else:
             values[name] = json_value(text)
+    folder = values.get("dataset") not in ("synthetic",) + REAL_DATASETS and os.path.isdir(str(values.get("dataset")))
+    why = "given"
+    if folder and "recipe" not in values:   # your own data: start from DETR-R50 when its weights can be had
+        offline = available("detr_r50")
+        values["recipe"] = "aided" if offline else "finetune"
+        why = (f"the released DETR-R50 weights cannot be had: {offline}; --recipe finetune starts from them when "
+               "they can" if offline else "the released weights are at hand; --recipe aided trains the small model "
+               "from scratch instead")
     cfg = TrainConfig(**values)
+    if folder and os.environ.get("RANK", "0") == "0":
+        start = f"from the released {cfg.pretrained} weights" if cfg.pretrained else "from scratch"
+        print(f"your data {values['dataset']}: recipe {cfg.recipe}, model {cfg.model} {start} ({why})",
+              file=sys.stderr if getattr(args, "dry_run", False) else sys.stdout)   # --dry-run's stdout is JSON
     for name, sub, value in keyed:   # one key of a dict field, on top of the recipe's value
         if not isinstance(getattr(cfg, name), dict):
             raise UserError(f"--set {name}.{sub}: {name} is not a dict (it is {getattr(cfg, name)!r})")
@@ -102,12 +117,13 @@ def add_model_source(q) -> None:
 
 
 def load_model(args, device):
-    """``(model, the run's TrainConfig or None, categories)`` from --run / --checkpoint / --pretrained."""
+    """``(model, the run's TrainConfig or None, label -> name, label -> category id or None)`` from --run /
+    --checkpoint / --pretrained (the released weights' labels are COCO's category ids)."""
     if args.pretrained:
         if args.pretrained not in CHECKPOINTS:
             raise UserError(f"--pretrained {args.pretrained}: not a released DETR; one of {', '.join(CHECKPOINTS)}")
         model = build_model(args.pretrained, num_classes=91, impl=args.impl or "torch")
-        return load_pretrained(model, args.pretrained).to(device).eval(), None, dict(COCO_CLASSES)
+        return load_pretrained(model, args.pretrained).to(device).eval(), None, dict(COCO_CLASSES), None
     if not (args.checkpoint or args.run):
         raise UserError("give --run DIR, --checkpoint FILE or --pretrained NAME")
     path = Path(args.checkpoint or args.run)
@@ -123,12 +139,12 @@ def load_model(args, device):
         state = ckpt.load_checkpoint(path)
     print(f"checkpoint {path} (epoch {state['epoch']}, step {state['step']})")
     return ckpt.model_from_checkpoint(state, device, impl=args.impl), TrainConfig.from_dict(state["config"]), \
-        state["categories"]
+        state["categories"], state["category_ids"]
 
 
 def cmd_evaluate(args) -> int:
     device = resolve_device(args.device)
-    model, saved, _ = load_model(args, device)
+    model, saved, _, _ = load_model(args, device)
     if saved is None:   # released weights: the COCO classes, the paper's transforms
         saved = TrainConfig(recipe="paper", dataset=args.dataset or "coco2017", pretrained=args.pretrained)
     changes = {k: v for k, v in (("dataset", args.dataset), ("data_root", args.data_root), ("val_split", args.split),
@@ -139,38 +155,55 @@ def cmd_evaluate(args) -> int:
     print(f"evaluating on {min(len(val_set), cfg.max_eval_images or len(val_set))} images of {cfg.dataset}/"
           f"{cfg.val_split}")
     dtype = amp_dtype(device, args.amp)
+    run = Path(args.run) if args.run and Path(args.run).is_dir() else None
+    out = Path(args.output) if args.output else run / f"eval_{cfg.val_split}.json" if run else Path("eval.json")
+    detections = run / "detections.json" if run and not args.output else out.with_name(out.stem + "_detections.json")
     stats = evaluate_run(model, val_set, cfg, device, (lambda: torch.autocast(device.type, dtype)) if dtype else
-                         contextlib.nullcontext)
-    out = Path(args.output) if args.output else (Path(args.run) / f"eval_{cfg.val_split}.json"
-                                                 if args.run and Path(args.run).is_dir() else Path("eval.json"))
+                         contextlib.nullcontext, detections_file=detections)
     save_stats(stats, out, dataset=cfg.dataset, split=cfg.val_split)
-    print(f"wrote {out.resolve()}")
+    print(f"wrote {out.resolve()} and the detections in COCO's result format, {detections.resolve()}")
     return 0
 
 
 def cmd_predict(args) -> int:
     check_threshold(args.threshold)               # before the model is loaded
     device = resolve_device(args.device)
-    model, saved, categories = load_model(args, device)
+    model, saved, categories, category_ids = load_model(args, device)
     found = predict_paths(model, args.images, args.out, preset=args.preset or (saved.preset if saved else "official"),
-                          device=device, threshold=args.threshold, categories={int(k): v for k, v in categories.items()})
+                          device=device, threshold=args.threshold, categories={int(k): v for k, v in categories.items()},
+                          category_ids=category_ids and {int(k): int(v) for k, v in category_ids.items()},
+                          coco=args.format == "coco")
     print(f"wrote {Path(args.out).resolve() / 'predictions.json'}")
     return 1 if found["skipped"] else 0
 
 
 def cmd_export(args) -> int:
-    require("onnx")
-    require("onnxruntime", "the parity check")
-    try:
-        h, w = (int(v) for v in args.check_size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--check-size must be HxW, e.g. 100x140, got {args.check_size!r}") from None
-    kind = resolve_exporter(args.exporter)
-    model, saved, _ = load_model(args, resolve_device(args.device))
-    out = Path(args.output) if args.output else (Path(args.run) / "model.onnx" if args.run and Path(args.run).is_dir()
-                                                 else Path("model.onnx"))
-    export_onnx(model, out, opset=args.opset, mask=args.mask, exporter=kind)
+    device = resolve_device(args.device)
+    run = Path(args.run) if args.run and Path(args.run).is_dir() else None
+    default = {"onnx": "model.onnx", "safetensors": "model.safetensors", "hf": "hf_model"}[args.format]
+    out = Path(args.output) if args.output else (run / default if run else Path(default))
+    if args.format == "onnx":
+        require("onnx")
+        require("onnxruntime", "the parity check")
+        try:
+            h, w = (int(v) for v in args.check_size.lower().split("x"))
+        except ValueError:
+            raise UserError(f"--check-size must be HxW, e.g. 100x140, got {args.check_size!r}") from None
+        kind = resolve_exporter(args.exporter)
+    model, saved, categories, category_ids = load_model(args, device)
     preset = args.preset or (saved.preset if saved else "official")
+    if args.format == "safetensors":
+        export_safetensors(model, out, categories, category_ids)
+        print(f"wrote {out.resolve()} ({out.stat().st_size / 2**20:.1f} MB) and {out.with_name('config.json').resolve()}"
+              f"; images normalised as detr_nb.data.make_transforms({preset!r}, train=False)")
+        return 0
+    if args.format == "hf":
+        export_hf(model, out, categories, preset)
+        delta = hf_parity(model, out)
+        print(f"wrote {out.resolve()}: DetrForObjectDetection.from_pretrained loads it; on two random images, one "
+              f"padded, max |delta| logits {delta['pred_logits']:.2e}, boxes {delta['pred_boxes']:.2e}")
+        return 0
+    export_onnx(model, out, opset=args.opset, mask=args.mask, exporter=kind)
     print(f"wrote {out.resolve()} ({out.stat().st_size / 2**20:.1f} MB, {kind} exporter)")
     print(f"inputs: images (B, 3, H, W) float32 normalised as detr_nb.data.make_transforms({preset!r}, train=False)"
           + (", mask (B, H, W) bool True on padding" if args.mask else "") + "; outputs: pred_logits, pred_boxes")
@@ -207,12 +240,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                                 "(default: 0.5)")
     r.add_argument("-o", "--out", default="predictions", help="folder for <image>.png and predictions.json "
                                                                "(default: predictions)")
+    r.add_argument("--format", default="detr_nb", choices=("detr_nb", "coco"),
+                   help="predictions.json: one record per image (detr_nb), or COCO's result format (coco)")
     r.set_defaults(func=cmd_predict)
 
-    e = sub.add_parser("export", help="write a model to ONNX (dynamic image size) and check it with onnxruntime")
+    e = sub.add_parser("export", help="write a model as ONNX, safetensors or a Hugging Face folder, and check it")
     add_model_source(e)
-    e.set_defaults(func=cmd_export, device="cpu")   # the parity check compares with PyTorch on the CPU
-    e.add_argument("-o", "--output", help="the .onnx file (default: <run>/model.onnx, else model.onnx)")
+    e.set_defaults(func=cmd_export, device="cpu")   # the parity checks compare with PyTorch on the CPU
+    e.add_argument("--format", default="onnx", choices=("onnx", "safetensors", "hf"),
+                   help="onnx (onnxruntime-checked), safetensors (+ config.json) or hf (a DetrForObjectDetection "
+                        "folder) (default: onnx)")
+    e.add_argument("-o", "--output", help="the file, or the folder for hf (default: model.onnx, model.safetensors "
+                                          "or hf_model, in the run folder with --run)")
     e.add_argument("--opset", type=int, help="ONNX opset (default: 17 with the torchscript exporter)")
     e.add_argument("--mask", action="store_true", help="a second input, mask (B, H, W) bool True on padding")
     e.add_argument("--exporter", default="auto", choices=("auto", "torchscript", "dynamo"),

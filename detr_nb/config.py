@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from .aids import CONFIGS as AIDED, AidedCriterion, AidedDETR, AidedMatcher, AidedPostProcess
-from .data import PRESETS, REAL_DATASETS
+from .data import PRESETS, REAL_DATASETS, augment_from_text
 from .errors import ConfigError
 from .models import CONFIGS as PAPER, DETR, DETRConfig, HungarianMatcher, PostProcess, SetCriterion, build
 from .models.backbone import ARCHS, NORMS, RETURN_LAYERS
@@ -71,6 +71,8 @@ class TrainConfig:
     data_kwargs: Dict[str, Any] = _opt("dataset parameters as JSON, e.g. the synthetic set's num_train, or "
                                        "coco2017's subset", factory=dict)
     preset: str = _opt("transform preset: official (multi-scale, 800 px) | t4 (640 px) | cpu | none", "official")
+    augment: Optional[str] = _opt("your augmentation after the preset's, a torchvision.transforms.v2 expression, e.g. "
+                                  "'v2.ColorJitter(0.4, 0.4)'")
     train_split: str = _opt("split to train on", "train")
     val_split: str = _opt("split to evaluate on", "val")
     # model
@@ -168,10 +170,10 @@ def model_config(name: str, **overrides) -> DETRConfig:
     """The named configuration with ``overrides``; a ``ValueError`` that starts with the field it is about."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {', '.join(MODELS)}, got {name!r}")
-    unknown = set(overrides) - {f.name for f in dataclasses.fields(DETRConfig)}
+    known = [f.name for f in dataclasses.fields(MODELS[name])]     # an aided model's configuration has more
+    unknown = set(overrides) - set(known)
     if unknown:
-        raise ValueError(f"{sorted(unknown)[0]} is not a model configuration field; known: "
-                         f"{', '.join(f.name for f in dataclasses.fields(DETRConfig))}")
+        raise ValueError(f"{sorted(unknown)[0]} is not a model configuration field; known: {', '.join(known)}")
     cfg = dataclasses.replace(MODELS[name], **overrides)
     choices = {"backbone": ARCHS, "return_layer": RETURN_LAYERS, "backbone_norm": NORMS}
     for key, allowed in choices.items():
@@ -291,6 +293,11 @@ def check_config(cfg: TrainConfig) -> TrainConfig:
     if cfg.data_kwargs and cfg.dataset not in ("synthetic",) + REAL_DATASETS:
         raise ConfigError(f"--data-kwargs {json.dumps(cfg.data_kwargs)} does not apply to a COCO folder "
                           f"({cfg.dataset}): it takes no parameters")
+    if cfg.augment is not None:
+        try:
+            augment_from_text(cfg.augment)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if not isinstance(cfg.model_overrides, dict):
         raise ConfigError(f"--model-overrides must be a JSON object, got {cfg.model_overrides!r}")
     try:

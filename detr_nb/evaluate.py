@@ -34,27 +34,31 @@ def coco_gt_of(dataset):
                            "categories": copy.deepcopy(base.coco.dataset["categories"])})
 
 
-def to_coco_results(results: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int]) -> List[Dict]:
-    """Post-processed results (``scores``, ``labels``, ``boxes`` xyxy pixels) -> COCO result dicts."""
+def to_coco_results(results: Sequence[Mapping[str, torch.Tensor]], image_ids: Sequence[int],
+                    category_ids: Optional[Mapping[int, int]] = None) -> List[Dict]:
+    """Post-processed results (``scores``, ``labels``, ``boxes`` xyxy pixels) -> COCO result dicts, a label
+    written as the annotation file's category id (``category_ids``: label -> id; None: the same)."""
     out = []
     for res, image_id in zip(results, image_ids):
         boxes = res["boxes"].detach().float().cpu()
         xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
-        out += [{"image_id": int(image_id), "category_id": int(label), "bbox": [round(v, 3) for v in box],
-                 "score": float(score)} for box, score, label in zip(xywh, res["scores"].tolist(), res["labels"].tolist())]
+        out += [{"image_id": int(image_id), "category_id": int(category_ids.get(label, label) if category_ids else label),
+                 "bbox": [round(v, 3) for v in box], "score": float(score)}
+                for box, score, label in zip(xywh, res["scores"].tolist(), res["labels"].tolist())]
     return out
 
 
 def coco_evaluate(coco_gt, detections: List[Dict], verbose: bool = True) -> Dict[str, float]:
-    """``COCOeval`` (bbox) of ``detections`` against ``coco_gt``: the 12 numbers by name; COCO's table printed
-    when ``verbose``."""
+    """``COCOeval`` (bbox) of ``detections`` against ``coco_gt``: the 12 numbers by name and ``per_class``, each
+    class's AP (IoU 0.50:0.95, all areas, 100 detections; None for a class without objects); COCO's table and
+    the per-class one printed when ``verbose``."""
     if not coco_gt.getAnnIds():
         raise ValueError(f"the ground truth has no boxes ({len(coco_gt.getImgIds())} images): COCO AP is undefined; "
                          f"evaluate on a split with annotations")
     if not detections:   # loadRes cannot take an empty list
         if verbose:
             print("no detections: every COCO number is 0")
-        return {k: 0.0 for k in STAT_NAMES}
+        return {**{k: 0.0 for k in STAT_NAMES}, "per_class": {c["name"]: 0.0 for c in coco_gt.loadCats(coco_gt.getCatIds())}}
     table = io.StringIO()
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(coco_gt, coco_gt.loadRes(copy.deepcopy(detections)), iouType="bbox")
@@ -63,17 +67,27 @@ def coco_evaluate(coco_gt, detections: List[Dict], verbose: bool = True) -> Dict
         ev.accumulate()
     with contextlib.redirect_stdout(table):
         ev.summarize()
+    precision = ev.eval["precision"][:, :, :, 0, -1]                       # (IoU, recall, class), -1: none
+    per_class = {}
+    for k, cat in enumerate(coco_gt.loadCats(ev.params.catIds)):
+        p = precision[:, :, k]
+        per_class[cat["name"]] = float(p[p > -1].mean()) if (p > -1).any() else None
     if verbose:
         print(table.getvalue(), end="")
-    return {k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}
+        print("\n".join(f"  AP {'-' if ap is None else f'{ap:.3f}':>5}  {name}" for name, ap in per_class.items()))
+    return {**{k: float(v) for k, v in zip(STAT_NAMES, ev.stats)}, "per_class": per_class}
 
 
 @torch.no_grad()
 def evaluate(model, dataset, device="cpu", batch_size: int = 8, num_workers: int = 0,
-             autocast=contextlib.nullcontext, verbose: bool = True, progress: bool = False) -> Dict[str, float]:
-    """COCO mAP of ``model`` on ``dataset`` (a ``CocoDetection`` or a ``Subset`` of one): the 12 numbers by name.
-    The forward pass runs under ``autocast()``; the model's own post-processing scores it."""
+             autocast=contextlib.nullcontext, verbose: bool = True, progress: bool = False,
+             detections_file=None) -> Dict[str, float]:
+    """COCO mAP of ``model`` on ``dataset`` (a ``CocoDetection`` or a ``Subset`` of one): the 12 numbers by name
+    and ``per_class``. The forward pass runs under ``autocast()``; the model's own post-processing scores it; with
+    ``detections_file`` the detections are written there in COCO's result format (pycocotools ``loadRes`` reads
+    it), the annotation file's category ids."""
     postprocess, device = build_postprocess(model), torch.device(device)
+    category_ids = unwrap(dataset)[0].category_ids
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_fn)
     found: List[Dict] = []
     model.eval()
@@ -81,16 +95,20 @@ def evaluate(model, dataset, device="cpu", batch_size: int = 8, num_workers: int
         with autocast():
             outputs = model(images.to(device), mask.to(device))
         sizes = torch.stack([t["orig_size"] for t in targets]).to(device)   # (B, 2): boxes in original pixels
-        found += to_coco_results(postprocess(outputs, sizes), [int(t["image_id"]) for t in targets])
+        found += to_coco_results(postprocess(outputs, sizes), [int(t["image_id"]) for t in targets], category_ids)
+    if detections_file is not None:
+        with open(detections_file, "w") as f:
+            json.dump(found, f)
     return coco_evaluate(coco_gt_of(dataset), found, verbose=verbose)
 
 
-def evaluate_run(model, val_set, cfg, device, autocast=contextlib.nullcontext, verbose: bool = True):
+def evaluate_run(model, val_set, cfg, device, autocast=contextlib.nullcontext, verbose: bool = True,
+                 detections_file=None):
     """COCO numbers as a run of ``cfg`` is evaluated (its first ``max_eval_images``, its batch size): training and
     ``python -m detr_nb evaluate`` both call this, so ``evaluate --run R`` reproduces ``R/eval.json``."""
     n = min(len(val_set), cfg.max_eval_images or len(val_set))
     return evaluate(model, Subset(val_set, range(n)), device, cfg.batch_size, cfg.workers, autocast, verbose,
-                    cfg.progress)
+                    cfg.progress, detections_file)
 
 
 @torch.no_grad()
@@ -114,6 +132,6 @@ def category_names(dataset) -> Optional[Dict[int, str]]:
     return dict(unwrap(dataset)[0].categories)
 
 
-def save_stats(stats: Mapping[str, float], path, **extra) -> None:
+def save_stats(stats: Mapping, path, **extra) -> None:
     with open(path, "w") as f:
-        json.dump({**{k: stats[k] for k in STAT_NAMES}, **extra}, f, indent=2)
+        json.dump({**{k: stats[k] for k in (*STAT_NAMES, "per_class") if k in stats}, **extra}, f, indent=2)

@@ -29,9 +29,12 @@ run one file at several sizes, one of them with fewer feature cells than queries
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
+import json
 import logging
+import re
 import warnings
 from pathlib import Path
 from typing import Dict, Optional, Tuple, Union
@@ -49,12 +52,13 @@ DEFAULT_OPSET = 17        # LayerNormalization is one op from 17; torch 2.3's de
 INPUTS, OUTPUTS = ("images", "mask"), ("pred_logits", "pred_boxes")
 
 
-def require(module: str, what: str = "ONNX export"):
+def require(module: str, what: str = "ONNX export", extra: str = "export"):
     """Import an optional package, or a one-line :class:`UserError` that says how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise UserError(f'{what} needs the optional package {module}: pip install "detr_nb[export]"') from None
+        raise UserError(f'{what} needs the optional package {module.split(".")[0]}: pip install "detr_nb[{extra}]"'
+                        ) from None
 
 
 def _has_torchscript_exporter() -> bool:
@@ -227,3 +231,105 @@ def parity(model: nn.Module, detector: OnnxDetector, images: Tensor, mask: Optio
         want = model(images.to(device), None if mask is None else mask.to(device))
     got = detector(images, mask)
     return {k: float((got[k].cpu() - want[k].float().cpu()).abs().max()) for k in OUTPUTS}
+
+
+# ----------------------------------------------------------------------------- weights, and Hugging Face
+def export_safetensors(model: nn.Module, path: Union[str, Path], categories: Dict[int, str],
+                       category_ids: Optional[Dict[int, int]] = None) -> Path:
+    """The weights as safetensors at ``path``, and ``config.json`` beside them: the model's name and
+    configuration, its number of classes, and each label's name and category id. Loading needs detr_nb's model
+    code only (README, "Your model, outside detr_nb")."""
+    safetensors = require("safetensors.torch", "the safetensors export", "hf")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    safetensors.save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(path))
+    config = {"model": model.name, "num_classes": model.num_classes, "model_config": dataclasses.asdict(model.config),
+              "categories": {int(k): v for k, v in categories.items()},
+              "category_ids": {int(k): int(v) for k, v in (category_ids or {k: k for k in categories}).items()}}
+    path.with_name("config.json").write_text(json.dumps(config, indent=1))
+    return path
+
+
+def hf_equivalent(model: nn.Module) -> Optional[str]:
+    """None when ``model`` has the layout of Hugging Face's ``DetrForObjectDetection`` (the paper's DETR on a whole
+    frozen-BatchNorm ResNet, post-norm: detr_r50/r101, their DC5 and their fine-tunes), else why not."""
+    cfg = model.config
+    if type(model).__name__ != "DETR":
+        return f"{model.name} is a {type(model).__name__}, which Hugging Face's DETR does not have"
+    if cfg.backbone_norm != "frozen_bn" or cfg.backbone_width != 1.0 or cfg.return_layer != "layer4" or cfg.pre_norm:
+        return f"{model.name}'s backbone or norm differs from Hugging Face's DETR (a whole ResNet, frozen BatchNorm)"
+    if cfg.dilation and cfg.backbone in ("resnet18", "resnet34"):   # timm dilates BasicBlocks otherwise
+        return f"{model.name}'s dilated {cfg.backbone} differs from timm's, which Hugging Face's DETR runs"
+    return None
+
+
+def _hf_value(key: str, ours: Dict[str, Tensor]) -> Tensor:
+    """The value of one key of ``DetrForObjectDetection``'s state dict (transformers 4.x and 5.x names) from ours."""
+    m = re.fullmatch(r"model\.backbone\.(?:conv_encoder\.)?model\.(.+)", key)
+    if m:
+        return ours[f"backbone.0.body.{m.group(1)}"]
+    m = re.fullmatch(r"model\.(encoder|decoder)\.layers\.(\d+)\.(self_attn|encoder_attn)\.([qkvo]|out)_proj\.(weight|bias)", key)
+    if m:
+        part, i, attn, which, kind = m.groups()
+        prefix = f"transformer.{part}.layers.{i}.{'self_attn' if attn == 'self_attn' else 'multihead_attn'}"
+        if which in ("o", "out"):
+            return ours[f"{prefix}.out_proj.{kind}"]
+        return ours[f"{prefix}.in_proj_{kind}"].chunk(3)["qkv".index(which)]    # ours packs q, k, v
+    m = re.fullmatch(r"model\.(encoder|decoder)\.layers\.(\d+)\.(?:mlp\.)?(\w+)\.(weight|bias)", key)
+    if m:
+        part, i, name, kind = m.groups()
+        norms = ({"self_attn_layer_norm": "norm1", "final_layer_norm": "norm2"} if part == "encoder" else
+                 {"self_attn_layer_norm": "norm1", "encoder_attn_layer_norm": "norm2", "final_layer_norm": "norm3"})
+        return ours[f"transformer.{part}.layers.{i}.{ {'fc1': 'linear1', 'fc2': 'linear2', **norms}[name]}.{kind}"]
+    renamed = {"model.input_projection": "input_proj", "model.query_position_embeddings": "query_embed",
+               "model.decoder.layernorm": "transformer.decoder.norm", "class_labels_classifier": "class_embed",
+               "bbox_predictor": "bbox_embed"}
+    prefix = next(p for p in renamed if key.startswith(p + "."))
+    return ours[renamed[prefix] + key[len(prefix):]]
+
+
+def export_hf(model: nn.Module, folder: Union[str, Path], categories: Dict[int, str], preset: str = "official") -> Path:
+    """A folder that ``transformers.DetrForObjectDetection.from_pretrained(folder)`` loads offline, with the
+    same weights (``config.json`` + ``model.safetensors``), and the image processor of ``preset`` (its eval
+    resize; "cpu" and "none" keep the size), so ``pipeline("object-detection", model=folder)`` runs; a one-line
+    UserError for a model without an equivalent (:func:`hf_equivalent`). Needs transformers and timm (its ResNet
+    has torchvision's names)."""
+    transformers = require("transformers", "the Hugging Face export", "hf")
+    require("timm", "the Hugging Face export", "hf")
+    why = hf_equivalent(model)
+    if why:
+        raise UserError(f"no Hugging Face export: {why}; export it with --format safetensors or onnx")
+    cfg = model.config
+    named = {int(k): str(v) for k, v in categories.items()}
+    labels = {k: named.get(k, "N/A") for k in range(model.num_classes)}   # unused ids: "N/A", as facebook/detr-resnet-50
+    hf_config = transformers.DetrConfig(
+        num_labels=model.num_classes, num_queries=cfg.num_queries, d_model=cfg.hidden_dim, encoder_layers=cfg.enc_layers,
+        decoder_layers=cfg.dec_layers, encoder_attention_heads=cfg.nheads, decoder_attention_heads=cfg.nheads,
+        encoder_ffn_dim=cfg.dim_feedforward, decoder_ffn_dim=cfg.dim_feedforward, dropout=cfg.dropout,
+        auxiliary_loss=False, backbone=cfg.backbone, use_timm_backbone=True, use_pretrained_backbone=False,
+        dilation=cfg.dilation, id2label=labels, label2id={v: k for k, v in labels.items()})
+    transformers.utils.logging.disable_progress_bar()     # its per-shard bars on every save and load
+    hf = transformers.DetrForObjectDetection(hf_config)
+    ours = model.state_dict()
+    hf.load_state_dict({k: _hf_value(k, ours) for k in hf.state_dict()}, strict=True)
+    hf.save_pretrained(str(folder))
+    sizes = {"official": (800, 1333), "t4": (640, 1000)}     # make_transforms' eval resize
+    resize = {"size": dict(zip(("shortest_edge", "longest_edge"), sizes[preset]))} if preset in sizes else \
+        {"do_resize": False}
+    transformers.DetrImageProcessor(**resize).save_pretrained(str(folder))
+    return Path(folder)
+
+
+def hf_parity(model: nn.Module, folder: Union[str, Path]) -> Dict[str, float]:
+    """Max |Hugging Face - detr_nb| of the logits and boxes of the folder :func:`export_hf` wrote, on two random
+    images, the second padded on the right and bottom (``pixel_mask`` 0 there, our mask True)."""
+    transformers = require("transformers", "the Hugging Face check", "hf")
+    hf = transformers.DetrForObjectDetection.from_pretrained(str(folder)).eval()
+    images = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(2, 96, 128, dtype=torch.bool)
+    mask[1, :, 96:] = mask[1, 64:] = True
+    with inference_mode(model), torch.no_grad():
+        want = model(images.to(next(model.parameters()).device), mask.to(next(model.parameters()).device))
+        got = hf(pixel_values=images, pixel_mask=(~mask).long())
+    return {"pred_logits": float((got.logits - want["pred_logits"].cpu()).abs().max()),
+            "pred_boxes": float((got.pred_boxes - want["pred_boxes"].cpu()).abs().max())}

@@ -73,8 +73,13 @@ def detect(model, image, transforms, device="cpu", postprocess=None) -> Dict:
     (:func:`detr_nb.config.build_postprocess`) unless given (an ONNX file takes its PyTorch model's)."""
     w, h = image.size
     tensor, _ = transforms(image, None)                     # (3, H', W')
+    # An image smaller than the backbone's stride is padded up to it (marked as padding), never refused.
+    stride = getattr(getattr(model, "backbone", None), "stride", 32)
+    pad_h, pad_w = max(0, stride - tensor.shape[1]), max(0, stride - tensor.shape[2])
+    mask = torch.nn.functional.pad(torch.zeros(tensor.shape[1:], dtype=torch.bool), (0, pad_w, 0, pad_h), value=True)
+    tensor = torch.nn.functional.pad(tensor, (0, pad_w, 0, pad_h))
     model.eval()
-    outputs = model(tensor[None].to(device))
+    outputs = model(tensor[None].to(device), mask[None].to(device) if pad_h or pad_w else None)
     res = (postprocess or build_postprocess(model))(outputs, torch.tensor([[h, w]], device=device))[0]
     res = {k: v.cpu() for k, v in res.items()}
     res["boxes"] = torch.minimum(res["boxes"].clamp(min=0), torch.tensor([w, h, w, h], dtype=torch.float32))
@@ -107,10 +112,13 @@ def check_threshold(threshold: float) -> float:
 
 
 def predict_paths(model, items: Sequence[str], out, *, preset: str, device="cpu", threshold: float = 0.5,
-                  categories: Optional[Mapping[int, str]] = None, log=print) -> Dict:
+                  categories: Optional[Mapping[int, str]] = None, category_ids: Optional[Mapping[int, int]] = None,
+                  coco: bool = False, log=print) -> Dict:
     """Run ``model`` on every image of ``items``; write ``<out>/<name>.png`` (boxes with score >= ``threshold``
-    drawn on the upright image) and ``<out>/predictions.json``; return the JSON (``threshold``, ``images``: one
-    record per image, ``skipped``).
+    drawn on the upright image) and ``<out>/predictions.json``: one record per image (its file, size and
+    detections: the category id of the training file, its name, score, ``box_xyxy``) and the files ``skipped``;
+    with ``coco``, the detections in COCO's result format instead (``image_id`` = the image's position from 1,
+    ``file_name``, ``category_id``, ``bbox`` [x, y, w, h], ``score``). Returns the records.
 
     A file named in ``items`` that cannot be read stops everything before any image is run (one-line
     :class:`UserError`); an unreadable file found in a folder is skipped with a warning and counted in the
@@ -149,13 +157,17 @@ def predict_paths(model, items: Sequence[str], out, *, preset: str, device="cpu"
                            title=f"{Path(shown).name}: {len(labels)} box(es) with score >= {threshold}")
             records.append({"image": shown, "annotated": str(out / f"{name}.png"),
                             "width": image.size[0], "height": image.size[1], "detections": [
-                                {"label": int(l), "name": (categories or {}).get(int(l), str(int(l))),
+                                {"category_id": int((category_ids or {}).get(int(l), l)),
+                                 "name": (categories or {}).get(int(l), str(int(l))),
                                  "score": round(float(s), 4), "box_xyxy": [round(float(v), 1) for v in b]}
                                 for l, s, b in zip(labels, scores, boxes.tolist())]})
             log(f"{shown}: {len(labels)} box(es) -> {out / (name + '.png')}")
     found = {"threshold": threshold, "images": records, "skipped": unreadable}
+    results = [{"image_id": i + 1, "file_name": r["image"], "category_id": d["category_id"], "score": d["score"],
+                "bbox": [x0, y0, round(x1 - x0, 1), round(y1 - y0, 1)]}
+               for i, r in enumerate(records) for d in r["detections"] for x0, y0, x1, y1 in [d["box_xyxy"]]]
     with open(out / "predictions.json", "w") as f:
-        json.dump(found, f, indent=1)
+        json.dump(results if coco else found, f, indent=1)
     if unreadable:
         log(f"{len(unreadable)} unreadable image file(s) skipped, {len(records)} predicted")
     return found

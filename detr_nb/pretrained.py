@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import re
+import urllib.parse
+import urllib.request
 import warnings
+from pathlib import Path
 from typing import Dict, List, Optional
 
 import torch
@@ -68,19 +71,31 @@ def load_pretrained(model: nn.Module, name: str = "detr_r50", *, url: Optional[s
 
 
 def load_checkpoint_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> List[str]:
-    """Load a DETR state dict strictly, except that a class head of another size is skipped.
-
-    Returns the list of skipped keys (empty or the class head)."""
+    """Load a DETR state dict strictly, but for what fine-tuning changes, each said in one line: a class head of
+    another size is left as initialised (new classes), and object queries of another number are the first rows
+    of the checkpoint's (fewer) or initialised afresh (more). Returns the keys not loaded as they were."""
     own = model.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
     mismatched = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
-    skipped: List[str] = []
-    if set(mismatched) <= set(CLASS_HEAD) and mismatched:
-        skipped = [k for k in CLASS_HEAD if k in state]
-        warnings.warn(f"checkpoint class head has {state['class_embed.weight'].shape[0]} outputs, the model "
-                      f"{own['class_embed.weight'].shape[0]} (num_classes + 1): class_embed is NOT loaded "
-                      "(left as initialised, to be fine-tuned); all other weights are loaded.", stacklevel=3)
+    state, skipped = dict(state), []
+    if mismatched and set(mismatched) <= set(CLASS_HEAD) | {"query_embed.weight"}:
+        if "class_embed.weight" in mismatched:
+            outputs = (state["class_embed.weight"].shape[0], own["class_embed.weight"].shape[0])
+            skipped += [k for k in CLASS_HEAD if state.pop(k, None) is not None]
+            warnings.warn("the checkpoint's class head has %d outputs, the model's %d (num_classes + 1): class_embed "
+                          "is left as initialised, to be fine-tuned; the other weights are loaded" % outputs,
+                          stacklevel=3)
+        if "query_embed.weight" in mismatched:
+            theirs, ours = state["query_embed.weight"].shape[0], own["query_embed.weight"].shape[0]
+            if ours < theirs:
+                state["query_embed.weight"] = state["query_embed.weight"][:ours]
+            else:
+                del state["query_embed.weight"]
+                skipped.append("query_embed.weight")
+            warnings.warn(f"the checkpoint has {theirs} object queries, the model {ours}: " +
+                          (f"the first {ours} are kept" if ours < theirs else "the model's are initialised afresh"),
+                          stacklevel=3)
         mismatched = []
     if missing or unexpected or mismatched:
         msg = ["checkpoint does not fit the model:"]
@@ -91,8 +106,22 @@ def load_checkpoint_state(model: nn.Module, state: Dict[str, torch.Tensor]) -> L
             msg.append(f"  shape mismatch ({len(mismatched)}): " + _short(
                 [f"{k} checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in mismatched]))
         raise ValueError("\n".join(msg))
-    model.load_state_dict({k: v for k, v in state.items() if k not in skipped}, strict=not skipped)
+    model.load_state_dict(state, strict=not skipped)
     return skipped
+
+
+def available(name: str, timeout: float = 3.0) -> Optional[str]:
+    """None when the released checkpoint ``name`` can be had (in torch.hub's cache, or its URL answers), else
+    why not, in a few words."""
+    url = CHECKPOINTS[name]
+    if (Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]).is_file():
+        return None
+    try:
+        urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=timeout).close()
+    except (OSError, ValueError) as e:   # no network, a refused or unknown host, an HTTP error
+        reason = getattr(e, "reason", None) or e
+        return f"{urllib.parse.urlsplit(url).netloc} cannot be reached ({getattr(reason, 'strerror', None) or reason})"
+    return None
 
 
 def _warn_if_other_architecture(model: nn.Module, name: Optional[str]) -> None:

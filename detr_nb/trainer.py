@@ -26,6 +26,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,8 +46,8 @@ except ImportError:  # pragma: no cover
 
 from . import checkpoint as ckpt
 from .config import TrainConfig, amp_dtype, build_criterion, build_model, check_config, model_config, resolve_device
-from .data import (EpochBatchSampler, SeededSamples, build_dataset, check_images, check_split, collate_fn,
-                   most_objects, unwrap)
+from .data import (EpochBatchSampler, SeededSamples, augment_from_text, build_dataset, check_images, check_split,
+                   collate_fn, most_objects, unwrap)
 from .errors import ConfigError
 from .evaluate import category_names, evaluate_run, sample_predictions, save_stats
 from .figures import draw_predictions, loss_figure
@@ -81,13 +82,15 @@ class Trainer:
     """A run's model, data, optimizer and position; :meth:`fit` trains, :meth:`evaluate` scores.
 
     ``callbacks``: functions ``f(trainer)`` called after every optimizer step (live plots, diagnostics).
-    ``module``: a model of ``build_model`` to train instead of building the configured one (the init study). Attributes:
+    ``module``: a model of ``build_model`` to train instead of building the configured one (the init study).
+    ``augment``: your augmentation of the training images after the preset's, a ``torchvision.transforms.v2``
+    transform or any callable ``(image, target) -> (image, target)`` (``TrainConfig.augment`` is the same as text). Attributes:
     ``model`` (unwrapped), ``state``, ``step``, ``epoch``, ``out``, ``history`` (the metrics lines), ``last_good``
     (the newest checkpoint written or resumed from), ``resumed_from``.
     """
 
     def __init__(self, config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = (),
-                 module: Optional[nn.Module] = None, **overrides):
+                 module: Optional[nn.Module] = None, augment: Optional[Callable] = None, **overrides):
         self._since = time.perf_counter()   # the clock runs from here: setup counts against a time budget
         config = TrainConfig(**overrides) if config is None else config.replace(**overrides) if overrides else config
         cfg = self.cfg = check_config(config)
@@ -117,9 +120,11 @@ class Trainer:
         # Data: rank 0 first (it may draw the synthetic set) and checks it; a seeded order of batches.
         if not self.is_main:
             barrier()
+        augment = augment or (augment_from_text(cfg.augment) if cfg.augment else None)
         self.train_set, self.val_set = (build_dataset(cfg.dataset, split, cfg.preset, root=cfg.data_root,
-                                                      skip_unreadable=split == cfg.train_split, **cfg.data_kwargs)
-                                        for split in (cfg.train_split, cfg.val_split))
+                                                      skip_unreadable=train, augment=augment if train else None,
+                                                      **cfg.data_kwargs)
+                                        for split, train in ((cfg.train_split, True), (cfg.val_split, False)))
         if self.is_main:
             self.preflight()
             barrier()
@@ -142,8 +147,10 @@ class Trainer:
             model = build_model(cfg.model, num_classes=self.num_classes, impl=cfg.impl,
                                 pretrained_backbone=bool(cfg.pretrained_backbone), **cfg.model_overrides)
             if cfg.pretrained:
-                load_pretrained(model, cfg.pretrained)
-                self.log(f"loaded pretrained weights {cfg.pretrained}")
+                with warnings.catch_warnings(record=True) as said:   # what fine-tuning changes, one line each
+                    warnings.simplefilter("always")
+                    load_pretrained(model, cfg.pretrained)
+                self.log(f"loaded pretrained weights {cfg.pretrained}" + "".join(f"; {w.message}" for w in said))
         torch.manual_seed(cfg.seed + 1 + self.rank)          # dropout differs per rank, the init does not
         self.model = model.to(self.device)
         if self.device.type == "cuda":
@@ -182,6 +189,7 @@ class Trainer:
         self._bad_in_a_row = 0
         self._window_images, self._window_t = 0, time.perf_counter()
         self._saved_at = self.position() if self.resumed_from else None
+        self.tensorboard = tensorboard_writer(self.out, self.log) if self.is_main else None
         barrier()
 
     # ------------------------------------------------------------------ setup helpers
@@ -231,6 +239,8 @@ class Trainer:
     def close(self) -> None:
         """Stop the data workers and release the output folder (another run may use it from now on)."""
         self.close_workers()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
         if self.lock is not None:
             self.lock.release()
 
@@ -268,7 +278,8 @@ class Trainer:
                 "scaler": self.scaler.state_dict(), "rng": all_gather(ckpt.capture_rng_state()),
                 "world_size": self.world_size, "config": self.cfg.to_dict(), "model_name": self.cfg.model,
                 "model_config": asdict(self.model.config), "num_classes": self.num_classes,
-                "categories": {int(k): str(v) for k, v in unwrap(self.train_set)[0].categories.items()}}
+                "categories": {int(k): str(v) for k, v in unwrap(self.train_set)[0].categories.items()},
+                "category_ids": {int(k): int(v) for k, v in unwrap(self.train_set)[0].category_ids.items()}}
 
     def load_state_dict(self, saved: Dict, path: Path) -> None:
         """Continue from a checkpoint, refused in one line if it was trained under settings that the data order or
@@ -318,10 +329,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ metrics
     def _write(self, rec: Dict) -> None:
+        """A metrics line: in ``history``, in ``metrics.jsonl`` and, as scalars, in TensorBoard."""
         self.history.append(rec)
         if self.is_main:
             with open(self.out / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(rec) + "\n")
+        if self.tensorboard is not None:
+            for key, value in rec.items():
+                if key not in ("kind", "step", "epoch") and isinstance(value, (int, float)) and math.isfinite(value):
+                    self.tensorboard.add_scalar(f"{rec['kind']}/{key}", value, rec["step"])
 
     def _flush(self) -> Optional[Dict]:
         """Copy the queued loss terms to the host (one sync), check them, write a metrics line."""
@@ -489,10 +505,11 @@ class Trainer:
         """The forward pass's precision: autocast to fp16/bf16 on CUDA, nothing (float32) elsewhere."""
         return torch.autocast(self.device.type, self.dtype) if self.dtype else contextlib.nullcontext()
 
-    def evaluate(self, verbose: bool = True) -> Optional[Dict[str, float]]:
-        """COCO numbers on the validation split (rank 0; the other ranks return None)."""
-        stats = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.autocast, verbose) \
-            if self.is_main else None
+    def evaluate(self, verbose: bool = True, detections_file=None) -> Optional[Dict[str, float]]:
+        """COCO numbers on the validation split (rank 0; the other ranks return None), the detections written to
+        ``detections_file`` when given."""
+        stats = evaluate_run(self.model, self.val_set, self.cfg, self.device, self.autocast, verbose,
+                             detections_file) if self.is_main else None
         barrier()
         return stats
 
@@ -518,7 +535,7 @@ def train(config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = 
         if cfg.eval_at_end:
             tr.log(f"evaluating on {min(len(tr.val_set), cfg.max_eval_images or len(tr.val_set))} validation images "
                    f"(COCO mAP, pycocotools)")
-            stats = tr.evaluate(verbose=True)
+            stats = tr.evaluate(verbose=True, detections_file=tr.out / "detections.json")
             if stats is not None:
                 save_stats(stats, tr.out / "eval.json", step=tr.step, epoch=tr.epoch,
                            train_time_s=summary["train_time_s"], model=cfg.model, dataset=cfg.dataset)
@@ -527,7 +544,10 @@ def train(config: Optional[TrainConfig] = None, callbacks: Sequence[Callable] = 
         if tr.is_main:
             samples = sample_predictions(tr.model, tr.val_set, range(8), tr.device, tr.autocast)
             names = category_names(tr.val_set)
-            draw_predictions(samples, names=names).savefig(tr.out / "predictions.png", dpi=90)
+            figure = draw_predictions(samples, names=names)
+            figure.savefig(tr.out / "predictions.png", dpi=90)
+            if tr.tensorboard is not None:
+                tr.tensorboard.add_figure("predictions", figure, tr.step)
             loss_figure(tr.history, title=f"{cfg.model} on {cfg.dataset}").savefig(tr.out / "loss.png", dpi=90)
             with open(tr.out / "summary.json", "w") as f:
                 json.dump(summary, f, indent=2, default=str)
@@ -563,6 +583,17 @@ def all_gather(obj) -> list:
     out = [None] * dist.get_world_size()
     dist.all_gather_object(out, obj)
     return out
+
+
+def tensorboard_writer(out: Path, log: Callable):
+    """A TensorBoard writer of event files in ``out`` (beside metrics.jsonl), or None, said once, without the
+    optional tensorboard package (Colab has it)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter   # needs the package tensorboard
+    except ImportError:
+        log("no TensorBoard event files: the package tensorboard is not installed (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(out), flush_secs=10)
 
 
 def memory_mb(device: torch.device) -> float:

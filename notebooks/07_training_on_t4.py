@@ -82,7 +82,7 @@ from detr_nb.evaluate import category_names, sample_predictions
 from detr_nb.figures import draw_predictions, loss_figure
 from detr_nb.teach.diagnostics import GradientStats, plot_histograms, plot_layer_series, read_jsonl, weight_histograms
 from detr_nb.teach.paths import checkpoint_root, workdir
-from detr_nb.teach.training import LiveLossPlot, SimulatedDisconnect, disconnect_after
+from detr_nb.teach.training import LiveLossPlot, SimulatedDisconnect, disconnect_after, show_tensorboard
 
 if SMOKE:
     torch.set_num_threads(1)   # the test machine shares 2 cores between processes: one thread each avoids contention
@@ -239,6 +239,15 @@ assert trainer.resumed_from is not None
 fig = loss_figure(read_jsonl(out / "metrics.jsonl"), resumes=live.resumes,
                   title=f"{config.model}: {trainer.step} steps in 3 sessions")
 display(fig)
+
+# %% [markdown]
+# **TensorBoard.** The trainer also writes TensorBoard event files beside `metrics.jsonl`: each loss term,
+# the learning rate, the evaluation AP, and the predictions figure at each evaluation. In any notebook,
+# `%load_ext tensorboard` then `%tensorboard --logdir <run folder>` shows them (Colab has TensorBoard
+# installed); `show_tensorboard` runs those two lines in Colab, and elsewhere prints the command.
+
+# %%
+show_tensorboard(out, start=not SMOKE)   # the smoke run (tests) starts no server
 
 # %% [markdown]
 # ## 6. Diagnostics over time

@@ -24,8 +24,9 @@
 # 2. the pretrained model as it is (it knows COCO's 80 classes, not "balloon");
 # 3. fine-tuning, then its COCO AP and its boxes on the validation photos;
 # 4. **your own photo**: upload one, or give a URL;
-# 5. **take it home**: the checkpoint, the `predict` command, and an ONNX file that runs without PyTorch
-#    (onnxruntime), checked against the PyTorch model box for box.
+# 5. **take it home**: the checkpoint, the `predict` command, an ONNX file that runs without PyTorch
+#    (onnxruntime), checked against the PyTorch model box for box, the weights as safetensors, and a Hugging
+#    Face folder, downloaded to your computer.
 #
 # Smoke mode (the tests, offline, on a CPU) uses self-made images and a small randomly initialised DETR.
 
@@ -67,15 +68,15 @@ from detr_nb import TrainConfig, Trainer
 from detr_nb.config import build_postprocess, resolve_device
 from detr_nb.data import build_dataset, make_transforms
 from detr_nb.evaluate import category_names, sample_predictions
-from detr_nb.export import OnnxDetector, export_onnx, parity
+from detr_nb.export import OnnxDetector, export_hf, export_onnx, export_safetensors, hf_equivalent, hf_parity, parity
 from detr_nb.figures import draw_boxes, draw_predictions
 from detr_nb.predict import detect, open_input
 from detr_nb.pretrained import COCO_CLASSES
 from detr_nb.teach.data_viz import show_samples
 from detr_nb.teach.images import sample_image
 from detr_nb.teach.paths import checkpoint_root, workdir
-from detr_nb.teach.training import LiveLossPlot
-from detr_nb.teach.uploads import colab_upload, first_photo, uploaded_files
+from detr_nb.teach.training import LiveLossPlot, show_tensorboard
+from detr_nb.teach.uploads import colab_download, colab_upload, first_photo, uploaded_files
 
 if SMOKE:
     torch.set_num_threads(1)
@@ -163,6 +164,13 @@ live = LiveLossPlot(every=1 if SMOKE else 30)
 trainer = Trainer(config, callbacks=[live])
 reason = trainer.fit()
 print(f"stopped by {reason!r} after {trainer.step} steps ({trainer.time_s():.0f} s); checkpoint {trainer.last_good}")
+
+# %% [markdown]
+# The run's TensorBoard (`%load_ext tensorboard`, then `%tensorboard --logdir <run folder>`): each loss term,
+# the learning rates, the AP after each epoch and the predictions figure.
+
+# %%
+show_tensorboard(trainer.out, start=not SMOKE)   # the smoke run (tests) starts no server
 
 # %% [markdown]
 # ## 4. How good is it
@@ -275,12 +283,51 @@ for ax, (name, out) in zip(axes, (("PyTorch", ours), ("onnxruntime", theirs))):
     ax.set_title(f"{name}: {len(res['scores'])} boxes", fontsize=9)
     ax.set_axis_off()
 plt.show()
+
+# %% [markdown]
+# **safetensors**, for PyTorch without the training state: the weights alone, and a `config.json` with the
+# model's configuration, its class names and the dataset's category ids (the README shows the five lines that
+# load them with `detr_nb.build_model`). **Hugging Face**: a folder that `transformers`'
+# `DetrForObjectDetection.from_pretrained` and `pipeline("object-detection")` load, for the models of the
+# official layout, such as this fine-tuned DETR-R50 (smoke mode's tiny model has none, and says so); the
+# export checks its outputs against ours on padded images. On the command line: `python -m detr_nb export
+# --run <run folder> --format safetensors` (or `--format hf`). Then the files come to your computer (Colab's
+# download; the Hugging Face folder as a .zip).
+
+# %%
+train_base = train_set.dataset if isinstance(train_set, torch.utils.data.Subset) else train_set
+weights = export_safetensors(model, trainer.out / "model.safetensors", train_base.categories, train_base.category_ids)
+print("weights:", weights, "+", weights.with_name("config.json"))
+take_home = [onnx_path, weights, weights.with_name("config.json")]
+why_not = hf_equivalent(model)
+if why_not:
+    print("no Hugging Face export:", why_not)
+else:
+    hf_dir = export_hf(model, trainer.out / "hf_model", train_base.categories, config.preset)
+    delta = hf_parity(model, hf_dir)
+    print(f"Hugging Face folder {hf_dir}: max |delta| logits {delta['pred_logits']:.1e}, boxes {delta['pred_boxes']:.1e}")
+    take_home.append(hf_dir)
+colab_download(*take_home)
 trainer.close()
+
+# %% [markdown]
+# **Share it on the Hugging Face Hub** (a free account and a token with write access; not run here):
+#
+# ```python
+# from huggingface_hub import notebook_login
+# from transformers import DetrForObjectDetection, DetrImageProcessor
+# notebook_login()
+# DetrForObjectDetection.from_pretrained(hf_dir).push_to_hub("your-name/balloon-detr")
+# DetrImageProcessor.from_pretrained(hf_dir).push_to_hub("your-name/balloon-detr")
+# ```
+#
+# Anyone can then run `pipeline("object-detection", model="your-name/balloon-detr")`.
 
 # %% [markdown]
 # **Summary.** Fine-tuning is the paper's model with a new class head and small learning rates; a few
 # minutes on a T4 turn COCO's DETR into a balloon detector. The checkpoint rebuilds the model anywhere
-# `detr_nb` is installed, and the ONNX file runs without PyTorch, with the same outputs to ~1e-5.
+# `detr_nb` is installed, the ONNX file runs without PyTorch, with the same outputs to ~1e-5, and the Hugging
+# Face folder runs in `transformers`.
 #
 # ## Exercises
 #

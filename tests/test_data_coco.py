@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from detr_nb.data import AnnotationError, CocoDetection, build_dataset, make_transforms
+from detr_nb.errors import UserError
 
 
 def write_coco(tmp_path, anns=None, images=None, categories=None, broken=None):
@@ -38,10 +39,12 @@ def test_targets_follow_contract(tmp_path):
     img_dir, ann = write_coco(tmp_path)
     with pytest.warns(UserWarning, match="1 degenerate"):
         ds = CocoDetection(img_dir, ann)
-    assert len(ds) == 2 and ds.num_classes == 8 and ds.categories == {3: "cat", 7: "dog"}
+    # ids 3 and 7 of two categories: the labels are their ranks, so the head has 2 classes, not 8
+    assert len(ds) == 2 and ds.num_classes == 2 and ds.categories == {0: "cat", 1: "dog"}
+    assert ds.category_ids == {0: 3, 1: 7}
     image, t = ds[0]
     assert image.shape == (3, 30, 40) and image.dtype == torch.float32
-    assert t["labels"].tolist() == [7, 3] and t["labels"].dtype == torch.int64
+    assert t["labels"].tolist() == [1, 0] and t["labels"].dtype == torch.int64
     assert t["boxes"].dtype == torch.float32 and t["boxes"].shape == (2, 4)
     # (4,3)-(14,9) -> cxcywh (9, 6, 10, 6) / (40, 30); (30,20)-(40,30) after clamping
     torch.testing.assert_close(t["boxes"][0], torch.tensor([9 / 40, 6 / 30, 10 / 40, 6 / 30]))
@@ -60,9 +63,11 @@ def test_size_after_resize_and_folder_build(tmp_path):
         val = CocoDetection(img_dir, ann, transforms=make_transforms("official", train=False))
     _, t = val[0]
     assert t["size"].tolist() == [800, 1067] and t["orig_size"].tolist() == [30, 40]
-    assert len(ds) == 2
-    with pytest.raises(FileNotFoundError, match="instances_val"):
-        build_dataset(str(tmp_path), "val")
+    # a train split without a val split: a seeded share of it is held out, the rest trains
+    held = build_dataset(str(tmp_path), "val", transforms=None)
+    assert len(ds) == 1 and len(held) == 1 and set(ds.indices).isdisjoint(held.indices)
+    with pytest.raises(UserError, match="no split 'test'.*Roboflow"):
+        build_dataset(str(tmp_path), "test")
 
 
 def test_bad_json(tmp_path):

@@ -12,6 +12,7 @@ from PIL import Image
 
 from detr_nb.data import build_dataset, datasets
 from detr_nb.data.datasets import Remote, coco_subset, pennfudan_to_coco, via_to_coco, voc_to_coco
+from detr_nb.pretrained import COCO_CLASSES
 
 
 def png_bytes(arr, mode=None):
@@ -175,7 +176,7 @@ def coco_json():
             "images": [{"id": i, "file_name": f"{i:012d}.jpg", "width": 30, "height": 20} for i in (1, 2, 3, 4)],
             "annotations": [{"id": 10 + i, "image_id": i, "bbox": [1, 2, 5, 6], "category_id": 18, "area": 30,
                              "iscrowd": 0} for i in (1, 2, 3, 4)],
-            "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}]}
+            "categories": [{"id": i, "name": name} for i, name in COCO_CLASSES.items()]}   # COCO's 80, ids 1..90
 
 
 def test_coco_subset(tmp_path):
@@ -197,7 +198,8 @@ def test_prepare_coco_end_to_end(tmp_path, monkeypatch):
     point(monkeypatch, "coco2017_annotations", ann, md5=hashlib.md5(open(ann, "rb").read()).hexdigest())
     point(monkeypatch, "coco2017_val", imgs, size=os.path.getsize(imgs))
     ds = build_dataset("coco2017", "val", "cpu", root=str(tmp_path / "c"), subset=3, progress=False)
-    assert len(ds) == 3 and ds.num_classes == 91 and ds.categories[18] == "dog"
+    # COCO's ids are compact enough to be the labels, as the released weights' 91-way head has them
+    assert len(ds) == 3 and ds.num_classes == 91 and ds.categories[18] == "dog" and ds.category_ids[18] == 18
     assert ds[0][1]["labels"].tolist() == [18]
     assert ds.ann_file.endswith("instances_val2017_subset3_seed0.json")
 

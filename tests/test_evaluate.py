@@ -42,13 +42,28 @@ def _dets(coco, dx=0.0, dy=0.0):
 def test_perfect_predictions_give_ap_one(capsys):
     coco = _gt()
     stats = coco_evaluate(coco, _dets(coco))
-    assert list(stats) == list(STAT_NAMES)
+    assert list(stats) == list(STAT_NAMES) + ["per_class"] and stats["per_class"] == {"a": 1.0, "b": 1.0}
     for k in STAT_NAMES:
         if k != "AR1":  # image 3 has 3 objects: one detection per image cannot recall them all
             assert stats[k] == pytest.approx(1.0), k
     assert stats["AR1"] == pytest.approx((1 + 2 / 3) / 2)  # per category: a 3/3, b 2/3 (image 3 has two b)
     out = capsys.readouterr().out
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ] = 1.000" in out
+
+
+def test_per_class_ap_is_cocoeval_on_that_class_alone(capsys):
+    coco = _gt()
+    dets = _dets(coco, dx=3.0)
+    dets[0]["category_id"] = 2                     # one wrong class: a misses a box, b gains a false one
+    per_class = coco_evaluate(coco, dets)["per_class"]
+    for cat in coco.loadCats(coco.getCatIds()):
+        with contextlib.redirect_stdout(io.StringIO()):
+            ev = COCOeval(coco, coco.loadRes(copy.deepcopy(dets)), "bbox")
+            ev.params.catIds = [cat["id"]]
+            ev.evaluate(); ev.accumulate(); ev.summarize()
+        assert per_class[cat["name"]] == pytest.approx(ev.stats[0]), cat
+    assert per_class["a"] < 1 and per_class["b"] < 1
+    assert f"AP {per_class['a']:.3f}  a" in capsys.readouterr().out   # the printed table
 
 
 def test_shifted_predictions_match_pycocotools():
@@ -73,12 +88,13 @@ def test_postprocessed_results_round_trip_through_coco_format():
         "categories": [{"id": c, "name": str(c)} for c in (3, 5)]})
     results = [{"boxes": xyxy, "scores": torch.tensor([0.8, 0.7]), "labels": torch.tensor([3, 5])}] * 2
     dets = to_coco_results(results, [1, 2])
+    assert to_coco_results(results, [1, 2], {3: 1003, 5: 1000000})[0]["category_id"] == 1003   # labels -> file ids
     assert dets[0] == {"image_id": 1, "category_id": 3, "bbox": [30.0, 30.0, 40.0, 40.0], "score": pytest.approx(0.8)}
     assert coco_evaluate(coco, dets, verbose=False)["AP"] == pytest.approx(1.0)
 
 
 def test_no_detections_give_zeros():
-    assert coco_evaluate(_gt(), [], verbose=False) == {k: 0.0 for k in STAT_NAMES}
+    assert coco_evaluate(_gt(), [], verbose=False) == {**{k: 0.0 for k in STAT_NAMES}, "per_class": {"a": 0.0, "b": 0.0}}
 
 
 # ----------------------------------------------------------------------------- the whole path, known answer

@@ -7,17 +7,18 @@
 from .coco import (CocoDetection, EmptySplitError, UnreadableImagesError, check_images, check_split, most_objects,
                    unwrap)
 from .coco_json import AnnotationError, coco_from_dict, load_coco_json
-from .datasets import (REAL_DATASETS, DownloadError, build_dataset, cache_dir, download, extract, find_coco_split,
-                       prepare)
+from .datasets import (LAYOUTS, REAL_DATASETS, DownloadError, build_dataset, cache_dir, download, extract,
+                       find_coco_split, prepare)
 from .image_io import image_size, open_image
 from .sampler import EpochBatchSampler, SeededSamples
 from .synthetic import CLASSES as SYNTHETIC_CLASSES
 from .synthetic import ensure_synthetic, render_sample, synthetic_params, synthetic_root
 from .transforms import (PRESETS, Compose, LimitSize, Normalize, RandomHorizontalFlip, RandomResize, RandomSelect,
-                         RandomSizeCrop, ToTensor, collate_fn, crop, hflip, make_transforms, pad_images, resize)
+                         RandomSizeCrop, ToTensor, UserTransform, augment_from_text, collate_fn, crop, hflip,
+                         make_transforms, pad_images, resize)
 
 __all__ = [
-    "AnnotationError", "CocoDetection", "Compose", "DownloadError", "EmptySplitError", "EpochBatchSampler",
+    "AnnotationError", "CocoDetection", "LAYOUTS", "UserTransform", "augment_from_text", "Compose", "DownloadError", "EmptySplitError", "EpochBatchSampler",
     "LimitSize", "Normalize", "PRESETS", "REAL_DATASETS", "RandomHorizontalFlip", "RandomResize", "RandomSelect",
     "RandomSizeCrop", "SYNTHETIC_CLASSES", "SeededSamples", "ToTensor", "UnreadableImagesError", "build_dataset",
     "cache_dir", "check_images", "check_split", "coco_from_dict", "collate_fn", "crop", "download",

@@ -10,7 +10,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Subset
 
 from ..errors import UserError
-from .coco_json import check_sizes, clean_boxes, coco_from_dict, ids_from_one, load_coco_json
+from .coco_json import check_sizes, class_labels, clean_boxes, coco_from_dict, ids_from_one, load_coco_json
 from .image_io import find_unreadable, open_image
 from .transforms import make_transforms
 
@@ -26,14 +26,15 @@ class UnreadableImagesError(UserError, OSError):
 class CocoDetection(Dataset):
     """``dataset[i] -> (image (3, H, W) float32, target)``, the images of ``img_folder`` with the annotations of
     ``ann_file`` (checked when built, :mod:`.coco_json`). ``target``: ``boxes`` float32 ``(N, 4)`` normalised
-    cx, cy, w, h; ``labels`` int64 ``(N,)``, the file's category ids; ``image_id``; ``orig_size`` / ``size``
+    cx, cy, w, h; ``labels`` int64 ``(N,)``, the classes of :func:`~.coco_json.class_labels`; ``image_id``; ``orig_size`` / ``size``
     (h, w) before / after the transforms (default ToTensor + Normalize); ``area``; ``iscrowd`` (zeros: crowd
     annotations are dropped). With ``skip_unreadable``, missing files are left out when the dataset is built,
     corrupt ones skipped when read, with a warning, instead of raising (``num_skipped`` counts both).
 
     Attributes: ``coco`` (the cleaned annotations: the evaluation ground truth), ``ids``, ``image_sizes`` ((w, h)
-    as displayed, per id), ``categories`` (id -> name), ``num_classes`` (max id + 1), ``num_boxes`` (non-crowd),
-    ``num_degenerate`` (boxes removed for having no area in their image), ``num_clamped``.
+    as displayed, per id), ``categories`` (label -> name), ``category_ids`` (label -> the file's category id),
+    ``num_classes`` (max label + 1), ``num_boxes`` (non-crowd), ``num_degenerate`` (boxes removed for having no
+    area in their image), ``num_clamped`` (boxes clipped to their image).
     """
 
     def __init__(self, img_folder: str, ann_file: str, transforms: Optional[Callable] = None,
@@ -43,6 +44,11 @@ class CocoDetection(Dataset):
         self.skip_unreadable = skip_unreadable
         self.num_skipped, self._bad = 0, set()
         data = load_coco_json(self.ann_file)
+        for im in data["images"]:   # a path of the exporter's own storage (Label Studio): the file by its name
+            if not os.path.isfile(os.path.join(self.img_folder, im["file_name"])):
+                name = os.path.basename(im["file_name"])
+                im["file_name"] = next((f for f in (os.path.join("images", name), name)
+                                        if os.path.isfile(os.path.join(self.img_folder, f))), im["file_name"])
         missing = check_sizes(data, self.img_folder, self.ann_file)
         if skip_unreadable and missing:  # out of training and evaluation alike; broken files are skipped when read
             gone = next(im["file_name"] for im in data["images"] if im["id"] in missing)
@@ -53,6 +59,8 @@ class CocoDetection(Dataset):
             self.num_skipped = len(missing)
         removed, self.num_clamped = clean_boxes(data)
         self.num_degenerate = len(removed)
+        self.label_of = class_labels(data["categories"])
+        data["annotations"] = [a for a in data["annotations"] if a["category_id"] in self.label_of]
         if removed:
             first = removed[0]
             name = next(im["file_name"] for im in data["images"] if im["id"] == first["image_id"])
@@ -60,6 +68,8 @@ class CocoDetection(Dataset):
                           f"image) from the annotations used for training and for evaluation (dataset.coco), e.g. "
                           f"annotation id {first['id']} on {name}; {self.num_clamped} other box(es) were clamped to "
                           f"their image", stacklevel=2)
+        elif self.num_clamped:
+            warnings.warn(f"{self.ann_file}: {self.num_clamped} box(es) reach past their image: clipped to it", stacklevel=2)
         ids_from_one(data["annotations"])
         self.coco = coco_from_dict(data)
         self.ids: List[int] = sorted(self.coco.imgs)
@@ -68,7 +78,9 @@ class CocoDetection(Dataset):
             (im["width"], im["height"]) if im.get("width") and im.get("height") else None
             for im in map(self.coco.imgs.get, self.ids)]
         self.num_boxes: int = sum(1 for a in data["annotations"] if not a["iscrowd"])
-        self.categories: Dict[int, str] = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        name = {int(c["id"]): str(c["name"]) for c in data["categories"]}
+        self.categories: Dict[int, str] = {label: name[i] for i, label in self.label_of.items()}
+        self.category_ids: Dict[int, int] = {label: i for i, label in self.label_of.items()}
         self.num_classes: int = (max(self.categories) + 1) if self.categories else 1
 
     def path(self, image_id: int) -> str:
@@ -102,7 +114,7 @@ class CocoDetection(Dataset):
         keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])  # (N,)
         return image, {
             "boxes": boxes[keep],
-            "labels": torch.tensor([a["category_id"] for a in anns], dtype=torch.int64)[keep],
+            "labels": torch.tensor([self.label_of[a["category_id"]] for a in anns], dtype=torch.int64)[keep],
             "area": torch.tensor([float(a["area"]) for a in anns], dtype=torch.float32)[keep],
             "iscrowd": torch.zeros(int(keep.sum()), dtype=torch.int64),
             "image_id": torch.tensor(image_id, dtype=torch.int64),

@@ -26,6 +26,14 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _number(v):
+    """A string that reads as a number, as that number; anything else unchanged (the checks judge it)."""
+    if isinstance(v, str):
+        with contextlib.suppress(ValueError):
+            return float(v)
+    return v
+
+
 # what a value must be -> the check (numbers are not strings, NaN, inf, booleans or null)
 _CHECKS = {
     "an integer": lambda v: isinstance(v, int) and _is_number(v),
@@ -67,6 +75,9 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
             raise AnnotationError(f"{ann_file}: missing top-level field '{key}'")
         if not isinstance(data[key], list):
             raise AnnotationError(f"{ann_file}: field '{key}' must be a list")
+    for a in data["annotations"]:   # numbers written as strings ("12.5"), as some hand-made files have them
+        if isinstance(a, dict) and isinstance(a.get("bbox"), list):
+            a["bbox"] = [_number(v) for v in a["bbox"]]
     seen: Dict[str, Dict[int, int]] = {}  # section -> {id: index}
     for key, rules in _RULES.items():
         seen[key] = {}
@@ -90,12 +101,26 @@ def load_coco_json(ann_file: str) -> Dict[str, Any]:
                         raise AnnotationError(f"{where} has field '{field}' = {e[field]}, which is not in '{section}'")
     for im in data["images"]:
         im.update({k: int(im[k]) for k in ("width", "height") if k in im})
+        im["file_name"] = im["file_name"].replace("\\", "/")   # exported on Windows (Label Studio)
     next_id = max(seen["annotations"], default=0) + 1  # numbered after the largest id: no two ids collide
     for a in data["annotations"]:
         if "id" not in a:
             a["id"], next_id = next_id, next_id + 1
         a["iscrowd"] = int(a.get("iscrowd", 0))
     return data
+
+
+def class_labels(categories: List[Dict]) -> Dict[int, int]:
+    """Category id -> the label the model predicts. Compact ids (the largest + 1 at most twice their number, as
+    COCO's 1..90 for 80 classes) are the labels themselves, as in the official DETR; others (1001, 1000000)
+    are numbered 0, 1, ... in id order, so that the class head never has more outputs than twice the classes.
+    A Roboflow export's root category (named after the dataset, supercategory "none", the supercategory of every
+    other) is no class."""
+    cats = [c for c in categories if not (c.get("supercategory") == "none" and len(categories) > 1 and
+                                          all(d.get("supercategory") == c["name"] for d in categories if d is not c))]
+    ids = sorted(int(c["id"]) for c in cats)
+    compact = not ids or max(ids) + 1 <= 2 * len(ids)
+    return {i: (i if compact else k) for k, i in enumerate(ids)}
 
 
 def ids_from_one(anns: List[Dict]) -> None:

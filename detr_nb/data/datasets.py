@@ -24,6 +24,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
+from torch.utils.data import Subset
 from tqdm.auto import tqdm
 
 from ..errors import UserError
@@ -73,31 +74,68 @@ VOC_CLASSES = tuple("aeroplane bicycle bird boat bottle bus car cat chair cow di
                     "pottedplant sheep sofa train tvmonitor".split())  # ids 1..20 in this order
 
 
-def find_coco_split(folder: str, split: str) -> Tuple[str, str]:
-    """``(img_folder, ann_file)`` of ``split`` in a COCO-format folder: the first that exists of
-    ``annotations/instances_{split}.json``, ``annotations/instances_{split}2017.json``, ``annotations/{split}.json``,
-    ``{split}.json``, and of ``{split}/``, ``{split}2017/``, ``images/{split}/``, ``images/``."""
+LAYOUTS = ("COCO: annotations/instances_<split>.json with <split>/ or images/",
+           "Roboflow COCO: <split>/_annotations.coco.json (train/, valid/, test/)",
+           "CVAT COCO 1.0: annotations/instances_default.json with images/",
+           "Label Studio COCO: result.json with images/")
+SPLIT_NAMES = {"val": ("val", "valid", "validation")}   # what exporters call a split
+VAL_SHARE = 0.2          # of a single annotated set's images, held out for validation (seeded)
+
+
+def _own_split(folder: str, split: str) -> Optional[Tuple[str, str]]:
+    """``(img_folder, ann_file)`` of a split that has its own annotation file (COCO's or Roboflow's layout)."""
+    def first(*paths, isdir=False):
+        return next((p for p in paths if (os.path.isdir(p) if isdir else os.path.isfile(p))), None)
+
     a = os.path.join(folder, "annotations")
-    anns = [os.path.join(a, f"instances_{split}.json"), os.path.join(a, f"instances_{split}2017.json"),
-            os.path.join(a, f"{split}.json"), os.path.join(folder, f"{split}.json")]
-    imgs = [os.path.join(folder, *p) for p in ((split,), (f"{split}2017",), ("images", split), ("images",))]
-    ann = next((p for p in anns if os.path.isfile(p)), None)
-    img = next((p for p in imgs if os.path.isdir(p)), None)
-    if ann is None or img is None:
-        tried = (anns if ann is None else []) + (imgs if img is None else [])
-        raise FileNotFoundError(f"no COCO-format split {split!r} in {folder}; looked for: " + ", ".join(tried))
-    return img, ann
+    for name in SPLIT_NAMES.get(split, (split,)):
+        ann = first(*(os.path.join(a, f) for f in (f"instances_{name}.json", f"instances_{name}2017.json",
+                                                    f"{name}.json")), os.path.join(folder, f"{name}.json"))
+        img = first(*(os.path.join(folder, *p) for p in ((name,), (f"{name}2017",), ("images", name), ("images",))),
+                    isdir=True)
+        if ann and img:
+            return img, ann
+        ann = first(os.path.join(folder, name, "_annotations.coco.json"))     # Roboflow
+        if ann:
+            return first(os.path.join(folder, name, "images"), isdir=True) or os.path.dirname(ann), ann
+    return None
+
+
+def find_coco_split(folder: str, split: str) -> Tuple[str, str, bool]:
+    """``(img_folder, ann_file, whole)`` of ``split`` in a folder of one of the :data:`LAYOUTS`: the split's own
+    files (``whole``), or the one annotated set that :func:`build_dataset` divides into train and val (``whole``
+    False): a CVAT or Label Studio export, a Roboflow export of one split, or a train split without a val split.
+    One line naming the layouts when none fits."""
+    own = _own_split(folder, split)
+    if split in ("train", "val"):
+        train, val = _own_split(folder, "train"), _own_split(folder, "val")
+        if train and not val:
+            return (*train, False)
+    if own:
+        return (*own, True)
+    roboflow = [d for d in sorted(os.listdir(folder)) if os.path.isfile(os.path.join(folder, d, "_annotations.coco.json"))]
+    single = [(os.path.join(folder, "images", "default"), os.path.join(folder, "annotations", "instances_default.json")),
+              (os.path.join(folder, "images"), os.path.join(folder, "annotations", "instances_default.json")),  # CVAT
+              (folder, os.path.join(folder, "result.json"))]                                                 # Label Studio
+    if len(roboflow) == 1:
+        single.append((os.path.join(folder, roboflow[0]), os.path.join(folder, roboflow[0], "_annotations.coco.json")))
+    found = next(((i, f) for i, f in single if os.path.isdir(i) and os.path.isfile(f)), None)
+    if found is None or split not in ("train", "val"):
+        raise UserError(f"{folder}: no split {split!r} in a layout detr_nb reads; it reads " + "; ".join(LAYOUTS))
+    return (*found, False)
 
 
 def build_dataset(name_or_path: str = "synthetic", split: str = "train", preset: str = "cpu", *,
-                  root: Optional[str] = None, skip_unreadable: bool = False, transforms=None,
-                  **kwargs) -> CocoDetection:
-    """A :class:`~.coco.CocoDetection` of ``split`` with ``make_transforms(preset, train=split == "train")`` (or
-    ``transforms``) of: ``"synthetic"`` (``kwargs`` go to :func:`~.synthetic.ensure_synthetic`; ``root`` defaults
-    to :func:`~.synthetic.synthetic_root`), a name in :data:`REAL_DATASETS` (``kwargs`` go to :func:`prepare`;
-    ``root`` is the cache), or a folder in COCO format (:func:`find_coco_split`)."""
+                  root: Optional[str] = None, skip_unreadable: bool = False, transforms=None, augment=None,
+                  seed: int = 0, **kwargs):
+    """A :class:`~.coco.CocoDetection` of ``split`` with ``make_transforms(preset, train=split == "train",
+    augment=augment)`` (or ``transforms``) of: ``"synthetic"`` (``kwargs`` go to :func:`~.synthetic.ensure_synthetic`;
+    ``root`` defaults to :func:`~.synthetic.synthetic_root`), a name in :data:`REAL_DATASETS` (``kwargs`` go to
+    :func:`prepare`; ``root`` is the cache), or a folder of one of the :data:`LAYOUTS`. A folder with one annotated
+    set gives a ``Subset`` of it: :data:`VAL_SHARE` of its images, drawn with ``seed``, for "val", the rest for
+    "train"."""
     if transforms is None:
-        transforms = make_transforms(preset, train=(split == "train"))
+        transforms = make_transforms(preset, train=(split == "train"), augment=augment)
     if name_or_path == "synthetic":
         if split not in ("train", "val"):
             raise ValueError(f"the synthetic dataset has splits 'train' and 'val', not {split!r}")
@@ -108,7 +146,15 @@ def build_dataset(name_or_path: str = "synthetic", split: str = "train", preset:
     elif os.path.isdir(name_or_path):
         if kwargs:
             raise TypeError(f"unexpected arguments for a COCO folder: {sorted(kwargs)}")
-        img_folder, ann_file = find_coco_split(name_or_path, split)
+        img_folder, ann_file, whole = find_coco_split(name_or_path, split)
+        if not whole:
+            dataset = CocoDetection(img_folder, ann_file, transforms=transforms, skip_unreadable=skip_unreadable)
+            order = random.Random(seed).sample(range(len(dataset)), len(dataset))
+            n_val = max(1, round(VAL_SHARE * len(dataset)))
+            if split == "train":
+                print(f"{name_or_path}: one annotated set ({ann_file}): {n_val} of its {len(dataset)} images "
+                      f"(seed {seed}) are held out for validation, the other {len(dataset) - n_val} train")
+            return Subset(dataset, sorted(order[:n_val] if split != "train" else order[n_val:]))
     else:
         raise ValueError(f"unknown dataset {name_or_path!r}: use 'synthetic', one of {REAL_DATASETS}, "
                          f"or a folder in COCO format")

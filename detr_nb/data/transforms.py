@@ -12,6 +12,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torchvision.transforms.functional as F
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 
 from ..models.box_ops import box_xyxy_to_cxcywh
 
@@ -142,6 +144,39 @@ class Normalize:
 
 
 @dataclass
+class UserTransform:
+    """Your augmentation, after a preset's: a ``torchvision.transforms.v2`` transform (its boxes move with the
+    pixels, as ``tv_tensors.BoundingBoxes``), or any callable ``(image, target) -> (image, target)`` on a PIL image
+    and absolute xyxy boxes. Objects whose box loses all its area are dropped, every per-object field with it."""
+    transform: Callable
+
+    def __call__(self, image, target):
+        if not isinstance(self.transform, v2.Transform):
+            return self.transform(image, target)
+        w, h = F.get_image_size(image)
+        boxes = tv_tensors.BoundingBoxes(target["boxes"], format="XYXY", canvas_size=(h, w))
+        image, boxes = self.transform(image, boxes)
+        (h, w), b = boxes.canvas_size, boxes.as_subclass(torch.Tensor).clone()   # (N, 4) x0, y0, x1, y1
+        b[:, 0::2], b[:, 1::2] = b[:, 0::2].clamp(0, w), b[:, 1::2].clamp(0, h)    # inside the new canvas
+        keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        target = {k: v[keep] if k in PER_OBJECT_FIELDS else v for k, v in target.items()}
+        target["boxes"] = b[keep]
+        return image, target
+
+
+def augment_from_text(text: str) -> Callable:
+    """``--augment``'s text, a ``torchvision.transforms.v2`` expression such as ``"v2.ColorJitter(0.4, 0.4)"``
+    or ``"v2.Compose([v2.RandomRotation(10), v2.GaussianBlur(3)])"``, as a transform (``v2`` is the module)."""
+    try:
+        transform = eval(text, {"__builtins__": {}, "v2": v2})   # the user's own option, on their own machine
+    except Exception as e:  # any syntax or name error in the text
+        raise ValueError(f"--augment {text!r} is not a torchvision.transforms.v2 expression ({e})") from None
+    if not callable(transform):
+        raise ValueError(f"--augment {text!r} is not a transform (callable), but {type(transform).__name__}")
+    return transform
+
+
+@dataclass
 class Compose:
     transforms: List[Callable]
 
@@ -158,10 +193,12 @@ T4_SCALES = list(range(480, 641, 32))  # the same recipe at smaller sizes, for a
 PRESETS = ("official", "t4", "cpu", "none")
 
 
-def make_transforms(preset: str = "official", train: bool = True, *, cpu_max_size: int = 512) -> Compose:
+def make_transforms(preset: str = "official", train: bool = True, *, cpu_max_size: int = 512,
+                    augment: Optional[Callable] = None) -> Compose:
     """The pipeline of a preset, ending in ToTensor + Normalize: ``"official"`` (DETR's recipe above), ``"t4"``
     (the same smaller), ``"cpu"`` (flip when training; images longer than ``cpu_max_size`` shrunk, the synthetic
-    ones pass at their own size), ``"none"`` (nothing else)."""
+    ones pass at their own size), ``"none"`` (nothing else); when training, ``augment`` (:class:`UserTransform`)
+    after the preset's steps."""
     if preset in ("official", "t4"):
         scales, max_size, val_size = (OFFICIAL_SCALES, 1333, 800) if preset == "official" else (T4_SCALES, 1000, 640)
         if train:
@@ -176,6 +213,8 @@ def make_transforms(preset: str = "official", train: bool = True, *, cpu_max_siz
         steps = []
     else:
         raise ValueError(f"unknown transform preset {preset!r}; choose one of {PRESETS}")
+    if train and augment is not None:
+        steps.append(UserTransform(augment))
     return Compose(steps + [ToTensor(), Normalize()])
 
 

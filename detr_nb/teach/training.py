@@ -1,11 +1,14 @@
-"""Notebook 07's training session helpers: live loss curves, and a disconnect played on purpose.
+"""Notebook 07's training session helpers: live loss curves, a disconnect played on purpose, and TensorBoard.
 
-Both are :class:`~detr_nb.trainer.Trainer` callbacks, functions of the trainer called after every optimizer step.
+The first two are :class:`~detr_nb.trainer.Trainer` callbacks, functions of the trainer called after every
+optimizer step.
 """
 from __future__ import annotations
 
+import sys
 from typing import Callable, List
 
+from IPython import get_ipython
 from IPython.display import display
 
 from ..figures import loss_figure
@@ -50,3 +53,15 @@ def disconnect_after(step: int) -> Callable:
         if trainer.step >= step:
             raise SimulatedDisconnect(f"runtime lost at step {trainer.step} (simulated)")
     return callback
+
+
+def show_tensorboard(logdir, start: bool = True) -> None:
+    """TensorBoard of a run's event files in the notebook, as ``%load_ext tensorboard`` and ``%tensorboard --logdir
+    <logdir>`` show it in Colab; elsewhere (or with ``start=False``) the command that shows it, one line."""
+    shell = get_ipython()
+    if start and shell is not None and "google.colab" in sys.modules:
+        shell.run_line_magic("load_ext", "tensorboard")
+        shell.run_line_magic("tensorboard", f"--logdir {logdir}")
+    else:
+        print(f"TensorBoard: tensorboard --logdir {logdir} (in a terminal), or %load_ext tensorboard and "
+              f"%tensorboard --logdir {logdir} (in a notebook)")

@@ -1,4 +1,5 @@
-"""Your own photo in a notebook (notebook 11): Colab's file picker, or the bytes of ``ipywidgets.FileUpload``.
+"""Files in and out of a notebook (notebook 11): your own photo through Colab's file picker or the bytes of
+``ipywidgets.FileUpload``; your exported model back to your computer (:func:`colab_download`).
 
 In Colab, :func:`colab_upload` opens ``google.colab.files.upload()``: Colab's runtime delivers the value of an
 ``ipywidgets.FileUpload`` empty for files of 1 MB or more (ipywidgets issue 3452, open), which covers most phone
@@ -9,6 +10,7 @@ there is none.
 """
 from __future__ import annotations
 
+import shutil
 import tempfile
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -61,3 +63,17 @@ def first_photo(files: List[Tuple[str, bytes]], log=print) -> Optional[Tuple[str
     except (OSError, ValueError, UserError) as e:
         log(f"{name} is not an image this notebook can read ({e})")
         return None
+
+
+def colab_download(*paths) -> List[Path]:
+    """Send files to your computer: Colab's ``files.download`` for each (a folder goes as a .zip beside it);
+    elsewhere says where they are. Returns the files."""
+    files = [Path(shutil.make_archive(str(p), "zip", p)) if Path(p).is_dir() else Path(p) for p in paths]
+    try:
+        from google.colab import files as colab_files   # only in Colab
+    except ImportError:
+        print("not in Colab; the files are here:", ", ".join(str(f) for f in files))
+        return files
+    for f in files:
+        colab_files.download(str(f))
+    return files
