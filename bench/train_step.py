@@ -139,8 +139,8 @@ def build_detr(args, device, channels_last, seed=0):
 
 
 def coco_ids_folder(root: Path) -> Path:
-    """Two tiny images whose annotation file has COCO's category id 90: a Trainer on it builds the model with
-    COCO's 91 class ids, the official head (the batches it trains on in this script are the random ones)."""
+    """Two tiny images whose annotation file lists COCO's category ids 1-90: a Trainer on it keeps the ids as
+    class labels and builds the official 91-way head (the batches it trains on in this script are the random ones)."""
     for split in ("train", "val"):
         (root / split).mkdir(parents=True, exist_ok=True)
         for i in range(2):
@@ -150,7 +150,7 @@ def coco_ids_folder(root: Path) -> Path:
             "images": [{"id": i + 1, "file_name": f"{i}.png", "width": 64, "height": 64} for i in range(2)],
             "annotations": [{"id": i + 1, "image_id": i + 1, "category_id": 90, "bbox": [8, 8, 30, 30]}
                             for i in range(2)],
-            "categories": [{"id": 90, "name": "toothbrush"}]}))
+            "categories": [{"id": c, "name": f"class {c}"} for c in range(1, 91)]}))
     return root
 
 

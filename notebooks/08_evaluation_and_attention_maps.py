@@ -182,7 +182,7 @@ for d in detections[:2]:
 # %%
 coco_gt = E.coco_gt_of(val_set)
 stats = E.coco_evaluate(coco_gt, detections, verbose=False)
-print("  ".join(f"{k} {v:.3f}" for k, v in stats.items()))
+print("  ".join(f"{k} {stats[k]:.3f}" for k in E.STAT_NAMES))
 print("(-1 = no ground-truth object of that size in the validation set)")
 if SMOKE:
     print("\n(smoke mode: a few training steps on 8 images - AP near 0 is expected)")

@@ -182,7 +182,7 @@ def test_duplicate_annotation_ids_are_an_error(tmp_path):
 # ----------------------------------------------------------------------------- 5. bad values
 GOOD = {"id": 4, "image_id": 5, "bbox": [1, 1, 4, 4], "category_id": 1}
 BAD_ANNOTATIONS = [
-    ("bbox", {"bbox": ["1", 1, 4, 4]}),
+    ("bbox", {"bbox": ["one", 1, 4, 4]}),
     ("bbox", {"bbox": [1, float("nan"), 4, 4]}),
     ("bbox", {"bbox": [1, 1, float("inf"), 4]}),
     ("bbox", {"bbox": [1, 1, True, 4]}),

@@ -220,7 +220,7 @@ def run_finetune(cmd, work, **_):
     proc = detr_nb_main(_detr_nb_args(cmd) + ["--epochs", "1", "--preset", "cpu", "--out", out, "--no-progress",
                                               "--device", "cpu"],
                         cwd=work, env={"DETR_NB_CACHE": str(cache), "TORCH_HOME": str(hub)})
-    assert "class_embed is left as initialised" in proc.stderr, proc.stderr     # a new class head, the rest released
+    assert "class_embed is left as initialised" in proc.stdout, proc.stdout    # a new class head, the rest released
     _eval_numbers(out / "eval.json")
     state = torch.load(out / "checkpoints" / "last.pth", weights_only=True)
     assert state["model"]["class_embed.weight"].shape[0] == 2 + 1       # balloon (id 1) + unused 0 + no-object

@@ -30,12 +30,12 @@ def _study_cli(tmp, *extra):
             "--inits", "default,uniform002", "--max-steps", str(STEPS), "--seeds", "0", "--log-every", "1",
             "--diag-every", "2", "--lr", "1e-3", "--no-download", "--no-progress", "--device", "cpu",
             "--out", str(tmp / "out"), *extra]
-    old = torch.hub.get_dir()
+    old = torch.hub._hub_dir   # None unless set: restored as it was, so TORCH_HOME counts again after
     torch.hub.set_dir(str(tmp / "hub"))   # an empty torch hub cache: the official weights are not there
     try:
         assert study.main(argv) == 0
     finally:
-        torch.hub.set_dir(old)
+        torch.hub._hub_dir = old
     return tmp / "out"
 
 

@@ -236,6 +236,7 @@ def test_your_folder_starts_from_detr_r50_when_its_weights_can_be_had(weights, t
     name = pretrained.CHECKPOINTS["detr_r50"].rsplit("/", 1)[-1]
     monkeypatch.setitem(pretrained.CHECKPOINTS, "detr_r50", f"http://127.0.0.1:{_closed_port()}/{name}")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", None)      # torch.hub.get_dir() reads TORCH_HOME again
     if weights == "at hand":
         (tmp_path / "torch" / "hub" / "checkpoints").mkdir(parents=True)
         (tmp_path / "torch" / "hub" / "checkpoints" / name).write_bytes(b"cached")
