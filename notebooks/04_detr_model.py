@@ -69,7 +69,7 @@ import detr_nb
 from detr_nb.figures import draw_boxes
 from detr_nb.models.transformer import TransformerDecoderLayer, TransformerEncoderLayer
 from detr_nb.pretrained import COCO_CLASSES
-from detr_nb.teach import architecture, images, params
+from detr_nb.teach import architecture, checks, images, params
 
 torch.manual_seed(0)
 device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -152,6 +152,40 @@ print(inspect.getsource(TransformerEncoderLayer.forward))
 # $$t' = \mathrm{LN}\big(t + \mathrm{MHA}(t + q,\ t + q,\ t)\big), \quad
 # t'' = \mathrm{LN}\big(t' + \mathrm{MHA}(t' + q,\ m + p,\ m)\big), \quad
 # t''' = \mathrm{LN}\big(t'' + \mathrm{FFN}(t'')\big).$$
+#
+# ### Your turn: the post-norm decoder layer
+#
+# Write these three equations with the layer's own submodules: `layer.self_attn`, `layer.multihead_attn`
+# (the cross-attention), `layer.norm1`, `layer.norm2`, `layer.norm3` and the FFN `layer.linear1`,
+# `layer.activation`, `layer.linear2`; leave the dropouts out (the check runs the layer in eval mode, where they do
+# nothing). Our attention, `layer.self_attn(q, k, v, key_padding_mask=None)`, returns the output `(B, L, C)`
+# alone, not PyTorch's `(output, weights)` pair, so no `[0]` after it. The check compares values and gradients
+# with `TransformerDecoderLayer`'s own forward (same weights), padded pixels in the memory among the cases.
+
+# %%
+def my_decoder_layer(layer, tgt, memory, pos, query_pos, memory_key_padding_mask):
+    """tgt, query_pos (B, Q, C); memory, pos (B, S, C); memory_key_padding_mask (B, S) True = padding -> (B, Q, C)."""
+    raise NotImplementedError("your turn: write my_decoder_layer")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def decoder_layer_solution(layer, tgt, memory, pos, query_pos, memory_key_padding_mask):
+    q = k = tgt + query_pos                                                  # (B, Q, C): the queries see each other
+    tgt = layer.norm1(tgt + layer.self_attn(q, k, tgt))
+    read = layer.multihead_attn(tgt + query_pos, memory + pos, memory,       # (B, Q, C): the queries read the image
+                                key_padding_mask=memory_key_padding_mask)
+    tgt = layer.norm2(tgt + read)
+    return layer.norm3(tgt + layer.linear2(layer.activation(layer.linear1(tgt))))
+
+
+if SMOKE:
+    my_decoder_layer = decoder_layer_solution
+
+# %%
+checks.check_decoder_layer(my_decoder_layer)
+
+# %% [markdown]
+# The package's layer, dropouts and the pre-norm option included:
 
 # %%
 print(inspect.getsource(TransformerDecoderLayer.forward))

@@ -344,7 +344,47 @@ plt.show()
 # * `loss_giou`: $\sum (1-\mathrm{GIoU})$ over matched pairs / `num_boxes`;
 # * `loss` = 1·`loss_ce` + 5·`loss_bbox` + 2·`loss_giou`.
 #
-# Below: the criterion on the toy scene, then each term recomputed by hand from the matching.
+# ### Your turn: the set loss
+#
+# Write the three terms for a batch, given the matcher's `indices` (one `(query indices, object indices)` pair per
+# image): every query gets a target class, its object's or "no object" (the last index, `num_classes`) when it is
+# unmatched; the cross-entropy weighs "no object" `eos_coef` (`F.cross_entropy(..., weight=...)`, which divides
+# by the sum of the weights); L1 on the `(cx, cy, w, h)` boxes and $1-\mathrm{GIoU}$ of the matched pairs, each
+# summed and divided by `num_boxes`, the number of objects in the batch (at least 1). The check compares values
+# and gradients with `SetCriterion` on the same matching, an image without objects and a batch without any among
+# the cases.
+
+# %%
+def my_set_loss(pred_logits, pred_boxes, targets, indices, eos_coef=0.1):
+    """pred_logits (B, Q, C+1), pred_boxes (B, Q, 4) cxcywh, targets [{"labels" (N_i,), "boxes" (N_i, 4)}],
+    indices [(query indices, object indices)] per image -> (loss_ce, loss_bbox, loss_giou)."""
+    raise NotImplementedError("your turn: write my_set_loss")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def set_loss_solution(pred_logits, pred_boxes, targets, indices, eos_coef=0.1):
+    B, Q, C1 = pred_logits.shape
+    target_classes = torch.full((B, Q), C1 - 1)                                   # (B, Q): "no object"...
+    for b, ((queries, objects), t) in enumerate(zip(indices, targets)):
+        target_classes[b, queries] = t["labels"][objects]                         # ...except the matched queries
+    weight = torch.ones(C1)
+    weight[-1] = eos_coef
+    loss_ce = F.cross_entropy(pred_logits.transpose(1, 2), target_classes, weight=weight)   # (B, C+1, Q) input
+    src = torch.cat([pred_boxes[b, queries] for b, (queries, _) in enumerate(indices)])     # (M, 4) matched
+    tgt = torch.cat([t["boxes"][objects] for t, (_, objects) in zip(targets, indices)])      # (M, 4) their objects
+    num_boxes = max(sum(len(t["labels"]) for t in targets), 1)
+    giou = torch.diag(box_ops.generalized_box_iou(box_ops.box_cxcywh_to_xyxy(src), box_ops.box_cxcywh_to_xyxy(tgt)))
+    return loss_ce, (src - tgt).abs().sum() / num_boxes, (1 - giou).sum() / num_boxes
+
+
+if SMOKE:
+    my_set_loss = set_loss_solution
+
+# %%
+checks.check_set_loss(my_set_loss)
+
+# %% [markdown]
+# The criterion on the toy scene, then each term recomputed by hand from the matching:
 
 # %%
 criterion = SetCriterion(scene["num_classes"], HungarianMatcher(), WEIGHTS, eos_coef=0.1)   # WEIGHTS: ce 1, L1 5, GIoU 2
@@ -493,13 +533,48 @@ assert (4, 0) in list(zip(e_drag["pred_idx"].tolist(), e_drag["tgt_idx"].tolist(
 # What it does **not** prove: that the model can detect. It has learned these few images by heart, and on a
 # new image it would fail. Generalising takes thousands of images and either hundreds of epochs (the paper)
 # or the convergence aids: notebook 07 trains with them, notebook 10 shows why the paper's DETR is slow. The
-# training loop, fifteen lines:
+# training loop, a dozen lines around one training step:
 
 # %%
 from detr_nb.data import build_dataset, collate_fn
 from detr_nb.teach.overfit import overfit_one_batch, plot_overfit
 
 print(inspect.getsource(overfit_one_batch).split('"""')[-1])    # the loop without its docstring
+
+# %% [markdown]
+# ### Your turn: the training step
+#
+# Write the step `step_fn` above: the set loss of the model's outputs (`criterion(model(images, mask), targets)`,
+# a dict whose `"loss"` is the weighted total), clear the old gradients (`optimizer.zero_grad()`: `backward`
+# *adds* to `.grad`), backpropagate the loss, clip the gradient norm to `max_norm` (the paper's 0.1,
+# `torch.nn.utils.clip_grad_norm_`), take the optimizer step, and return the dict. The check runs your step and
+# `overfit.train_step` for 3 steps from the same weights and compares the losses and every parameter, then lets
+# your step overfit one batch of a small DETR: the loss must fall and every object's matched box reach it.
+
+# %%
+def my_train_step(model, criterion, optimizer, images, mask, targets, max_norm=0.1):
+    """images (B, 3, H, W), mask (B, H, W), targets [{"labels", "boxes"}] -> the criterion's dict of loss terms."""
+    raise NotImplementedError("your turn: write my_train_step")
+
+# %% tags=["solution"] cellView="form" jupyter={"source_hidden": true}
+#@title Solution: open it after you tried
+def train_step_solution(model, criterion, optimizer, images, mask, targets, max_norm=0.1):
+    terms = criterion(model(images, mask), targets)              # loss_ce, loss_bbox, loss_giou, loss ...
+    optimizer.zero_grad()                                        # else backward adds to the last step's gradients
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    optimizer.step()
+    return terms
+
+
+if SMOKE:
+    my_train_step = train_step_solution
+
+# %%
+checks.check_train_step(my_train_step)
+
+# %% [markdown]
+# The run below uses the package's `overfit.train_step`, the same step as yours once the check passes:
 
 # %% tags=["key-figure"]
 size = (64, 64) if SMOKE else (96, 96)

@@ -17,7 +17,9 @@ import torch.nn.functional as F
 
 from detr_nb.teach.average_precision import average_precision
 from detr_nb.models.attention import merge_heads, split_heads
+from detr_nb.models.transformer import TransformerDecoderLayer
 from detr_nb.teach import checks
+from detr_nb.teach.overfit import train_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -64,13 +66,23 @@ def my_frozen_bn(x, weight, bias, running_mean, running_var, eps=1e-5, batch_sta
 
 
 def my_sine(mask, num_pos_feats, temperature, normalize=True, use_mask=True, by_padded_size=False, eps=1e-6,
-            interleave=True, pair_exponent=True, swap=False):
+            interleave=True, pair_exponent=True, swap=False, start=0.0, start_last=False):
     not_mask = (~mask if use_mask else torch.ones_like(mask)).float()
     y, x = not_mask.cumsum(1), not_mask.cumsum(2)
+    if start:              # start at 0 (cumsum - 1, arange) or at the pixel centres (- 0.5)
+        count_y, count_x = y[:, -1:, :], x[:, :, -1:]
+        y, x = y - start, x - start
+        if not start_last:
+            return my_sine_encode(y / (count_y + eps) * 2 * math.pi, x / (count_x + eps) * 2 * math.pi,
+                                  num_pos_feats, temperature)
     if by_padded_size:
         y, x = y / mask.shape[1] * 2 * math.pi, x / mask.shape[2] * 2 * math.pi
     elif normalize:
         y, x = y / (y[:, -1:, :] + eps) * 2 * math.pi, x / (x[:, :, -1:] + eps) * 2 * math.pi
+    return my_sine_encode(y, x, num_pos_feats, temperature, interleave, pair_exponent, swap)
+
+
+def my_sine_encode(y, x, num_pos_feats, temperature, interleave=True, pair_exponent=True, swap=False):
     i = torch.arange(num_pos_feats, dtype=torch.float32)
     dim_t = temperature ** ((2 * (i // 2) if pair_exponent else i) / num_pos_feats)
     pos = []
@@ -116,7 +128,8 @@ def my_merge(x, transpose=True):
     return x.transpose(1, 2).reshape(B, L, h * d) if transpose else x.reshape(B, L, h * d)
 
 
-def my_layer_norm(x, weight, bias, eps=1e-5, unbiased=False, dim=-1, eps_inside=True, affine=True):
+def my_layer_norm(x, weight, bias, eps=1e-5, unbiased=False, dim=-1, eps_inside=True, affine=True, use_eps=True):
+    eps = eps if use_eps else 0.0
     mean = x.mean(dim, keepdim=True)
     var = x.var(dim, keepdim=True, unbiased=unbiased)
     y = (x - mean) / (torch.sqrt(var + eps) if eps_inside else torch.sqrt(var) + eps)
@@ -124,7 +137,7 @@ def my_layer_norm(x, weight, bias, eps=1e-5, unbiased=False, dim=-1, eps_inside=
 
 
 def my_block(layer, src, pos, key_padding_mask, pre=False, value_pos=False, res1=True, res2=True,
-             pos_in_src=False, pass_mask=True):
+             pos_in_src=False, pass_mask=True, first=False):
     mask = key_padding_mask if pass_mask else None
     if pos_in_src:
         src = src + pos
@@ -134,18 +147,19 @@ def my_block(layer, src, pos, key_padding_mask, pre=False, value_pos=False, res1
         return src + layer.linear2(layer.activation(layer.linear1(layer.norm2(src))))
     q = src if pos_in_src else src + pos
     a = layer.self_attn(q, q, q if value_pos else src, key_padding_mask=mask)
+    a = a[0] if first else a                               # the official code's habit with nn.MultiheadAttention
     x = layer.norm1(src + a if res1 else a)
     f = layer.linear2(torch.relu(layer.linear1(x)))
     return layer.norm2(x + f if res2 else f)
 
 
-def my_giou(b1, b2, generalized=True, enclose_as_intersection=False, subtract=True):
+def my_giou(b1, b2, generalized=True, enclose_as_intersection=False, subtract=True, eps=0.0):
     area = lambda b: (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])  # noqa: E731
     lt = torch.maximum(b1[:, None, :2], b2[None, :, :2])
     rb = torch.minimum(b1[:, None, 2:], b2[None, :, 2:])
     inter = (rb - lt).clamp(min=0).prod(-1)                               # (N, M)
     union = area(b1)[:, None] + area(b2)[None, :] - (inter if subtract else 0)
-    iou = inter / union
+    iou = inter / (union + eps)
     if not generalized:
         return iou
     if enclose_as_intersection:
@@ -153,7 +167,7 @@ def my_giou(b1, b2, generalized=True, enclose_as_intersection=False, subtract=Tr
     else:
         outer = torch.maximum(b1[:, None, 2:], b2[None, :, 2:]) - torch.minimum(b1[:, None, :2], b2[None, :, :2])
         enclosing = outer.prod(-1)
-    return iou - (enclosing - union) / enclosing
+    return iou - (enclosing - union) / (enclosing + eps)
 
 
 def _corners(b):
@@ -161,10 +175,13 @@ def _corners(b):
 
 
 def my_cost(logits, boxes, labels, tgt, class_sign=-1, giou_sign=-1, log=False, softmax=True, l1_xyxy=False,
-            weights=(1, 5, 2)):
+            weights=(1, 5, 2), one_minus_p=False, one_minus_giou=False):
     p = logits.log_softmax(-1) if log else logits.softmax(-1) if softmax else logits
     l1 = (_corners(boxes)[:, None] - _corners(tgt)[None]) if l1_xyxy else (boxes[:, None] - tgt[None])
     giou = my_giou(_corners(boxes), _corners(tgt))
+    if one_minus_p or one_minus_giou:                      # a constant shift: 1 - p, 2 * (1 - GIoU)
+        return (weights[0] * (1 - p[:, labels] if one_minus_p else -p[:, labels]) + weights[1] * l1.abs().sum(-1)
+                + weights[2] * (1 - giou if one_minus_giou else -giou))
     return (weights[0] * class_sign * p[:, labels] + weights[1] * l1.abs().sum(-1) + weights[2] * giou_sign * giou)
 
 
@@ -198,9 +215,44 @@ def my_ap(scores, is_tp, num_gt, sort=True, envelope=True, trapezoid=False, reca
     return total / points
 
 
+def my_decoder(layer, tgt, memory, pos, query_pos, key_padding_mask, first=False, self_key_pos=True,
+               value_pos=False, cross_key_pos=True, res1=True, pass_mask=True):
+    q = tgt + query_pos
+    a = layer.self_attn(q, q if self_key_pos else tgt, q if value_pos else tgt)
+    a = a[0] if first else a                               # the official code's habit with nn.MultiheadAttention
+    x = layer.norm1(tgt + a if res1 else a)
+    a = layer.multihead_attn(x + query_pos, memory + pos if cross_key_pos else memory, memory,
+                             key_padding_mask=key_padding_mask if pass_mask else None)
+    x = layer.norm2(x + a)
+    return layer.norm3(x + layer.linear2(torch.relu(layer.linear1(x))))
+
+
+def my_set_loss(logits, boxes, targets, indices, eos_coef=0.1, eos=True, no_object=True, l1_mean=False,
+                l1_xyxy=False, per_image=False):
+    B, Q, C1 = logits.shape
+    classes = torch.full((B, Q), C1 - 1 if no_object else -100)       # -100: ignored by cross_entropy
+    for b, ((qi, ti), t) in enumerate(zip(indices, targets)):
+        classes[b, qi] = t["labels"][ti]
+    weight = torch.ones(C1)
+    if eos:
+        weight[-1] = eos_coef
+    ce = F.cross_entropy(logits.flatten(0, 1), classes.flatten(), weight=weight)
+    src = torch.cat([boxes[b, qi] for b, (qi, _) in enumerate(indices)])         # (M, 4)
+    tgt = torch.cat([t["boxes"][ti] for t, (_, ti) in zip(targets, indices)])
+    n = max(len(tgt), 1)
+    a, b = (_corners(src), _corners(tgt)) if l1_xyxy else (src, tgt)
+    giou = 1 - torch.diag(my_giou(_corners(src), _corners(tgt)))                  # (M,)
+    if per_image:
+        sizes = [len(i) for i, _ in indices]
+        return (ce, torch.stack([d.abs().sum() / len(d) for d in (a - b).split(sizes)]).mean(),
+                torch.stack([g.sum() / len(g) for g in giou.split(sizes)]).mean())
+    return ce, F.l1_loss(a, b) if l1_mean else (a - b).abs().sum() / n, giou.sum() / n
+
+
 RIGHT = {"conv2d": my_conv2d, "frozen_batch_norm": my_frozen_bn, "sine_encoding": my_sine,
          "attention": my_attention, "layer_norm": my_layer_norm, "post_norm_block": my_block, "giou": my_giou,
-         "matching_cost": my_cost, "hflip": my_hflip, "average_precision": my_ap}
+         "matching_cost": my_cost, "hflip": my_hflip, "average_precision": my_ap,
+         "decoder_layer": my_decoder, "set_loss": my_set_loss}
 
 
 # ----------------------------------------------------------------------------- the references and right solutions
@@ -236,6 +288,11 @@ def test_every_check_carries_its_package_reference():
     assert checks.check_giou.reference is box_ops.generalized_box_iou
     assert checks.check_heads.reference == (attention.split_heads, attention.merge_heads)
     assert checks.check_average_precision.reference is average_precision
+    assert checks.check_train_step.reference is train_step
+    layer = TransformerDecoderLayer(8, 2, 16, dropout=0.0).eval()
+    tgt, memory, pos, query_pos = torch.randn(2, 3, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8), torch.randn(2, 3, 8)
+    assert torch.equal(checks.check_decoder_layer.reference(layer, tgt, memory, pos, query_pos, None),
+                       layer(tgt, memory, pos=pos, query_pos=query_pos))
     image, boxes = torch.rand(3, 4, 5), torch.tensor([[1.0, 0.0, 2.0, 3.0]])
     flipped, target = hflip(image, {"boxes": boxes})
     got = checks.check_hflip.reference(image, boxes)
@@ -320,6 +377,39 @@ MISTAKES = [
      "the image not flipped", "image: first difference at ["),
     ("hflip", lambda image, boxes: (image.flip(-1), boxes), "case 1: a 4x6 image, two boxes",
      "the boxes not flipped", "boxes: first difference at ["),
+    ("post_norm_block", partial(my_block, first=True), "case 1: no padding", "takes batch element 0", None),
+    ("layer_norm", partial(my_layer_norm, use_eps=False), "case 1: 4 tokens of 6 channels", "eps forgotten", None),
+    ("sine_encoding", partial(my_sine, start=1.0), "case 1: no padding", "positions start at 0", None),
+    ("sine_encoding", partial(my_sine, start=1.0, start_last=True), "case 1: no padding", "positions start at 0",
+     None),
+    ("sine_encoding", partial(my_sine, start=0.5), "case 1: no padding", "a -0.5 offset", None),
+    ("sine_encoding", partial(my_sine, start=0.5, start_last=True), "case 1: no padding", "a -0.5 offset", None),
+    ("matching_cost", partial(my_cost, one_minus_p=True), "case 1: 5 queries, 3 classes, 3 objects",
+     "1 - p(class) instead of -p(class)? A constant does not change the assignment", None),
+    ("matching_cost", partial(my_cost, one_minus_giou=True), "case 1: 5 queries, 3 classes, 3 objects",
+     "2 * (1 - GIoU) instead of -2 * GIoU? A constant does not change the assignment", None),
+    ("matching_cost", partial(my_cost, one_minus_p=True, one_minus_giou=True), "case 1: 5 queries, 3 classes, 3 "
+     "objects", "but this check compares numbers, so write the paper's form: -p(class) and -GIoU", None),
+    ("decoder_layer", partial(my_decoder, first=True), "case 1: no padding", "takes batch element 0", None),
+    ("decoder_layer", partial(my_decoder, self_key_pos=False), "case 1: no padding",
+     "query_pos on the self-attention's queries only", None),
+    ("decoder_layer", partial(my_decoder, value_pos=True), "case 1: no padding",
+     "query_pos added to the self-attention's values", None),
+    ("decoder_layer", partial(my_decoder, cross_key_pos=False), "case 1: no padding",
+     "pos left out of the cross-attention's keys", None),
+    ("decoder_layer", partial(my_decoder, res1=False), "case 1: no padding", "a residual forgotten", None),
+    ("decoder_layer", partial(my_decoder, pass_mask=False), "case 2: the last two pixels of image 1 padded",
+     "memory_key_padding_mask not passed", None),
+    ("set_loss", partial(my_set_loss, eos=False), "case 1: 2 images with 3 and 1 objects", "no eos_coef",
+     "loss_ce: yours "),
+    ("set_loss", partial(my_set_loss, no_object=False), "case 1: 2 images with 3 and 1 objects",
+     "unmatched queries not given the \"no object\" class", "loss_ce: yours "),
+    ("set_loss", partial(my_set_loss, l1_mean=True), "case 1: 2 images with 3 and 1 objects",
+     "a mean over the boxes where DETR divides the sums by num_boxes", "loss_bbox: yours "),
+    ("set_loss", partial(my_set_loss, per_image=True), "case 1: 2 images with 3 and 1 objects",
+     "a mean over the boxes where DETR divides the sums by num_boxes", "loss_bbox: yours "),
+    ("set_loss", partial(my_set_loss, l1_xyxy=True), "case 1: 2 images with 3 and 1 objects", "L1 on xyxy",
+     "loss_bbox: yours "),
     ("average_precision", partial(my_ap, sort=False), "case 1: 6 detections, 5 objects", "not sorted by score",
      "yours "),
     ("average_precision", partial(my_ap, envelope=False), "case 1: 6 detections, 5 objects", "no envelope",
@@ -377,8 +467,8 @@ RUNNERS = {**{name: (CHECKS[name], CHECKS[name].reference) for name in RIGHT},
            "split": (lambda fn: checks.check_heads(fn, merge_heads), split_heads),
            "merge": (lambda fn: checks.check_heads(split_heads, fn), merge_heads)}
 DIFFERENTIABLE = ["conv2d", "frozen_batch_norm", "attention", "layer_norm", "post_norm_block", "giou", "split",
-                  "merge"]
-TENSOR_RESULTS = [n for n in RUNNERS if n != "average_precision"]
+                  "merge", "decoder_layer"]
+TENSOR_RESULTS = [n for n in RUNNERS if n not in ("average_precision", "set_loss")]     # not numbers
 
 
 def changed(name, change):
@@ -397,7 +487,8 @@ def test_times_1_01_fails(name):
     scale = lambda out: tuple(p * 1.01 for p in out) if isinstance(out, tuple) else out * 1.01  # noqa: E731
     msg = fails(RUNNERS[name][0], changed(name, scale))
     assert msg.startswith("case 1: ") and "yours " in msg, msg
-    assert ("follow the recipe" if name == "average_precision" else "constant factor 1.01") in msg, msg
+    assert {"average_precision": "follow the recipe", "set_loss": "compare your code"}.get(
+        name, "constant factor 1.01") in msg, msg
 
 
 @pytest.mark.parametrize("name", TENSOR_RESULTS)
@@ -570,3 +661,92 @@ def test_average_precision_equals_pycocotools_on_random_scenes(seed):
     assert 0 < coco_tp.sum() < len(coco_tp)
     assert average_precision(torch.tensor(coco_scores), torch.tensor(coco_tp), len(gts)) == pytest.approx(
         precision[:, 0].mean(), abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- messages that used to mislead
+
+@pytest.mark.parametrize("eps", [1e-7, 1e-6])
+def test_a_giou_with_a_small_eps_in_its_denominators_is_accepted(eps, capsys):
+    """torchvision's generalized_box_iou_loss adds 1e-7 to the union and the enclosing area."""
+    assert checks.check_giou(partial(my_giou, eps=eps)) is True
+
+
+def test_a_giou_with_a_larger_eps_is_rejected_for_that_reason():
+    msg = fails(checks.check_giou, partial(my_giou, eps=1e-5))
+    assert msg.startswith("case 1: overlapping boxes") and "an eps in a denominator" in msg, msg
+    assert "cut from autograd" not in msg, msg
+
+
+def test_a_set_loss_that_divides_by_zero_objects_is_named():
+    def unclamped(logits, boxes, targets, indices, eos_coef=0.1):
+        ce, l1, giou = my_set_loss(logits, boxes, targets, indices, eos_coef)
+        n = sum(len(t["labels"]) for t in targets)
+        return ce, l1 * max(n, 1) / n if n == 0 else l1, giou * max(n, 1) / n if n == 0 else giou
+
+    msg = fails(checks.check_set_loss, unclamped)
+    assert_names(msg, "case 4: no object in the batch", "num_boxes not clamped", "loss_bbox: yours nan")
+
+
+def test_a_set_loss_term_cut_from_autograd_is_named():
+    msg = fails(checks.check_set_loss, lambda *a: (lambda ce, l1, g: (ce, l1.detach(), g))(*my_set_loss(*a)))
+    assert msg.startswith("case 1: ") and "loss_bbox: your result has no gradient" in msg, msg
+
+
+# ----------------------------------------------------------------------------- the training step (notebook 05)
+
+def my_train_step(model, criterion, optimizer, images, mask, targets, max_norm=0.1, zero=True, step=True,
+                  clip=True, detach=False, item=False, zero_late=False, clip_late=False, no_grad=False):
+    with torch.no_grad() if no_grad else contextlib.nullcontext():
+        terms = criterion(model(images, mask), targets)
+    if zero:
+        optimizer.zero_grad()
+    loss = terms["loss"].detach() if detach else terms["loss"].item() if item else terms["loss"]
+    loss.backward()
+    if zero_late:                                          # the gradients are gone before the step
+        optimizer.zero_grad()
+    if clip and not clip_late:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    if step:
+        optimizer.step()
+    if clip_late:                                          # clips what the step already used
+        torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
+    return terms
+
+
+def test_the_train_step_reference_and_a_right_solution_pass(capsys):
+    assert checks.check_train_step(train_step) is True
+    assert checks.check_train_step(my_train_step) is True
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1], lines
+    assert re.fullmatch(r"✓ training step: 3 steps match detr_nb\.teach\.overfit\.train_step, and 60 steps on one "
+                        r"batch bring the loss from [\d.]+ to [\d.]+ and every object's matched box to IoU >= "
+                        r"0\.[5-9]\d", lines[0]), lines[0]
+
+
+@pytest.mark.parametrize("change, hint, where", [
+    (dict(zero=False), "zero_grad missing", "losses: first difference at ["),
+    (dict(step=False), "the weights never moved: optimizer.step() missing", "losses: first difference at ["),
+    (dict(clip=False), "the gradients were not clipped before the step", "losses: first difference at ["),
+    (dict(zero=False, clip=False), "zero_grad and the clip both missing", "losses: first difference at ["),
+    # hidden: the same effects reached another way
+    (dict(zero_late=True), "or zero_grad() called between backward() and step()", "losses: first difference at ["),
+    (dict(clip_late=True), "the gradients were not clipped before the step", "losses: first difference at ["),
+    (dict(detach=True), "your function raised RuntimeError: backward() on a loss cut from autograd", ""),
+    (dict(item=True), "your function raised RuntimeError: backward() on a loss cut from autograd", ""),
+    (dict(no_grad=True), "your function raised RuntimeError: backward() on a loss cut from autograd", ""),
+], ids=["no-zero_grad", "no-step", "no-clip", "no-zero_grad-no-clip", "zero_grad-before-step", "clip-after-step",
+        "detached-loss", "item-loss", "no_grad-loss"])
+def test_a_train_step_mistake_is_named(change, hint, where):
+    assert_names(fails(checks.check_train_step, partial(my_train_step, **change)),
+                 "case 1: 3 steps from the same weights", hint, where)
+
+
+def test_a_train_step_that_returns_nothing_or_is_a_skeleton(capsys):
+    msg = fails(checks.check_train_step, lambda *a, **k: my_train_step(*a, **k) and None)
+    assert "your function raised TypeError: it returned None: return the criterion's dict of loss terms" in msg, msg
+
+    def skeleton(*args):
+        raise NotImplementedError("your turn: write my_train_step")
+
+    assert checks.check_train_step(skeleton) is False
+    assert capsys.readouterr().out.startswith("… training step not written yet")

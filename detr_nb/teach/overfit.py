@@ -7,7 +7,7 @@ gradient clip. It proves the pipeline is right; it says nothing about images the
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Callable, Dict, Mapping, Optional, Sequence
 
 import matplotlib.pyplot as plt
 import torch
@@ -18,11 +18,24 @@ from ..figures import LOSS_TERMS, class_color, draw_boxes, to_display_image
 from ..models.box_ops import box_cxcywh_to_xyxy
 
 
+def train_step(model: nn.Module, criterion: nn.Module, optimizer: torch.optim.Optimizer, images: Tensor,
+               mask: Tensor, targets: Sequence[dict], max_norm: float = 0.1) -> Dict[str, Tensor]:
+    """One step of gradient descent on the set loss; returns the criterion's terms (``terms["loss"]`` the total)."""
+    terms = criterion(model(images, mask), targets)
+    optimizer.zero_grad(set_to_none=True)                             # else backward adds to the last gradients
+    terms["loss"].backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)      # the paper's clip, 0.1
+    optimizer.step()
+    return terms
+
+
 def overfit_one_batch(model: nn.Module, images: Tensor, mask: Tensor, targets: Sequence[dict], steps: int = 300,
-                      lr: float = 1e-3, snapshots: Sequence[int] = (), seed: int = 0) -> Dict[str, object]:
+                      lr: float = 1e-3, snapshots: Sequence[int] = (), seed: int = 0,
+                      step_fn: Callable = train_step) -> Dict[str, object]:
     """Train ``model`` on one batch (``images (B, 3, H, W)``, ``mask (B, H, W)``, ``targets``) for ``steps`` AdamW
-    steps. Returns ``losses`` (per step: ``loss``, ``loss_ce``, ``loss_bbox``, ``loss_giou``) and ``snapshots``:
-    at each step of ``snapshots`` (0 = before training) and at the end, :func:`snapshot`."""
+    steps of ``step_fn`` (:func:`train_step`, or a learner's). Returns ``losses`` (per step: ``loss``,
+    ``loss_ce``, ``loss_bbox``, ``loss_giou``) and ``snapshots``: at each step of ``snapshots`` (0 = before
+    training) and at the end, :func:`snapshot`."""
     torch.manual_seed(seed)
     criterion = build_criterion(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -34,11 +47,7 @@ def overfit_one_batch(model: nn.Module, images: Tensor, mask: Tensor, targets: S
             shots.append(snapshot(model, criterion, images, mask, targets, step))
         if step == steps:
             break
-        terms = criterion(model(images, mask), targets)
-        optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 0.1)       # the paper's clip
-        optimizer.step()
+        terms = step_fn(model, criterion, optimizer, images, mask, targets)
         losses.append({k: float(terms[k].detach()) for k in LOSS_TERMS})
     return {"losses": losses, "snapshots": shots}
 

@@ -14,19 +14,23 @@ By notebook:
 * 02 (positional encoding): :func:`check_sine_encoding` (:mod:`.positions`)
 * 03 (attention, encoder): :func:`check_attention`, :func:`check_heads`, :func:`check_layer_norm`,
   :func:`check_post_norm_block` (:mod:`.attention`)
-* 05 (matching & loss): :func:`check_giou`, :func:`check_matching_cost` (:mod:`.matching`)
+* 04 (DETR model): :func:`check_decoder_layer` (:mod:`.attention`)
+* 05 (matching & loss): :func:`check_giou`, :func:`check_matching_cost`, :func:`check_set_loss` (:mod:`.matching`),
+  :func:`check_train_step` (:mod:`.training`)
 * 06 (data): :func:`check_hflip` (:mod:`.data`)
 * 08 (evaluation): :func:`check_average_precision` (:mod:`.evaluation`)
 """
 from __future__ import annotations
 
-from .attention import check_attention, check_heads, check_layer_norm, check_post_norm_block
+from .attention import check_attention, check_decoder_layer, check_heads, check_layer_norm, check_post_norm_block
 from .backbone import check_conv2d, check_frozen_batch_norm
 from .data import check_hflip
 from .evaluation import check_average_precision
-from .matching import check_giou, check_matching_cost
+from .matching import check_giou, check_matching_cost, check_set_loss
 from .positions import check_sine_encoding
+from .training import check_train_step
 
-__all__ = ["check_attention", "check_average_precision", "check_conv2d", "check_frozen_batch_norm",
-           "check_giou", "check_heads", "check_hflip", "check_layer_norm", "check_matching_cost",
-           "check_post_norm_block", "check_sine_encoding"]
+__all__ = ["check_attention", "check_average_precision", "check_conv2d", "check_decoder_layer",
+           "check_frozen_batch_norm", "check_giou", "check_heads", "check_hflip", "check_layer_norm",
+           "check_matching_cost", "check_post_norm_block", "check_set_loss", "check_sine_encoding",
+           "check_train_step"]

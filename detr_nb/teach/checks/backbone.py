@@ -2,8 +2,6 @@
 :mod:`detr_nb.teach.checks`)."""
 from __future__ import annotations
 
-from typing import List
-
 import torch
 
 from ...models.layers import conv2d, frozen_batch_norm
@@ -32,25 +30,22 @@ CONV2D = Piece(
     ))
 
 
-def conv2d_cases() -> List[Case]:
+def check_conv2d(fn) -> bool:
+    """``fn(x (B, Cin, H, W), weight (Cout, Cin, kh, kw), bias (Cout,) or None, stride, padding)`` ->
+    ``(B, Cout, Ho, Wo)``, against :func:`detr_nb.models.layers.conv2d`."""
     g = torch.Generator().manual_seed(1)
 
     def case(name, B, cin, H, W, cout, kh, kw, bias, stride, padding) -> Case:
         x, w = randn(g, B, cin, H, W), randn(g, cout, cin, kh, kw)         # (B, Cin, H, W), (Cout, Cin, kh, kw)
         return Case(name, (x, w, randn(g, cout) if bias else None, stride, padding))
 
-    return [case("3x3 kernel, stride 1, padding 1", 2, 3, 5, 5, 4, 3, 3, True, 1, 1),
-            case("3x3 kernel, stride 2, padding 0, a 5x7 image", 1, 2, 5, 7, 3, 3, 3, True, 2, 0),
-            case("3x2 kernel, stride 2, padding 1, a 6x9 image", 2, 2, 6, 9, 3, 3, 2, True, 2, 1),
-            case("a 1x1 kernel", 2, 4, 3, 4, 5, 1, 1, True, 1, 0),
-            case("a 1x1 kernel, stride 2", 1, 3, 5, 6, 2, 1, 1, True, 2, 0),
-            case("bias None", 1, 3, 4, 6, 2, 3, 3, False, 1, 1)]
-
-
-def check_conv2d(fn) -> bool:
-    """``fn(x (B, Cin, H, W), weight (Cout, Cin, kh, kw), bias (Cout,) or None, stride, padding)`` ->
-    ``(B, Cout, Ho, Wo)``, against :func:`detr_nb.models.layers.conv2d`."""
-    return run_check(CONV2D.title, [(CONV2D, fn, conv2d_cases())])
+    cases = [case("3x3 kernel, stride 1, padding 1", 2, 3, 5, 5, 4, 3, 3, True, 1, 1),
+             case("3x3 kernel, stride 2, padding 0, a 5x7 image", 1, 2, 5, 7, 3, 3, 3, True, 2, 0),
+             case("3x2 kernel, stride 2, padding 1, a 6x9 image", 2, 2, 6, 9, 3, 3, 2, True, 2, 1),
+             case("a 1x1 kernel", 2, 4, 3, 4, 5, 1, 1, True, 1, 0),
+             case("a 1x1 kernel, stride 2", 1, 3, 5, 6, 2, 1, 1, True, 2, 0),
+             case("bias None", 1, 3, 4, 6, 2, 3, 3, False, 1, 1)]
+    return run_check(CONV2D.title, [(CONV2D, fn, cases)])
 
 
 check_conv2d.reference = conv2d
@@ -85,24 +80,21 @@ FROZEN_BN = Piece(
     ))
 
 
-def frozen_batch_norm_cases() -> List[Case]:
+def check_frozen_batch_norm(fn) -> bool:
+    """``fn(x (B, C, H, W), weight, bias, running_mean, running_var (C,) each, eps=1e-5)`` -> ``(B, C, H, W)``,
+    against :func:`detr_nb.models.layers.frozen_batch_norm`."""
     g = torch.Generator().manual_seed(2)
 
     def case(name, B, C, H, W, var_scale=1.0, *eps):
         var = (torch.rand(C, generator=g, dtype=torch.float64) + 0.5) * var_scale         # (C,) > 0
         return Case(name, (randn(g, B, C, H, W), randn(g, C), randn(g, C), randn(g, C), var, *eps))
 
-    return [case("2 images, 3 channels", 2, 3, 4, 5),
-            case("one image, 4 channels, 3x3", 1, 4, 3, 3),
-            case("running variances near 0 (eps matters)", 2, 3, 2, 4, 1e-6),
-            case("eps = 1e-3", 2, 2, 3, 3, 1.0, 1e-3),
-            case("one channel, a 1x1 image", 1, 1, 1, 1)]
-
-
-def check_frozen_batch_norm(fn) -> bool:
-    """``fn(x (B, C, H, W), weight, bias, running_mean, running_var (C,) each, eps=1e-5)`` -> ``(B, C, H, W)``,
-    against :func:`detr_nb.models.layers.frozen_batch_norm`."""
-    return run_check(FROZEN_BN.title, [(FROZEN_BN, fn, frozen_batch_norm_cases())])
+    cases = [case("2 images, 3 channels", 2, 3, 4, 5),
+             case("one image, 4 channels, 3x3", 1, 4, 3, 3),
+             case("running variances near 0 (eps matters)", 2, 3, 2, 4, 1e-6),
+             case("eps = 1e-3", 2, 2, 3, 3, 1.0, 1e-3),
+             case("one channel, a 1x1 image", 1, 1, 1, 1)]
+    return run_check(FROZEN_BN.title, [(FROZEN_BN, fn, cases)])
 
 
 check_frozen_batch_norm.reference = frozen_batch_norm

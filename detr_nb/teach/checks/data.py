@@ -2,8 +2,6 @@
 :mod:`detr_nb.teach.checks`)."""
 from __future__ import annotations
 
-from typing import List
-
 import torch
 
 from ...data import hflip
@@ -39,22 +37,19 @@ HFLIP = Piece(
     ))
 
 
-def hflip_cases() -> List[Case]:
+def check_hflip(fn) -> bool:
+    """``fn(image (3, H, W), boxes (N, 4) absolute xyxy)`` -> ``(image, boxes)`` mirrored left-right, against
+    :func:`detr_nb.data.transforms.hflip` (values only)."""
     g = torch.Generator().manual_seed(11)
 
     def case(name, H, W, boxes):
         return Case(name, (randn(g, 3, H, W), torch.tensor(boxes, dtype=torch.float64).reshape(-1, 4)))
 
-    return [case("a 4x6 image, two boxes", 4, 6, [[1.0, 0.5, 3.0, 2.0], [2.5, 1.0, 5.5, 3.5]]),
-            case("boxes touching the left and right edges", 5, 8, [[0.0, 1.0, 2.0, 4.0], [6.5, 0.0, 8.0, 5.0]]),
-            case("no boxes (N = 0)", 3, 5, []),
-            case("a square image, one box", 6, 6, [[1.0, 2.0, 4.0, 5.0]])]
-
-
-def check_hflip(fn) -> bool:
-    """``fn(image (3, H, W), boxes (N, 4) absolute xyxy)`` -> ``(image, boxes)`` mirrored left-right, against
-    :func:`detr_nb.data.transforms.hflip` (values only)."""
-    return run_check(HFLIP.title, [(HFLIP, fn, hflip_cases())])
+    cases = [case("a 4x6 image, two boxes", 4, 6, [[1.0, 0.5, 3.0, 2.0], [2.5, 1.0, 5.5, 3.5]]),
+             case("boxes touching the left and right edges", 5, 8, [[0.0, 1.0, 2.0, 4.0], [6.5, 0.0, 8.0, 5.0]]),
+             case("no boxes (N = 0)", 3, 5, []),
+             case("a square image, one box", 6, 6, [[1.0, 2.0, 4.0, 5.0]])]
+    return run_check(HFLIP.title, [(HFLIP, fn, cases)])
 
 
 check_hflip.reference = flip_image_and_boxes

@@ -2,8 +2,6 @@
 :mod:`detr_nb.teach.checks`)."""
 from __future__ import annotations
 
-from typing import List
-
 import numpy as np
 import torch
 
@@ -53,7 +51,9 @@ AP = Piece(
     ))
 
 
-def average_precision_cases() -> List[Case]:
+def check_average_precision(fn) -> bool:
+    """``fn(scores (D,), is_tp (D,) bool, num_gt)`` -> float, COCO's AP of one class at one IoU threshold,
+    against :func:`detr_nb.teach.average_precision.average_precision` (tested against pycocotools)."""
     g = torch.Generator().manual_seed(12)
 
     def case(name, hits, num_gt, hint=""):
@@ -63,20 +63,15 @@ def average_precision_cases() -> List[Case]:
         return Case(name, (scores[shuffle], torch.tensor(hits, dtype=torch.bool)[shuffle], num_gt), hint=hint)
 
     random_hits = (torch.rand(20, generator=g) < 0.6).tolist()
-    return [case("6 detections, 5 objects", [1, 0, 1, 1, 0, 1], 5),
-            case("all detections right, every object found", [1, 1, 1, 1], 4),
-            case("false positives ranked first", [0, 0, 1, 1, 0, 1], 3),
-            case("objects missed (recall stops at 0.5)", [1, 0, 1, 0], 4),
-            case("20 detections, 15 objects", random_hits, 15),
-            case("no detections (AP 0)", [], 3, hint="no detections: no recall point is reached, AP is 0"),
-            case("no objects (num_gt = 0: COCO gives -1)", [0, 0], 0,
-                 hint="no objects to find: AP is undefined, COCO returns -1 (and leaves the class out)")]
-
-
-def check_average_precision(fn) -> bool:
-    """``fn(scores (D,), is_tp (D,) bool, num_gt)`` -> float, COCO's AP of one class at one IoU threshold,
-    against :func:`detr_nb.teach.average_precision.average_precision` (tested against pycocotools)."""
-    return run_check(AP.title, [(AP, fn, average_precision_cases())])
+    cases = [case("6 detections, 5 objects", [1, 0, 1, 1, 0, 1], 5),
+             case("all detections right, every object found", [1, 1, 1, 1], 4),
+             case("false positives ranked first", [0, 0, 1, 1, 0, 1], 3),
+             case("objects missed (recall stops at 0.5)", [1, 0, 1, 0], 4),
+             case("20 detections, 15 objects", random_hits, 15),
+             case("no detections (AP 0)", [], 3, hint="no detections: no recall point is reached, AP is 0"),
+             case("no objects (num_gt = 0: COCO gives -1)", [0, 0], 0,
+                  hint="no objects to find: AP is undefined, COCO returns -1 (and leaves the class out)")]
+    return run_check(AP.title, [(AP, fn, cases)])
 
 
 check_average_precision.reference = average_precision
