@@ -51,7 +51,7 @@ sys.path.insert(0, str(REPO))
 from detr_nb.config import MAIN_JOB_SYNTHETIC, TrainConfig  # noqa: E402
 from detr_nb.evaluate import evaluate_run  # noqa: E402
 from detr_nb.teach.convergence import RESULTS_FILE as RESULTS  # noqa: E402
-from detr_nb.teach.convergence import STUDY, crossing, group_runs, plot_convergence  # noqa: E402
+from detr_nb.teach.convergence import ROUNDS, STUDY, crossing, group_runs, plot_convergence  # noqa: E402
 from detr_nb.trainer import Trainer  # noqa: E402
 
 DOCS = REPO / "docs"
@@ -73,18 +73,12 @@ MEANS = {
     "lr5e-4": (dict(lr=5e-4), "lr 5e-4"), "lr1e-3": (dict(lr=1e-3), "lr 1e-3"), "lr3e-3": (dict(lr=3e-3), "lr 3e-3"),
     "warm300": (dict(warmup_steps=300), "300 warm-up steps"), "warm30": (dict(warmup_steps=30), "30 warm-up steps"),
     "bs8": (dict(batch_size=8), "batch 8"), "bs32": (dict(batch_size=32), "batch 32"),
-    "prior": (dict(model_overrides=dict(box_prior=True)), "Gaussian box prior on the cross-attention"),
-    "rel": (dict(model_overrides=dict(relation=True)), "position relation on the self-attention (Relation-DETR)"),
-    "ddq": (dict(model_overrides=dict(distinct_iou=0.7)), "distinct queries, NMS 0.7 over the proposals (DDQ)"),
-    "cond": (dict(model_overrides=dict(conditional=True)), "cross-attention position scaled by the content"),
-    "encprior": (dict(model_overrides=dict(encoder_prior=True)), "distance prior on the encoder's self-attention"),
+    "dec4": (dict(model_overrides=dict(dec_layers=4)), "4 decoder layers"),
     "q60": (dict(model_overrides=dict(num_queries=60)), "60 queries"),
     "q100": (dict(model_overrides=dict(num_queries=100)), "100 queries"),
-    "o2m": (dict(weight_dict={**AIDED_LOSS, "o2m_aux": 1.0}), "one-to-many loss on the earlier decoder layers"),
-    "o2mall": (dict(weight_dict={**AIDED_LOSS, "o2m_aux": 1.0, "o2m_last": 1.0}),
-               "one-to-many loss on every decoder layer (MS-DETR)"),
+    "enc2": (dict(model_overrides=dict(enc_layers=2)), "2 encoder layers"),
     "giou4": (dict(weight_dict={**AIDED_LOSS, "loss_giou": 4.0}), "GIoU weight 4"),
-    "clip1": (dict(clip_max_norm=1.0), "gradient clip 1.0"), "clip05": (dict(clip_max_norm=0.05), "gradient clip 0.05"), "noclip": (dict(clip_max_norm=0.0), "no gradient clip"),
+    "clip1": (dict(clip_max_norm=1.0), "gradient clip 1.0"), "noclip": (dict(clip_max_norm=0.0), "no gradient clip"),
 }
 
 
@@ -243,10 +237,11 @@ def _pm(values, fmt="{:.3f}") -> str:
 
 
 def table(results: dict) -> str:
-    """One row per (variant, budget): mean +- std over its seeds (population std)."""
-    rows = ["| variant | budget | seeds | steps | steps/s | load (1 min) | AP | AP50 | s to AP50 0.5 | "
-            "box GIoU loss | description |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for label, runs in group_runs(results).items():
+    """One row per (round, variant, budget) of rounds two and three: mean +- std over its seeds (population std)."""
+    rows = ["| round | variant | budget | seeds | steps | steps/s | load (1 min) | AP | AP50 | s to AP50 0.5 | "
+            "box GIoU loss | description |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    groups = [(study, runs) for study in (16, STUDY) for runs in group_runs(results, study=study).values()]
+    for study, runs in groups:
         variant = runs[0]["variant"]
         f = [r["final"] for r in runs]
         budget = f"{runs[0]['budget_s']:g} s" if runs[0].get("budget_s") else f"{runs[0]['steps']} steps"
@@ -254,7 +249,7 @@ def table(results: dict) -> str:
         t50 = "-" if any(t is None for t in t50) else _pm(t50, "{:.0f}")
         loads = [c["load"] for r in runs for c in r["curve"]]
         giou = [x["loss_giou"] for x in f if x.get("loss_giou") is not None]
-        rows.append(f"| {variant} | {budget} | {','.join(str(r['seed']) for r in runs)} | "
+        rows.append(f"| {ROUNDS[study].split()[-1]} | {variant} | {budget} | {','.join(str(r['seed']) for r in runs)} | "
                     f"{_pm([r['steps'] for r in runs], '{:.0f}')} | {_pm([r['steps_per_s'] for r in runs], '{:.2f}')} | "
                     f"{min(loads):.1f}-{max(loads):.1f} | {_pm([x['AP'] for x in f])} | {_pm([x['AP50'] for x in f])} | "
                     f"{t50} | {_pm(giou) if giou else '-'} | {runs[0]['description']} |")

@@ -43,7 +43,7 @@ H100_TFLOPS, T4_TFLOPS = 990.0, 65.0      # fp16 dense matmul (tensor cores); an
 T4_RATIO = H100_TFLOPS / T4_TFLOPS        # 15.2: a compute-bound step takes this much longer on a T4
 T4_MEMORY_MB = 15 * 1024                  # what a T4 leaves to one process (nvidia-smi shows 15360 MiB)
 GPU_OVER_CPU = 3.0                        # below this steps/s ratio the main job leaves the GPU idle
-NOTEBOOK_S = 600                          # notebook 07's time budget on a T4 (TRAIN_MINUTES = 10)
+NOTEBOOK_STEPS = 1500                     # notebook 07's run: the main job's fixed steps
 MAIN_BUDGET_S, CPU_BUDGET_S, LARGER_MAX_S = 120, 30, 90   # part 2's runs: --time-budget of each
 PART2_S = 300                                              # part 2's budget (the larger run gets what is left)
 LARGER = {"full": [192, 192], "quick": [96, 96]}   # the larger recipe's synthetic image size
@@ -255,7 +255,7 @@ def run_part(part: Part, ctx: Context, rec: dict) -> None:
     """Fill ``rec`` with one part's results (what it measured before a failure included), or why it was skipped."""
     need = part.quick_s if ctx.quick else part.full_s
     if need is None or need > ctx.left():
-        rec.update(status="skipped", reason="--quick: notebook 07's full mode trains for 10 minutes" if need is None
+        rec.update(status="skipped", reason="--quick: notebook 07's full mode trains 1,500 steps" if need is None
                    else f"would not fit: needs about {need} s, {max(0, ctx.left()):.0f} s left of --max-minutes "
                         f"{ctx.args.max_minutes:g}")
         return
@@ -333,7 +333,7 @@ def md_part2(rec: dict) -> list:
     for r in [r for r in rec["runs"][:1] + rec["runs"][2:] if r["device"] != "cpu" and r["steps_per_s"] > 0]:
         sps = r["steps_per_s"]                                  # a T4 estimated from a GPU's runs only
         lines.append(f"- {t4_estimate(r['name'] + ', one step', 1 / sps)}: {sps / T4_RATIO:.2f} steps/s, "
-                     f"{NOTEBOOK_S * sps / T4_RATIO:.0f} steps in notebook 07's 10 minutes.")
+                     f"{NOTEBOOK_STEPS / (sps / T4_RATIO) / 60:.1f} min for notebook 07's {NOTEBOOK_STEPS} steps.")
     return lines
 
 

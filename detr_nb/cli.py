@@ -1,6 +1,8 @@
 """Command line: ``python -m detr_nb train | evaluate | predict | export`` (notebooks 07-11 make the same calls).
 
-    python -m detr_nb train                                   # the main job: synthetic data, CPU, 540 s budget
+    python -m detr_nb train                                   # the main job: synthetic data, CPU, 1,500 steps
+    python -m detr_nb train --seed 1                          # the same job from another seed
+    python -m detr_nb train --dry-run                         # its recipe, resolved: fixed steps, no time budget
     python -m detr_nb train --time-budget 60 --set data_kwargs.num_train=400 --set data_kwargs.num_val=50
     python -m detr_nb train --recipe finetune --dataset balloon     # fine-tune the released DETR-R50
     python -m detr_nb train --recipe paper --model detr_r50 --dry-run   # print the official recipe, resolved

@@ -43,8 +43,8 @@ MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_siz
 RECIPES: Dict[str, Dict[str, Any]] = {
     "aided": dict(dataset="synthetic", data_kwargs=MAIN_JOB_SYNTHETIC, preset="cpu", model="detr_tiny_aided",
                   pretrained_backbone=None, weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-                  epochs=1000, time_budget_s=540.0, batch_size=16, lr=2e-3, lr_backbone=None, schedule="cosine",
-                  lr_drop=None, warmup_steps=100),
+                  epochs=1000, max_steps=1500, batch_size=16, lr=2e-3, lr_backbone=None,
+                  schedule="cosine", lr_drop=None, warmup_steps=100),
     "paper": {},
     "finetune": dict(dataset="balloon", pretrained="detr_r50", pretrained_backbone=None, epochs=50, lr_drop=None),
     "study": dict(dataset="synthetic", data_kwargs={"num_train": 200, "num_val": 50}, preset="cpu", model="detr_tiny",
@@ -100,8 +100,8 @@ class TrainConfig:
                                         "else lr; 0 freezes it)", 1e-5)
     weight_decay: float = _opt("AdamW weight decay (all parameters)", 1e-4)
     clip_max_norm: float = _opt("gradient-norm clip, 0 = off", 0.1)
-    schedule: str = _opt("step (x0.1 at lr_drop) | cosine (over max_steps, epochs or the time budget) | constant",
-                         "step")
+    schedule: str = _opt("step (x0.1 at lr_drop) | cosine (over max_steps or the epochs; over the time budget "
+                         "if it runs out sooner) | constant", "step")
     lr_drop: Optional[int] = _opt("epoch of the step drop (none: 2/3 of the epochs; never under a time budget)", 200)
     warmup_steps: int = _opt("optimizer steps of linear warm-up from 0", 0)
     # runtime
@@ -198,14 +198,14 @@ def build_model(name: str = "detr_r50", *, num_classes: int, impl: str = "torch"
     """A DETR of a named configuration (:data:`MODELS`): the paper's :class:`~detr_nb.models.DETR`, or an
     :class:`~detr_nb.aids.AidedDETR` for ``detr_tiny_aided``. Notebook 04.
 
-    ``num_classes``: max category id + 1 (COCO: 91), the class head has one more output, "no object".
+    ``num_classes``: max class label + 1 (COCO's ids kept: 91), the class head has one more output, "no object".
     ``impl``: "torch" (fused ops) or "scratch" (the math); ``pretrained_backbone``: torchvision's ImageNet
     weights; ``overrides``: any :class:`~detr_nb.models.DETRConfig` field, e.g. ``num_queries=50``.
     """
     if impl not in ("torch", "scratch"):
         raise ValueError(f"impl must be torch or scratch, got {impl!r}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1 (max category id + 1), got {num_classes!r}")
+        raise ValueError(f"num_classes must be an int >= 1 (max class label + 1), got {num_classes!r}")
     model = build(model_config(name, **overrides), num_classes, impl, pretrained_backbone,
                   AidedDETR if name in AIDED else DETR)
     model.name = name

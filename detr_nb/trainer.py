@@ -53,6 +53,7 @@ from .evaluate import category_names, evaluate_run, sample_predictions, save_sta
 from .figures import draw_predictions, loss_figure
 from .pretrained import load_pretrained
 
+ETA_STEPS = 20              # steps timed, after as many to warm up, for the estimate printed at the start
 MAX_SKIPPED_IN_A_ROW = 20    # fp16 steps that overflowed are skipped (GradScaler's way); this many in a row stop
 FUSED_ADAMW_ON_CPU = tuple(int(v) for v in torch.__version__.split(".")[:2]) >= (2, 4)
 
@@ -97,6 +98,7 @@ class Trainer:
         self.callbacks, self.state, self.history = list(callbacks), RunState(), []
         self.resumed_from: Optional[Path] = None
         self._stop: Optional[str] = None
+        self._until: Optional[int] = None
 
         # Runtime: one process per device under torchrun (DDP), the precision policy, the run folder.
         self.rank, self.world_size = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -215,7 +217,7 @@ class Trainer:
 
     def lr_factor(self, step: int) -> float:
         """Multiplier of the base learning rates after ``step`` optimizer steps: linear warm-up, then a step drop
-        (x0.1), a cosine (over max_steps, the epochs or the time budget) or a constant."""
+        (x0.1), a cosine (over max_steps or the epochs, or the time budget when it runs out sooner) or a constant."""
         cfg = self.cfg
         warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps > 0 else 1.0
         if cfg.schedule == "step":
@@ -224,11 +226,10 @@ class Trainer:
                 drop = max(1, 2 * cfg.epochs // 3)
             return warm * (0.1 if drop is not None and step >= drop * self.steps_per_epoch else 1.0)
         if cfg.schedule == "cosine":
-            if cfg.time_budget_s and not cfg.max_steps:
-                t = self.time_s() / cfg.time_budget_s
-            else:
-                total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
-                t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+            total = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+            t = (step - cfg.warmup_steps) / max(1, total - cfg.warmup_steps)
+            if cfg.time_budget_s:             # whichever budget runs out first ends the cosine
+                t = max(t, self.time_s() / cfg.time_budget_s)
             return warm * 0.5 * (1 + math.cos(math.pi * min(1.0, max(0.0, t))))
         return warm
 
@@ -402,9 +403,11 @@ class Trainer:
         self.scheduler.step()
         return {**total, "grad_norm": grad_norm.detach().float()}
 
-    def fit(self) -> str:
-        """Train until the epochs, ``max_steps``, the time budget or a signal; return the reason it stopped."""
+    def fit(self, until: Optional[int] = None) -> str:
+        """Train until the epochs, ``max_steps``, the time budget or a signal, or this session until step ``until``
+        (a clean stop, the schedule unchanged); return the reason it stopped."""
         cfg, s = self.cfg, self.state
+        self._until = until
         n_params = sum(p.numel() for p in self.params)
         self.log(f"training {cfg.model} (impl={cfg.impl}, {n_params / 1e6:.2f}M trainable) on {cfg.dataset}: "
                  f"{len(self.train_set)} train / {len(self.val_set)} val images, {self.num_classes} classes, device "
@@ -418,6 +421,8 @@ class Trainer:
                    unit="s" if cfg.time_budget_s else "step", disable=not (cfg.progress and self.is_main),
                    desc="train (time budget)" if cfg.time_budget_s else "train")
         self._stop, t_ckpt = None, time.perf_counter()
+        # the time estimate: steps ETA_STEPS .. 2 * ETA_STEPS timed (the first ones warm up allocator and loader)
+        t_first, eta_from, eta_at = None, s.step + ETA_STEPS, s.step + 2 * ETA_STEPS
         try:
             with stop_requests(self._request_stop):
                 reason = self._should_stop(sync=True)
@@ -439,6 +444,12 @@ class Trainer:
                         bar.update(int(min(self.time_s(), cfg.time_budget_s) if cfg.time_budget_s else s.step) - bar.n)
                         if rec is not None:
                             bar.set_postfix(epoch=s.epoch, loss=f"{rec['loss']:.3f}", img_s=f"{rec['images_per_s']:.1f}")
+                        if s.step == eta_from:
+                            t_first = time.perf_counter()
+                        if s.step == eta_at and total < math.inf and not cfg.time_budget_s:
+                            per = (time.perf_counter() - t_first) / ETA_STEPS
+                            self.log(f"estimated time: {per * (total - s.step) / 60:.1f} min for the other "
+                                     f"{total - s.step} steps at {per * 1000:.0f} ms per step, then the evaluation")
                         for callback in self.callbacks:
                             callback(self)
                         if s.batch_in_epoch >= self.steps_per_epoch * cfg.accum_steps:
@@ -473,14 +484,15 @@ class Trainer:
         """Why to stop now, agreed across processes (at log steps under DDP, every step otherwise)."""
         cfg = self.cfg
         flags = [self._stop is not None, bool(cfg.time_budget_s is not None and self.time_s() >= cfg.time_budget_s),
-                 cfg.max_steps is not None and self.state.step >= cfg.max_steps]
+                 cfg.max_steps is not None and self.state.step >= cfg.max_steps,
+                 self._until is not None and self.state.step >= self._until]
         if self.world_size > 1:
             if not sync:
                 return None
             t = torch.tensor(flags, dtype=torch.float32, device=self.device)
             dist.all_reduce(t, op=dist.ReduceOp.MAX)
             flags = (t > 0).tolist()
-        return next((r for r, f in zip(("signal", "time_budget", "max_steps"), flags) if f), None)
+        return next((r for r, f in zip(("signal", "time_budget", "max_steps", "until"), flags) if f), None)
 
     def _end_epoch(self) -> None:
         s = self.state

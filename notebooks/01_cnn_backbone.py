@@ -4,17 +4,23 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/01_cnn_backbone.ipynb)
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.0 s on 2 CPU cores (`bench/notebook_times.py`).
-# Full mode on a Colab T4: about 2 minutes, an estimate: the install (about a minute), torchvision's
-# 98 MB ResNet-50 weights, and a few ResNet-50 forward passes at 480 px, each well under a second on a GPU.
+# Full mode on a Colab T4: about 3 minutes, an estimate: the install (about a minute), the released DETR-R50
+# (159 MB) and torchvision's 98 MB ResNet-50 weights, one DETR-R50 forward pass at 800 px and a few ResNet-50
+# ones at 480 px, each a few seconds at most.
 # Full mode on 2 CPU cores: 13 s, measured (`bench/notebook_times.py --key-figures`, machine speed 186 ms per
 # main-job step, `bench/train_step.py --speed`; `PRETRAINED = False`: no weights download, so the feature maps
-# come from a random ResNet).
+# come from a random ResNet), before section 0, whose scoring of 300 images adds about 4 s.
 #
 # **Key figure** of a full run (section 1; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): convolution as im2col: the patch under one output pixel becomes one column of a
 # matrix.
 #
 # ![convolution as im2col: the patch under one output pixel becomes one column of a matrix](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/01_cnn_backbone.png)
+#
+# **First minute.** Section 0 runs a working detector before anything is built: the main job's model, which
+# the project trained and ships with the package (`detr_nb/teach/detector.pth`, 5 MB;
+# the shipped detector's AP 0.003 / AP50 0.013 on the 300 synthetic validation images), and in Colab the
+# released DETR-R50 on a photograph.
 
 # %%
 # Setup: in Colab, install detr_nb from GitHub (torch is already there and is left alone).
@@ -36,12 +42,16 @@ SMOKE = os.environ.get("DETR_NB_SMOKE") == "1"
 IMAGE_SHORT_SIDE = 160 if SMOKE else 480
 CHANNELS_SHOWN = 4 if SMOKE else 6
 PRETRAINED = not SMOKE
+# Section 0's released DETR-R50 (a 159 MB download): in Colab only.
+OFFICIAL = "google.colab" in sys.modules and not SMOKE
 
 # %% [markdown]
 # DETR starts like most detectors: a convolutional network turns the image $(3, H, W)$ into a
 # coarse grid of feature vectors $(2048, H/32, W/32)$. The transformer that follows never sees a
-# pixel, only these 2048-dimensional vectors. This notebook builds that grid from the bottom:
+# pixel, only these 2048-dimensional vectors. This notebook first shows where the series ends, then builds that
+# grid from the bottom:
 #
+# 0. a trained DETR at work: its boxes, and where it looks for one object;
 # 1. a convolution is a matrix product over image patches (*im2col*), checked against `F.conv2d`;
 # 2. ResNet-50 stacks such convolutions into bottleneck blocks with shortcuts;
 # 3. the feature maps of a real photograph after each stage;
@@ -55,16 +65,94 @@ import inspect
 import matplotlib.pyplot as plt
 import torch
 import torch.nn.functional as F
+from IPython.display import display
 
 import detr_nb
+from detr_nb.checkpoint import load_checkpoint, model_from_checkpoint
+from detr_nb.evaluate import category_names, evaluate, sample_predictions
+from detr_nb.figures import draw_boxes, draw_predictions
 from detr_nb.models import layers
 from detr_nb.models.backbone import Backbone, Bottleneck, ResNet
-from detr_nb.teach import checks, cnn, images, params
+from detr_nb.pretrained import COCO_CLASSES
+from detr_nb.teach import checks, cnn, first_minute, images, params
+from detr_nb.teach.attention import attention_maps, decoder_attention_figure, query_predictions
 from detr_nb.teach.paths import workdir
 
 torch.manual_seed(0)
 WORK = workdir("01_cnn_backbone")
 print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", SMOKE, "| files go to", WORK)
+
+# %% [markdown]
+# ## 0. A detector in the first minute
+#
+# Here is where the series ends: a DETR that finds objects. The project trained the main job's model
+# (`detr_tiny_aided`, 1.3M parameters: `python -m detr_nb train`, the recipe notebooks 07 and 10 explain) on the
+# synthetic shapes, and ships its weights with the package: `detr_nb/teach/detector.pth`, 5 MB.
+# `load_checkpoint` reads the file (`torch.load(weights_only=True)`: plain data, no code from a pickle) and
+# `model_from_checkpoint` rebuilds the model from the configuration stored in it: the two calls that reopen any
+# run of this series. The file also records the AP it scored and where it was made.
+
+# %%
+shipped = load_checkpoint(first_minute.DETECTOR)
+detector = model_from_checkpoint(shipped)                 # eval mode, on the CPU
+print(f"{shipped['model_name']}: {sum(p.numel() for p in detector.parameters()):,} parameters, "
+      f"classes {shipped['categories']}")
+print("made", shipped["made"])
+print("recorded: AP {AP:.3f} / AP50 {AP50:.3f}".format(**shipped["ap"]))
+
+# %% [markdown]
+# Its validation images are drawn here from the generator's seed (`first_minute.validation_set`: the same
+# pixels on every machine). In full mode it is scored on all of them with COCO's AP (pycocotools, notebook 08),
+# which gives back the number the file records. Then its predictions on four images: solid boxes score
+# at least 0.5, dashed ones are the ground truth.
+
+# %%
+val_set = first_minute.validation_set(shipped, root=str(WORK / "synthetic-val"), num_val=4 if SMOKE else None)
+if not SMOKE:                                              # 300 images: a few seconds
+    stats = evaluate(detector, val_set, verbose=False)
+    print(f"measured here: AP {stats['AP']:.3f} / AP50 {stats['AP50']:.3f} on {len(val_set)} validation images")
+names = category_names(val_set)
+samples = sample_predictions(detector, val_set, range(4))  # each: image (3, 96, 96), target, result
+fig = draw_predictions(samples, threshold=0.5, names=names)
+display(fig)
+
+# %% [markdown]
+# How does it find an object? Its decoder has `Q` object queries; each one *looks* at the image's feature grid
+# through cross-attention (notebook 03 builds attention, 08 reads these maps) and predicts one box. Below, the
+# query that scores highest on the first image: its attention map, averaged over the heads, over the image,
+# with its box. The grid it looks at is what a CNN backbone makes of the pixels: the rest of this notebook.
+
+# %%
+shapes = samples[0]["image"]                               # (3, 96, 96), normalised
+shapes_maps = attention_maps(detector, shapes[None])       # per decoder layer: (1, heads, Q, h*w)
+best = int(query_predictions(shapes_maps)["scores"].argmax())   # the query most sure of an object
+print("feature grid", shapes_maps["feature_size"], "| last decoder layer's cross-attention",
+      tuple(shapes_maps["decoder"][-1].shape))
+fig = decoder_attention_figure(shapes, shapes_maps, [best], names=names)
+plt.show()
+
+# %% [markdown]
+# In Colab (`OFFICIAL`) the same two pictures for the released DETR-R50 (COCO, 42.0 AP; 159 MB downloaded once)
+# on Grace Hopper's portrait: its confident boxes, and where its most confident query looks.
+
+# %%
+if OFFICIAL:
+    official = detr_nb.build_model("detr_r50", num_classes=91)
+    detr_nb.load_pretrained(official, "detr_r50")
+    photo = images.image_to_tensor(images.sample_image(), short_side=800)     # (3, H, W), shorter side 800
+    photo_maps = attention_maps(official, photo[None])     # the paper's softmax scores
+    found = query_predictions(photo_maps)                  # per query: scores, labels (Q,), boxes (Q, 4)
+    confident = (found["scores"] > 0.9).nonzero().flatten().tolist()
+    fig, ax = plt.subplots(figsize=(5, 5 * photo.shape[-2] / photo.shape[-1]))
+    draw_boxes(ax, photo, found["boxes"][confident], found["labels"][confident].tolist(),
+               found["scores"][confident].tolist(), names=COCO_CLASSES)
+    plt.show()
+    fig = decoder_attention_figure(photo, photo_maps, [int(found["scores"].argmax())], names=COCO_CLASSES)
+    plt.show()
+    del official
+else:
+    print("the released DETR-R50 on a photograph: in Colab only (OFFICIAL, a 159 MB download); offline, the "
+          "shipped detector above")
 
 # %% [markdown]
 # ## 1. Convolution as im2col + one matrix product

@@ -4,10 +4,12 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from detr_nb.aids import AidedCriterion, AidedDETR, box_sine_embedding, grid_anchors, inverse_sigmoid
+from detr_nb.aids import AidedCriterion, AidedDETR, box_prior, box_sine_embedding, grid_anchors, inverse_sigmoid
 from detr_nb.config import build_criterion, build_model
 from detr_nb.models import DETR
+from detr_nb.models.attention import attention_weights, split_heads
 
 # A small aided model (dropout 0; eval mode, so its BatchNorm is a fixed function).
 SMALL = dict(backbone_width=0.125, hidden_dim=32, nheads=2, dec_layers=2, dim_feedforward=64, num_queries=6)
@@ -77,6 +79,40 @@ def test_box_sine_embedding_is_detrs_sine_per_coordinate():
     dim_t = 10000 ** (2 * (torch.arange(8) // 2) / 8)
     p = boxes[:, 1:2] * 2 * torch.pi / dim_t    # the cy coordinate -> channels 8..15
     torch.testing.assert_close(emb[:, 8:16], torch.stack([p[:, 0::2].sin(), p[:, 1::2].cos()], -1).flatten(1))
+
+
+def test_box_prior_is_zero_at_the_box_centre_and_falls_with_the_distance_in_box_sizes():
+    ref = torch.tensor([[[0.5, 0.5, 0.2, 0.4]]])                                            # (1, 1, 4) cxcywh
+    centers = torch.tensor([[[0.5, 0.5], [0.6, 0.5], [0.5, 0.7], [0.9, 0.9]]])   # centre, right/bottom edge, far
+    scales = torch.tensor([0.5, 16.0])
+    bias = box_prior(ref, centers, scales)                                                  # (1, 2, 1, 4)
+    far = (0.4 / 0.2) ** 2 + (0.4 / 0.4) ** 2
+    torch.testing.assert_close(bias[0, :, 0], -torch.tensor([0.0, 0.25, 0.25, far]) * scales[:, None])
+    model = small()
+    assert "prior_scales" not in model.state_dict()                     # fixed, not a weight: checkpoints unchanged
+    torch.testing.assert_close(model.prior_scales, torch.tensor([0.5, 16.0]))       # SMALL has 2 heads
+
+
+def test_the_box_prior_draws_the_cross_attention_into_the_box():
+    """The decoder's first cross-attention, recomputed from its inputs with and without the model's prior: the
+    weight on the cells within each query's box ellipse grows, for every head and query."""
+    model = small()
+    attn = model.transformer.decoder.layers[0].multihead_attn
+    seen = {}
+    attn.register_forward_hook(lambda mod, args, kwargs, out: seen.update(args=args, bias=kwargs["attn_mask"]),
+                               with_kwargs=True)
+    with torch.no_grad():
+        model(torch.randn(1, 3, 64, 64))
+        query, key, _ = seen["args"]
+        (w_q, w_k, _), (b_q, b_k, _) = attn.in_proj_weight.chunk(3), attn.in_proj_bias.chunk(3)
+        q, k = split_heads(F.linear(query, w_q, b_q), 2), split_heads(F.linear(key, w_k, b_k), 2)   # (1, h, L, d)
+        bias = seen["bias"]                                                                      # (1, h, Q, hw)
+        inside = bias > -0.25 * model.prior_scales[:, None, None]    # cell centres within the box's ellipse
+        plain, primed = attention_weights(q, k), attention_weights(q, k, bias=bias)
+    both = inside.any(-1) & (~inside).any(-1)                        # (1, h, Q): queries with cells on each side
+    assert both.float().mean() > 0.5
+    gain = (primed * inside).sum(-1) - (plain * inside).sum(-1)      # (1, h, Q)
+    assert (gain[both] > 0).all() and (gain[~both].abs() < 1e-6).all()
 
 
 def test_grid_anchors_sit_on_the_cells_of_the_unpadded_image():

@@ -61,6 +61,6 @@ def test_the_installed_package_carries_its_data(tmp_path):
     wheel, = tmp_path.glob("detr_nb-*.whl")
     data_files = sorted(str(p.relative_to(repo)) for p in (repo / "detr_nb").rglob("*")
                         if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts)
-    assert data_files == ["detr_nb/teach/convergence.json"]     # a new data file must be added here and to pyproject
+    assert data_files == ["detr_nb/teach/convergence.json", "detr_nb/teach/detector.pth"]   # new data: here and pyproject
     names = set(zipfile.ZipFile(wheel).namelist())
     assert set(data_files) <= names, set(data_files) - names

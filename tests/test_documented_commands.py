@@ -29,8 +29,8 @@ from engine_utils import REPO, SYN, TINY, run_cli, write_coco_folder
 
 README = REPO / "README.md"
 # The main job's shortening: the options the README names for a quick try.
-BUDGET = 3
-SHORT = ["--time-budget", str(BUDGET), "--set", "data_kwargs.num_train=64", "--set", "data_kwargs.num_val=8"]
+BUDGET, STEPS = 3, 44         # a shortened time budget; fixed steps past the 40 that time the estimate
+SHORT = ["--max-steps", str(STEPS), "--set", "data_kwargs.num_train=64", "--set", "data_kwargs.num_val=8"]
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -135,11 +135,16 @@ def _eval_numbers(path):
     return {k: ev[k] for k in STAT_NAMES}
 
 
-def _check_main_job_outputs(out, printed):
+def _check_main_job_outputs(out, printed, stopped_by="max_steps"):
     numbers = _eval_numbers(out / "eval.json")
     assert all(0 <= numbers[k] <= 1 or numbers[k] == -1 for k in STAT_NAMES)
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["stopped_by"] == "time_budget" and summary["train_time_s"] <= BUDGET + 10
+    assert summary["stopped_by"] == stopped_by
+    if stopped_by == "time_budget":
+        assert summary["train_time_s"] <= BUDGET + 10
+    else:                           # fixed steps: the estimate after the first 40, in one line
+        assert summary["step"] == STEPS and len(re.findall(r"estimated time: [\d.]+ min for the other 4 steps",
+                                                           printed)) == 1, printed
     assert (out / "predictions.png").stat().st_size > 0 and (out / "loss.png").stat().st_size > 0
     assert (out / "checkpoints" / "last.pth").exists()
     assert f"AP {numbers['AP']:.4f}  AP50 {numbers['AP50']:.4f}" in printed
@@ -160,13 +165,30 @@ def run_main_job(cmd, work, once, **_):
     _check_main_job_outputs(out, run["stdout"])
 
 
+def run_main_job_seed(cmd, work, **_):
+    """Another seed: the same shortened main job, whose recorded config carries that seed."""
+    proc = detr_nb_main(_detr_nb_args(cmd) + SHORT + ["--no-progress", "--out", work / "seed"], cwd=work)
+    _check_main_job_outputs(work / "seed", proc.stdout)
+    import torch
+    state = torch.load(work / "seed" / "checkpoints" / "last.pth", map_location="cpu", weights_only=True)
+    assert state["config"]["seed"] == int(cmd.split()[-1])
+
+
+def run_main_dry_run(cmd, work, **_):
+    """The main job's recipe as it runs: 1,500 steps on every machine, a cosine over them, no time budget."""
+    cfg = json.loads(detr_nb_main(_detr_nb_args(cmd), cwd=work).stdout)
+    assert (cfg["recipe"], cfg["model"], cfg["max_steps"], cfg["time_budget_s"], cfg["schedule"]) == (
+        "aided", "detr_tiny_aided", 1500, None, "cosine")
+
+
 def run_quick_try(cmd, work, **_):
     argv = _detr_nb_args(cmd)
     argv[argv.index("--time-budget") + 1] = str(BUDGET)
     argv += ["--set", "data_kwargs.num_train=48", "--set", "data_kwargs.num_val=8", "--no-progress"]
     proc = detr_nb_main(argv, cwd=work)
     out = Path(re.search(r"output directory: (.+)", proc.stdout).group(1).strip())
-    _check_main_job_outputs(out, proc.stdout)
+    _check_main_job_outputs(out, proc.stdout, stopped_by="time_budget")
+    assert "estimated time" not in proc.stdout            # a time budget has its own clock
 
 
 def run_help(cmd, work, **_):
@@ -355,11 +377,31 @@ def covered_by(test):
     return runner
 
 
+def run_first_minute(cmd, work, tiny_run, **_):
+    """Notebook 01's detector remade from a run (the tiny one) into a file of the test's (``--out``: the docs are
+    left alone): read back as any checkpoint, it records the AP it printed, the AP of the run's own evaluation."""
+    from detr_nb.checkpoint import load_checkpoint, model_from_checkpoint
+    from detr_nb.teach import first_minute
+    out = work / "first_minute" / "detector.pth"
+    argv = shlex.split(cmd.replace("runs/main", str(tiny_run)))[3:]
+    docs = [path.read_text() for path in first_minute.STATED_IN]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert first_minute.main(argv + ["--out", str(out), "--data-root", str(work / "first_minute" / "data")]) == 0
+    state = load_checkpoint(out)
+    assert "optimizer" not in state and model_from_checkpoint(state).num_classes == state["num_classes"]
+    assert (f"the shipped detector's AP {state['ap']['AP']:.3f} / AP50 {state['ap']['AP50']:.3f} on "
+            f"{SYN['num_val']} synthetic validation images") in printed.getvalue(), printed.getvalue()
+    assert abs(state["ap"]["AP"] - _eval_numbers(tiny_run / "eval.json")["AP"]) <= 0.002
+    assert [path.read_text() for path in first_minute.STATED_IN] == docs
+
+
 RUNNERS = {
     "pip install -r requirements.txt && python -m detr_nb train": run_main_job,
     "python -m detr_nb train": run_main_job,
     "pip install -r requirements.txt && python -m pytest -q": run_tests_command,
     "python -m detr_nb train --help": run_help,
+    "python -m detr_nb train --seed 1": run_main_job_seed,
+    "python -m detr_nb train --dry-run": run_main_dry_run,
     "python -m detr_nb train --time-budget 60 --set data_kwargs.num_train=400 --set data_kwargs.num_val=50":
         run_quick_try,
     "bash bench/main_job.sh": run_bench_main_job,
@@ -375,6 +417,9 @@ RUNNERS = {
     "python -m detr_nb.teach.study --approaches scratch,torch --inits none --max-steps 300":
         covered_by("tests/test_study.py"),
     "python -m detr_nb.teach.nbtools sync": covered_by("tests/test_notebooks.py::test_generated_files_in_sync"),
+    "python -m detr_nb.teach.nbtools outputs":
+        covered_by("tests/test_notebooks.py::test_outputs_command_keeps_a_smoke_run_and_refuses_an_error"),
+    "python -m detr_nb.teach.first_minute runs/main": run_first_minute,
 }
 
 

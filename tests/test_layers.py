@@ -143,11 +143,13 @@ def test_mha_matches_nn_multiheadattention_with_masks(impl):
     q, k, v = torch.randn(B, Lq, C), torch.randn(B, Lk, C), torch.randn(B, Lk, C)
     kpm = torch.zeros(B, Lk, dtype=torch.bool)
     kpm[0, -3:] = True
-    for kw in ({}, {"key_padding_mask": kpm}):
+    bias = torch.randn(B, 4, Lq, Lk)          # a float attn_mask: ours (B, h, Lq, Lk), PyTorch's (B*h, Lq, Lk)
+    for kw in ({}, {"key_padding_mask": kpm}, {"attn_mask": bias}, {"key_padding_mask": kpm, "attn_mask": bias}):
         qs = [t.clone().requires_grad_() for t in (q, k, v)]
         qr = [t.clone().requires_grad_() for t in (q, k, v)]
         out = ours(*qs, **kw)
-        exp = ref(*qr, need_weights=False, **kw)[0]
+        theirs = {**kw, "attn_mask": bias.flatten(0, 1)} if "attn_mask" in kw else kw
+        exp = ref(*qr, need_weights=False, **theirs)[0]
         torch.testing.assert_close(out, exp)
         out.square().sum().backward()
         exp.square().sum().backward()

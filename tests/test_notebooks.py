@@ -1,11 +1,15 @@
-"""The notebooks: generated .ipynb match their .py sources, carry Colab metadata and badges from
-REPO_URL, and every notebook runs top to bottom in smoke mode on the CPU."""
+"""The notebooks: generated .ipynb match their .py sources (code cells, and kept outputs stamped with how they were
+made), carry Colab metadata and badges from REPO_URL, and every notebook runs top to bottom in smoke mode on the CPU."""
 import json
 import os
 import re
+import shutil
+import subprocess
 import sys
 import warnings
 
+import jupytext
+import nbformat
 import pytest
 
 import detr_nb
@@ -24,17 +28,95 @@ def test_generated_files_in_sync():
 
 
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
-def test_ipynb_has_no_outputs_and_colab_metadata(py):
-    """A T4 is requested only by the notebooks whose full mode needs one (07 trains, 08 trains when notebook 07's
-    run is not on Drive, 09 compares, 11 fine-tunes DETR-R50): a GPU runtime spends the learner's free quota."""
+def test_ipynb_code_is_its_source_its_outputs_stamped_and_colab_metadata(py):
+    """The code cells of the .ipynb are the .py's, one by one; its kept outputs hold no error and no widget state
+    (GitHub renders none), and come with the stamp line in the title cell; 09 and 11 keep none and say why. A T4
+    is requested only by the notebooks whose full mode needs one (07 trains, 08 trains when notebook 07's run is
+    not on Drive, 09 compares, 11 fine-tunes DETR-R50): a GPU runtime spends the learner's free quota."""
     nb = json.loads(py.with_suffix(".ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert ["".join(c["source"]) for c in code] == [c.source for c in jupytext.read(py, fmt="py:percent").cells
+                                                    if c.cell_type == "code"]
     wants_gpu = py.name[:2] in ("07", "08", "09", "11")
     assert (nb["metadata"].get("accelerator") == "GPU") == wants_gpu
     assert (nb["metadata"]["colab"].get("gpuType") == "T4") == wants_gpu
     assert "widgets" not in nb["metadata"]
-    for cell in nb["cells"]:
-        if cell["cell_type"] == "code":
-            assert cell["outputs"] == [] and cell["execution_count"] is None
+    outputs = [o for c in code for o in c["outputs"]]
+    assert not [o for o in outputs if o["output_type"] == "error"]
+    assert not [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]
+    title = "".join(nb["cells"][0]["source"])
+    if outputs:
+        assert re.search(rf"^{re.escape(nbtools.STAMP)} from a run in (full|smoke) mode.*, on .+ cores", title, re.M)
+    if py.name[:2] not in nbtools.KEPT:
+        assert not outputs and nbtools.WAITING in title
+
+
+def test_notebooks_folder_stays_small():
+    """Kept outputs (figures as PNG) must not make the repository heavy: notebooks/ stays at or under 15 MB."""
+    size = sum(p.stat().st_size for p in nbtools.NOTEBOOK_DIR.iterdir() if p.is_file())
+    assert size <= 15 * 2**20, f"notebooks/ holds {size / 2**20:.1f} MB"
+
+
+def _fake_outputs(nb):
+    """``nb`` (as built) with one stream output on every code cell and a stamp line: as if it had been run."""
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        cell.outputs = [nbformat.v4.new_output("stream", name="stdout", text=f"cell {i}\n")]
+        cell.execution_count = i + 1
+    nb.cells[0].source += f"\n\n{nbtools.STAMP} from a run in full mode, 2026-12-06, on a test, 2 cores."
+    return nb
+
+
+def test_sync_keeps_outputs_while_the_code_is_unchanged_and_drops_them_when_it_changed(tmp_path, monkeypatch, capsys):
+    folder = tmp_path / "notebooks"
+    folder.mkdir()
+    py = folder / "03_attention.py"
+    shutil.copy(nbtools.NOTEBOOK_DIR / py.name, py)
+    (tmp_path / "README.md").write_text(f"{nbtools.BADGE_START}\n{nbtools.BADGE_END}\n")
+    monkeypatch.setattr(nbtools, "ROOT", tmp_path)
+    monkeypatch.setattr(nbtools, "NOTEBOOK_DIR", folder)
+    monkeypatch.setattr(nbtools, "README", tmp_path / "README.md")
+    ran = nbformat.writes(_fake_outputs(nbtools.build_notebook(py))) + "\n"
+    py.with_suffix(".ipynb").write_text(ran)
+    assert nbtools.check() == [f"README.md differs from what its source generates"]
+    # a changed markdown cell: the outputs and their stamp stay, the new text comes in
+    py.write_text(py.read_text().replace("# # 03 · Attention", "# # 03 · Attention!", 1))
+    assert nbtools.main(["sync"]) == 0
+    kept = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    assert kept.cells[0].source.startswith("# 03 · Attention!") and nbtools.STAMP in kept.cells[0].source
+    assert [c.outputs for c in kept.cells if c.cell_type == "code"] == \
+        [c.outputs for c in nbformat.reads(ran, as_version=4).cells if c.cell_type == "code"]
+    assert "dropped" not in capsys.readouterr().out and nbtools.check() == []
+    # a changed code cell: every output goes, and sync says which notebook lost them
+    py.write_text(py.read_text().replace("import torch\n", "import torch  # changed\n", 1))
+    assert nbtools.main(["sync"]) == 0
+    assert "notebooks/03_attention.ipynb: its code changed, so its kept outputs were dropped" in capsys.readouterr().out
+    dropped = nbformat.read(py.with_suffix(".ipynb"), as_version=4)
+    assert not any(c.get("outputs") for c in dropped.cells) and nbtools.STAMP not in dropped.cells[0].source
+    assert nbtools.check() == []
+
+
+@pytest.mark.notebook
+def test_outputs_command_keeps_a_smoke_run_and_refuses_an_error(tmp_path):
+    """``nbtools outputs`` on a copy of 03 (smoke mode: --smoke is for this test) and on a notebook whose cell
+    raises: 03's .ipynb gets its outputs and the stamp, and is what sync regenerates; the other is not written."""
+    shutil.copy(nbtools.NOTEBOOK_DIR / "03_attention.py", tmp_path)
+    (tmp_path / "02_broken.py").write_text('# %% [markdown]\n# # 02 · Broken\n\n# %% tags=["parameters"]\n'
+                                          'SMOKE = True\n\n# %%\nprint("before")\nraise ValueError("planted")\n')
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(nbtools.ROOT), os.environ.get("PYTHONPATH", "")]),
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "detr_nb.teach.nbtools", "outputs", "02", "03", "--smoke", "--dir",
+                           str(tmp_path)], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "02_broken.py: not written, a cell raised: ValueError: planted" in proc.stdout, proc.stdout
+    assert not (tmp_path / "02_broken.ipynb").exists()
+    written = (tmp_path / "03_attention.ipynb").read_text()
+    nb = nbformat.reads(written, as_version=4)
+    assert re.search(rf"^{re.escape(nbtools.STAMP)} from a run in smoke mode .*, on .+ cores, torch ",
+                     nb.cells[0].source, re.M)
+    assert "widgets" not in nb.metadata and nb.metadata == nbtools.build_notebook(tmp_path / "03_attention.py").metadata
+    assert any(o.output_type == "display_data" for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    again = nbtools.build_notebook(tmp_path / "03_attention.py")
+    assert nbtools.keep_outputs(again, nb) is None and nbformat.writes(again) + "\n" == written   # sync keeps it
 
 
 @pytest.mark.parametrize("py", SOURCES, ids=IDS)
@@ -70,7 +152,7 @@ def test_readme_badges_point_to_existing_notebooks():
     text = nbtools.README.read_text()
     links = re.findall(r"\(https://colab\.research\.google\.com/github/([^)]+)\)", text)
     assert len(links) == len(SOURCES)
-    prefix = f"{nbtools.repo_slug()}/blob/{detr_nb.REPO_BRANCH}/notebooks/"
+    prefix = f"{detr_nb.REPO_URL.split('github.com/')[1]}/blob/{detr_nb.REPO_BRANCH}/notebooks/"
     for link in links:
         assert link.startswith(prefix), link
         assert (nbtools.NOTEBOOK_DIR / link[len(prefix):]).exists(), link

@@ -166,6 +166,27 @@ def test_time_budget_and_max_steps(tmp_path, data_root):
     tr.close()
 
 
+def test_a_session_until_a_step_stops_cleanly_and_leaves_the_schedule_alone(tmp_path, data_root):
+    """fit(until=k) ends this session at step k with a checkpoint; the next session goes on to max_steps on the
+    same cosine, step for step the learning rates of one uninterrupted run."""
+    kw = dict(max_steps=6, schedule="cosine", warmup_steps=2)
+    whole = Trainer(tiny_config(tmp_path / "whole", data_root, **kw))
+    lrs = []
+    whole.callbacks.append(lambda tr: lrs.append(tr.optimizer.param_groups[0]["lr"]))
+    assert whole.fit() == "max_steps" and whole.step == 6
+    whole.close()
+    first = Trainer(tiny_config(tmp_path / "split", data_root, **kw))
+    assert first.fit(until=2) == "until" and first.step == 2
+    first.close()
+    assert ck.load_checkpoint(tmp_path / "split" / "checkpoints" / "last.pth")["step"] == 2
+    second = Trainer(tiny_config(tmp_path / "split", data_root, **kw))
+    split = []
+    second.callbacks.append(lambda tr: split.append(tr.optimizer.param_groups[0]["lr"]))
+    assert second.fit() == "max_steps" and second.step == 6
+    second.close()
+    assert split == pytest.approx(lrs[2:], rel=1e-12) and lrs[-1] < lrs[2]
+
+
 def _lr_factor(cfg, step, steps_per_epoch=10, time_s=0.0):
     """``Trainer.lr_factor`` of a run of ``cfg`` with ``steps_per_epoch``, ``time_s`` seconds into its budget."""
     return Trainer.lr_factor(SimpleNamespace(cfg=cfg, steps_per_epoch=steps_per_epoch, time_s=lambda: time_s), step)
@@ -174,18 +195,23 @@ def _lr_factor(cfg, step, steps_per_epoch=10, time_s=0.0):
 def test_lr_schedules():
     cfg = TrainConfig(schedule="step", epochs=30, lr_drop=20, time_budget_s=None, warmup_steps=0)
     assert _lr_factor(cfg, 0) == 1.0 and _lr_factor(cfg, 199) == 1.0 and _lr_factor(cfg, 200) == pytest.approx(0.1)
-    cfg = TrainConfig(schedule="cosine", epochs=10, warmup_steps=10, time_budget_s=None)
+    cfg = TrainConfig(schedule="cosine", epochs=10, warmup_steps=10, time_budget_s=None, max_steps=None)
     assert _lr_factor(cfg, 0) == pytest.approx(0.1)
     assert _lr_factor(cfg, 9) == pytest.approx(1.0)
     assert _lr_factor(cfg, 55) == pytest.approx(0.5)
     assert _lr_factor(cfg, 100) == pytest.approx(0.0, abs=1e-12)
-    assert _lr_factor(TrainConfig(schedule="step"), 10**6) == 1.0  # a time budget: no step drop
-    # the main job: warm-up, then a cosine that follows the fraction of the time budget spent
+    assert _lr_factor(TrainConfig(schedule="step", time_budget_s=60.0), 10**6) == 1.0  # a time budget: no step drop
+    # the main job: warm-up, then a cosine over its fixed steps, whatever the clock says
     main = TrainConfig()
-    assert main.schedule == "cosine" and main.time_budget_s and main.max_steps is None and main.warmup_steps == 100
+    assert main.schedule == "cosine" and main.time_budget_s is None and main.max_steps == 1500
     assert _lr_factor(main, 49, time_s=0.0) == pytest.approx(0.5)
-    assert _lr_factor(main, 10**6, time_s=0.5 * main.time_budget_s) == pytest.approx(0.5)
-    assert _lr_factor(main, 10**6, time_s=1.5 * main.time_budget_s) == pytest.approx(0.0, abs=1e-12)
+    assert _lr_factor(main, 800, time_s=10**6) == pytest.approx(0.5)
+    assert _lr_factor(main, 1500) == pytest.approx(0.0, abs=1e-12)
+    # with --time-budget too, the cosine follows whichever budget runs out first
+    budget = TrainConfig(time_budget_s=60.0)
+    assert _lr_factor(budget, 800, time_s=6.0) == pytest.approx(0.5)
+    assert _lr_factor(budget, 150, time_s=30.0) == pytest.approx(0.5)
+    assert _lr_factor(budget, 150, time_s=90.0) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_excluded_time_does_not_count_against_the_budget(tmp_path, data_root):

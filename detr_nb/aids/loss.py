@@ -19,31 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..models.box_ops import box_cxcywh_to_xyxy, box_iou
 from ..models.detr import PostProcess, SetCriterion, matched
 from ..models.matcher import HungarianMatcher
 
 ALPHA, GAMMA = 0.25, 2.0
 TOPK = 100             # detections per image: the best (query, class) pairs
-O2M_ALPHA, O2M_THRESHOLD, O2M_TOPK = 0.3, 0.4, 4    # one-to-many assignment (MS-DETR)
-
-
-@torch.no_grad()
-def one_to_many(outputs: dict, targets: Sequence[dict], topk: int = O2M_TOPK, threshold: float = O2M_THRESHOLD):
-    """Each object's ``topk`` queries by quality p^0.3 * IoU^0.7 above ``threshold``; a query claimed by several
-    objects keeps its best. Per image ``(pred_idx, tgt_idx)``, as the matcher returns (MS-DETR's assignment)."""
-    prob = outputs["pred_logits"][..., :-1].float().sigmoid()                         # (B, Q, C)
-    boxes = box_cxcywh_to_xyxy(outputs["pred_boxes"].float())                          # (B, Q, 4)
-    indices = []
-    for p, b, t in zip(prob, boxes, targets):
-        iou = box_iou(b, box_cxcywh_to_xyxy(t["boxes"].float()))[0]                    # (Q, N)
-        quality = p[:, t["labels"]] ** O2M_ALPHA * iou ** (1 - O2M_ALPHA)            # (Q, N)
-        top = quality.topk(min(topk, len(quality)), dim=0)                             # (k, N)
-        keep = torch.zeros_like(quality, dtype=torch.bool).scatter_(0, top.indices, top.values > threshold)
-        best = torch.cat([quality.masked_fill(~keep, -1), quality.new_full((len(quality), 1), -1)], 1).max(1)
-        q = (best.values >= 0).nonzero().squeeze(1)                                    # (M,) claimed queries
-        indices.append((q.cpu(), best.indices[q].cpu()))
-    return indices
 
 
 def sigmoid_focal_loss(logits: Tensor, targets: Tensor) -> Tensor:
@@ -66,24 +46,6 @@ class AidedMatcher(HungarianMatcher):
 
 class AidedCriterion(SetCriterion):
     """The paper's set loss with the focal class term, also on the encoder's proposals (keys ``*_enc``)."""
-
-    def __init__(self, num_classes: int, matcher, weight_dict: Dict[str, float]):
-        weight_dict = dict(weight_dict)
-        self.o2m = {k: weight_dict.pop(k, 0.0) for k in ("o2m_aux", "o2m_last")}
-        super().__init__(num_classes, matcher, weight_dict)
-
-    def forward(self, outputs: dict, targets: Sequence[dict]) -> Dict[str, Tensor]:
-        losses = super().forward(outputs, targets)
-        layers = [(w, out) for w, outs in ((self.o2m["o2m_aux"], outputs.get("aux_outputs", [])),
-                                           (self.o2m["o2m_last"], [outputs])) if w for out in outs]
-        num_boxes = losses["loss"].new_tensor(float(max(1, sum(len(t["labels"]) for t in targets))))
-        for i, (w, out) in enumerate(layers):
-            indices = one_to_many(out, targets)
-            terms = {**self.loss_labels(out, targets, indices, num_boxes),
-                     **self.loss_boxes(out, targets, indices, num_boxes)}
-            losses["loss"] = losses["loss"] + w * sum(v * terms[k] for k, v in self.weight_dict.items())
-            losses.update({f"{k}_o2m{i}": v for k, v in terms.items()})
-        return losses
 
     def supervised(self, outputs: dict) -> List[tuple]:
         return super().supervised(outputs) + [("_enc", outputs["enc_outputs"])]

@@ -16,29 +16,32 @@ from torch import Tensor
 from .layers import Linear, Switchable, check_impl, dropout, linear, softmax
 
 
-def attention_weights(q: Tensor, k: Tensor, mask: Optional[Tensor] = None) -> Tensor:
-    """softmax(Q K^T / sqrt(d)) with blocked keys at -inf: q (..., Lq, d), k (..., Lk, d) -> (..., Lq, Lk).
-    ``mask`` bool, broadcastable to (..., Lq, Lk), True = blocked. Notebook 03."""
+def attention_weights(q: Tensor, k: Tensor, mask: Optional[Tensor] = None, bias: Optional[Tensor] = None) -> Tensor:
+    """softmax(Q K^T / sqrt(d) + bias) with blocked keys at -inf: q (..., Lq, d), k (..., Lk, d) -> (..., Lq, Lk).
+    ``mask`` bool, broadcastable to (..., Lq, Lk), True = blocked; ``bias`` float, broadcastable. Notebook 03."""
     scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])           # (..., Lq, Lk)
+    if bias is not None:
+        scores = scores + bias
     if mask is not None:
         scores = scores.masked_fill(mask, float("-inf"))
     return softmax(scores, dim=-1)                                      # a fully blocked row gives zeros
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Optional[Tensor] = None, dropout_p: float = 0.0,
-              training: bool = False, impl: str = "scratch") -> Tensor:
-    """Scaled dot-product attention softmax(Q K^T / sqrt(d) + mask) V -> (..., Lq, dv). Notebook 03.
+              training: bool = False, impl: str = "scratch", bias: Optional[Tensor] = None) -> Tensor:
+    """Scaled dot-product attention softmax(Q K^T / sqrt(d) + bias + mask) V -> (..., Lq, dv). Notebook 03.
 
-    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); ``mask`` as in :func:`attention_weights`. A query whose
-    keys are all blocked gets output 0 in both impls (instead of NaN).
+    q (..., Lq, d), k (..., Lk, d), v (..., Lk, dv); ``mask`` and ``bias`` as in :func:`attention_weights`. A
+    query whose keys are all blocked gets output 0 in both impls (instead of NaN).
     """
     if impl == "scratch":
-        return dropout(attention_weights(q, k, mask), dropout_p, training) @ v
+        return dropout(attention_weights(q, k, mask, bias), dropout_p, training) @ v
     # SDPA wants an additive float mask (its bool masks mean True = *take part*).
-    add = dead = None
+    add, dead = bias, None
     if mask is not None:
         dead = mask.all(dim=-1, keepdim=True)                           # rows with no key at all
-        add = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask & ~dead, float("-inf"))
+        blocked = torch.zeros(mask.shape, dtype=q.dtype, device=q.device).masked_fill(mask & ~dead, float("-inf"))
+        add = blocked if bias is None else bias + blocked
     out = F.scaled_dot_product_attention(q, k, v, attn_mask=add, dropout_p=dropout_p if training else 0.0)
     return out if dead is None else out.masked_fill(dead, 0.0)          # no host sync on dead.any()
 
@@ -85,8 +88,11 @@ class MultiheadAttention(Switchable, nn.Module):
         self.out_proj.reset_parameters()
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None) -> Tensor:
-        """query (B, Lq, C), key/value (B, Lk, C); key_padding_mask (B, Lk) bool True = padding -> (B, Lq, C)."""
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Optional[Tensor] = None,
+                attn_mask: Optional[Tensor] = None) -> Tensor:
+        """query (B, Lq, C), key/value (B, Lk, C); key_padding_mask (B, Lk) bool True = padding; attn_mask float
+        (B, h, Lq, Lk), added to the logits (nn.MultiheadAttention's float attn_mask, batch and heads apart)
+        -> (B, Lq, C)."""
         h = self.num_heads
         lin = linear if self.impl == "scratch" else F.linear
         w_q, w_k, w_v = self.in_proj_weight.chunk(3)
@@ -95,5 +101,5 @@ class MultiheadAttention(Switchable, nn.Module):
         k = split_heads(lin(key, w_k, b_k), h)                                # (B, h, Lk, d)
         v = split_heads(lin(value, w_v, b_v), h)                              # (B, h, Lk, d)
         mask = None if key_padding_mask is None else key_padding_mask[:, None, None, :]   # (B, 1, 1, Lk)
-        out = attention(q, k, v, mask, self.dropout, self.training, self.impl)  # (B, h, Lq, d)
+        out = attention(q, k, v, mask, self.dropout, self.training, self.impl, attn_mask)  # (B, h, Lq, d)
         return self.out_proj(merge_heads(out))                                 # (B, Lq, C)

@@ -79,20 +79,22 @@ class TransformerDecoderLayer(nn.Module):
         return self.linear2(self.dropout(self.activation(self.linear1(x))))
 
     def forward(self, tgt: Tensor, memory: Tensor, memory_key_padding_mask: Optional[Tensor] = None,
-                pos: Optional[Tensor] = None, query_pos: Optional[Tensor] = None) -> Tensor:
-        """tgt, query_pos (B, Q, C); memory, pos (B, S, C); memory_key_padding_mask (B, S) -> (B, Q, C)."""
+                pos: Optional[Tensor] = None, query_pos: Optional[Tensor] = None,
+                memory_mask: Optional[Tensor] = None) -> Tensor:
+        """tgt, query_pos (B, Q, C); memory, pos (B, S, C); memory_key_padding_mask (B, S); memory_mask float
+        (B, h, Q, S) added to the cross-attention's logits (the official's, batch first) -> (B, Q, C)."""
         if self.normalize_before:
             t = self.norm1(tgt)
             q = k = _with_pos(t, query_pos)
             tgt = tgt + self.dropout1(self.self_attn(q, k, t))
             t = self.norm2(tgt)
             tgt = tgt + self.dropout2(self.multihead_attn(_with_pos(t, query_pos), _with_pos(memory, pos), memory,
-                                                          key_padding_mask=memory_key_padding_mask))
+                                                          memory_key_padding_mask, memory_mask))
             return tgt + self.dropout3(self._ffn(self.norm3(tgt)))
         q = k = _with_pos(tgt, query_pos)
         tgt = self.norm1(tgt + self.dropout1(self.self_attn(q, k, tgt)))
         t2 = self.multihead_attn(_with_pos(tgt, query_pos), _with_pos(memory, pos), memory,
-                                 key_padding_mask=memory_key_padding_mask)
+                                 key_padding_mask=memory_key_padding_mask, attn_mask=memory_mask)
         tgt = self.norm2(tgt + self.dropout2(t2))
         return self.norm3(tgt + self.dropout3(self._ffn(tgt)))
 

@@ -2,8 +2,9 @@
 seeds and drawn (notebook 10; ``bench/convergence.py`` writes the file and draws the same figure).
 
 A run is one (variant, budget, seed); its ``curve`` holds the evaluations along the way (``step``, ``train_s``,
-``AP``, ``AP50``, ``loss_giou``, the 1-minute ``load``). The study had two rounds: round 1's runs (time budgets,
-one seed) carry no ``study`` field, round 2's carry ``study`` = :data:`STUDY` (step budgets, up to three seeds).
+``AP``, ``AP50``, ``loss_giou``, the 1-minute ``load``). The study had three rounds: round 1's runs (time budgets,
+one seed) carry no ``study`` field, round 2's carry ``study`` = 16 and round 3's :data:`STUDY` (step budgets, up
+to three seeds).
 Runs of one variant and budget over several seeds form a group (:func:`group_runs`), drawn as the mean with a
 +-1 std band.
 """
@@ -17,7 +18,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 RESULTS_FILE = Path(__file__).resolve().with_name("convergence.json")
-STUDY = 16         # the ``study`` field of round 2's runs; round 1's runs have none (read as 8)
+STUDY = 31         # the ``study`` field of round 3's runs; round 2's is 16, round 1's runs have none (read as 8)
+ROUNDS = {8: "round 1", 16: "round 2", STUDY: "round 3"}
 
 
 def load_convergence(path=None) -> dict:
@@ -26,9 +28,10 @@ def load_convergence(path=None) -> dict:
 
 
 def group_label(run: dict) -> str:
-    """``variant@budget`` (seconds as ``150s``, steps as a number), `` (round 1)`` added for round 1's runs."""
+    """``variant@budget`` (seconds as ``150s``, steps as a number), the round added for earlier rounds' runs."""
     budget = f"{run['budget_s']:g}s" if run.get("budget_s") else str(run["steps"])
-    return f"{run['variant']}@{budget}" + ("" if run.get("study") == STUDY else " (round 1)")
+    study = run.get("study", 8)
+    return f"{run['variant']}@{budget}" + ("" if study == STUDY else f" ({ROUNDS[study]})")
 
 
 def group_runs(results: dict, study: Optional[int] = STUDY) -> Dict[str, List[dict]]:

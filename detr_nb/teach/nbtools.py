@@ -1,8 +1,11 @@
 """The notebooks' jupytext ``.py`` sources are the truth; their ``.ipynb`` files are generated.
 
-``python -m detr_nb.teach.nbtools sync``  regenerates every ``notebooks/NN_name.ipynb`` (no outputs, Colab
-metadata, cell ids fixed by position) and the README's notebook table (between its markers).
-``python -m detr_nb.teach.nbtools check`` exits non-zero when anything differs from what ``sync`` writes.
+``python -m detr_nb.teach.nbtools sync``  regenerates every ``notebooks/NN_name.ipynb`` (Colab metadata, cell ids
+fixed by position; its kept outputs while its code cells are the same, else dropped, saying so) and the README's
+notebook table (between its markers). ``check`` exits non-zero when anything differs from what ``sync`` writes.
+``outputs [NN ...]`` runs :data:`KEPT` (or those named) in full mode, fresh kernels, one temporary work directory
+(08 evaluates 07's model), and writes each with its outputs and a stamp line in its title cell (when, what machine,
+which mode); a run with an error writes nothing. 09 and 11 say theirs wait for downloads.
 
 Badges and install cells are derived from the one constant ``detr_nb.REPO_URL``.
 """
@@ -10,15 +13,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import datetime
+import os
 import re
 import sys
+import tempfile
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import jupytext
 import nbformat
+import torch
+from nbclient import NotebookClient
+from nbclient.exceptions import CellExecutionError
 
 import detr_nb
+from detr_nb.teach.first_minute import machine
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTEBOOK_DIR = ROOT / "notebooks"
@@ -35,20 +45,23 @@ EXTRAS = {"11": "export"}
 # What a cell keeps of its metadata: tags (parameters, solution...), a hidden source (Jupyter) and Colab's form
 # view, which shows a solution cell's title and hides its code.
 CELL_METADATA = ("tags", "jupyter", "cellView")
+# Notebooks with kept outputs: no download in full mode once OFFLINE is set (as bench/notebook_times.py does).
+KEPT = ("01", "02", "03", "04", "05", "06", "07", "08", "10")
+OFFLINE = {"01": "PRETRAINED = False", "04": "LOAD_OFFICIAL = False", "08": "OFFICIAL = False"}
+# The title cell's last line: the stamp of kept outputs (it starts with STAMP), or, for the others, why none.
+STAMP = "**Outputs kept**"
+WAITING = ("**Outputs.** None kept: they wait for a run with the downloads this notebook needs (a real dataset "
+           "and the released DETR-R50), which the machine that makes the kept outputs cannot reach.")
 
 
-def repo_slug(url: str = detr_nb.REPO_URL) -> str:
-    """'https://github.com/OWNER/REPO' -> 'OWNER/REPO'."""
+def badge_markdown(notebook_name: str, url: str = detr_nb.REPO_URL) -> str:
+    """The "Open in Colab" badge of ``notebooks/<notebook_name>`` on the configured branch, for the repository
+    ``url`` ('https://github.com/OWNER/REPO')."""
     m = re.fullmatch(r"https://github\.com/([^/]+/[^/]+?)(?:\.git)?/?", url)
     if not m:
         raise ValueError(f"REPO_URL must look like https://github.com/OWNER/REPO, got {url!r}")
-    return m.group(1)
-
-
-def badge_markdown(notebook_name: str) -> str:
-    """The "Open in Colab" badge of ``notebooks/<notebook_name>`` on the configured branch."""
     return (f"[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research."
-            f"google.com/github/{repo_slug()}/blob/{detr_nb.REPO_BRANCH}/notebooks/{notebook_name})")
+            f"google.com/github/{m.group(1)}/blob/{detr_nb.REPO_BRANCH}/notebooks/{notebook_name})")
 
 
 def setup_cell(number: str) -> str:
@@ -76,9 +89,12 @@ def sources() -> List[Path]:
 
 
 def build_notebook(py_path: Path):
-    """The notebook node committed for a percent-format source: no outputs, Colab metadata (a T4 for
-    :data:`GPU_NOTEBOOKS`), cell ids by position (regeneration is byte-stable)."""
+    """The notebook node of a percent-format source, without outputs: Colab metadata (a T4 for
+    :data:`GPU_NOTEBOOKS`), cell ids by position (regeneration is byte-stable), and for a notebook whose outputs
+    are not kept, the :data:`WAITING` line at the end of its title cell."""
     nb = jupytext.read(py_path, fmt="py:percent")
+    if py_path.name[:2] not in KEPT:
+        nb.cells[0].source += "\n\n" + WAITING
     nb.metadata = copy.deepcopy(COLAB_METADATA)
     if py_path.name[:2] in GPU_NOTEBOOKS:
         nb.metadata.update(accelerator="GPU")
@@ -90,6 +106,47 @@ def build_notebook(py_path: Path):
         cell.metadata = {k: v for k, v in cell.metadata.items() if k in CELL_METADATA}
     nbformat.validate(nb)
     return nb
+
+
+def keep_outputs(nb, old) -> Optional[str]:
+    """Give ``nb`` (built from its source) the outputs of ``old`` (as committed, or as just run) and its title cell's
+    stamp line, when their code cells are the same, one by one; None when kept (or none), else why dropped."""
+    old_code = [c for c in old.cells if c.cell_type == "code"]
+    if not any(c.get("outputs") for c in old_code):
+        return None
+    new_code = [c for c in nb.cells if c.cell_type == "code"]
+    if [c.source for c in old_code] != [c.source for c in new_code]:
+        return "its code changed, so its kept outputs were dropped (`nbtools outputs` remakes them)"
+    for new, kept in zip(new_code, old_code):
+        new.outputs, new.execution_count = kept.outputs, kept.execution_count
+    nb.cells[0].source += "".join("\n\n" + line for line in old.cells[0].source.splitlines() if line.startswith(STAMP))
+    return None
+
+
+def run_for_outputs(py: Path, work: Path, smoke: bool = False, machine_line: Optional[str] = None):
+    """``py`` run in a fresh kernel (nbclient), files going to ``work``, in full mode with :data:`OFFLINE` or in smoke
+    mode (tests): the notebook as ``sync`` writes it, with the outputs, their stamp line (``machine_line``) and no
+    widget state (GitHub renders none). A cell that raises stops it with :class:`CellExecutionError`."""
+    nb = build_notebook(py)
+    at = next(i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", []))
+    setting = "" if smoke else OFFLINE.get(py.name[:2], "")
+    # Figures inline as PNG, display(fig) too (as in Colab; a bare kernel shows it as text), the downloads set off:
+    nb.cells.insert(at + 1, nbformat.v4.new_code_cell(f"%matplotlib inline\n{setting}".strip()))
+    os.environ.update(DETR_NB_WORKDIR=str(work), DETR_NB_SMOKE=str(int(smoke)), PYTHONPATH=os.pathsep.join(
+        [str(ROOT), os.environ.get("PYTHONPATH", "")]), MPLBACKEND="module://matplotlib_inline.backend_inline")
+    NotebookClient(nb, timeout=3600, startup_timeout=120, kernel_name="python3", record_timing=False,
+                   resources={"metadata": {"path": str(py.parent)}}).execute()     # metadata.widgets: not kept
+    del nb.cells[at + 1]
+    for cell in (c for c in nb.cells if c.cell_type == "code"):
+        for out in (o for o in cell.outputs if o.output_type == "error"):   # a cell tagged raises-exception goes on
+            raise CellExecutionError(f"{py.name}: a cell's output is an error", out.ename, out.evalue)
+        # a widget: nothing to show it with once its kernel is gone (its text is "interactive(children=...")
+        cell.outputs = [o for o in cell.outputs if "application/vnd.jupyter.widget-view+json" not in o.get("data", {})]
+    mode = "smoke mode (`DETR_NB_SMOKE=1`)" if smoke else "full mode" + (setting and f" with `{setting}` (no download)")
+    nb.cells[0].source += (f"\n\n{STAMP} from a run in {mode}, {datetime.date.today()}, on {machine_line or machine()}"
+                           f", torch {torch.__version__}: `python -m detr_nb.teach.nbtools outputs {py.name[:2]}`.")
+    keep_outputs(written := build_notebook(py), nb)            # the outputs on the notebook as built: as sync keeps it
+    return written
 
 
 def readme_with_badges(text: str) -> str:
@@ -105,8 +162,15 @@ def readme_with_badges(text: str) -> str:
     return pattern.sub(lambda _: "\n".join([BADGE_START, *rows, BADGE_END]), text)
 
 
-def expected_files() -> Dict[Path, str]:
-    files = {py.with_suffix(".ipynb"): nbformat.writes(build_notebook(py)) + "\n" for py in sources()}
+def expected_files(dropped: Optional[List[str]] = None) -> Dict[Path, str]:
+    """What ``sync`` writes: the notebooks (with their kept outputs, or why dropped in ``dropped``), the README."""
+    files = {}
+    for py in sources():
+        nb, path = build_notebook(py), py.with_suffix(".ipynb")
+        why = keep_outputs(nb, nbformat.read(path, as_version=4)) if path.exists() else None
+        if why and dropped is not None:
+            dropped.append(f"{path.relative_to(ROOT)}: {why}")
+        files[path] = nbformat.writes(nb) + "\n"
     files[README] = readme_with_badges(README.read_text())
     return files
 
@@ -122,13 +186,39 @@ def check() -> List[str]:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m detr_nb.teach.nbtools")
-    parser.add_argument("command", choices=["sync", "check"])
-    if parser.parse_args(argv).command == "sync":
-        for path, text in expected_files().items():
+    parser.add_argument("command", choices=["sync", "check", "outputs"])
+    parser.add_argument("numbers", nargs="*", help="outputs: the notebooks to run (default: all of KEPT)")
+    parser.add_argument("--smoke", action="store_true", help="outputs: in smoke mode (the tests)")
+    parser.add_argument("--dir", default=str(NOTEBOOK_DIR), help="outputs: the sources' folder (default: notebooks/)")
+    args = parser.parse_args(argv)
+    if args.command == "sync":
+        dropped = []
+        for path, text in expected_files(dropped).items():
             if not path.exists() or path.read_text() != text:
                 path.write_text(text)
                 print(f"wrote {path.relative_to(ROOT)}")
+        for line in dropped:
+            print(line)
         return 0
+    if args.command == "outputs":
+        found = {py.name[:2]: py for py in sorted(Path(args.dir).glob("[0-9][0-9]_*.py"))}
+        numbers = args.numbers or [n for n in KEPT if n in found]
+        refused = sorted(set(numbers) - (set(KEPT) & set(found)))
+        if refused:
+            raise SystemExit(f"outputs are kept for {', '.join(KEPT)} only (the others need downloads), from a source "
+                             f"in {args.dir}: not for {', '.join(refused)}")
+        machine_line, failed = machine(speed=not args.smoke), []
+        with tempfile.TemporaryDirectory() as work:
+            for n in numbers:
+                path = found[n].with_suffix(".ipynb")
+                try:
+                    nb = run_for_outputs(found[n], Path(work), args.smoke, machine_line)
+                    path.write_text(nbformat.writes(nb) + "\n")
+                    print(f"wrote {path} ({path.stat().st_size / 2**20:.2f} MB)")
+                except CellExecutionError as e:
+                    failed.append(n)
+                    print(f"{found[n].name}: not written, a cell raised: {e.ename}: {str(e.evalue)[:300]}")
+        return 1 if failed else 0
     problems = check()
     for line in problems:
         print(line)
