@@ -7,7 +7,8 @@
 # Full mode: the main job's 1,500 optimizer steps in three sessions, so the same run on every machine; a
 # Colab T4 was not measured (no GPU was lent to this project), and a model this small is bound by kernel
 # launches and the host more than by the GPU: expect a few minutes, plus the install and the evaluation.
-# Full mode on 2 CPU cores: FULL_CPU_TIMING.
+# Full mode on 2 CPU cores: about 5 minutes, estimated from the main job (the same 1,500 steps: 200-250 s of
+# training, machine speed 129 ms per main-job step, `bench/train_step.py --speed`), not re-timed as a notebook.
 #
 # **Key figure** of a full run (section 5; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the training losses over three sessions, two of them resumed from a checkpoint.
@@ -295,7 +296,7 @@ plt.show()
 # A focal-loss model is scored as it was trained: sigmoid scores, the 100 best (query, class) pairs per
 # image (`detr_nb.config.build_postprocess`). Then predictions on validation images: solid boxes are predictions with score
 # ≥ 0.5, dashed ones the ground truth. After the 1,500 steps most shapes are found with the right class
-# (the main job, the same recipe and steps: MAIN_JOB_NUMBERS, docs/convergence.md; fp16 on a T4 learns
+# (the main job, the same recipe and steps: AP 0.45-0.46 / AP50 0.82-0.85 over four seeds, docs/convergence.md; fp16 on a T4 learns
 # alike per step); in smoke mode the model has trained a handful of steps and finds nothing yet. Notebook 08 goes deeper into evaluation.
 
 # %%
