@@ -4,9 +4,9 @@
 # [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/detr-nb/detr_nb/blob/main/notebooks/07_training_on_t4.ipynb)
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 7.2 s on 2 CPU cores (`bench/notebook_times.py`).
-# Full mode: the main job's 1,500 optimizer steps in three sessions, so the same run on every machine; a
-# Colab T4 was not measured (no GPU was lent to this project), and a model this small is bound by kernel
-# launches and the host more than by the GPU: expect a few minutes, plus the install and the evaluation.
+# Full mode on a Colab T4: about 5 minutes, an estimate (no GPU was lent to this project): the install, the
+# main job's 1,500 optimizer steps in three sessions (the same run on every machine; a model this small is
+# bound by kernel launches and the host more than by the GPU), the evaluation of 300 validation images.
 # Full mode on 2 CPU cores: about 5 minutes, estimated from the main job (the same 1,500 steps: 200-250 s of
 # training, machine speed 129 ms per main-job step, `bench/train_step.py --speed`), not re-timed as a notebook.
 #
