@@ -65,6 +65,8 @@ AIDED_LOSS = {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0}
 # name -> (model, its overrides, TrainConfig settings, description)
 VARIANTS = {
     "aided": ("detr_tiny_aided", {}, {}, "the aided recipe (the main job)"),
+    "prior": ("detr_tiny_aided", dict(enc_layers=1), dict(batch_size=16, lr=2e-3),
+              "the box-prior recipe (round three's first main job: 1 encoder layer, batch 16, lr 2e-3)"),
     "vanilla": ("detr_tiny", dict(return_layer="layer2", enc_layers=1, dec_layers=3, num_queries=30),
                 dict(weight_dict=PAPER_LOSS), "DETR on the same body: learned queries, softmax CE (no aids)"),
 }
@@ -72,7 +74,8 @@ VARIANTS = {
 MEANS = {
     "lr5e-4": (dict(lr=5e-4), "lr 5e-4"), "lr1e-3": (dict(lr=1e-3), "lr 1e-3"), "lr3e-3": (dict(lr=3e-3), "lr 3e-3"),
     "warm300": (dict(warmup_steps=300), "300 warm-up steps"), "warm30": (dict(warmup_steps=30), "30 warm-up steps"),
-    "bs8": (dict(batch_size=8), "batch 8"), "bs32": (dict(batch_size=32), "batch 32"),
+    "bs8": (dict(batch_size=8), "batch 8"), "bs20": (dict(batch_size=20), "batch 20"), "bs22": (dict(batch_size=22), "batch 22"),
+    "bs24": (dict(batch_size=24), "batch 24"), "bs32": (dict(batch_size=32), "batch 32"),
     "dec4": (dict(model_overrides=dict(dec_layers=4)), "4 decoder layers"),
     "q60": (dict(model_overrides=dict(num_queries=60)), "60 queries"),
     "giou4": (dict(weight_dict={**AIDED_LOSS, "loss_giou": 4.0}), "GIoU weight 4"),

@@ -11,7 +11,7 @@ divided by 10 at epoch 200, multi-scale augmentation, 4 images per process):
 
 * ``paper``: nothing; the official recipe on COCO 2017.
 * ``aided`` (the default, the main job): ``detr_tiny_aided`` on the synthetic set, on a laptop CPU; the
-  convergence aids (``detr_nb.aids``), lr 2e-3 with warm-up and a cosine (docs/convergence.md).
+  convergence aids (``detr_nb.aids``), batch 22, lr 3e-3 with warm-up and a cosine (docs/convergence.md).
 * ``finetune``: the released DETR-R50 with a new class head, at the paper's rates (small sets such as balloon,
   61 images, need tens of epochs).
 * ``study``: notebook 09's comparison, the paper's loss at a constant rate, 300 steps per run.
@@ -43,7 +43,7 @@ MAIN_JOB_SYNTHETIC: Dict[str, Any] = dict(num_train=4000, num_val=300, image_siz
 RECIPES: Dict[str, Dict[str, Any]] = {
     "aided": dict(dataset="synthetic", data_kwargs=MAIN_JOB_SYNTHETIC, preset="cpu", model="detr_tiny_aided",
                   pretrained_backbone=None, weight_dict={"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0},
-                  epochs=1000, max_steps=1500, batch_size=16, lr=2e-3, lr_backbone=None,
+                  epochs=1000, max_steps=1500, batch_size=22, lr=3e-3, lr_backbone=None,
                   schedule="cosine", lr_drop=None, warmup_steps=100),
     "paper": {},
     "finetune": dict(dataset="balloon", pretrained="detr_r50", pretrained_backbone=None, epochs=50, lr_drop=None),

@@ -19,8 +19,8 @@
 # Notebooks 04-06 built the model, the loss and the data. Here they meet in `detr_nb.trainer.Trainer`, the
 # trainer that `python -m detr_nb train` runs, with the main job's recipe (`aided`, `detr_nb/config.py`):
 # `detr_tiny_aided`, a small DETR with convergence aids (two-stage query selection that gives the decoder
-# its queries' positions and content from the encoder, boxes refined layer by layer, the focal
-# loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
+# its queries' positions and content from a dense head on the CNN features, boxes refined layer by layer, a
+# box prior on the cross-attention, the focal loss), on the synthetic shapes of notebook 06. The paper's plain DETR would
 # still be on its plateau after these minutes, every query predicting the average box: notebook 10 shows
 # that plateau, with the measured runs, and explains each aid. Here the model learns, and at the end you
 # see it find the shapes.
@@ -146,7 +146,7 @@ config = TrainConfig(
     data_root=str(workdir("data") / ("synthetic-07" if SMOKE else "synthetic")), data_kwargs=data,
     model_overrides=tiny if SMOKE else {},  # smoke mode: the same model, shrunk to run in seconds on a CPU
     amp="auto",                             # fp16 + GradScaler on a T4, bf16 on A100+, fp32 on CPU
-    max_steps=MAX_STEPS, batch_size=4 if SMOKE else 16,   # fixed steps and no time budget, as the main job
+    max_steps=MAX_STEPS, batch_size=4 if SMOKE else 22,   # fixed steps and no time budget, as the main job
     log_every=LOG_EVERY, checkpoint_every_s=300,
     # data workers feed a GPU; on a CPU they would take cores from the model (2 workers halved the steps)
     workers=2 if device.type == "cuda" and not SMOKE else 0, out=str(out), resume=True, progress=True,
@@ -340,7 +340,7 @@ trainer.close()
 # 1. Slower (fp32 does not use the T4's fp16 tensor cores; the small model is partly bound by data loading
 #    and kernel launches, so expect well under the 8x of the raw matmul throughput), and about the same AP:
 #    per step the two learn alike, and the run has the same steps.
-# 2. The trainer refuses, with a one-line error: the checkpoint was trained with batch 16, and the position
+# 2. The trainer refuses, with a one-line error: the checkpoint was trained with batch 22, and the position
 #    in the epoch and the data order depend on it, so a silent resume would train on the wrong samples. Use
 #    another `RUN_NAME` (or `resume=False`) to start afresh.
 # 3. The loss falls for a few hundred steps, then flattens: every query predicts roughly the average box, and

@@ -25,7 +25,7 @@ def _tiny_args(out, root, *extra):
 def test_defaults_are_the_main_job():
     cfg = config_from_args(build_parser().parse_args(["train"]))
     assert cfg.dataset == "synthetic" and cfg.model == "detr_tiny_aided" and cfg.device == "auto"
-    assert cfg.weight_dict == {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0} and cfg.lr == 2e-3
+    assert cfg.weight_dict == {"loss_ce": 2.0, "loss_bbox": 5.0, "loss_giou": 2.0} and cfg.lr == 3e-3
     assert cfg.time_budget_s is None and cfg.max_steps == 1500 and cfg.eval_at_end     # the same on every machine
     cfg = config_from_args(build_parser().parse_args(["train", "--time-budget", "none", "--no-resume",
                                                       "--set", "lr_drop=5", "--set", "model_overrides.dropout=0.2"]))
@@ -106,7 +106,7 @@ def test_recipes_resolve_and_explicit_options_win():
     assert coco.data_kwargs == {} and coco.model == "detr_tiny_aided"
     assert TrainConfig(recipe="paper").replace(recipe="aided", lr=0.5).lr == 0.5
     assert TrainConfig(recipe="paper", lr=0.5).replace(recipe="aided").lr == 0.5   # explicit values survive
-    assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 2e-3
+    assert TrainConfig(recipe="paper").replace(recipe="aided").lr == 3e-3
 
 
 def test_chained_replaces_equal_one_fresh_config():
@@ -117,7 +117,7 @@ def test_chained_replaces_equal_one_fresh_config():
 
     chained = TrainConfig(recipe="paper").replace(out="x").replace(recipe="aided")
     assert chained.to_dict() == TrainConfig(recipe="aided", out="x").to_dict()
-    assert (chained.lr, chained.weight_dict["loss_ce"], chained.model) == (2e-3, 2.0, "detr_tiny_aided")
+    assert (chained.lr, chained.weight_dict["loss_ce"], chained.model) == (3e-3, 2.0, "detr_tiny_aided")
     for start in RECIPES:
         for end in RECIPES:
             a = TrainConfig(recipe=start, seed=3).replace(batch_size=2).replace(recipe=end).replace(out="y")

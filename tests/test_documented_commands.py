@@ -558,7 +558,7 @@ def run_machine_speed(cmd, **_):
     """One line: the main job's step time on this machine (shortened to 2 timed steps, 1 warm-up, one thread:
     two spin against the other tests' on a shared machine, several times slower)."""
     proc = run_script(cmd + " --steps 2 --warmup 1 --threads 1")
-    assert re.search(r"^machine speed: \d+ ms per main-job step \(detr_tiny_aided, batch 16 at 96", proc.stdout,
+    assert re.search(r"^machine speed: \d+ ms per main-job step \(detr_tiny_aided, batch 22 at 96", proc.stdout,
                      re.M), proc.stdout[-2000:]
 
 

@@ -79,7 +79,7 @@ def plot_convergence(groups: Dict[str, List[dict]], current: Optional[int] = Non
                         label=name if ax is axes[0, 0] else None)
                 if len(runs) > 1:
                     ax.fill_between(xs, ys.mean(0) - ys.std(0), ys.mean(0) + ys.std(0), color=colour, alpha=0.15)
-    for row, xlabel in enumerate(("optimizer steps (batch 16)", "training time (s, 2 CPU cores; load in the JSON)")):
+    for row, xlabel in enumerate(("optimizer steps (batch in the JSON)", "training time (s, 2 CPU cores; load in the JSON)")):
         for ax, metric in zip(axes[row], titles):
             ax.set(xlabel=xlabel, title=titles[metric])
             ax.grid(alpha=0.3)
