@@ -18,8 +18,8 @@
 # ![convolution as im2col: the patch under one output pixel becomes one column of a matrix](https://raw.githubusercontent.com/detr-nb/detr_nb/main/docs/figures/01_cnn_backbone.png)
 #
 # **First minute.** Section 0 runs a working detector before anything is built: the main job's model, which
-# the project trained and ships with the package (`detr_nb/teach/detector.pth`, 5 MB;
-# the shipped detector's AP 0.505 / AP50 0.873 on the 300 synthetic validation images), and in Colab the
+# the project trained and ships with the package (`detr_nb/teach/detector.pth`, 4 MB;
+# the shipped detector's AP 0.516 / AP50 0.872 on the 300 synthetic validation images), and in Colab the
 # released DETR-R50 on a photograph.
 
 # %%
@@ -87,7 +87,7 @@ print("torch", torch.__version__, "| detr_nb", detr_nb.__version__, "| smoke:", 
 #
 # Here is where the series ends: a DETR that finds objects. The project trained the main job's model
 # (`detr_tiny_aided`, 1.3M parameters: `python -m detr_nb train`, the recipe notebooks 07 and 10 explain) on the
-# synthetic shapes, and ships its weights with the package: `detr_nb/teach/detector.pth`, 5 MB.
+# synthetic shapes, and ships its weights with the package: `detr_nb/teach/detector.pth`, 4 MB.
 # `load_checkpoint` reads the file (`torch.load(weights_only=True)`: plain data, no code from a pickle) and
 # `model_from_checkpoint` rebuilds the model from the configuration stored in it: the two calls that reopen any
 # run of this series. The file also records the AP it scored and where it was made.

@@ -7,9 +7,9 @@
 # Full mode on a Colab T4: about 5 minutes, an estimate (no GPU was lent to this project): the install, the
 # main job's 1,500 optimizer steps in three sessions (the same run on every machine; a model this small is
 # bound by kernel launches and the host more than by the GPU), the evaluation of 300 validation images.
-# Full mode on 2 CPU cores: 4.2 minutes (251 s), measured (`bench/notebook_times.py --key-figures`, machine
-# speed 129 ms per main-job step, `bench/train_step.py --speed`): 1,500 steps in the three sessions, AP 0.452,
-# AP50 0.822 on the 300 validation images, the main job's default seed to the digit.
+# Full mode on 2 CPU cores: 4.0 minutes (237 s), measured (`bench/notebook_times.py --key-figures`, machine
+# speed 126 ms per main-job step, `bench/train_step.py --speed`): 1,500 steps in the three sessions, AP 0.516,
+# AP50 0.872 on the 300 validation images, the main job's default seed to the digit.
 #
 # **Key figure** of a full run (section 5; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the training losses over three sessions, two of them resumed from a checkpoint.

@@ -7,7 +7,7 @@
 # Full mode on a Colab T4: about 3 minutes with notebook 07's checkpoint (on Google Drive), an estimate: the
 # install, the 159 MB DETR-R50 checkpoint, the evaluation of 300 small images; without that checkpoint, 4 more
 # minutes of training (`TRAIN_MINUTES`, a time budget the trainer stops on).
-# Full mode on 2 CPU cores: 20 s, measured (`bench/notebook_times.py --key-figures`, machine speed 129 ms per
+# Full mode on 2 CPU cores: 15 s, measured (`bench/notebook_times.py --key-figures`, machine speed 126 ms per
 # main-job step, `bench/train_step.py --speed`; with notebook 07's checkpoint, `OFFICIAL = False`: no DETR-R50
 # download).
 #

@@ -5,11 +5,11 @@
 #
 # **Cost.** Smoke mode (`DETR_NB_SMOKE=1`): 5.8 s on 2 CPU cores (`bench/notebook_times.py`, idle machine):
 # a few steps of a very small model on 64 px images, no downloads.
-# Full mode on a Colab T4: about 3 minutes, at most 5, an estimate: section 4 trains two 1.3 M-parameter
-# models for 300 steps each, which take about 80 s each on 2 idle CPU cores (docs/convergence.md: 3.6-4 steps/s),
+# Full mode on a Colab T4: about 3 minutes, at most 5, an estimate: section 4 trains two models (1.3 and 1.1 M
+# parameters) for 300 steps each, which take about 80 s each on 2 idle CPU cores (docs/convergence.md: 3.6-4 steps/s),
 # plus drawing 2,000 synthetic images (about 10 s); the rest reads committed measurements.
-# Full mode on 2 CPU cores: 1.7 minutes (104 s), measured (`bench/notebook_times.py --key-figures`, machine
-# speed 129 ms per main-job step, `bench/train_step.py --speed`).
+# Full mode on 2 CPU cores: 1.2 minutes (71 s), measured (`bench/notebook_times.py --key-figures`, machine
+# speed 126 ms per main-job step, `bench/train_step.py --speed`).
 #
 # **Key figure** of a full run (section 4; made on a CPU by `bench/notebook_times.py`,
 # docs/figures/README.md): the box loss of the paper's DETR against the aided recipe, recomputed on the same

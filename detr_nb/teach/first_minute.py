@@ -1,6 +1,6 @@
 """A detector in the first minute (notebook 01, section 0): the main job's model, trained by the project and shipped.
 
-``detector.pth`` (package data, 5 MB) is plain data in detr_nb's checkpoint format, read by
+``detector.pth`` (package data, 4 MB) is plain data in detr_nb's checkpoint format, read by
 :func:`~detr_nb.checkpoint.load_checkpoint` (``weights_only=True``) and rebuilt by
 :func:`~detr_nb.checkpoint.model_from_checkpoint` as any run: ``model_name``, ``model_config``, ``num_classes``,
 ``model`` (the state dict), ``categories`` and ``category_ids``, ``config`` (the run's, without its paths: the data
