@@ -74,7 +74,7 @@ VARIANTS = {
 MEANS = {
     "lr5e-4": (dict(lr=5e-4), "lr 5e-4"), "lr1e-3": (dict(lr=1e-3), "lr 1e-3"), "lr3e-3": (dict(lr=3e-3), "lr 3e-3"),
     "warm300": (dict(warmup_steps=300), "300 warm-up steps"), "warm30": (dict(warmup_steps=30), "30 warm-up steps"),
-    "bs8": (dict(batch_size=8), "batch 8"), "bs20": (dict(batch_size=20), "batch 20"), "bs22": (dict(batch_size=22), "batch 22"),
+    "bs8": (dict(batch_size=8), "batch 8"), "bs20": (dict(batch_size=20), "batch 20"),
     "bs24": (dict(batch_size=24), "batch 24"), "bs32": (dict(batch_size=32), "batch 32"),
     "dec4": (dict(model_overrides=dict(dec_layers=4)), "4 decoder layers"),
     "q60": (dict(model_overrides=dict(num_queries=60)), "60 queries"),

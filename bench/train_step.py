@@ -27,8 +27,8 @@ boxes per image), no data loading; the step is the trainer's own, ``Trainer.trai
     python bench/train_step.py --threads 1 --profile        # CPU, with the profile of one step
     python bench/train_step.py --speed                      # this machine's speed, to quote beside timings
 
-``--speed`` times the main job's step (``detr_tiny_aided`` at the main job's batch, 96 x 96, the trainer's train step, 2
-threads) and prints one line, ``machine speed: N ms per main-job step``: the figure the documents quote beside
+``--speed`` times the main job's step (``detr_tiny_aided`` at the main job's batch, 96 x 96, the trainer's train
+step, 2 threads) and prints one line, ``machine speed: N ms per main-job step``: the figure the documents quote beside
 every timing, since these shared machines differ by 2x.
 """
 from __future__ import annotations
@@ -355,10 +355,11 @@ def main(argv=None):
     p.add_argument("--profile-rows", type=int, default=25)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (1 on a shared machine)")
     p.add_argument("--speed", action="store_true",
-                   help="only the main job's step time on this machine (detr_tiny_aided, the main job's batch, 96 px, 2 threads)")
+                   help="only the main job's step time on this machine (detr_tiny_aided, its batch, 96 px, 2 threads)")
     args = p.parse_args(argv)
     if args.speed:
-        args.model, args.size, args.batch, args.threads = "detr_tiny_aided", (96, 96), RECIPES["aided"]["batch_size"], args.threads or 2
+        args.model, args.size, args.threads = "detr_tiny_aided", (96, 96), args.threads or 2
+        args.batch = RECIPES["aided"]["batch_size"]
         args.steps, args.warmup = args.steps or 20, args.warmup if args.warmup is not None else 3
         args.no_backbone, args.no_hf, args.infer_batches, args.max_boxes = True, True, [], 10
     try:
