@@ -17,8 +17,8 @@ from engine_utils import REPO
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 # Measured against recorded: the images are drawn with Pillow and numpy, whose versions move a few pixels (CI's
-# lower-bound environment, torch 2.3, measures AP 0.447 for the 0.452 recorded with the newest versions).
-TOLERANCE = 0.01
+# lower-bound environment, torch 2.3, measures AP50 0.862 for the 0.872 recorded with the newest versions).
+TOLERANCE = 0.02
 
 
 def test_the_shipped_detector_is_package_data_of_plain_data():
